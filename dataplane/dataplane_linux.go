@@ -1,0 +1,521 @@
+package dataplane
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+)
+
+// Options configures Open.
+type Options struct {
+	PinDir   string       // required: bpffs directory that holds this dataplane's pins
+	Cgroup   string       // required: cgroup2 directory whose subtree is routed
+	Capacity Capacity     // optional: zero fields take DefaultCapacity
+	Logger   *slog.Logger // optional: discards logs when nil
+}
+
+// Dataplane is the loaded, attached and pinned set of routing programs and
+// maps of one node. It is safe for concurrent use. Close releases it and
+// leaves the datapath working; Teardown removes it.
+type Dataplane struct {
+	opts  Options
+	log   *slog.Logger
+	objs  serviceObjects
+	links map[string]link.Link
+	lock  *os.File // flock on PinDir: one owner at a time
+
+	mu sync.Mutex
+	// Guarded by mu.
+	active      uint32                // generation the programs read
+	current     kernelEntries         // content of the active generation
+	ids         map[ServiceKey]uint32 // service ids in the active generation
+	mirrorDirty bool                  // inactive generation may differ from active
+	written     uint64                // map entries written or deleted since Open
+	closed      bool
+}
+
+// attachment is one cgroup hook: a program, where it goes, its pin name.
+type attachment struct {
+	name string
+	at   ebpf.AttachType
+	prog func(*serviceObjects) *ebpf.Program
+}
+
+var attachments = []attachment{
+	{"connect4", ebpf.AttachCGroupInet4Connect, func(o *serviceObjects) *ebpf.Program { return o.SlConnect4 }},
+	{"connect6", ebpf.AttachCGroupInet6Connect, func(o *serviceObjects) *ebpf.Program { return o.SlConnect6 }},
+	{"sendmsg4", ebpf.AttachCGroupUDP4Sendmsg, func(o *serviceObjects) *ebpf.Program { return o.SlSendmsg4 }},
+	{"sendmsg6", ebpf.AttachCGroupUDP6Sendmsg, func(o *serviceObjects) *ebpf.Program { return o.SlSendmsg6 }},
+	{"recvmsg4", ebpf.AttachCGroupUDP4Recvmsg, func(o *serviceObjects) *ebpf.Program { return o.SlRecvmsg4 }},
+	{"recvmsg6", ebpf.AttachCGroupUDP6Recvmsg, func(o *serviceObjects) *ebpf.Program { return o.SlRecvmsg6 }},
+	{"getpeername4", ebpf.AttachCgroupInet4GetPeername, func(o *serviceObjects) *ebpf.Program { return o.SlGetpeername4 }},
+	{"getpeername6", ebpf.AttachCgroupInet6GetPeername, func(o *serviceObjects) *ebpf.Program { return o.SlGetpeername6 }},
+}
+
+const linkPinPrefix = "link_"
+
+// Open loads the routing programs, attaches them to opts.Cgroup and pins
+// programs' links and maps under opts.PinDir. When pins already exist (a
+// previous process ran) it adopts them: the maps and their content are kept
+// and each pinned link is switched to the new program atomically, so routing
+// never stops. bpffs is mounted at /sys/fs/bpf when PinDir lies under it and
+// nothing is mounted there yet.
+func Open(opts Options) (_ *Dataplane, err error) {
+	if opts.PinDir == "" || opts.Cgroup == "" {
+		return nil, errors.New("dataplane options: PinDir and Cgroup are required")
+	}
+	opts.Capacity = opts.Capacity.WithDefaults()
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	cgroupID, err := cgroupID(opts.Cgroup)
+	if err != nil {
+		return nil, err
+	}
+	if err := ensureBPFFS(opts.PinDir); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(opts.PinDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create pin directory: %w", err)
+	}
+	lock, err := lockDir(opts.PinDir)
+	if err != nil {
+		return nil, err
+	}
+	fresh, err := dirEmpty(opts.PinDir)
+	if err != nil {
+		lock.Close()
+		return nil, err
+	}
+
+	d := &Dataplane{opts: opts, log: log, lock: lock, links: make(map[string]link.Link)}
+	defer func() {
+		if err != nil {
+			d.release()
+			if fresh {
+				_ = removePins(opts.PinDir)
+			}
+		}
+	}()
+
+	if err := d.load(); err != nil {
+		return nil, err
+	}
+	if err := d.attach(cgroupID); err != nil {
+		return nil, err
+	}
+	if err := d.adoptState(); err != nil {
+		return nil, err
+	}
+	log.Info("dataplane ready", "pin_dir", opts.PinDir, "cgroup", opts.Cgroup,
+		"adopted", !fresh, "services", len(d.current.services))
+	return d, nil
+}
+
+func (d *Dataplane) load() error {
+	spec, err := loadService()
+	if err != nil {
+		return fmt.Errorf("load BPF spec: %w", err)
+	}
+	c := d.opts.Capacity
+	sizes := map[string]int{
+		"sl_services": 2 * c.Services, // two generations
+		"sl_backends": 2 * c.Backends,
+		"sl_revnat":   c.UDPReverse,
+	}
+	for name, m := range spec.Maps {
+		if n, ok := sizes[name]; ok {
+			m.MaxEntries = uint32(n)
+		}
+		m.Pinning = ebpf.PinByName
+	}
+	err = spec.LoadAndAssign(&d.objs, &ebpf.CollectionOptions{
+		Maps: ebpf.MapOptions{PinPath: d.opts.PinDir},
+	})
+	if errors.Is(err, ebpf.ErrMapIncompatible) {
+		return fmt.Errorf("%w: %v; the pinned maps in %s were made with another capacity or version: "+
+			"run `sluice uninstall` (or use the capacity they were made with)", ErrIncompatiblePins, err, d.opts.PinDir)
+	}
+	if err != nil {
+		return fmt.Errorf("load BPF objects: %w", err)
+	}
+	return nil
+}
+
+// attach adopts every pinned link (replacing its program in place) or
+// creates and pins a new one.
+func (d *Dataplane) attach(cgroupID uint64) error {
+	for _, a := range attachments {
+		pin := filepath.Join(d.opts.PinDir, linkPinPrefix+a.name)
+		prog := a.prog(&d.objs)
+		l, err := link.LoadPinnedLink(pin, nil)
+		switch {
+		case err == nil:
+			if err := checkLink(l, cgroupID, a); err != nil {
+				l.Close()
+				return fmt.Errorf("%w: %s: %v", ErrIncompatiblePins, pin, err)
+			}
+			if err := l.Update(prog); err != nil {
+				l.Close()
+				return fmt.Errorf("replace program of %s: %w", pin, err)
+			}
+		case errors.Is(err, os.ErrNotExist):
+			l, err = link.AttachCgroup(link.CgroupOptions{Path: d.opts.Cgroup, Attach: a.at, Program: prog})
+			if err != nil {
+				return fmt.Errorf("attach %s to %s: %w", a.name, d.opts.Cgroup, err)
+			}
+			if err := l.Pin(pin); err != nil {
+				l.Close()
+				return fmt.Errorf("pin %s: %w", pin, err)
+			}
+		default:
+			return fmt.Errorf("load pinned link %s: %w", pin, err)
+		}
+		d.links[a.name] = l
+	}
+	return nil
+}
+
+func checkLink(l link.Link, cgroupID uint64, a attachment) error {
+	info, err := l.Info()
+	if err != nil {
+		return err
+	}
+	cg := info.Cgroup()
+	if cg == nil {
+		return fmt.Errorf("not a cgroup link (type %v)", info.Type)
+	}
+	if cg.CgroupId != cgroupID {
+		return fmt.Errorf("attached to cgroup id %d, not to the configured cgroup (id %d); tear down first to move the dataplane", cg.CgroupId, cgroupID)
+	}
+	if ebpf.AttachType(cg.AttachType) != a.at {
+		return fmt.Errorf("attach type %v, want %v", cg.AttachType, a.at)
+	}
+	return nil
+}
+
+// adoptState reads what the active generation holds, so the next Apply only
+// writes differences, and brings the inactive generation in line with it
+// (a previous process may have stopped half way through an Apply).
+func (d *Dataplane) adoptState() error {
+	var cfg serviceSlConfig
+	if err := d.objs.SlActive.Lookup(uint32(0), &cfg); err != nil {
+		return fmt.Errorf("read active generation: %w", err)
+	}
+	if cfg.ActiveGen > 1 {
+		return fmt.Errorf("%w: active generation %d out of range", ErrIncompatiblePins, cfg.ActiveGen)
+	}
+	cur, err := d.readGeneration(cfg.ActiveGen)
+	if err != nil {
+		return err
+	}
+	d.active, d.current, d.ids = cfg.ActiveGen, cur, serviceIDs(cur)
+	return d.resyncInactive()
+}
+
+func (d *Dataplane) readGeneration(gen uint32) (kernelEntries, error) {
+	e := kernelEntries{
+		services: make(map[serviceSlSvcKey]serviceSlSvcValue),
+		backends: make(map[serviceSlBeKey]serviceSlBeValue),
+	}
+	var sk serviceSlSvcKey
+	var sv serviceSlSvcValue
+	it := d.objs.SlServices.Iterate()
+	for it.Next(&sk, &sv) {
+		if sk.Gen == gen {
+			k := sk
+			k.Gen = 0
+			e.services[k] = sv
+		}
+	}
+	if err := it.Err(); err != nil {
+		return e, fmt.Errorf("read services: %w", err)
+	}
+	var bk serviceSlBeKey
+	var bv serviceSlBeValue
+	bit := d.objs.SlBackends.Iterate()
+	for bit.Next(&bk, &bv) {
+		if bk.Gen == gen {
+			k := bk
+			k.Gen = 0
+			e.backends[k] = bv
+		}
+	}
+	if err := bit.Err(); err != nil {
+		return e, fmt.Errorf("read backends: %w", err)
+	}
+	return e, nil
+}
+
+// resyncInactive makes the inactive generation equal to the active one.
+func (d *Dataplane) resyncInactive() error {
+	inactive := 1 - d.active
+	got, err := d.readGeneration(inactive)
+	if err != nil {
+		return err
+	}
+	if err := d.writeGeneration(inactive, diffEntries(got, d.current)); err != nil {
+		d.mirrorDirty = true
+		return fmt.Errorf("resync generation %d: %w", inactive, err)
+	}
+	d.mirrorDirty = false
+	return nil
+}
+
+// Apply replaces the routing state with s. It validates and compiles s first;
+// a state that is invalid or does not fit is rejected with an *EntryError
+// naming the offending entry, and the previous state stays in force.
+//
+// The maps hold two generations. Apply writes the changes into the inactive
+// one, switches the programs to it with a single map update, waits until no
+// program can still be reading the old generation (an RCU grace period), and
+// then brings the old generation up to date for the next Apply. An unchanged
+// state writes nothing.
+func (d *Dataplane) Apply(s State) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return errors.New("apply: dataplane is closed")
+	}
+
+	sets, err := compile(s, d.opts.Capacity, d.ids)
+	if err != nil {
+		return err
+	}
+	want := flatten(sets)
+	if want.equal(d.current) && !d.mirrorDirty {
+		return nil
+	}
+
+	if d.mirrorDirty {
+		if err := d.resyncInactive(); err != nil {
+			return fmt.Errorf("apply: %w; previous state still in force", err)
+		}
+	}
+	diff := diffEntries(d.current, want)
+	next := 1 - d.active
+	if err := d.writeGeneration(next, diff); err != nil {
+		d.mirrorDirty = true
+		return fmt.Errorf("apply: %w; previous state still in force", err)
+	}
+	if err := d.objs.SlActive.Put(uint32(0), serviceSlConfig{ActiveGen: next}); err != nil {
+		d.mirrorDirty = true
+		return fmt.Errorf("apply: switch to generation %d: %w; previous state still in force", next, err)
+	}
+	old := d.active
+	d.active, d.current, d.ids = next, want, serviceIDs(want)
+
+	waitForReaders()
+	if err := d.writeGeneration(old, diff); err != nil {
+		// The new state is in force; the stale generation is repaired by
+		// the next Apply before it is written to.
+		d.mirrorDirty = true
+		d.log.Warn("dataplane: could not update standby generation", "gen", old, "err", err)
+	}
+	d.log.Debug("dataplane applied", "gen", next, "services", len(want.services),
+		"backends", len(want.backends), "changed", len(diff.svcPuts)+len(diff.svcDels)+len(diff.bePuts)+len(diff.beDels))
+	return nil
+}
+
+// writeGeneration applies diff to generation gen: deletions first, so a
+// generation never holds more than max(old, new) entries.
+func (d *Dataplane) writeGeneration(gen uint32, diff entriesDiff) error {
+	if diff.empty() {
+		return nil
+	}
+	d.written += uint64(len(diff.svcPuts) + len(diff.svcDels) + len(diff.bePuts) + len(diff.beDels))
+	if err := deleteAll(d.objs.SlBackends, gen, diff.beDels); err != nil {
+		return fmt.Errorf("delete backends: %w", err)
+	}
+	if err := deleteAll(d.objs.SlServices, gen, diff.svcDels); err != nil {
+		return fmt.Errorf("delete services: %w", err)
+	}
+	if err := putAll(d.objs.SlBackends, gen, diff.bePuts); err != nil {
+		return fmt.Errorf("write backends: %w", err)
+	}
+	if err := putAll(d.objs.SlServices, gen, diff.svcPuts); err != nil {
+		return fmt.Errorf("write services: %w", err)
+	}
+	return nil
+}
+
+// genKey is a map key with a generation field.
+type genKey[K any] interface {
+	*K
+	setGen(uint32)
+}
+
+func (k *serviceSlSvcKey) setGen(g uint32) { k.Gen = g }
+func (k *serviceSlBeKey) setGen(g uint32)  { k.Gen = g }
+
+func putAll[K comparable, V any, PK genKey[K]](m *ebpf.Map, gen uint32, puts map[K]V) error {
+	if len(puts) == 0 {
+		return nil
+	}
+	keys := make([]K, 0, len(puts))
+	vals := make([]V, 0, len(puts))
+	for k, v := range puts {
+		PK(&k).setGen(gen)
+		keys = append(keys, k)
+		vals = append(vals, v)
+	}
+	_, err := m.BatchUpdate(keys, vals, nil)
+	return err
+}
+
+func deleteAll[K any, PK genKey[K]](m *ebpf.Map, gen uint32, dels []K) error {
+	if len(dels) == 0 {
+		return nil
+	}
+	keys := make([]K, len(dels))
+	for i, k := range dels {
+		PK(&k).setGen(gen)
+		keys[i] = k
+	}
+	_, err := m.BatchDelete(keys, nil)
+	return err
+}
+
+// memberbarrierCmdGlobal is MEMBARRIER_CMD_GLOBAL, which waits for an RCU
+// grace period (synchronize_rcu) on machines with more than one CPU.
+const membarrierCmdGlobal = 1
+
+// waitForReaders returns once every BPF program that may have read the
+// previous active generation has finished. cgroup programs run inside an RCU
+// read-side section, so a grace period is enough. Where membarrier cannot
+// provide one (nohz_full, one CPU), a pause far longer than any program run
+// stands in.
+func waitForReaders() {
+	if runtime.NumCPU() > 1 {
+		if _, _, errno := unix.Syscall(unix.SYS_MEMBARRIER, membarrierCmdGlobal, 0, 0); errno == 0 {
+			return
+		}
+	}
+	time.Sleep(10 * time.Millisecond)
+}
+
+// Status describes what the dataplane has programmed.
+type Status struct {
+	Generation     uint32 // generation the programs read
+	Services       int    // service entries in force
+	Backends       int    // backend entries in force
+	EntriesWritten uint64 // map entries written or deleted by this process (churn)
+}
+
+// Status reports what the dataplane has programmed.
+func (d *Dataplane) Status() Status {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return Status{
+		Generation:     d.active,
+		Services:       len(d.current.services),
+		Backends:       len(d.current.backends),
+		EntriesWritten: d.written,
+	}
+}
+
+// Stats are the programs' counters, summed over CPUs.
+type Stats struct {
+	Translated  uint64 // connects and datagrams rewritten to a backend
+	NoBackend   uint64 // refused: service without a usable endpoint
+	BackendMiss uint64 // service entry whose backend was missing; stays 0 unless the maps are inconsistent
+}
+
+// Stats reads the programs' counters.
+func (d *Dataplane) Stats() (Stats, error) {
+	read := func(i serviceSlStat) (uint64, error) {
+		var per []uint64
+		if err := d.objs.SlStats.Lookup(uint32(i), &per); err != nil {
+			return 0, fmt.Errorf("read stat %d: %w", i, err)
+		}
+		var sum uint64
+		for _, v := range per {
+			sum += v
+		}
+		return sum, nil
+	}
+	var s Stats
+	var err error
+	if s.Translated, err = read(serviceSlStatSL_STAT_TRANSLATED); err != nil {
+		return s, err
+	}
+	if s.NoBackend, err = read(serviceSlStatSL_STAT_NO_BACKEND); err != nil {
+		return s, err
+	}
+	s.BackendMiss, err = read(serviceSlStatSL_STAT_BACKEND_MISS)
+	return s, err
+}
+
+// Close releases the process's hold on the dataplane. Pins stay, so the
+// programs stay attached and routing keeps working until another process
+// adopts them or Teardown removes them.
+func (d *Dataplane) Close() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return nil
+	}
+	d.closed = true
+	d.release()
+	return nil
+}
+
+// Teardown detaches every program and removes every pin and map of this
+// dataplane, then releases it.
+func (d *Dataplane) Teardown() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return errors.New("teardown: dataplane is closed; use the package-level Teardown")
+	}
+	d.closed = true
+	err := removePins(d.opts.PinDir)
+	d.release()
+	if err != nil {
+		return err
+	}
+	return removeDir(d.opts.PinDir)
+}
+
+func (d *Dataplane) release() {
+	for _, l := range d.links {
+		l.Close()
+	}
+	d.links = nil
+	d.objs.Close()
+	if d.lock != nil {
+		d.lock.Close()
+		d.lock = nil
+	}
+}
+
+// Teardown removes the dataplane pinned under pinDir without loading it:
+// links are unpinned (which detaches their programs once no process holds
+// them) and maps are unpinned, then the directory is removed. It fails if
+// another process holds the directory, and succeeds if nothing is there.
+func Teardown(pinDir string) error {
+	if _, err := os.Stat(pinDir); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	lock, err := lockDir(pinDir)
+	if err != nil {
+		return err
+	}
+	err = removePins(pinDir)
+	lock.Close()
+	if err != nil {
+		return err
+	}
+	return removeDir(pinDir)
+}
