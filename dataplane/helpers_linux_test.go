@@ -243,4 +243,3 @@ func bpfFDs(t *testing.T) int {
 	}
 	return n
 }
-
