@@ -70,8 +70,7 @@ const (
 	serviceSlStatSL_STAT_TRANSLATED   serviceSlStat = 0
 	serviceSlStatSL_STAT_NO_BACKEND   serviceSlStat = 1
 	serviceSlStatSL_STAT_BACKEND_MISS serviceSlStat = 2
-	serviceSlStatSL_STAT_REVNAT_MISS  serviceSlStat = 3
-	serviceSlStatSL_STAT_MAX          serviceSlStat = 4
+	serviceSlStatSL_STAT_MAX          serviceSlStat = 3
 )
 
 type serviceSlSvcKey struct {

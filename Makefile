@@ -1,0 +1,42 @@
+# Sluice build, test and demo entry points. Run as root on Linux for the
+# privileged tests and the demo (BPF programs, cgroups, network namespaces).
+GO      ?= go
+BIN     := bin/sluice
+BPF_GEN := dataplane/service_bpfel.go dataplane/service_bpfel.o
+
+.PHONY: all build generate check-generate test unit bench demo fmt vet clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/sluice
+
+# Regenerates the committed BPF objects (needs clang-19 and libbpf-dev).
+generate:
+	$(GO) generate ./dataplane/...
+
+# Fails when regenerating would change a committed BPF object.
+check-generate: generate
+	@if ! git diff --quiet -- $(BPF_GEN); then \
+		echo "generated BPF objects differ from the committed ones; run 'make generate' and commit:"; \
+		git diff --stat -- $(BPF_GEN); exit 1; \
+	fi
+
+vet:
+	$(GO) vet ./...
+	GOOS=darwin $(GO) vet ./...
+
+test: check-generate vet
+	$(GO) test -count=1 -timeout 20m ./...
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchtime 2000x -count 5 ./dataplane/
+
+demo: build
+	./$(BIN) demo
+
+fmt:
+	gofmt -w $$(git ls-files '*.go' | grep -v '_bpfel.go$$')
+
+clean:
+	rm -rf bin
