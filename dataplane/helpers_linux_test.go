@@ -22,7 +22,7 @@ import (
 // rig is one privileged test's world: a cgroup subtree whose "managed" child
 // is routed by a dataplane and whose "outside" child is not.
 type rig struct {
-	t        *testing.T
+	t        testing.TB
 	managed  string
 	outside  string
 	pinDir   string
@@ -30,7 +30,7 @@ type rig struct {
 	backends map[string]netip.AddrPort // name -> listen address
 }
 
-func newRig(t *testing.T, caps dataplane.Capacity) *rig {
+func newRig(t testing.TB, caps dataplane.Capacity) *rig {
 	testenv.RequirePrivileged(t)
 	root := testenv.Cgroup(t, "", testenv.UniqueName("sluice-test-"))
 	r := &rig{
