@@ -1,0 +1,93 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"runtime/debug"
+
+	"github.com/spf13/cobra"
+
+	"github.com/sluice-mesh/sluice/dataplane"
+	"github.com/sluice-mesh/sluice/e2e/demo"
+)
+
+func newRootCommand() *cobra.Command {
+	root := &cobra.Command{
+		Use:           "sluice",
+		Short:         "Sluice: a sidecarless service-mesh dataplane for Linux",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.AddCommand(newDemoCommand(), newDemoBackendCommand(), newUninstallCommand(), newVersionCommand())
+	return root
+}
+
+func newDemoCommand() *cobra.Command {
+	var requests int
+	cmd := &cobra.Command{
+		Use:   "demo",
+		Short: "Run the standalone demo on a simulated cluster (needs root)",
+		Long: "Creates a simulated cluster on this host (pods as network namespaces, a node as a cgroup),\n" +
+			"routes a service VIP to backend pods through Sluice's kernel dataplane, sends requests\n" +
+			"with curl, shows which backends answered, and removes everything again.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			self, err := os.Executable()
+			if err != nil {
+				return err
+			}
+			return demo.Run(cmd.Context(), demo.Options{Out: cmd.OutOrStdout(), Self: self, Requests: requests})
+		},
+	}
+	cmd.Flags().IntVar(&requests, "requests", 40, "requests per phase")
+	return cmd
+}
+
+func newDemoBackendCommand() *cobra.Command {
+	var name, listen string
+	cmd := &cobra.Command{
+		Use:    "demo-backend",
+		Short:  "HTTP server that answers with its name (used by the demo)",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return demo.ServeBackend(cmd.Context(), name, listen, cmd.OutOrStdout())
+		},
+	}
+	cmd.Flags().StringVar(&name, "name", "backend", "name to answer with")
+	cmd.Flags().StringVar(&listen, "listen", ":8080", "address to listen on")
+	return cmd
+}
+
+func newUninstallCommand() *cobra.Command {
+	var pinDir string
+	cmd := &cobra.Command{
+		Use:   "uninstall",
+		Short: "Detach Sluice's programs and remove its pinned maps and links",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := dataplane.Teardown(pinDir); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "removed %s\n", pinDir)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&pinDir, "pin-dir", dataplane.DefaultBPFFS+"/sluice", "bpffs directory holding the dataplane's pins")
+	return cmd
+}
+
+func newVersionCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print the version",
+		Args:  cobra.NoArgs,
+		Run: func(cmd *cobra.Command, _ []string) {
+			v := "(devel)"
+			if info, ok := debug.ReadBuildInfo(); ok && info.Main.Version != "" {
+				v = info.Main.Version
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), "sluice", v)
+		},
+	}
+}

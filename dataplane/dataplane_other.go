@@ -1,0 +1,40 @@
+//go:build !linux
+
+package dataplane
+
+import (
+	"errors"
+	"log/slog"
+)
+
+// ErrNotSupported is returned off Linux: the dataplane needs Linux BPF.
+var ErrNotSupported = errors.New("the Sluice dataplane needs Linux with BPF and cgroup v2")
+
+// DefaultBPFFS is where bpffs is mounted when it is missing.
+const DefaultBPFFS = "/sys/fs/bpf"
+
+// Options configures Open.
+type Options struct {
+	PinDir   string
+	Cgroup   string
+	Capacity Capacity
+	Logger   *slog.Logger
+}
+
+// Dataplane is unavailable off Linux.
+type Dataplane struct{}
+
+// Open fails with ErrNotSupported.
+func Open(Options) (*Dataplane, error) { return nil, ErrNotSupported }
+
+// Apply fails with ErrNotSupported.
+func (*Dataplane) Apply(State) error { return ErrNotSupported }
+
+// Close does nothing.
+func (*Dataplane) Close() error { return nil }
+
+// Teardown fails with ErrNotSupported.
+func Teardown(string) error { return ErrNotSupported }
+
+// Cgroup2Mount fails with ErrNotSupported.
+func Cgroup2Mount() (string, error) { return "", ErrNotSupported }
