@@ -37,6 +37,7 @@ demo: build
 
 fmt:
 	gofmt -w $$(git ls-files '*.go' | grep -v '_bpfel.go$$')
+	clang-format-19 -i bpf/*.c bpf/*.h
 
 clean:
 	rm -rf bin

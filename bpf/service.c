@@ -17,8 +17,8 @@
 
 #include "sluice_abi.h"
 
-#define SL_ALLOW 1
-#define SL_REJECT 0
+#define SL_ALLOW        1
+#define SL_REJECT       0
 #define SL_ECONNREFUSED 111
 
 /* Map sizes here are placeholders: the agent sets max_entries from its
@@ -159,8 +159,7 @@ static __always_inline void remember_origin(struct bpf_sock_addr *ctx, const str
     struct bpf_sock *sk = ctx->sk;
     if (!sk)
         return;
-    struct sl_sock_origin *o =
-        bpf_sk_storage_get(&sl_origins, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+    struct sl_sock_origin *o = bpf_sk_storage_get(&sl_origins, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
     if (!o)
         return;
     __builtin_memcpy(o->vip, key->addr, sizeof(o->vip));
@@ -220,8 +219,7 @@ static __always_inline void write_dst6(struct bpf_sock_addr *ctx, const __u32 *a
     ctx->user_port = port;
 }
 
-static __always_inline int connect_common(struct bpf_sock_addr *ctx, struct sl_svc_key *key,
-                                          int v6)
+static __always_inline int connect_common(struct bpf_sock_addr *ctx, struct sl_svc_key *key, int v6)
 {
     struct sl_svc_value *svc = NULL;
     struct sl_be_value *be = NULL;

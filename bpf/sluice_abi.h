@@ -23,8 +23,8 @@
 
 /* Indexes into sl_stats (a per-CPU array of u64 counters). */
 enum sl_stat {
-    SL_STAT_TRANSLATED = 0,  /* connect/sendmsg rewritten to a backend */
-    SL_STAT_NO_BACKEND = 1,  /* service with no usable endpoint: refused */
+    SL_STAT_TRANSLATED = 0,   /* connect/sendmsg rewritten to a backend */
+    SL_STAT_NO_BACKEND = 1,   /* service with no usable endpoint: refused */
     SL_STAT_BACKEND_MISS = 2, /* service entry without its backend entry (must stay 0) */
     SL_STAT_MAX = 3,
 };
