@@ -461,3 +461,41 @@ func TestCapacityChangeOfPinnedMapsIsExplained(t *testing.T) {
 		t.Errorf("reopening with another capacity: err = %v, want ErrIncompatiblePins", err)
 	}
 }
+
+// A process that died half way through an Apply leaves a half-written
+// inactive generation. The next owner repairs it on adoption, so its first
+// flip does not publish the debris.
+func TestAdoptionRepairsHalfWrittenGeneration(t *testing.T) {
+	r := newRig(t, dataplane.Capacity{})
+	a := r.tcpBackend("a", "127.0.0.1:0")
+	r.tcpBackend("debris", "127.0.0.1:0")
+	other := r.tcpBackend("other", "127.0.0.1:0")
+	s1 := dataplane.State{Services: []dataplane.Service{svc("web", "10.96.7.1", 80, dataplane.TCP, a)}}
+	r.apply(s1)
+	r.dp.Close()
+
+	vip := netip.MustParseAddrPort("10.96.7.1:80")
+	if err := dataplane.WriteInactiveForTest(r.pinDir, vip, r.backends["debris"]); err != nil {
+		t.Fatal(err)
+	}
+	if err := dataplane.WriteInactiveForTest(r.pinDir, netip.MustParseAddrPort("10.96.7.2:80"), r.backends["debris"]); err != nil {
+		t.Fatal(err)
+	}
+
+	dp2 := r.open(dataplane.Capacity{})
+	// web is unchanged, so this Apply writes only the new service; the flip
+	// must not bring the debris for web or for 10.96.7.2 with it.
+	s2 := dataplane.State{Services: append(s1.Services, svc("new", "10.96.7.3", 80, dataplane.TCP, other))}
+	if err := dp2.Apply(s2); err != nil {
+		t.Fatal(err)
+	}
+	if got := tally(t, "10.96.7.1:80", 50); got["a"] != 50 {
+		t.Errorf("web after adoption and one apply: %v, want all on a", got)
+	}
+	if name, _, err := request("10.96.7.2:80"); err == nil {
+		t.Errorf("a service that exists only in the debris answered (%s)", name)
+	}
+	if got := tally(t, "10.96.7.3:80", 10); got["other"] != 10 {
+		t.Errorf("new service: %v", got)
+	}
+}

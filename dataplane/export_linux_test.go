@@ -1,0 +1,47 @@
+package dataplane
+
+import (
+	"net/netip"
+	"path/filepath"
+
+	"github.com/cilium/ebpf"
+)
+
+// WriteInactiveForTest leaves the debris of a process that died half way
+// through an Apply: in the inactive generation of the maps pinned in pinDir,
+// the TCP service vip routes to backend alone.
+func WriteInactiveForTest(pinDir string, vip, backend netip.AddrPort) error {
+	load := func(name string) (*ebpf.Map, error) { return ebpf.LoadPinnedMap(filepath.Join(pinDir, name), nil) }
+	active, err := load("sl_active")
+	if err != nil {
+		return err
+	}
+	defer active.Close()
+	services, err := load("sl_services")
+	if err != nil {
+		return err
+	}
+	defer services.Close()
+	backends, err := load("sl_backends")
+	if err != nil {
+		return err
+	}
+	defer backends.Close()
+
+	var cfg serviceSlConfig
+	if err := active.Lookup(uint32(0), &cfg); err != nil {
+		return err
+	}
+	key := svcKeyOf(ServiceKey{VIP: vip.Addr(), Port: vip.Port(), Protocol: TCP})
+	key.Gen = 1 - cfg.ActiveGen
+	var val serviceSlSvcValue
+	if err := services.Lookup(&key, &val); err != nil {
+		val.Id = 4242
+	}
+	val.Count, val.TotalWeight = 1, 1
+	if err := services.Put(&key, &val); err != nil {
+		return err
+	}
+	be := serviceSlBeValue{Addr: addrWords(backend.Addr()), Port: htons(backend.Port()), Family: family(backend.Addr()), CumWeight: 1}
+	return backends.Put(&serviceSlBeKey{Gen: key.Gen, SvcId: val.Id, Index: 0}, &be)
+}
