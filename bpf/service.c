@@ -319,17 +319,25 @@ static __always_inline void restore_peer(struct bpf_sock_addr *ctx, const __u32 
     }
 }
 
-static __always_inline void peer_from_ctx6(struct bpf_sock_addr *ctx, __u32 *addr, __u8 *family)
+static __always_inline void restore_peer4(struct bpf_sock_addr *ctx, int try_revnat)
 {
-    __u32 a[4] = {ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3]};
+    __u32 addr[4] = {ctx->user_ip4, 0, 0, 0};
+    restore_peer(ctx, addr, SL_FAMILY_V4, (__u16)ctx->user_port, 0, try_revnat);
+}
 
-    if (is_v4_mapped(a)) {
-        *family = SL_FAMILY_V4;
-        addr[0] = a[3];
-        return;
+/* restore_peer6 handles IPv6 peers, including v4-mapped ones of dual-stack
+ * sockets routed to IPv4 backends. */
+static __always_inline void restore_peer6(struct bpf_sock_addr *ctx, int try_revnat)
+{
+    __u32 addr[4] = {ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3]};
+    __u8 family = SL_FAMILY_V6;
+
+    if (is_v4_mapped(addr)) {
+        family = SL_FAMILY_V4;
+        addr[0] = addr[3];
+        addr[1] = addr[2] = addr[3] = 0;
     }
-    *family = SL_FAMILY_V6;
-    __builtin_memcpy(addr, a, sizeof(a));
+    restore_peer(ctx, addr, family, (__u16)ctx->user_port, 1, try_revnat);
 }
 
 SEC("cgroup/connect4")
@@ -377,36 +385,28 @@ int sl_sendmsg6(struct bpf_sock_addr *ctx)
 SEC("cgroup/recvmsg4")
 int sl_recvmsg4(struct bpf_sock_addr *ctx)
 {
-    __u32 addr[4] = {ctx->user_ip4, 0, 0, 0};
-    restore_peer(ctx, addr, SL_FAMILY_V4, (__u16)ctx->user_port, 0, 1);
+    restore_peer4(ctx, 1);
     return SL_ALLOW;
 }
 
 SEC("cgroup/recvmsg6")
 int sl_recvmsg6(struct bpf_sock_addr *ctx)
 {
-    __u32 addr[4] = {};
-    __u8 family = 0;
-    peer_from_ctx6(ctx, addr, &family);
-    restore_peer(ctx, addr, family, (__u16)ctx->user_port, 1, 1);
+    restore_peer6(ctx, 1);
     return SL_ALLOW;
 }
 
 SEC("cgroup/getpeername4")
 int sl_getpeername4(struct bpf_sock_addr *ctx)
 {
-    __u32 addr[4] = {ctx->user_ip4, 0, 0, 0};
-    restore_peer(ctx, addr, SL_FAMILY_V4, (__u16)ctx->user_port, 0, 0);
+    restore_peer4(ctx, 0);
     return SL_ALLOW;
 }
 
 SEC("cgroup/getpeername6")
 int sl_getpeername6(struct bpf_sock_addr *ctx)
 {
-    __u32 addr[4] = {};
-    __u8 family = 0;
-    peer_from_ctx6(ctx, addr, &family);
-    restore_peer(ctx, addr, family, (__u16)ctx->user_port, 1, 0);
+    restore_peer6(ctx, 0);
     return SL_ALLOW;
 }
 

@@ -225,37 +225,32 @@ func (d *Dataplane) adoptState() error {
 }
 
 func (d *Dataplane) readGeneration(gen uint32) (kernelEntries, error) {
-	e := kernelEntries{
-		services: make(map[serviceSlSvcKey]serviceSlSvcValue),
-		backends: make(map[serviceSlBeKey]serviceSlBeValue),
+	services, err := readGen[serviceSlSvcKey, serviceSlSvcValue](d.objs.SlServices, gen)
+	if err != nil {
+		return kernelEntries{}, fmt.Errorf("read services: %w", err)
 	}
-	var sk serviceSlSvcKey
-	var sv serviceSlSvcValue
-	it := d.objs.SlServices.Iterate()
-	for it.Next(&sk, &sv) {
-		if sk.Gen == gen {
-			k := sk
-			k.Gen = 0
-			e.services[k] = sv
+	backends, err := readGen[serviceSlBeKey, serviceSlBeValue](d.objs.SlBackends, gen)
+	if err != nil {
+		return kernelEntries{}, fmt.Errorf("read backends: %w", err)
+	}
+	return kernelEntries{services: services, backends: backends}, nil
+}
+
+// readGen returns the entries of generation gen in m, keyed with the
+// generation cleared.
+func readGen[K comparable, V any, PK genKey[K]](m *ebpf.Map, gen uint32) (map[K]V, error) {
+	out := make(map[K]V)
+	var k K
+	var v V
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		if PK(&k).gen() == gen {
+			key := k
+			PK(&key).setGen(0)
+			out[key] = v
 		}
 	}
-	if err := it.Err(); err != nil {
-		return e, fmt.Errorf("read services: %w", err)
-	}
-	var bk serviceSlBeKey
-	var bv serviceSlBeValue
-	bit := d.objs.SlBackends.Iterate()
-	for bit.Next(&bk, &bv) {
-		if bk.Gen == gen {
-			k := bk
-			k.Gen = 0
-			e.backends[k] = bv
-		}
-	}
-	if err := bit.Err(); err != nil {
-		return e, fmt.Errorf("read backends: %w", err)
-	}
-	return e, nil
+	return out, it.Err()
 }
 
 // resyncInactive makes the inactive generation equal to the active one.
@@ -353,10 +348,13 @@ func (d *Dataplane) writeGeneration(gen uint32, diff entriesDiff) error {
 // genKey is a map key with a generation field.
 type genKey[K any] interface {
 	*K
+	gen() uint32
 	setGen(uint32)
 }
 
+func (k *serviceSlSvcKey) gen() uint32     { return k.Gen }
 func (k *serviceSlSvcKey) setGen(g uint32) { k.Gen = g }
+func (k *serviceSlBeKey) gen() uint32      { return k.Gen }
 func (k *serviceSlBeKey) setGen(g uint32)  { k.Gen = g }
 
 func putAll[K comparable, V any, PK genKey[K]](m *ebpf.Map, gen uint32, puts map[K]V) error {
