@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/sluice-mesh/sluice/dataplane"
+	"github.com/sluice-mesh/sluice/dataplane/model"
 )
 
 // BenchmarkConnectRequest measures connect + one request/response + close
@@ -14,7 +15,7 @@ import (
 func BenchmarkConnectRequest(b *testing.B) {
 	r := newRig(b, dataplane.Capacity{})
 	backend := r.tcpBackend("a", "127.0.0.1:0")
-	r.apply(dataplane.State{Services: []dataplane.Service{svc("bench", "10.96.9.1", 80, dataplane.TCP, backend)}})
+	r.apply(model.State{Services: []model.Service{svc("bench", "10.96.9.1", 80, model.TCP, backend)}})
 	direct := r.backends["a"].String()
 	const vip = "10.96.9.1:80"
 

@@ -6,13 +6,15 @@ import (
 	"math"
 	"net/netip"
 	"slices"
+
+	"github.com/sluice-mesh/sluice/dataplane/model"
 )
 
 // activeSet is what the kernel needs of one service: its stable id and the
 // endpoints that get new connections, with cumulative weights.
 type activeSet struct {
 	ID          uint32
-	Backends    []activeBackend // canonical order: by address, then port
+	Backends    []activeBackend // canonical order: by pool name, then address, then port
 	TotalWeight uint32
 }
 
@@ -22,170 +24,151 @@ type activeBackend struct {
 	CumWeight uint32 // this backend owns [previous CumWeight, CumWeight)
 }
 
+// splitScale is the total weight a service with several pools is scaled to:
+// large enough that rounding moves a pool's share by under one in a million.
+const splitScale = 1 << 24
+
 // compile validates s against caps and returns each service's active set.
 // Service ids in prevIDs are kept, so an unchanged service keeps its kernel
 // entries; new services get the lowest free ids. It is pure.
-func compile(s State, caps Capacity, prevIDs map[ServiceKey]uint32) (map[ServiceKey]activeSet, error) {
+func compile(s model.State, caps Capacity, prevIDs map[model.ServiceKey]uint32) (map[model.ServiceKey]activeSet, error) {
 	caps = caps.WithDefaults()
+	if err := s.Validate(); err != nil {
+		return nil, err
+	}
 	if len(s.Services) > caps.Services {
-		return nil, &EntryError{
-			Entry:  serviceLabel(caps.Services, &s.Services[caps.Services]),
+		return nil, &model.EntryError{
+			Entry:  model.Label(caps.Services, &s.Services[caps.Services]),
 			Reason: fmt.Sprintf("state has %d services, capacity is %d", len(s.Services), caps.Services),
-			Class:  ErrCapacity,
+			Class:  model.ErrCapacity,
 		}
 	}
 
-	out := make(map[ServiceKey]activeSet, len(s.Services))
-	owner := make(map[ServiceKey]int, len(s.Services))
+	out := make(map[model.ServiceKey]activeSet, len(s.Services))
 	backends := 0
 	for i := range s.Services {
 		svc := &s.Services[i]
-		if err := validateService(i, svc); err != nil {
-			return nil, err
-		}
-		key := svc.Key()
-		if j, dup := owner[key]; dup {
-			return nil, &EntryError{
-				Entry:  serviceLabel(i, svc),
-				Reason: "duplicate VIP:port/protocol, already used by " + serviceLabel(j, &s.Services[j]),
-				Class:  ErrInvalidState,
-			}
-		}
-		owner[key] = i
-
 		set, err := chooseActiveSet(i, svc)
 		if err != nil {
 			return nil, err
 		}
 		backends += len(set.Backends)
 		if backends > caps.Backends {
-			return nil, &EntryError{
-				Entry:  serviceLabel(i, svc),
+			return nil, &model.EntryError{
+				Entry:  model.Label(i, svc),
 				Reason: fmt.Sprintf("backend capacity %d exhausted (state needs at least %d)", caps.Backends, backends),
-				Class:  ErrCapacity,
+				Class:  model.ErrCapacity,
 			}
 		}
-		out[key] = set
+		out[svc.Key()] = set
 	}
 	assignIDs(out, prevIDs)
 	return out, nil
 }
 
-func validateService(i int, svc *Service) error {
-	bad := func(reason string) error {
-		return &EntryError{Entry: serviceLabel(i, svc), Reason: reason, Class: ErrInvalidState}
-	}
-	switch {
-	case !svc.VIP.IsValid():
-		return bad("missing VIP")
-	case svc.VIP.Zone() != "":
-		return bad("VIP must not have a zone")
-	case svc.VIP.Is4In6():
-		return bad("VIP is IPv4-mapped IPv6; use the IPv4 form " + svc.VIP.Unmap().String())
-	case svc.VIP.IsUnspecified() || svc.VIP.IsMulticast() || svc.VIP.IsLoopback():
-		return bad("VIP " + svc.VIP.String() + " is unspecified, multicast or loopback")
-	case svc.Port == 0:
-		return bad("port 0")
-	case svc.Protocol != TCP && svc.Protocol != UDP:
-		return bad("protocol must be TCP or UDP")
-	}
-
-	seen := make(map[netip.AddrPort]int, len(svc.Endpoints))
-	for j := range svc.Endpoints {
-		ep := &svc.Endpoints[j]
-		ap := netip.AddrPortFrom(ep.Addr, ep.Port)
-		badEP := func(reason string) error {
-			return &EntryError{
-				Entry:  fmt.Sprintf("%s endpoint %d (%s)", serviceLabel(i, svc), j, ap),
-				Reason: reason,
-				Class:  ErrInvalidState,
-			}
-		}
-		switch {
-		case !ep.Addr.IsValid():
-			return badEP("missing address")
-		case ep.Addr.Zone() != "":
-			return badEP("address must not have a zone")
-		case ep.Addr.Is4In6():
-			return badEP("address is IPv4-mapped IPv6; use the IPv4 form")
-		case ep.Addr.Is4() != svc.VIP.Is4():
-			return badEP("address family differs from the VIP's")
-		case ep.Addr.IsUnspecified() || ep.Addr.IsMulticast():
-			return badEP("address is unspecified or multicast")
-		case ep.Port == 0:
-			return badEP("port 0")
-		case ep.Health > HealthDraining:
-			return badEP("unknown health " + ep.Health.String())
-		}
-		if k, dup := seen[ap]; dup {
-			return badEP(fmt.Sprintf("duplicate of endpoint %d", k))
-		}
-		seen[ap] = j
-	}
-	return nil
+// pool is one split's usable endpoints at its best priority.
+type pool struct {
+	name     string
+	weight   uint32
+	priority uint32
+	eps      []model.Endpoint // sorted by address, then port
+	total    uint64           // sum of endpoint weights (0 counted as 1)
 }
 
-// chooseActiveSet picks the usable endpoints of the highest priority (lowest
-// number) that has any, and lays out their weights cumulatively.
-func chooseActiveSet(i int, svc *Service) (activeSet, error) {
-	best := uint32(math.MaxUint32)
+// chooseActiveSet lays out the endpoints that get new connections. Each pool
+// keeps only usable endpoints of its highest priority (lowest number) that
+// has any. With one pool the endpoint weights are used as they are; with
+// several, each endpoint's weight is scaled so that every pool gets its
+// split's share of connections.
+func chooseActiveSet(i int, svc *model.Service) (activeSet, error) {
+	var pools []pool
+	n := 0
+	for _, sp := range svc.Pools() {
+		p := usable(sp)
+		if p.weight == 0 || len(p.eps) == 0 {
+			continue
+		}
+		pools = append(pools, p)
+		n += len(p.eps)
+	}
+	if n > MaxBackendsPerService {
+		return activeSet{}, &model.EntryError{
+			Entry:  model.Label(i, svc),
+			Reason: fmt.Sprintf("%d usable endpoints, at most %d are supported", n, MaxBackendsPerService),
+			Class:  model.ErrCapacity,
+		}
+	}
+	slices.SortFunc(pools, func(a, b pool) int { return cmp.Compare(a.name, b.name) })
+
+	var splitTotal uint64
+	for _, p := range pools {
+		splitTotal += uint64(p.weight)
+	}
+	set := activeSet{Backends: make([]activeBackend, 0, n)}
+	var cum uint64
+	for _, p := range pools {
+		for _, ep := range p.eps {
+			w := endpointWeight(ep)
+			if len(pools) > 1 {
+				share := float64(w) * float64(p.weight) / (float64(p.total) * float64(splitTotal))
+				w = max(1, uint64(math.Round(share*splitScale)))
+			}
+			cum += w
+			if cum > math.MaxUint32 {
+				return activeSet{}, &model.EntryError{
+					Entry:  model.Label(i, svc),
+					Reason: fmt.Sprintf("sum of endpoint weights at priority %d exceeds %d", p.priority, uint32(math.MaxUint32)),
+					Class:  model.ErrInvalidState,
+				}
+			}
+			set.Backends = append(set.Backends, activeBackend{Addr: ep.Addr, Port: ep.Port, CumWeight: uint32(cum)})
+		}
+	}
+	set.TotalWeight = uint32(cum)
+	return set, nil
+}
+
+func endpointWeight(ep model.Endpoint) uint64 {
+	if ep.Weight == 0 {
+		return 1
+	}
+	return uint64(ep.Weight)
+}
+
+// usable returns a split's usable endpoints at the highest priority that
+// has any.
+func usable(sp model.Split) pool {
+	p := pool{name: sp.Name, weight: sp.Weight}
 	found := false
-	for _, ep := range svc.Endpoints {
-		if ep.Health.Usable() && (!found || ep.Priority < best) {
-			best, found = ep.Priority, true
+	for _, ep := range sp.Endpoints {
+		if ep.Health.Usable() && (!found || ep.Priority < p.priority) {
+			p.priority, found = ep.Priority, true
 		}
 	}
 	if !found {
-		return activeSet{}, nil
+		return p
 	}
-
-	var chosen []Endpoint
-	for _, ep := range svc.Endpoints {
-		if ep.Health.Usable() && ep.Priority == best {
-			chosen = append(chosen, ep)
+	for _, ep := range sp.Endpoints {
+		if ep.Health.Usable() && ep.Priority == p.priority {
+			p.eps = append(p.eps, ep)
+			p.total += endpointWeight(ep)
 		}
 	}
-	if len(chosen) > MaxBackendsPerService {
-		return activeSet{}, &EntryError{
-			Entry:  serviceLabel(i, svc),
-			Reason: fmt.Sprintf("%d usable endpoints at priority %d, at most %d are supported", len(chosen), best, MaxBackendsPerService),
-			Class:  ErrCapacity,
-		}
-	}
-	slices.SortFunc(chosen, func(a, b Endpoint) int {
+	slices.SortFunc(p.eps, func(a, b model.Endpoint) int {
 		if c := a.Addr.Compare(b.Addr); c != 0 {
 			return c
 		}
 		return cmp.Compare(a.Port, b.Port)
 	})
-
-	set := activeSet{Backends: make([]activeBackend, len(chosen))}
-	var total uint64
-	for j, ep := range chosen {
-		w := uint64(ep.Weight)
-		if w == 0 {
-			w = 1
-		}
-		total += w
-		if total > math.MaxUint32 {
-			return activeSet{}, &EntryError{
-				Entry:  serviceLabel(i, svc),
-				Reason: fmt.Sprintf("sum of endpoint weights at priority %d exceeds %d", best, uint32(math.MaxUint32)),
-				Class:  ErrInvalidState,
-			}
-		}
-		set.Backends[j] = activeBackend{Addr: ep.Addr, Port: ep.Port, CumWeight: uint32(total)}
-	}
-	set.TotalWeight = uint32(total)
-	return set, nil
+	return p
 }
 
 // assignIDs gives every service its id from prev, or the lowest id (from 1)
 // that is neither kept nor already given. New services are numbered in key
 // order so the result does not depend on the order of the input.
-func assignIDs(sets map[ServiceKey]activeSet, prev map[ServiceKey]uint32) {
+func assignIDs(sets map[model.ServiceKey]activeSet, prev map[model.ServiceKey]uint32) {
 	used := make(map[uint32]bool, len(sets))
-	var fresh []ServiceKey
+	var fresh []model.ServiceKey
 	for k, set := range sets {
 		if id, ok := prev[k]; ok && id != 0 {
 			set.ID = id
@@ -208,7 +191,7 @@ func assignIDs(sets map[ServiceKey]activeSet, prev map[ServiceKey]uint32) {
 	}
 }
 
-func compareKeys(a, b ServiceKey) int {
+func compareKeys(a, b model.ServiceKey) int {
 	if c := a.VIP.Compare(b.VIP); c != 0 {
 		return c
 	}

@@ -6,49 +6,51 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/sluice-mesh/sluice/dataplane/model"
 )
 
-func ep(addr string, mods ...func(*Endpoint)) Endpoint {
+func ep(addr string, mods ...func(*model.Endpoint)) model.Endpoint {
 	ap := netip.MustParseAddrPort(addr)
-	e := Endpoint{Addr: ap.Addr(), Port: ap.Port()}
+	e := model.Endpoint{Addr: ap.Addr(), Port: ap.Port()}
 	for _, m := range mods {
 		m(&e)
 	}
 	return e
 }
 
-func weight(w uint32) func(*Endpoint)   { return func(e *Endpoint) { e.Weight = w } }
-func health(h Health) func(*Endpoint)   { return func(e *Endpoint) { e.Health = h } }
-func priority(p uint32) func(*Endpoint) { return func(e *Endpoint) { e.Priority = p } }
+func weight(w uint32) func(*model.Endpoint)       { return func(e *model.Endpoint) { e.Weight = w } }
+func health(h model.Health) func(*model.Endpoint) { return func(e *model.Endpoint) { e.Health = h } }
+func priority(p uint32) func(*model.Endpoint)     { return func(e *model.Endpoint) { e.Priority = p } }
 
-func service(name, vip string, eps ...Endpoint) Service {
-	return Service{Name: name, VIP: netip.MustParseAddr(vip), Port: 80, Protocol: TCP, Endpoints: eps}
+func service(name, vip string, eps ...model.Endpoint) model.Service {
+	return model.Service{Name: name, VIP: netip.MustParseAddr(vip), Port: 80, Protocol: model.TCP, Endpoints: eps}
 }
 
 func TestCompileRejectsInvalidStates(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
-		state   State
+		state   model.State
 		caps    Capacity
 		class   error
 		mention string
 	}{
-		{"missing VIP", State{Services: []Service{{Name: "x", Port: 80, Protocol: TCP}}}, Capacity{}, ErrInvalidState, `service "x"`},
-		{"port 0", State{Services: []Service{{Name: "x", VIP: netip.MustParseAddr("10.0.0.1"), Protocol: TCP}}}, Capacity{}, ErrInvalidState, "port 0"},
-		{"protocol", State{Services: []Service{{Name: "x", VIP: netip.MustParseAddr("10.0.0.1"), Port: 1, Protocol: 1}}}, Capacity{}, ErrInvalidState, "TCP or UDP"},
-		{"v4-mapped VIP", State{Services: []Service{service("m", "::ffff:10.0.0.1")}}, Capacity{}, ErrInvalidState, "use the IPv4 form 10.0.0.1"},
-		{"loopback VIP", State{Services: []Service{service("lo", "127.0.0.5")}}, Capacity{}, ErrInvalidState, "loopback"},
-		{"duplicate", State{Services: []Service{service("a", "10.0.0.1"), service("b", "10.0.0.1")}}, Capacity{}, ErrInvalidState, `service "b" (10.0.0.1:80/TCP): duplicate VIP:port/protocol, already used by service "a"`},
-		{"endpoint family", State{Services: []Service{service("f", "10.0.0.1", ep("[fd00::1]:80"))}}, Capacity{}, ErrInvalidState, "endpoint 0 ([fd00::1]:80): address family differs"},
-		{"endpoint port 0", State{Services: []Service{service("p", "10.0.0.1", ep("10.1.0.1:1"), ep("10.1.0.2:0"))}}, Capacity{}, ErrInvalidState, "endpoint 1 (10.1.0.2:0): port 0"},
-		{"duplicate endpoint", State{Services: []Service{service("d", "10.0.0.1", ep("10.1.0.1:80"), ep("10.1.0.1:80"))}}, Capacity{}, ErrInvalidState, "duplicate of endpoint 0"},
-		{"bad health", State{Services: []Service{service("h", "10.0.0.1", ep("10.1.0.1:80", health(9)))}}, Capacity{}, ErrInvalidState, "unknown health"},
-		{"weight overflow", State{Services: []Service{service("w", "10.0.0.1", ep("10.1.0.1:80", weight(1<<31)), ep("10.1.0.2:80", weight(1<<31)))}}, Capacity{}, ErrInvalidState, "sum of endpoint weights"},
-		{"services over capacity", State{Services: []Service{service("a", "10.0.0.1"), service("b", "10.0.0.2")}}, Capacity{Services: 1}, ErrCapacity, `service "b"`},
-		{"backends over capacity", State{Services: []Service{
+		{"missing VIP", model.State{Services: []model.Service{{Name: "x", Port: 80, Protocol: model.TCP}}}, Capacity{}, model.ErrInvalidState, `service "x"`},
+		{"port 0", model.State{Services: []model.Service{{Name: "x", VIP: netip.MustParseAddr("10.0.0.1"), Protocol: model.TCP}}}, Capacity{}, model.ErrInvalidState, "port 0"},
+		{"protocol", model.State{Services: []model.Service{{Name: "x", VIP: netip.MustParseAddr("10.0.0.1"), Port: 1, Protocol: 1}}}, Capacity{}, model.ErrInvalidState, "TCP or UDP"},
+		{"v4-mapped VIP", model.State{Services: []model.Service{service("m", "::ffff:10.0.0.1")}}, Capacity{}, model.ErrInvalidState, "use the IPv4 form 10.0.0.1"},
+		{"loopback VIP", model.State{Services: []model.Service{service("lo", "127.0.0.5")}}, Capacity{}, model.ErrInvalidState, "loopback"},
+		{"duplicate", model.State{Services: []model.Service{service("a", "10.0.0.1"), service("b", "10.0.0.1")}}, Capacity{}, model.ErrInvalidState, `service "b" (10.0.0.1:80/TCP): duplicate VIP:port/protocol, already used by service "a"`},
+		{"endpoint family", model.State{Services: []model.Service{service("f", "10.0.0.1", ep("[fd00::1]:80"))}}, Capacity{}, model.ErrInvalidState, "endpoint 0 ([fd00::1]:80): address family differs"},
+		{"endpoint port 0", model.State{Services: []model.Service{service("p", "10.0.0.1", ep("10.1.0.1:1"), ep("10.1.0.2:0"))}}, Capacity{}, model.ErrInvalidState, "endpoint 1 (10.1.0.2:0): port 0"},
+		{"duplicate endpoint", model.State{Services: []model.Service{service("d", "10.0.0.1", ep("10.1.0.1:80"), ep("10.1.0.1:80"))}}, Capacity{}, model.ErrInvalidState, "duplicate of endpoint 0"},
+		{"bad health", model.State{Services: []model.Service{service("h", "10.0.0.1", ep("10.1.0.1:80", health(9)))}}, Capacity{}, model.ErrInvalidState, "unknown health"},
+		{"weight overflow", model.State{Services: []model.Service{service("w", "10.0.0.1", ep("10.1.0.1:80", weight(1<<31)), ep("10.1.0.2:80", weight(1<<31)))}}, Capacity{}, model.ErrInvalidState, "sum of endpoint weights"},
+		{"services over capacity", model.State{Services: []model.Service{service("a", "10.0.0.1"), service("b", "10.0.0.2")}}, Capacity{Services: 1}, model.ErrCapacity, `service "b"`},
+		{"backends over capacity", model.State{Services: []model.Service{
 			service("a", "10.0.0.1", ep("10.1.0.1:80")),
 			service("b", "10.0.0.2", ep("10.1.0.2:80"), ep("10.1.0.3:80")),
-		}}, Capacity{Backends: 2}, ErrCapacity, `service "b" (10.0.0.2:80/TCP): backend capacity 2 exhausted`},
+		}}, Capacity{Backends: 2}, model.ErrCapacity, `service "b" (10.0.0.2:80/TCP): backend capacity 2 exhausted`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := compile(tc.state, tc.caps, nil)
@@ -63,8 +65,8 @@ func TestCompileRejectsInvalidStates(t *testing.T) {
 }
 
 func TestUnhealthyEndpointsUseNoCapacity(t *testing.T) {
-	s := State{Services: []Service{service("a", "10.0.0.1",
-		ep("10.1.0.1:80"), ep("10.1.0.2:80", health(HealthUnhealthy)), ep("10.1.0.3:80", priority(1)))}}
+	s := model.State{Services: []model.Service{service("a", "10.0.0.1",
+		ep("10.1.0.1:80"), ep("10.1.0.2:80", health(model.HealthUnhealthy)), ep("10.1.0.3:80", priority(1)))}}
 	if _, err := compile(s, Capacity{Backends: 1}, nil); err != nil {
 		t.Errorf("only one endpoint is usable at the chosen priority, yet: %v", err)
 	}
@@ -73,30 +75,30 @@ func TestUnhealthyEndpointsUseNoCapacity(t *testing.T) {
 func TestActiveSet(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
-		eps   []Endpoint
+		eps   []model.Endpoint
 		want  []string // addr:port=cumulative weight, in order
 		total uint32
 	}{
 		{"no endpoints", nil, nil, 0},
-		{"zero weight counts as one", []Endpoint{ep("10.1.0.2:80"), ep("10.1.0.1:80", weight(3))}, []string{"10.1.0.1:80=3", "10.1.0.2:80=4"}, 4},
-		{"unusable dropped", []Endpoint{
-			ep("10.1.0.1:80", health(HealthUnhealthy)), ep("10.1.0.2:80", health(HealthDraining)),
-			ep("10.1.0.3:80", health(HealthHealthy), weight(2)), ep("10.1.0.4:80", health(HealthUnknown)),
+		{"zero weight counts as one", []model.Endpoint{ep("10.1.0.2:80"), ep("10.1.0.1:80", weight(3))}, []string{"10.1.0.1:80=3", "10.1.0.2:80=4"}, 4},
+		{"unusable dropped", []model.Endpoint{
+			ep("10.1.0.1:80", health(model.HealthUnhealthy)), ep("10.1.0.2:80", health(model.HealthDraining)),
+			ep("10.1.0.3:80", health(model.HealthHealthy), weight(2)), ep("10.1.0.4:80", health(model.HealthUnknown)),
 		}, []string{"10.1.0.3:80=2", "10.1.0.4:80=3"}, 3},
-		{"highest priority with a usable endpoint", []Endpoint{
-			ep("10.1.0.1:80", health(HealthUnhealthy)), ep("10.1.0.2:80", priority(2)),
-			ep("10.1.0.3:80", priority(1), weight(5)), ep("10.1.0.4:80", priority(1), health(HealthDraining)),
+		{"highest priority with a usable endpoint", []model.Endpoint{
+			ep("10.1.0.1:80", health(model.HealthUnhealthy)), ep("10.1.0.2:80", priority(2)),
+			ep("10.1.0.3:80", priority(1), weight(5)), ep("10.1.0.4:80", priority(1), health(model.HealthDraining)),
 		}, []string{"10.1.0.3:80=5"}, 5},
-		{"all unusable", []Endpoint{ep("10.1.0.1:80", health(HealthUnhealthy), priority(3))}, nil, 0},
-		{"order by address then port", []Endpoint{ep("10.1.0.1:90"), ep("10.1.0.1:80"), ep("10.0.0.9:99")},
+		{"all unusable", []model.Endpoint{ep("10.1.0.1:80", health(model.HealthUnhealthy), priority(3))}, nil, 0},
+		{"order by address then port", []model.Endpoint{ep("10.1.0.1:90"), ep("10.1.0.1:80"), ep("10.0.0.9:99")},
 			[]string{"10.0.0.9:99=1", "10.1.0.1:80=2", "10.1.0.1:90=3"}, 3},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			sets, err := compile(State{Services: []Service{service("s", "10.0.0.1", tc.eps...)}}, Capacity{}, nil)
+			sets, err := compile(model.State{Services: []model.Service{service("s", "10.0.0.1", tc.eps...)}}, Capacity{}, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
-			set := sets[ServiceKey{VIP: netip.MustParseAddr("10.0.0.1"), Port: 80, Protocol: TCP}]
+			set := sets[model.ServiceKey{VIP: netip.MustParseAddr("10.0.0.1"), Port: 80, Protocol: model.TCP}]
 			var got []string
 			for _, b := range set.Backends {
 				got = append(got, netip.AddrPortFrom(b.Addr, b.Port).String()+"="+strconv.FormatUint(uint64(b.CumWeight), 10))
@@ -109,17 +111,17 @@ func TestActiveSet(t *testing.T) {
 }
 
 func TestServiceIDsAreStable(t *testing.T) {
-	key := func(vip string) ServiceKey {
-		return ServiceKey{VIP: netip.MustParseAddr(vip), Port: 80, Protocol: TCP}
+	key := func(vip string) model.ServiceKey {
+		return model.ServiceKey{VIP: netip.MustParseAddr(vip), Port: 80, Protocol: model.TCP}
 	}
-	ids := func(sets map[ServiceKey]activeSet) map[ServiceKey]uint32 {
-		m := map[ServiceKey]uint32{}
+	ids := func(sets map[model.ServiceKey]activeSet) map[model.ServiceKey]uint32 {
+		m := map[model.ServiceKey]uint32{}
 		for k, s := range sets {
 			m[k] = s.ID
 		}
 		return m
 	}
-	first, err := compile(State{Services: []Service{service("b", "10.0.0.2"), service("a", "10.0.0.1"), service("c", "10.0.0.3")}}, Capacity{}, nil)
+	first, err := compile(model.State{Services: []model.Service{service("b", "10.0.0.2"), service("a", "10.0.0.1"), service("c", "10.0.0.3")}}, Capacity{}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -128,12 +130,12 @@ func TestServiceIDsAreStable(t *testing.T) {
 		t.Fatalf("fresh ids not given in key order from 1: %v", got)
 	}
 	// Remove b, add d and e: a and c keep their ids, d reuses b's, e takes the next.
-	second, err := compile(State{Services: []Service{service("e", "10.0.0.5"), service("c", "10.0.0.3"), service("d", "10.0.0.4"), service("a", "10.0.0.1")}}, Capacity{}, got)
+	second, err := compile(model.State{Services: []model.Service{service("e", "10.0.0.5"), service("c", "10.0.0.3"), service("d", "10.0.0.4"), service("a", "10.0.0.1")}}, Capacity{}, got)
 	if err != nil {
 		t.Fatal(err)
 	}
 	got2 := ids(second)
-	want := map[ServiceKey]uint32{key("10.0.0.1"): 1, key("10.0.0.3"): 3, key("10.0.0.4"): 2, key("10.0.0.5"): 4}
+	want := map[model.ServiceKey]uint32{key("10.0.0.1"): 1, key("10.0.0.3"): 3, key("10.0.0.4"): 2, key("10.0.0.5"): 4}
 	for k, id := range want {
 		if got2[k] != id {
 			t.Errorf("id of %v = %d, want %d (all: %v)", k, got2[k], id, got2)
@@ -156,5 +158,47 @@ func TestParseCgroup2Mount(t *testing.T) {
 	}
 	if _, err := ParseCgroup2Mount(strings.NewReader("37 35 0:32 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n")); !errors.Is(err, ErrNoCgroup2) {
 		t.Errorf("v1 only: err = %v, want ErrNoCgroup2", err)
+	}
+}
+
+func TestSplitsShareConnectionsByWeight(t *testing.T) {
+	shares := func(s model.Service) map[string]float64 {
+		t.Helper()
+		sets, err := compile(model.State{Services: []model.Service{s}}, Capacity{}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		set := sets[s.Key()]
+		out := map[string]float64{}
+		prev := uint32(0)
+		for _, b := range set.Backends {
+			out[netip.AddrPortFrom(b.Addr, b.Port).String()] += float64(b.CumWeight-prev) / float64(set.TotalWeight)
+			prev = b.CumWeight
+		}
+		return out
+	}
+	base := service("split", "10.0.0.1")
+	base.Splits = []model.Split{
+		{Name: "stable", Weight: 80, Endpoints: []model.Endpoint{ep("10.1.0.1:80"), ep("10.1.0.2:80", weight(3))}},
+		{Name: "canary", Weight: 20, Endpoints: []model.Endpoint{ep("10.2.0.1:80", weight(7)), ep("10.2.0.2:80", health(model.HealthUnhealthy))}},
+		{Name: "dark", Weight: 0, Endpoints: []model.Endpoint{ep("10.3.0.1:80")}},
+	}
+	want := map[string]float64{"10.1.0.1:80": 0.2, "10.1.0.2:80": 0.6, "10.2.0.1:80": 0.2}
+	got := shares(base)
+	if len(got) != len(want) {
+		t.Fatalf("shares %v, want %v", got, want)
+	}
+	for k, w := range want {
+		if diff := got[k] - w; diff > 1e-6 || diff < -1e-6 {
+			t.Errorf("share of %s = %.7f, want %.7f", k, got[k], w)
+		}
+	}
+
+	// A pool with no usable endpoint gets nothing; the others share its part.
+	down := base
+	down.Splits = append([]model.Split(nil), base.Splits...)
+	down.Splits[1].Endpoints = []model.Endpoint{ep("10.2.0.1:80", health(model.HealthDraining))}
+	if got := shares(down); got["10.1.0.1:80"] < 0.25-1e-6 || got["10.1.0.1:80"] > 0.25+1e-6 || len(got) != 2 {
+		t.Errorf("with the canary down: %v, want stable alone at 0.25/0.75", got)
 	}
 }

@@ -1,6 +1,8 @@
 package dataplane
 
 import (
+	"github.com/sluice-mesh/sluice/dataplane/model"
+
 	"errors"
 	"fmt"
 	"io"
@@ -36,11 +38,11 @@ type Dataplane struct {
 
 	mu sync.Mutex
 	// Guarded by mu.
-	active      uint32                // generation the programs read
-	current     kernelEntries         // content of the active generation
-	ids         map[ServiceKey]uint32 // service ids in the active generation
-	mirrorDirty bool                  // inactive generation may differ from active
-	written     uint64                // map entries written or deleted since Open
+	active      uint32                      // generation the programs read
+	current     kernelEntries               // content of the active generation
+	ids         map[model.ServiceKey]uint32 // service ids in the active generation
+	mirrorDirty bool                        // inactive generation may differ from active
+	written     uint64                      // map entries written or deleted since Open
 	closed      bool
 }
 
@@ -269,7 +271,7 @@ func (d *Dataplane) resyncInactive() error {
 }
 
 // Apply replaces the routing state with s. It validates and compiles s first;
-// a state that is invalid or does not fit is rejected with an *EntryError
+// a state that is invalid or does not fit is rejected with a *model.EntryError
 // naming the offending entry, and the previous state stays in force.
 //
 // The maps hold two generations. Apply writes the changes into the inactive
@@ -277,7 +279,7 @@ func (d *Dataplane) resyncInactive() error {
 // program can still be reading the old generation (an RCU grace period), and
 // then brings the old generation up to date for the next Apply. An unchanged
 // state writes nothing.
-func (d *Dataplane) Apply(s State) error {
+func (d *Dataplane) Apply(s model.State) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {

@@ -3,6 +3,8 @@
 package dataplane
 
 import (
+	"github.com/sluice-mesh/sluice/dataplane/model"
+
 	"errors"
 	"log/slog"
 )
@@ -28,7 +30,7 @@ type Dataplane struct{}
 func Open(Options) (*Dataplane, error) { return nil, ErrNotSupported }
 
 // Apply fails with ErrNotSupported.
-func (*Dataplane) Apply(State) error { return ErrNotSupported }
+func (*Dataplane) Apply(model.State) error { return ErrNotSupported }
 
 // Close does nothing.
 func (*Dataplane) Close() error { return nil }

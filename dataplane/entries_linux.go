@@ -1,6 +1,8 @@
 package dataplane
 
 import (
+	"github.com/sluice-mesh/sluice/dataplane/model"
+
 	"encoding/binary"
 	"net/netip"
 )
@@ -63,7 +65,7 @@ func diffMaps[K, V comparable](from, to map[K]V) (puts map[K]V, dels []K) {
 }
 
 // flatten lays active sets out as kernel map entries.
-func flatten(sets map[ServiceKey]activeSet) kernelEntries {
+func flatten(sets map[model.ServiceKey]activeSet) kernelEntries {
 	e := kernelEntries{
 		services: make(map[serviceSlSvcKey]serviceSlSvcValue, len(sets)),
 		backends: make(map[serviceSlBeKey]serviceSlBeValue),
@@ -87,15 +89,15 @@ func flatten(sets map[ServiceKey]activeSet) kernelEntries {
 }
 
 // serviceIDs recovers the id of every service from kernel entries.
-func serviceIDs(e kernelEntries) map[ServiceKey]uint32 {
-	ids := make(map[ServiceKey]uint32, len(e.services))
+func serviceIDs(e kernelEntries) map[model.ServiceKey]uint32 {
+	ids := make(map[model.ServiceKey]uint32, len(e.services))
 	for k, v := range e.services {
 		ids[serviceKeyOf(k)] = v.Id
 	}
 	return ids
 }
 
-func svcKeyOf(k ServiceKey) serviceSlSvcKey {
+func svcKeyOf(k model.ServiceKey) serviceSlSvcKey {
 	return serviceSlSvcKey{
 		Addr:   addrWords(k.VIP),
 		Port:   htons(k.Port),
@@ -104,8 +106,8 @@ func svcKeyOf(k ServiceKey) serviceSlSvcKey {
 	}
 }
 
-func serviceKeyOf(k serviceSlSvcKey) ServiceKey {
-	return ServiceKey{VIP: addrFromWords(k.Addr, k.Family), Port: ntohs(k.Port), Protocol: Protocol(k.Proto)}
+func serviceKeyOf(k serviceSlSvcKey) model.ServiceKey {
+	return model.ServiceKey{VIP: addrFromWords(k.Addr, k.Family), Port: ntohs(k.Port), Protocol: model.Protocol(k.Proto)}
 }
 
 func family(a netip.Addr) uint8 {

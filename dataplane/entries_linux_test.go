@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"net/netip"
 	"testing"
+
+	"github.com/sluice-mesh/sluice/dataplane/model"
 )
 
 func TestAddrAndPortEncoding(t *testing.T) {
@@ -28,7 +30,7 @@ func TestAddrAndPortEncoding(t *testing.T) {
 }
 
 func TestFlattenAndDiff(t *testing.T) {
-	s1 := State{Services: []Service{service("a", "10.0.0.1", ep("10.1.0.1:80"), ep("10.1.0.2:80", weight(3)))}}
+	s1 := model.State{Services: []model.Service{service("a", "10.0.0.1", ep("10.1.0.1:80"), ep("10.1.0.2:80", weight(3)))}}
 	sets1, err := compile(s1, Capacity{}, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -47,7 +49,7 @@ func TestFlattenAndDiff(t *testing.T) {
 	}
 
 	// Dropping the second endpoint changes the service value and deletes one backend.
-	s2 := State{Services: []Service{service("a", "10.0.0.1", ep("10.1.0.1:80"))}}
+	s2 := model.State{Services: []model.Service{service("a", "10.0.0.1", ep("10.1.0.1:80"))}}
 	sets2, err := compile(s2, Capacity{}, serviceIDs(e1))
 	if err != nil {
 		t.Fatal(err)

@@ -1,6 +1,8 @@
 package dataplane
 
 import (
+	"github.com/sluice-mesh/sluice/dataplane/model"
+
 	"net/netip"
 	"path/filepath"
 
@@ -32,7 +34,7 @@ func WriteInactiveForTest(pinDir string, vip, backend netip.AddrPort) error {
 	if err := active.Lookup(uint32(0), &cfg); err != nil {
 		return err
 	}
-	key := svcKeyOf(ServiceKey{VIP: vip.Addr(), Port: vip.Port(), Protocol: TCP})
+	key := svcKeyOf(model.ServiceKey{VIP: vip.Addr(), Port: vip.Port(), Protocol: model.TCP})
 	key.Gen = 1 - cfg.ActiveGen
 	var val serviceSlSvcValue
 	if err := services.Lookup(&key, &val); err != nil {

@@ -16,6 +16,7 @@ import (
 	"github.com/cilium/ebpf/link"
 
 	"github.com/sluice-mesh/sluice/dataplane"
+	"github.com/sluice-mesh/sluice/dataplane/model"
 	"github.com/sluice-mesh/sluice/e2e/testenv"
 )
 
@@ -61,7 +62,7 @@ func (r *rig) open(caps dataplane.Capacity) *dataplane.Dataplane {
 	return dp
 }
 
-func (r *rig) apply(s dataplane.State) {
+func (r *rig) apply(s model.State) {
 	r.t.Helper()
 	if err := r.dp.Apply(s); err != nil {
 		r.t.Fatalf("apply: %v", err)
@@ -70,7 +71,7 @@ func (r *rig) apply(s dataplane.State) {
 
 // tcpBackend listens on addr (port 0 picks one) and answers every request
 // line with its name, then closes (the server closes first).
-func (r *rig) tcpBackend(name, addr string) dataplane.Endpoint {
+func (r *rig) tcpBackend(name, addr string) model.Endpoint {
 	r.t.Helper()
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
@@ -96,7 +97,7 @@ func (r *rig) tcpBackend(name, addr string) dataplane.Endpoint {
 }
 
 // udpBackend answers every datagram with its name.
-func (r *rig) udpBackend(name, addr string) dataplane.Endpoint {
+func (r *rig) udpBackend(name, addr string) model.Endpoint {
 	r.t.Helper()
 	pc, err := net.ListenPacket("udp", addr)
 	if err != nil {
@@ -116,11 +117,11 @@ func (r *rig) udpBackend(name, addr string) dataplane.Endpoint {
 	return r.endpoint(name, pc.LocalAddr().String())
 }
 
-func (r *rig) endpoint(name, addr string) dataplane.Endpoint {
+func (r *rig) endpoint(name, addr string) model.Endpoint {
 	ap := netip.MustParseAddrPort(addr)
 	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 	r.backends[name] = ap
-	return dataplane.Endpoint{Addr: ap.Addr(), Port: ap.Port()}
+	return model.Endpoint{Addr: ap.Addr(), Port: ap.Port()}
 }
 
 // request dials addr over TCP, sends one line and returns the answer and

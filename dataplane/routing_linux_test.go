@@ -13,17 +13,18 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/sluice-mesh/sluice/dataplane"
+	"github.com/sluice-mesh/sluice/dataplane/model"
 	"github.com/sluice-mesh/sluice/e2e/testenv"
 )
 
-func svc(name, vip string, port uint16, proto dataplane.Protocol, eps ...dataplane.Endpoint) dataplane.Service {
-	return dataplane.Service{Name: name, VIP: netip.MustParseAddr(vip), Port: port, Protocol: proto, Endpoints: eps}
+func svc(name, vip string, port uint16, proto model.Protocol, eps ...model.Endpoint) model.Service {
+	return model.Service{Name: name, VIP: netip.MustParseAddr(vip), Port: port, Protocol: proto, Endpoints: eps}
 }
 
 func TestTCPv4RoutesToBackendAndReportsVIP(t *testing.T) {
 	r := newRig(t, dataplane.Capacity{})
 	a := r.tcpBackend("a", "127.0.0.1:0")
-	r.apply(dataplane.State{Services: []dataplane.Service{svc("web", "10.96.0.10", 80, dataplane.TCP, a)}})
+	r.apply(model.State{Services: []model.Service{svc("web", "10.96.0.10", 80, model.TCP, a)}})
 
 	name, peer, err := request("10.96.0.10:80")
 	if err != nil {
@@ -40,7 +41,7 @@ func TestTCPv4RoutesToBackendAndReportsVIP(t *testing.T) {
 func TestTCPv6RoutesToBackendAndReportsVIP(t *testing.T) {
 	r := newRig(t, dataplane.Capacity{})
 	a := r.tcpBackend("a6", "[::1]:0")
-	r.apply(dataplane.State{Services: []dataplane.Service{svc("web6", "fd00:96::10", 8080, dataplane.TCP, a)}})
+	r.apply(model.State{Services: []model.Service{svc("web6", "fd00:96::10", 8080, model.TCP, a)}})
 
 	name, peer, err := request("[fd00:96::10]:8080")
 	if err != nil {
@@ -59,7 +60,7 @@ func TestTCPv6RoutesToBackendAndReportsVIP(t *testing.T) {
 func TestV4MappedDialFromIPv6Socket(t *testing.T) {
 	r := newRig(t, dataplane.Capacity{})
 	a := r.tcpBackend("a", "127.0.0.1:0")
-	r.apply(dataplane.State{Services: []dataplane.Service{svc("web", "10.96.0.11", 80, dataplane.TCP, a)}})
+	r.apply(model.State{Services: []model.Service{svc("web", "10.96.0.11", 80, model.TCP, a)}})
 
 	fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_STREAM, 0)
 	if err != nil {
@@ -88,7 +89,7 @@ func TestUDPUnconnectedReplyComesFromVIP(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			r := newRig(t, dataplane.Capacity{})
 			b := r.udpBackend("dns-"+tc.name, tc.backend)
-			r.apply(dataplane.State{Services: []dataplane.Service{svc("dns", tc.vip, 53, dataplane.UDP, b)}})
+			r.apply(model.State{Services: []model.Service{svc("dns", tc.vip, 53, model.UDP, b)}})
 
 			conn, err := net.ListenUDP(tc.network, nil)
 			if err != nil {
@@ -118,7 +119,7 @@ func TestUDPUnconnectedReplyComesFromVIP(t *testing.T) {
 func TestUDPConnectedSeesVIP(t *testing.T) {
 	r := newRig(t, dataplane.Capacity{})
 	b := r.udpBackend("u", "127.0.0.1:0")
-	r.apply(dataplane.State{Services: []dataplane.Service{svc("udp", "10.96.0.54", 5353, dataplane.UDP, b)}})
+	r.apply(model.State{Services: []model.Service{svc("udp", "10.96.0.54", 5353, model.UDP, b)}})
 
 	conn, err := net.Dial("udp4", "10.96.0.54:5353")
 	if err != nil {
@@ -149,13 +150,13 @@ func TestUDPConnectedSeesVIP(t *testing.T) {
 func TestWeightedDistribution(t *testing.T) {
 	r := newRig(t, dataplane.Capacity{})
 	weights := map[string]uint32{"w1": 1, "w3": 3, "w6": 6}
-	var eps []dataplane.Endpoint
+	var eps []model.Endpoint
 	for name, w := range weights {
 		ep := r.tcpBackend(name, "127.0.0.1:0")
 		ep.Weight = w
 		eps = append(eps, ep)
 	}
-	r.apply(dataplane.State{Services: []dataplane.Service{svc("weighted", "10.96.1.1", 80, dataplane.TCP, eps...)}})
+	r.apply(model.State{Services: []model.Service{svc("weighted", "10.96.1.1", 80, model.TCP, eps...)}})
 
 	const n = 3000
 	got := tally(t, "10.96.1.1:80", n)
@@ -174,14 +175,14 @@ func TestWeightedDistribution(t *testing.T) {
 func TestOnlyUsableEndpointsAreChosen(t *testing.T) {
 	r := newRig(t, dataplane.Capacity{})
 	healthy := r.tcpBackend("healthy", "127.0.0.1:0")
-	healthy.Health = dataplane.HealthHealthy
+	healthy.Health = model.HealthHealthy
 	unknown := r.tcpBackend("unknown", "127.0.0.1:0")
 	sick := r.tcpBackend("sick", "127.0.0.1:0")
-	sick.Health = dataplane.HealthUnhealthy
+	sick.Health = model.HealthUnhealthy
 	draining := r.tcpBackend("draining", "127.0.0.1:0")
-	draining.Health = dataplane.HealthDraining
-	r.apply(dataplane.State{Services: []dataplane.Service{
-		svc("mixed", "10.96.1.2", 80, dataplane.TCP, healthy, unknown, sick, draining)}})
+	draining.Health = model.HealthDraining
+	r.apply(model.State{Services: []model.Service{
+		svc("mixed", "10.96.1.2", 80, model.TCP, healthy, unknown, sick, draining)}})
 
 	got := tally(t, "10.96.1.2:80", 400)
 	if got["sick"] != 0 || got["draining"] != 0 {
@@ -201,21 +202,21 @@ func TestPriorityFailover(t *testing.T) {
 	p2 := r.tcpBackend("p2", "127.0.0.1:0")
 	p2.Priority = 2
 
-	state := func(p0aHealth, p0bHealth dataplane.Health) dataplane.State {
+	state := func(p0aHealth, p0bHealth model.Health) model.State {
 		a, b := p0a, p0b
 		a.Health, b.Health = p0aHealth, p0bHealth
-		return dataplane.State{Services: []dataplane.Service{svc("prio", "10.96.1.3", 80, dataplane.TCP, a, b, p1, p2)}}
+		return model.State{Services: []model.Service{svc("prio", "10.96.1.3", 80, model.TCP, a, b, p1, p2)}}
 	}
 
-	r.apply(state(dataplane.HealthHealthy, dataplane.HealthUnhealthy))
+	r.apply(state(model.HealthHealthy, model.HealthUnhealthy))
 	if got := tally(t, "10.96.1.3:80", 100); got["p0a"] != 100 {
 		t.Errorf("priority 0 has a healthy endpoint, yet got %v", got)
 	}
-	r.apply(state(dataplane.HealthUnhealthy, dataplane.HealthDraining))
+	r.apply(state(model.HealthUnhealthy, model.HealthDraining))
 	if got := tally(t, "10.96.1.3:80", 100); got["p1"] != 100 {
 		t.Errorf("priority 0 has no usable endpoint: want all on p1 (priority 1 only), got %v", got)
 	}
-	r.apply(state(dataplane.HealthUnhealthy, dataplane.HealthHealthy))
+	r.apply(state(model.HealthUnhealthy, model.HealthHealthy))
 	if got := tally(t, "10.96.1.3:80", 100); got["p0b"] != 100 {
 		t.Errorf("priority 0 recovered: want all on p0b, got %v", got)
 	}
@@ -223,9 +224,9 @@ func TestPriorityFailover(t *testing.T) {
 
 func TestServiceWithoutEndpointsRefusesAtOnce(t *testing.T) {
 	r := newRig(t, dataplane.Capacity{})
-	r.apply(dataplane.State{Services: []dataplane.Service{
-		svc("empty-tcp", "10.96.2.1", 80, dataplane.TCP),
-		svc("empty-udp", "10.96.2.1", 53, dataplane.UDP),
+	r.apply(model.State{Services: []model.Service{
+		svc("empty-tcp", "10.96.2.1", 80, model.TCP),
+		svc("empty-udp", "10.96.2.1", 53, model.UDP),
 	}})
 
 	// A timeout here would mean a SYN was sent into nowhere; the refusal
@@ -261,7 +262,7 @@ func TestOutsideManagedCgroupIsUntouched(t *testing.T) {
 		t.Fatalf("add decoy address: %v: %s", err, out)
 	}
 	r.tcpBackend("decoy", "10.96.3.1:80")
-	r.apply(dataplane.State{Services: []dataplane.Service{svc("web", "10.96.3.1", 80, dataplane.TCP, a)}})
+	r.apply(model.State{Services: []model.Service{svc("web", "10.96.3.1", 80, model.TCP, a)}})
 
 	if name, _, err := request("10.96.3.1:80"); err != nil || name != "backend" {
 		t.Errorf("managed client: answer %q, err %v; want the backend", name, err)
@@ -276,9 +277,9 @@ func TestRejectedStateKeepsPreviousInForce(t *testing.T) {
 	r := newRig(t, dataplane.Capacity{Services: 2, Backends: 3})
 	a := r.tcpBackend("a", "127.0.0.1:0")
 	b := r.tcpBackend("b", "127.0.0.1:0")
-	good := dataplane.State{Services: []dataplane.Service{
-		svc("one", "10.96.4.1", 80, dataplane.TCP, a),
-		svc("two", "10.96.4.2", 80, dataplane.TCP, b),
+	good := model.State{Services: []model.Service{
+		svc("one", "10.96.4.1", 80, model.TCP, a),
+		svc("two", "10.96.4.2", 80, model.TCP, b),
 	}}
 	r.apply(good)
 	before := r.dp.Status()
@@ -286,34 +287,34 @@ func TestRejectedStateKeepsPreviousInForce(t *testing.T) {
 	c := r.tcpBackend("c", "127.0.0.1:0")
 	for _, tc := range []struct {
 		name  string
-		state dataplane.State
+		state model.State
 		class error
 		names string // the offending entry the error must name
 	}{
-		{"duplicate VIP", dataplane.State{Services: []dataplane.Service{
-			svc("one", "10.96.4.1", 80, dataplane.TCP, c),
-			svc("clash", "10.96.4.1", 80, dataplane.TCP, a),
-		}}, dataplane.ErrInvalidState, `service "clash"`},
-		{"too many services", dataplane.State{Services: []dataplane.Service{
-			svc("one", "10.96.4.1", 80, dataplane.TCP, c),
-			svc("two", "10.96.4.2", 80, dataplane.TCP, b),
-			svc("three", "10.96.4.3", 80, dataplane.TCP, a),
-		}}, dataplane.ErrCapacity, `service "three"`},
-		{"too many backends", dataplane.State{Services: []dataplane.Service{
-			svc("one", "10.96.4.1", 80, dataplane.TCP, c, b),
-			svc("two", "10.96.4.2", 80, dataplane.TCP, a, b),
-		}}, dataplane.ErrCapacity, `service "two"`},
-		{"family mismatch", dataplane.State{Services: []dataplane.Service{
-			svc("one", "10.96.4.1", 80, dataplane.TCP, c),
-			svc("v6", "fd00::1", 80, dataplane.TCP, a),
-		}}, dataplane.ErrInvalidState, `service "v6"`},
+		{"duplicate VIP", model.State{Services: []model.Service{
+			svc("one", "10.96.4.1", 80, model.TCP, c),
+			svc("clash", "10.96.4.1", 80, model.TCP, a),
+		}}, model.ErrInvalidState, `service "clash"`},
+		{"too many services", model.State{Services: []model.Service{
+			svc("one", "10.96.4.1", 80, model.TCP, c),
+			svc("two", "10.96.4.2", 80, model.TCP, b),
+			svc("three", "10.96.4.3", 80, model.TCP, a),
+		}}, model.ErrCapacity, `service "three"`},
+		{"too many backends", model.State{Services: []model.Service{
+			svc("one", "10.96.4.1", 80, model.TCP, c, b),
+			svc("two", "10.96.4.2", 80, model.TCP, a, b),
+		}}, model.ErrCapacity, `service "two"`},
+		{"family mismatch", model.State{Services: []model.Service{
+			svc("one", "10.96.4.1", 80, model.TCP, c),
+			svc("v6", "fd00::1", 80, model.TCP, a),
+		}}, model.ErrInvalidState, `service "v6"`},
 	} {
 		err := r.dp.Apply(tc.state)
 		if !errors.Is(err, tc.class) {
 			t.Errorf("%s: err = %v, want %v", tc.name, err, tc.class)
 			continue
 		}
-		var ee *dataplane.EntryError
+		var ee *model.EntryError
 		if !errors.As(err, &ee) || !strings.Contains(ee.Entry, tc.names) {
 			t.Errorf("%s: error %q does not name %s", tc.name, err, tc.names)
 		}
@@ -337,7 +338,7 @@ func TestRejectedStateKeepsPreviousInForce(t *testing.T) {
 // backend) or pick a backend of neither set.
 func TestApplyIsAtomicUnderLoad(t *testing.T) {
 	r := newRig(t, dataplane.Capacity{})
-	var aEPs, bEPs []dataplane.Endpoint
+	var aEPs, bEPs []model.Endpoint
 	for i, name := range []string{"a0", "a1"} {
 		ep := r.tcpBackend(name, "127.0.0.1:0")
 		ep.Weight = uint32(10 * (i + 1))
@@ -347,13 +348,13 @@ func TestApplyIsAtomicUnderLoad(t *testing.T) {
 		bEPs = append(bEPs, r.tcpBackend(name, "127.0.0.1:0"))
 	}
 	other := r.tcpBackend("other", "127.0.0.1:0")
-	stateA := dataplane.State{Services: []dataplane.Service{
-		svc("only-a", "10.96.5.9", 80, dataplane.TCP, other),
-		svc("flip", "10.96.5.1", 80, dataplane.TCP, aEPs...),
+	stateA := model.State{Services: []model.Service{
+		svc("only-a", "10.96.5.9", 80, model.TCP, other),
+		svc("flip", "10.96.5.1", 80, model.TCP, aEPs...),
 	}}
-	stateB := dataplane.State{Services: []dataplane.Service{
-		svc("flip", "10.96.5.1", 80, dataplane.TCP, bEPs...),
-		svc("only-b", "10.96.5.8", 80, dataplane.TCP, other, aEPs[0]),
+	stateB := model.State{Services: []model.Service{
+		svc("flip", "10.96.5.1", 80, model.TCP, bEPs...),
+		svc("only-b", "10.96.5.8", 80, model.TCP, other, aEPs[0]),
 	}}
 	r.apply(stateA)
 
@@ -399,7 +400,7 @@ func TestRestartAdoptsPinsAndTeardownCleansUp(t *testing.T) {
 	r := newRig(t, dataplane.Capacity{})
 	a := r.tcpBackend("a", "127.0.0.1:0")
 	b := r.tcpBackend("b", "127.0.0.1:0")
-	s1 := dataplane.State{Services: []dataplane.Service{svc("web", "10.96.6.1", 80, dataplane.TCP, a)}}
+	s1 := model.State{Services: []model.Service{svc("web", "10.96.6.1", 80, model.TCP, a)}}
 	r.apply(s1)
 
 	l := startLoad("10.96.6.1:80", 2)
@@ -420,7 +421,7 @@ func TestRestartAdoptsPinsAndTeardownCleansUp(t *testing.T) {
 	if st := dp2.Status(); st.EntriesWritten != 0 || st.Services != 1 {
 		t.Errorf("adopting process rewrote unchanged state: %+v", st)
 	}
-	if err := dp2.Apply(dataplane.State{Services: []dataplane.Service{svc("web", "10.96.6.1", 80, dataplane.TCP, b)}}); err != nil {
+	if err := dp2.Apply(model.State{Services: []model.Service{svc("web", "10.96.6.1", 80, model.TCP, b)}}); err != nil {
 		t.Fatal(err)
 	}
 	if got := tally(t, "10.96.6.1:80", 20); got["b"] != 20 {
@@ -470,7 +471,7 @@ func TestAdoptionRepairsHalfWrittenGeneration(t *testing.T) {
 	a := r.tcpBackend("a", "127.0.0.1:0")
 	r.tcpBackend("debris", "127.0.0.1:0")
 	other := r.tcpBackend("other", "127.0.0.1:0")
-	s1 := dataplane.State{Services: []dataplane.Service{svc("web", "10.96.7.1", 80, dataplane.TCP, a)}}
+	s1 := model.State{Services: []model.Service{svc("web", "10.96.7.1", 80, model.TCP, a)}}
 	r.apply(s1)
 	r.dp.Close()
 
@@ -485,7 +486,7 @@ func TestAdoptionRepairsHalfWrittenGeneration(t *testing.T) {
 	dp2 := r.open(dataplane.Capacity{})
 	// web is unchanged, so this Apply writes only the new service; the flip
 	// must not bring the debris for web or for 10.96.7.2 with it.
-	s2 := dataplane.State{Services: append(s1.Services, svc("new", "10.96.7.3", 80, dataplane.TCP, other))}
+	s2 := model.State{Services: append(s1.Services, svc("new", "10.96.7.3", 80, model.TCP, other))}
 	if err := dp2.Apply(s2); err != nil {
 		t.Fatal(err)
 	}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/sluice-mesh/sluice/dataplane"
+	"github.com/sluice-mesh/sluice/dataplane/model"
 	"github.com/sluice-mesh/sluice/e2e/cluster"
 )
 
@@ -98,13 +99,13 @@ func Run(ctx context.Context, opts Options) (err error) {
 	}
 	fmt.Fprintf(out, "Dataplane pinned at %s, programs attached to node-1's cgroup\n", node.PinDir)
 
-	health := map[string]dataplane.Health{"backend-a": dataplane.HealthHealthy, "backend-b": dataplane.HealthHealthy, "backend-c": dataplane.HealthUnhealthy}
+	health := map[string]model.Health{"backend-a": model.HealthHealthy, "backend-b": model.HealthHealthy, "backend-c": model.HealthUnhealthy}
 	apply := func() error {
-		s := dataplane.Service{Name: "demo/web", VIP: netip.MustParseAddr(vip), Port: vipPort, Protocol: dataplane.TCP}
+		s := model.Service{Name: "demo/web", VIP: netip.MustParseAddr(vip), Port: vipPort, Protocol: model.TCP}
 		for _, b := range backends {
-			s.Endpoints = append(s.Endpoints, dataplane.Endpoint{Addr: b.ip, Port: bePort, Weight: b.weight, Health: health[b.name]})
+			s.Endpoints = append(s.Endpoints, model.Endpoint{Addr: b.ip, Port: bePort, Weight: b.weight, Health: health[b.name]})
 		}
-		return dp.Apply(dataplane.State{Services: []dataplane.Service{s}})
+		return dp.Apply(model.State{Services: []model.Service{s}})
 	}
 	describe := func() string {
 		var parts []string
@@ -128,7 +129,7 @@ func Run(ctx context.Context, opts Options) (err error) {
 	}
 
 	// 2. An endpoint turns unhealthy: new connections avoid it.
-	health["backend-b"] = dataplane.HealthUnhealthy
+	health["backend-b"] = model.HealthUnhealthy
 	if err := apply(); err != nil {
 		return err
 	}
@@ -141,7 +142,7 @@ func Run(ctx context.Context, opts Options) (err error) {
 	}
 
 	// 3. No usable endpoint: connect fails at once instead of timing out.
-	health["backend-a"] = dataplane.HealthUnhealthy
+	health["backend-a"] = model.HealthUnhealthy
 	if err := apply(); err != nil {
 		return err
 	}

@@ -1,0 +1,154 @@
+// Package model defines the desired routing state of one node — services,
+// their VIPs and endpoints — and validates it. It is pure Go: translators
+// (xDS, files) build a State, and the dataplane programs it.
+package model
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"strconv"
+)
+
+// Protocol is a service's transport protocol, numbered as in IP headers.
+type Protocol uint8
+
+// Protocols a service can use.
+const (
+	TCP Protocol = 6
+	UDP Protocol = 17
+)
+
+func (p Protocol) String() string {
+	switch p {
+	case TCP:
+		return "TCP"
+	case UDP:
+		return "UDP"
+	}
+	return "proto(" + strconv.Itoa(int(p)) + ")"
+}
+
+// Health is an endpoint's health as reported by the control plane.
+type Health uint8
+
+// Endpoint health states. Only HealthUnknown and HealthHealthy endpoints are
+// given new connections; HealthDraining endpoints keep the connections they
+// already have (routing happens at connect time, so nothing is cut).
+const (
+	HealthUnknown Health = iota
+	HealthHealthy
+	HealthUnhealthy
+	HealthDraining
+)
+
+func (h Health) String() string {
+	switch h {
+	case HealthUnknown:
+		return "unknown"
+	case HealthHealthy:
+		return "healthy"
+	case HealthUnhealthy:
+		return "unhealthy"
+	case HealthDraining:
+		return "draining"
+	}
+	return "health(" + strconv.Itoa(int(h)) + ")"
+}
+
+// Usable reports whether an endpoint in this state may get new connections.
+func (h Health) Usable() bool { return h == HealthUnknown || h == HealthHealthy }
+
+// State is the complete desired routing state of one node. It replaces the
+// previous state as a whole.
+type State struct {
+	Services []Service
+}
+
+// Service is a VIP:port/protocol and the endpoints behind it: either one
+// pool (Endpoints) or a weighted split across pools (Splits), not both.
+type Service struct {
+	Name      string     // required: used in errors, logs and flow records
+	VIP       netip.Addr // required: IPv4 or IPv6, no zone, not v4-mapped
+	Port      uint16     // required
+	Protocol  Protocol   // required: TCP or UDP
+	Endpoints []Endpoint // optional: none (and no Splits) means connections are refused
+	Splits    []Split    // optional: instead of Endpoints
+}
+
+// Split is one pool of a service's weighted split (an xDS weighted cluster).
+// Each pool chooses its usable endpoints by health and priority on its own;
+// a pool left with none gets no connections and its share goes to the others.
+type Split struct {
+	Name      string // required: the pool's name, used in errors
+	Weight    uint32 // required: share of new connections relative to the other splits; 0 gets none
+	Endpoints []Endpoint
+}
+
+// Endpoint is one backend of a service.
+type Endpoint struct {
+	Addr     netip.Addr // required: same family as the service VIP
+	Port     uint16     // required
+	Weight   uint32     // optional: 0 means 1
+	Health   Health     // optional: HealthUnknown by default
+	Priority uint32     // optional: 0 is the highest priority
+	Locality Locality   // optional
+}
+
+// Locality places an endpoint in the topology.
+type Locality struct {
+	Region, Zone, SubZone string
+}
+
+// ServiceKey identifies a service by what a client dials.
+type ServiceKey struct {
+	VIP      netip.Addr
+	Port     uint16
+	Protocol Protocol
+}
+
+func (k ServiceKey) String() string {
+	return netip.AddrPortFrom(k.VIP, k.Port).String() + "/" + k.Protocol.String()
+}
+
+// Key returns the key a client's connection is matched on.
+func (s *Service) Key() ServiceKey {
+	return ServiceKey{VIP: s.VIP, Port: s.Port, Protocol: s.Protocol}
+}
+
+// Pools returns the service's endpoint pools: its Splits, or its Endpoints
+// as a single pool of weight 1.
+func (s *Service) Pools() []Split {
+	if len(s.Splits) > 0 {
+		return s.Splits
+	}
+	return []Split{{Name: s.Name, Weight: 1, Endpoints: s.Endpoints}}
+}
+
+// Errors classes of a rejected State, to be tested with errors.Is.
+var (
+	// ErrInvalidState: the state is malformed (bad address, duplicate VIP:port, ...).
+	ErrInvalidState = errors.New("invalid state")
+	// ErrCapacity: the state does not fit into the dataplane's capacities.
+	ErrCapacity = errors.New("state exceeds capacity")
+)
+
+// EntryError names the entry of a State that was rejected and why.
+type EntryError struct {
+	Entry  string // e.g. `service "web" (10.96.0.10:80/TCP) endpoint 2 (10.244.1.5:8080)`
+	Reason string
+	Class  error // ErrInvalidState or ErrCapacity
+}
+
+func (e *EntryError) Error() string { return e.Entry + ": " + e.Reason }
+
+// Unwrap lets errors.Is match the error class.
+func (e *EntryError) Unwrap() error { return e.Class }
+
+// Label names the i-th service of a State for errors and logs.
+func Label(i int, s *Service) string {
+	if s.Name == "" {
+		return fmt.Sprintf("service #%d (%s)", i, s.Key())
+	}
+	return fmt.Sprintf("service %q (%s)", s.Name, s.Key())
+}

@@ -1,0 +1,105 @@
+package model
+
+import (
+	"fmt"
+	"net/netip"
+)
+
+// Validate checks that s is well formed: addresses, ports, protocols and
+// health values are valid, endpoint families match their VIP, and no two
+// services share a VIP:port/protocol. It returns an *EntryError naming the
+// first offending entry. Capacity limits are the dataplane's to check.
+func (s State) Validate() error {
+	owner := make(map[ServiceKey]int, len(s.Services))
+	for i := range s.Services {
+		svc := &s.Services[i]
+		if err := validateService(i, svc); err != nil {
+			return err
+		}
+		key := svc.Key()
+		if j, dup := owner[key]; dup {
+			return &EntryError{
+				Entry:  Label(i, svc),
+				Reason: "duplicate VIP:port/protocol, already used by " + Label(j, &s.Services[j]),
+				Class:  ErrInvalidState,
+			}
+		}
+		owner[key] = i
+	}
+	return nil
+}
+
+func validateService(i int, svc *Service) error {
+	bad := func(reason string) error {
+		return &EntryError{Entry: Label(i, svc), Reason: reason, Class: ErrInvalidState}
+	}
+	switch {
+	case !svc.VIP.IsValid():
+		return bad("missing VIP")
+	case svc.VIP.Zone() != "":
+		return bad("VIP must not have a zone")
+	case svc.VIP.Is4In6():
+		return bad("VIP is IPv4-mapped IPv6; use the IPv4 form " + svc.VIP.Unmap().String())
+	case svc.VIP.IsUnspecified() || svc.VIP.IsMulticast() || svc.VIP.IsLoopback():
+		return bad("VIP " + svc.VIP.String() + " is unspecified, multicast or loopback")
+	case svc.Port == 0:
+		return bad("port 0")
+	case svc.Protocol != TCP && svc.Protocol != UDP:
+		return bad("protocol must be TCP or UDP")
+	case len(svc.Endpoints) > 0 && len(svc.Splits) > 0:
+		return bad("has both endpoints and splits; use one")
+	}
+	splitNames := make(map[string]bool, len(svc.Splits))
+	for k, sp := range svc.Splits {
+		if sp.Name == "" || splitNames[sp.Name] {
+			return bad(fmt.Sprintf("split %d: name %q is empty or repeated", k, sp.Name))
+		}
+		splitNames[sp.Name] = true
+	}
+	for _, pool := range svc.Pools() {
+		where := Label(i, svc)
+		if len(svc.Splits) > 0 {
+			where += fmt.Sprintf(" split %q", pool.Name)
+		}
+		if err := validateEndpoints(where, svc.VIP, pool.Endpoints); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func validateEndpoints(where string, vip netip.Addr, eps []Endpoint) error {
+	seen := make(map[netip.AddrPort]int, len(eps))
+	for j := range eps {
+		ep := &eps[j]
+		ap := netip.AddrPortFrom(ep.Addr, ep.Port)
+		bad := func(reason string) error {
+			return &EntryError{
+				Entry:  fmt.Sprintf("%s endpoint %d (%s)", where, j, ap),
+				Reason: reason,
+				Class:  ErrInvalidState,
+			}
+		}
+		switch {
+		case !ep.Addr.IsValid():
+			return bad("missing address")
+		case ep.Addr.Zone() != "":
+			return bad("address must not have a zone")
+		case ep.Addr.Is4In6():
+			return bad("address is IPv4-mapped IPv6; use the IPv4 form")
+		case ep.Addr.Is4() != vip.Is4():
+			return bad("address family differs from the VIP's")
+		case ep.Addr.IsUnspecified() || ep.Addr.IsMulticast():
+			return bad("address is unspecified or multicast")
+		case ep.Port == 0:
+			return bad("port 0")
+		case ep.Health > HealthDraining:
+			return bad("unknown health " + ep.Health.String())
+		}
+		if k, dup := seen[ap]; dup {
+			return bad(fmt.Sprintf("duplicate of endpoint %d", k))
+		}
+		seen[ap] = j
+	}
+	return nil
+}

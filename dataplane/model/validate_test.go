@@ -1,0 +1,54 @@
+package model_test
+
+import (
+	"errors"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/sluice-mesh/sluice/dataplane/model"
+)
+
+func TestValidateSplits(t *testing.T) {
+	ep := func(s string) model.Endpoint {
+		ap := netip.MustParseAddrPort(s)
+		return model.Endpoint{Addr: ap.Addr(), Port: ap.Port()}
+	}
+	svc := func(mod func(*model.Service)) model.State {
+		s := model.Service{Name: "web", VIP: netip.MustParseAddr("10.96.0.1"), Port: 80, Protocol: model.TCP}
+		mod(&s)
+		return model.State{Services: []model.Service{s}}
+	}
+	for _, tc := range []struct {
+		name    string
+		state   model.State
+		mention string // empty: valid
+	}{
+		{"same endpoint in two splits is fine", svc(func(s *model.Service) {
+			s.Splits = []model.Split{{Name: "a", Weight: 1, Endpoints: []model.Endpoint{ep("10.1.0.1:80")}}, {Name: "b", Weight: 1, Endpoints: []model.Endpoint{ep("10.1.0.1:80")}}}
+		}), ""},
+		{"both endpoints and splits", svc(func(s *model.Service) {
+			s.Endpoints = []model.Endpoint{ep("10.1.0.1:80")}
+			s.Splits = []model.Split{{Name: "a", Weight: 1}}
+		}), "has both endpoints and splits"},
+		{"repeated split name", svc(func(s *model.Service) {
+			s.Splits = []model.Split{{Name: "a", Weight: 1}, {Name: "a", Weight: 2}}
+		}), `split 1: name "a" is empty or repeated`},
+		{"bad endpoint inside a split", svc(func(s *model.Service) {
+			s.Splits = []model.Split{{Name: "canary", Weight: 1, Endpoints: []model.Endpoint{ep("[fd00::1]:80")}}}
+		}), `service "web" (10.96.0.1:80/TCP) split "canary" endpoint 0 ([fd00::1]:80): address family differs`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.state.Validate()
+			if tc.mention == "" {
+				if err != nil {
+					t.Fatalf("valid state rejected: %v", err)
+				}
+				return
+			}
+			if !errors.Is(err, model.ErrInvalidState) || !strings.Contains(err.Error(), tc.mention) {
+				t.Errorf("err = %v, want ErrInvalidState mentioning %q", err, tc.mention)
+			}
+		})
+	}
+}
