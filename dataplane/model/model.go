@@ -93,6 +93,19 @@ type Endpoint struct {
 	Health   Health     // optional: HealthUnknown by default
 	Priority uint32     // optional: 0 is the highest priority
 	Locality Locality   // optional
+	Workload *Workload  // optional: who runs at this address, from endpoint metadata
+}
+
+// Workload describes the workload behind an endpoint, as the control plane
+// reports it (xDS endpoint metadata "sluice.io/workload"). Routing does not
+// use it; identity, policy and flow records do.
+type Workload struct {
+	Name           string
+	Namespace      string
+	ServiceAccount string
+	Node           string
+	SPIFFEID       string // spiffe://<trust-domain>/ns/<ns>/sa/<sa>
+	Identity       uint32 // numeric identity allocated by the control plane; 0 if none
 }
 
 // Locality places an endpoint in the topology.
