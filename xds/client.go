@@ -1,0 +1,498 @@
+package xds
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"maps"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/sluice-mesh/sluice/dataplane/model"
+	"github.com/sluice-mesh/sluice/xds/translate"
+)
+
+// Mode is the xDS protocol variant.
+type Mode string
+
+// Protocol variants.
+const (
+	ModeSotW  Mode = "sotw"  // State of the World: every response carries a type's full set
+	ModeDelta Mode = "delta" // incremental: responses carry changes only
+)
+
+// ParseMode parses a --xds-mode value.
+func ParseMode(s string) (Mode, error) {
+	switch Mode(s) {
+	case ModeSotW, ModeDelta:
+		return Mode(s), nil
+	}
+	return "", fmt.Errorf("xds mode %q: want %q or %q", s, ModeSotW, ModeDelta)
+}
+
+// Applier receives each new desired state; the dataplane implements it. A
+// returned error rejects the state, which the client NACKs.
+type Applier interface {
+	Apply(model.State) error
+}
+
+// NodeInfo identifies this agent to the control plane.
+type NodeInfo struct {
+	ID       string         // required: unique per agent
+	Cluster  string         // optional: the mesh or cluster name
+	Locality model.Locality // optional
+	NodeName string         // optional: the host's name, sent as metadata node_name
+	Version  string         // optional: agent version, sent as metadata agent_version
+}
+
+func (n NodeInfo) proto() *corev3.Node {
+	md, _ := structpb.NewStruct(map[string]any{"node_name": n.NodeName, "agent_version": n.Version})
+	node := &corev3.Node{
+		Id:                   n.ID,
+		Cluster:              n.Cluster,
+		Metadata:             md,
+		UserAgentName:        "sluice",
+		UserAgentVersionType: &corev3.Node_UserAgentVersion{UserAgentVersion: n.Version},
+	}
+	if n.Locality != (model.Locality{}) {
+		node.Locality = &corev3.Locality{Region: n.Locality.Region, Zone: n.Locality.Zone, SubZone: n.Locality.SubZone}
+	}
+	return node
+}
+
+// Options configures a Client.
+type Options struct {
+	Server         string        // required: gRPC target, e.g. "127.0.0.1:15010" or "unix:///run/sluice/xds.sock"
+	Node           NodeInfo      // required: Node.ID
+	Applier        Applier       // required
+	Mode           Mode          // optional: ModeDelta by default
+	TLS            *tls.Config   // optional: nil connects without TLS
+	Logger         *slog.Logger  // optional: discards logs when nil
+	BackoffInitial time.Duration // optional: first reconnect delay cap, default 250ms
+	BackoffMax     time.Duration // optional: largest reconnect delay, default 30s
+	WarmingTimeout time.Duration // optional: how long to wait for resources a listener needs before applying without them, default 15s
+}
+
+// Client keeps the ADS stream and the last good state. Run drives it;
+// Status may be called from any goroutine.
+type Client struct {
+	opts Options
+	log  *slog.Logger
+	node *corev3.Node
+
+	// Owned by the goroutine running Run.
+	accepted     resourceSet                // resources ACKed, by type and name
+	versions     map[string]string          // SotW: last accepted version_info per type
+	subs         map[string][]string        // subscribed names of non-wildcard types, sorted
+	subSet       map[string]map[string]bool // the same names as sets
+	pending      bool                       // accepted resources not applied yet (warming)
+	warmingSince time.Time                  // when resources first went missing; zero if none
+	warmTimer    *time.Timer                // fires when warming gives up
+
+	mu     sync.Mutex
+	status Status // guarded by mu
+}
+
+// Status is what the client reports about itself.
+type Status struct {
+	Server     string
+	Mode       Mode
+	Connected  bool              // a stream is open
+	Applied    bool              // a state from the control plane is in force
+	AppliedAt  time.Time         // when the last state was applied
+	Versions   map[string]string // last accepted version per type (LDS, CDS, EDS, RDS)
+	Resources  map[string]int    // accepted resources per type
+	Services   int               // services in the applied state
+	Warming    bool              // accepted resources wait for others before being applied
+	Missing    []string          // resources listeners need that have not arrived
+	Ignored    map[string]int    // fields set but not acted upon, per field path
+	LastNACK   *NACK             // the last rejected response, if any
+	NACKs      int               // responses rejected since start
+	Reconnects int               // streams opened after the first
+	LastError  string            // why the last stream ended
+}
+
+// NACK records a rejected response.
+type NACK struct {
+	Type  string // LDS, CDS, EDS or RDS
+	Nonce string
+	Error string
+	At    time.Time
+}
+
+// New checks opts and returns a client ready to Run.
+func New(opts Options) (*Client, error) {
+	switch {
+	case opts.Server == "":
+		return nil, errors.New("xds client: Server is required")
+	case opts.Node.ID == "":
+		return nil, errors.New("xds client: Node.ID is required")
+	case opts.Applier == nil:
+		return nil, errors.New("xds client: Applier is required")
+	}
+	if opts.Mode == "" {
+		opts.Mode = ModeDelta
+	}
+	if _, err := ParseMode(string(opts.Mode)); err != nil {
+		return nil, err
+	}
+	if opts.BackoffInitial <= 0 {
+		opts.BackoffInitial = 250 * time.Millisecond
+	}
+	if opts.BackoffMax <= 0 {
+		opts.BackoffMax = 30 * time.Second
+	}
+	if opts.WarmingTimeout <= 0 {
+		opts.WarmingTimeout = 15 * time.Second
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	c := &Client{
+		opts:     opts,
+		log:      log.With("xds_server", opts.Server, "xds_mode", string(opts.Mode)),
+		node:     opts.Node.proto(),
+		accepted: resourceSet{},
+		versions: map[string]string{},
+		subs:     map[string][]string{},
+		subSet:   map[string]map[string]bool{},
+		status:   Status{Server: opts.Server, Mode: opts.Mode},
+	}
+	return c, nil
+}
+
+// Status returns a snapshot of the client's status.
+func (c *Client) Status() Status {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s := c.status
+	s.Versions = maps.Clone(s.Versions)
+	s.Resources = maps.Clone(s.Resources)
+	s.Ignored = maps.Clone(s.Ignored)
+	s.Missing = slices.Clone(s.Missing)
+	if s.LastNACK != nil {
+		n := *s.LastNACK
+		s.LastNACK = &n
+	}
+	return s
+}
+
+func (c *Client) updateStatus(f func(*Status)) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	f(&c.status)
+}
+
+// Run connects to the control plane and keeps the stream, reconnecting with
+// capped exponential backoff and jitter, until ctx ends. The last good state
+// stays applied whatever happens to the control plane. Run returns nil when
+// ctx ends, or an error if the connection cannot be set up at all.
+func (c *Client) Run(ctx context.Context) error {
+	creds := insecure.NewCredentials()
+	if c.opts.TLS != nil {
+		creds = credentials.NewTLS(c.opts.TLS)
+	}
+	conn, err := grpc.NewClient(c.opts.Server,
+		grpc.WithTransportCredentials(creds),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+	)
+	if err != nil {
+		return fmt.Errorf("xds client for %s: %w", c.opts.Server, err)
+	}
+	defer conn.Close()
+
+	c.warmTimer = time.NewTimer(time.Hour)
+	c.warmTimer.Stop()
+	defer c.warmTimer.Stop()
+
+	failures := 0
+	for streams := 0; ; streams++ {
+		if streams > 0 {
+			c.updateStatus(func(s *Status) { s.Reconnects++ })
+		}
+		progressed, err := c.runStream(ctx, conn)
+		c.updateStatus(func(s *Status) {
+			s.Connected = false
+			if err != nil {
+				s.LastError = err.Error()
+			}
+		})
+		if ctx.Err() != nil {
+			return nil
+		}
+		if progressed {
+			failures = 0
+		}
+		delay := c.backoff(failures)
+		failures++
+		c.log.Warn("xds stream ended; reconnecting", "err", err, "in", delay.Round(time.Millisecond))
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(delay):
+		}
+	}
+}
+
+// backoff returns a random delay up to BackoffInitial·2^failures, capped at
+// BackoffMax ("full jitter"), so agents that lost the same control plane do
+// not all come back at once.
+func (c *Client) backoff(failures int) time.Duration {
+	limit := c.opts.BackoffMax
+	if failures < 30 {
+		limit = min(limit, c.opts.BackoffInitial<<failures)
+	}
+	return time.Duration(rand.Int64N(int64(limit)) + 1)
+}
+
+type received struct {
+	u   *update
+	err error
+}
+
+// runStream runs one ADS stream until it fails or ctx ends. progressed
+// reports whether the server answered at all, which resets the backoff.
+func (c *Client) runStream(ctx context.Context, conn grpc.ClientConnInterface) (progressed bool, err error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	open := openDelta
+	if c.opts.Mode == ModeSotW {
+		open = openSotW
+	}
+	s, err := open(ctx, conn, c.node)
+	if err != nil {
+		return false, fmt.Errorf("open stream: %w", err)
+	}
+	for _, t := range subscribedTypes {
+		if err := s.subscribe(t, wildcardType(t), c.subs[t], c.accepted.names(t), c.versions[t]); err != nil {
+			return false, fmt.Errorf("subscribe %s: %w", shortType(t), err)
+		}
+	}
+	c.updateStatus(func(st *Status) { st.Connected = true })
+
+	recv := make(chan received)
+	go func() {
+		for {
+			u, err := s.recv()
+			select {
+			case recv <- received{u, err}:
+			case <-ctx.Done():
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+
+	for {
+		select {
+		case <-ctx.Done():
+			return progressed, ctx.Err()
+		case <-c.warmTimer.C:
+			c.finishWarming()
+		case r := <-recv:
+			if r.err != nil {
+				return progressed, r.err
+			}
+			if !progressed {
+				c.log.Info("xds stream established")
+				progressed = true
+			}
+			if err := c.handle(s, r.u); err != nil {
+				return progressed, err
+			}
+		}
+	}
+}
+
+// handle applies one response atomically: the candidate set (accepted
+// resources with the response's changes) is translated and applied as a
+// whole, or the response is NACKed and nothing changes. The returned error
+// is a stream failure, not a rejection.
+func (c *Client) handle(s stream, u *update) error {
+	t := u.typeURL
+	if !slices.Contains(subscribedTypes, t) {
+		return c.reject(s, u, fmt.Errorf("unexpected type %s", t))
+	}
+	if u.err != nil {
+		return c.reject(s, u, u.err)
+	}
+	cand := c.accepted.clone()
+	if u.full || cand[t] == nil {
+		cand[t] = make(map[string]resource, len(u.upserts))
+	}
+	for name, r := range u.upserts {
+		if !wildcardType(t) && !c.subSet[t][name] {
+			continue // not (or no longer) subscribed: ignore, as Envoy does
+		}
+		cand[t][name] = r
+	}
+	for _, name := range u.removed {
+		delete(cand[t], name)
+	}
+
+	res, err := translate.Translate(cand.translateInput())
+	if err != nil {
+		return c.reject(s, u, err)
+	}
+	now := time.Now()
+	warming := false
+	if len(res.Missing) > 0 {
+		if c.warmingSince.IsZero() {
+			c.warmingSince = now
+		}
+		warming = now.Sub(c.warmingSince) < c.opts.WarmingTimeout
+	} else {
+		c.warmingSince = time.Time{}
+	}
+	if !warming {
+		if err := c.opts.Applier.Apply(res.State); err != nil {
+			return c.reject(s, u, err)
+		}
+	}
+
+	if err := s.ack(u, c.subs[t]); err != nil {
+		return fmt.Errorf("ack %s: %w", shortType(t), err)
+	}
+	c.accepted = cand
+	c.versions[t] = u.version
+	c.pending = warming
+	if warming {
+		c.warmTimer.Reset(c.opts.WarmingTimeout - now.Sub(c.warmingSince))
+		c.log.Info("xds resources warming: waiting for", "missing", res.Missing)
+	} else {
+		c.warmTimer.Stop()
+		c.log.Debug("xds state applied", "type", shortType(t), "version", u.version, "services", len(res.State.Services))
+	}
+	c.recordAccepted(t, u.version, res, !warming, now)
+	return c.resubscribe(s)
+}
+
+// reject NACKs u, keeping the previous state.
+func (c *Client) reject(s stream, u *update, reason error) error {
+	t := u.typeURL
+	c.log.Error("xds response rejected; previous state kept", "type", shortType(t), "nonce", u.nonce, "err", reason)
+	c.updateStatus(func(st *Status) {
+		st.NACKs++
+		st.LastNACK = &NACK{Type: shortType(t), Nonce: u.nonce, Error: reason.Error(), At: time.Now()}
+	})
+	if err := s.nack(u, c.subs[t], c.versions[t], reason); err != nil {
+		return fmt.Errorf("nack %s: %w", shortType(t), err)
+	}
+	return nil
+}
+
+// finishWarming applies the accepted resources although some a listener
+// needs never arrived: services using them refuse connections until they do.
+func (c *Client) finishWarming() {
+	if !c.pending {
+		return
+	}
+	res, err := translate.Translate(c.accepted.translateInput())
+	if err == nil {
+		err = c.opts.Applier.Apply(res.State)
+	}
+	if err != nil {
+		c.log.Error("xds: applying after warming timeout failed; previous state kept", "err", err)
+		return
+	}
+	c.pending = false
+	c.log.Warn("xds: applied without resources that never arrived", "missing", res.Missing, "waited", c.opts.WarmingTimeout)
+	c.recordAccepted("", "", res, true, time.Now())
+}
+
+func (c *Client) recordAccepted(typeURL, version string, res translate.Result, applied bool, now time.Time) {
+	c.updateStatus(func(st *Status) {
+		if typeURL != "" {
+			if st.Versions == nil {
+				st.Versions = map[string]string{}
+			}
+			st.Versions[shortType(typeURL)] = version
+		}
+		st.Resources = map[string]int{}
+		for t, m := range c.accepted {
+			st.Resources[shortType(t)] = len(m)
+		}
+		st.Warming = !applied
+		st.Missing = res.Missing
+		if applied {
+			st.Applied = true
+			st.AppliedAt = now
+			st.Services = len(res.State.Services)
+			st.Ignored = res.Ignored
+		}
+	})
+}
+
+// resubscribe follows the clusters and listeners: assignments are
+// subscribed by the names EDS clusters use, route configurations by the
+// names listeners use. Resources no longer subscribed are dropped.
+func (c *Client) resubscribe(s stream) error {
+	in := c.accepted.translateInput()
+	want := map[string][]string{
+		resourcev3.EndpointType: translate.EDSNames(in),
+		resourcev3.RouteType:    translate.RDSNames(in),
+	}
+	for _, t := range []string{resourcev3.EndpointType, resourcev3.RouteType} {
+		have := c.subs[t]
+		names := want[t]
+		if slices.Equal(have, names) {
+			continue
+		}
+		added, removed := setDiff(have, names)
+		var err error
+		if len(have) == 0 {
+			err = s.subscribe(t, false, names, c.accepted.names(t), c.versions[t])
+		} else {
+			err = s.resubscribe(t, names, added, removed)
+		}
+		if err != nil {
+			return fmt.Errorf("subscribe %s: %w", shortType(t), err)
+		}
+		c.subs[t] = names
+		c.subSet[t] = make(map[string]bool, len(names))
+		for _, name := range names {
+			c.subSet[t][name] = true
+		}
+		for _, name := range removed {
+			delete(c.accepted[t], name)
+		}
+	}
+	return nil
+}
+
+// setDiff returns what is in b and not in a, and what is in a and not in b.
+func setDiff(a, b []string) (added, removed []string) {
+	inA := make(map[string]bool, len(a))
+	for _, x := range a {
+		inA[x] = true
+	}
+	inB := make(map[string]bool, len(b))
+	for _, x := range b {
+		inB[x] = true
+		if !inA[x] {
+			added = append(added, x)
+		}
+	}
+	for _, x := range a {
+		if !inB[x] {
+			removed = append(removed, x)
+		}
+	}
+	return added, removed
+}
