@@ -94,7 +94,10 @@ type Client struct {
 	node *corev3.Node
 
 	// Owned by the goroutine running Run.
-	accepted     resourceSet                // resources ACKed, by type and name
+	accepted     resourceSet                // resources accepted (and applied unless warming), by type and name
+	held         map[string]*update         // Delta: changes of NACKed responses the server will not resend, by type
+	seen         map[string]bool            // types with an accepted response since start (initial sync)
+	lastApplied  *model.State               // the state last given to the Applier
 	versions     map[string]string          // SotW: last accepted version_info per type
 	subs         map[string][]string        // subscribed names of non-wildcard types, sorted
 	subSet       map[string]map[string]bool // the same names as sets
@@ -167,6 +170,8 @@ func New(opts Options) (*Client, error) {
 		log:      log.With("xds_server", opts.Server, "xds_mode", string(opts.Mode)),
 		node:     opts.Node.proto(),
 		accepted: resourceSet{},
+		held:     map[string]*update{},
+		seen:     map[string]bool{},
 		versions: map[string]string{},
 		subs:     map[string][]string{},
 		subSet:   map[string]map[string]bool{},
@@ -208,6 +213,8 @@ func (c *Client) Run(ctx context.Context) error {
 	}
 	conn, err := grpc.NewClient(c.opts.Server,
 		grpc.WithTransportCredentials(creds),
+		// A mesh's full state can be far larger than gRPC's default 4 MiB.
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxResponseSize)),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 	)
 	if err != nil {
@@ -259,6 +266,10 @@ func (c *Client) backoff(failures int) time.Duration {
 	return time.Duration(rand.Int64N(int64(limit)) + 1)
 }
 
+// maxResponseSize bounds one xDS response: 10,000 services with 10
+// endpoints each take about 4.5 MB.
+const maxResponseSize = 512 << 20
+
 type received struct {
 	u   *update
 	err error
@@ -278,7 +289,7 @@ func (c *Client) runStream(ctx context.Context, conn grpc.ClientConnInterface) (
 		return false, fmt.Errorf("open stream: %w", err)
 	}
 	for _, t := range subscribedTypes {
-		if err := s.subscribe(t, wildcardType(t), c.subs[t], c.accepted.names(t), c.versions[t]); err != nil {
+		if err := s.subscribe(t, wildcardType(t), c.subs[t], c.serverView().names(t), c.versions[t]); err != nil {
 			return false, fmt.Errorf("subscribe %s: %w", shortType(t), err)
 		}
 	}
@@ -320,67 +331,209 @@ func (c *Client) runStream(ctx context.Context, conn grpc.ClientConnInterface) (
 	}
 }
 
-// handle applies one response atomically: the candidate set (accepted
-// resources with the response's changes) is translated and applied as a
-// whole, or the response is NACKed and nothing changes. The returned error
-// is a stream failure, not a rejection.
+// handle applies one response atomically: the accepted resources with the
+// response's changes are translated and applied as a whole, or the response
+// is NACKed and nothing changes. The returned error is a stream failure, not
+// a rejection.
 func (c *Client) handle(s stream, u *update) error {
 	t := u.typeURL
 	if !slices.Contains(subscribedTypes, t) {
 		return c.reject(s, u, fmt.Errorf("unexpected type %s", t))
 	}
+	c.log.Debug("xds response", "type", shortType(t), "nonce", u.nonce, "version", u.version, "resources", len(u.upserts), "removed", len(u.removed))
 	if u.err != nil {
 		return c.reject(s, u, u.err)
 	}
-	cand := c.accepted.clone()
-	if u.full || cand[t] == nil {
-		cand[t] = make(map[string]resource, len(u.upserts))
-	}
-	for name, r := range u.upserts {
-		if !wildcardType(t) && !c.subSet[t][name] {
-			continue // not (or no longer) subscribed: ignore, as Envoy does
-		}
-		cand[t][name] = r
-	}
-	for _, name := range u.removed {
-		delete(cand[t], name)
-	}
-
+	c.filterSubscribed(u)
+	c.supersedeHeld(u)
+	cand := c.accepted.with(u)
 	res, err := translate.Translate(cand.translateInput())
+	if err == nil {
+		err = c.apply(res, c.initialSynced(t))
+	}
 	if err != nil {
+		if c.opts.Mode == ModeDelta {
+			c.hold(u)
+		}
 		return c.reject(s, u, err)
 	}
-	now := time.Now()
-	warming := false
-	if len(res.Missing) > 0 {
-		if c.warmingSince.IsZero() {
-			c.warmingSince = now
-		}
-		warming = now.Sub(c.warmingSince) < c.opts.WarmingTimeout
-	} else {
-		c.warmingSince = time.Time{}
-	}
-	if !warming {
-		if err := c.opts.Applier.Apply(res.State); err != nil {
-			return c.reject(s, u, err)
-		}
-	}
-
 	if err := s.ack(u, c.subs[t]); err != nil {
 		return fmt.Errorf("ack %s: %w", shortType(t), err)
 	}
 	c.accepted = cand
+	c.seen[t] = true
 	c.versions[t] = u.version
-	c.pending = warming
-	if warming {
-		c.warmTimer.Reset(c.opts.WarmingTimeout - now.Sub(c.warmingSince))
-		c.log.Info("xds resources warming: waiting for", "missing", res.Missing)
-	} else {
-		c.warmTimer.Stop()
-		c.log.Debug("xds state applied", "type", shortType(t), "version", u.version, "services", len(res.State.Services))
-	}
-	c.recordAccepted(t, u.version, res, !warming, now)
+	c.recordAccepted(t, u.version, res)
+	c.retryHeld()
 	return c.resubscribe(s)
+}
+
+// initialSynced reports whether listeners and clusters will both have been
+// accepted once if a response of type t is. Until then nothing is applied:
+// a partial first state (clusters without listeners) would replace the
+// state a restarted agent adopted with an empty one.
+func (c *Client) initialSynced(t string) bool {
+	has := func(typ string) bool { return c.seen[typ] || t == typ }
+	return has(resourcev3.ListenerType) && has(resourcev3.ClusterType)
+}
+
+// apply gives a translated state to the Applier unless it must wait
+// (initial sync or warming) or is what the Applier already has.
+func (c *Client) apply(res translate.Result, synced bool) error {
+	now := time.Now()
+	if !synced {
+		c.pending = true
+		return nil
+	}
+	c.pending = c.warming(res, now)
+	if c.pending {
+		c.warmTimer.Reset(c.opts.WarmingTimeout - now.Sub(c.warmingSince))
+		c.log.Debug("xds resources warming", "missing", res.Missing)
+		return nil
+	}
+	c.warmTimer.Stop()
+	if c.lastApplied != nil && statesEqual(*c.lastApplied, res.State) {
+		return nil
+	}
+	if err := c.opts.Applier.Apply(res.State); err != nil {
+		return err
+	}
+	c.lastApplied = &res.State
+	c.log.Debug("xds state applied", "services", len(res.State.Services))
+	return nil
+}
+
+// filterSubscribed drops resources of named types that are not (or no
+// longer) subscribed, as Envoy ignores them.
+func (c *Client) filterSubscribed(u *update) {
+	if wildcardType(u.typeURL) {
+		return
+	}
+	for name := range u.upserts {
+		if !c.subSet[u.typeURL][name] {
+			delete(u.upserts, name)
+		}
+	}
+}
+
+// hold keeps the changes of a NACKed Delta response: the server will not
+// send them again, so they are retried once later responses make them
+// applicable (typically when the offending resource is fixed or removed).
+func (c *Client) hold(u *update) {
+	h := c.held[u.typeURL]
+	if h == nil {
+		h = &update{typeURL: u.typeURL, upserts: map[string]resource{}}
+		c.held[u.typeURL] = h
+	}
+	for name, r := range u.upserts {
+		h.upserts[name] = r
+		h.removed = slices.DeleteFunc(h.removed, func(n string) bool { return n == name })
+	}
+	for _, name := range u.removed {
+		delete(h.upserts, name)
+		if !slices.Contains(h.removed, name) {
+			h.removed = append(h.removed, name)
+		}
+	}
+}
+
+// supersedeHeld forgets held changes to resources that u changes again.
+func (c *Client) supersedeHeld(u *update) {
+	h := c.held[u.typeURL]
+	if h == nil {
+		return
+	}
+	if u.full {
+		delete(c.held, u.typeURL)
+		return
+	}
+	changed := make(map[string]bool, len(u.upserts)+len(u.removed))
+	for name := range u.upserts {
+		changed[name] = true
+	}
+	for _, name := range u.removed {
+		changed[name] = true
+	}
+	for name := range changed {
+		delete(h.upserts, name)
+	}
+	h.removed = slices.DeleteFunc(h.removed, func(n string) bool { return changed[n] })
+	if len(h.upserts) == 0 && len(h.removed) == 0 {
+		delete(c.held, u.typeURL)
+	}
+}
+
+// retryHeld applies the held changes of every type together if they have
+// become acceptable.
+func (c *Client) retryHeld() {
+	if len(c.held) == 0 {
+		return
+	}
+	cand := c.accepted
+	for _, h := range c.held {
+		cand = cand.with(h)
+	}
+	res, err := translate.Translate(cand.translateInput())
+	if err == nil {
+		err = c.apply(res, c.initialSynced(""))
+	}
+	if err != nil {
+		c.log.Debug("xds: held changes still not applicable", "err", err, "held", len(c.held))
+		return
+	}
+	c.log.Info("xds: changes of an earlier rejected response are now applied")
+	c.accepted = cand
+	clear(c.held)
+	c.recordAccepted("", "", res)
+}
+
+// serverView is what the server believes this client holds: the accepted
+// resources and the held ones.
+func (c *Client) serverView() resourceSet {
+	v := c.accepted
+	for _, h := range c.held {
+		v = v.with(h)
+	}
+	return v
+}
+
+// warming reports whether applying should wait while resources that
+// listeners need are missing, for at most WarmingTimeout, after which the
+// state is applied without them.
+func (c *Client) warming(res translate.Result, now time.Time) bool {
+	if len(res.Missing) == 0 {
+		c.warmingSince = time.Time{}
+		return false
+	}
+	if c.warmingSince.IsZero() {
+		c.warmingSince = now
+	}
+	return now.Sub(c.warmingSince) < c.opts.WarmingTimeout
+}
+
+// statesEqual reports whether two states program the same routing.
+func statesEqual(a, b model.State) bool {
+	return slices.EqualFunc(a.Services, b.Services, func(x, y model.Service) bool {
+		return x.Name == y.Name && x.VIP == y.VIP && x.Port == y.Port && x.Protocol == y.Protocol &&
+			endpointsEqual(x.Endpoints, y.Endpoints) &&
+			slices.EqualFunc(x.Splits, y.Splits, func(p, q model.Split) bool {
+				return p.Name == q.Name && p.Weight == q.Weight && endpointsEqual(p.Endpoints, q.Endpoints)
+			})
+	})
+}
+
+func endpointsEqual(a, b []model.Endpoint) bool {
+	return slices.EqualFunc(a, b, func(x, y model.Endpoint) bool {
+		if x.Workload != nil && y.Workload != nil {
+			if *x.Workload != *y.Workload {
+				return false
+			}
+		} else if x.Workload != y.Workload {
+			return false
+		}
+		x.Workload, y.Workload = nil, nil
+		return x == y
+	})
 }
 
 // reject NACKs u, keeping the previous state.
@@ -400,7 +553,7 @@ func (c *Client) reject(s stream, u *update, reason error) error {
 // finishWarming applies the accepted resources although some a listener
 // needs never arrived: services using them refuse connections until they do.
 func (c *Client) finishWarming() {
-	if !c.pending {
+	if !c.pending || !c.initialSynced("") {
 		return
 	}
 	res, err := translate.Translate(c.accepted.translateInput())
@@ -411,12 +564,14 @@ func (c *Client) finishWarming() {
 		c.log.Error("xds: applying after warming timeout failed; previous state kept", "err", err)
 		return
 	}
+	c.lastApplied = &res.State
 	c.pending = false
 	c.log.Warn("xds: applied without resources that never arrived", "missing", res.Missing, "waited", c.opts.WarmingTimeout)
-	c.recordAccepted("", "", res, true, time.Now())
+	c.recordAccepted("", "", res)
 }
 
-func (c *Client) recordAccepted(typeURL, version string, res translate.Result, applied bool, now time.Time) {
+func (c *Client) recordAccepted(typeURL, version string, res translate.Result) {
+	applied, now := !c.pending, time.Now()
 	c.updateStatus(func(st *Status) {
 		if typeURL != "" {
 			if st.Versions == nil {
@@ -469,8 +624,8 @@ func (c *Client) resubscribe(s stream) error {
 		for _, name := range names {
 			c.subSet[t][name] = true
 		}
-		for _, name := range removed {
-			delete(c.accepted[t], name)
+		if len(removed) > 0 {
+			c.accepted = c.accepted.with(&update{typeURL: t, removed: removed})
 		}
 	}
 	return nil

@@ -57,11 +57,27 @@ type resource struct {
 // unchanged.
 type resourceSet map[string]map[string]resource
 
-func (s resourceSet) clone() resourceSet {
-	out := make(resourceSet, len(s))
-	for t, m := range s {
-		out[t] = maps.Clone(m)
+// with returns a copy of s with u's changes. Only the changed type's map is
+// copied; the others are shared, as sets are never modified in place.
+func (s resourceSet) with(u *update) resourceSet {
+	out := maps.Clone(s)
+	if out == nil {
+		out = resourceSet{}
 	}
+	var m map[string]resource
+	if u.full {
+		m = make(map[string]resource, len(u.upserts))
+	} else {
+		m = maps.Clone(s[u.typeURL])
+		if m == nil {
+			m = make(map[string]resource, len(u.upserts))
+		}
+	}
+	maps.Copy(m, u.upserts)
+	for _, name := range u.removed {
+		delete(m, name)
+	}
+	out[u.typeURL] = m
 	return out
 }
 

@@ -3,6 +3,9 @@
 package translate
 
 import (
+	"net/netip"
+	"slices"
+
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
@@ -60,18 +63,174 @@ func quote(s string) string { return `"` + s + `"` }
 // r need: the EDS service name (or cluster name) of every EDS cluster. A
 // client subscribes to exactly these.
 func EDSNames(r Resources) []string {
-	panic("implemented by the translate package")
+	var names []string
+	for name, c := range r.Clusters {
+		if c.GetType() == clusterv3.Cluster_EDS {
+			names = append(names, edsName(name, c.GetEdsClusterConfig()))
+		}
+	}
+	slices.Sort(names)
+	return slices.Compact(names)
 }
 
 // RDSNames returns, sorted, the RouteConfiguration names the listeners in r
 // refer to through RDS.
 func RDSNames(r Resources) []string {
-	panic("implemented by the translate package")
+	var names []string
+	for _, l := range r.Listeners {
+		names = routeConfigNames(l, names)
+	}
+	slices.Sort(names)
+	return slices.Compact(names)
 }
 
 // Translate returns the dataplane state r describes, or a *ResourceError for
 // the first resource (in name order, listeners first, then clusters, then
 // assignments) that Sluice cannot honour. It never panics, whatever r holds.
+//
+// Every resource in r is checked, also those no listener uses, so a client
+// NACKs a bad resource when it arrives rather than when it is first used.
+// Services are ordered by listener name, then by address (the main address,
+// then additional_addresses in order); endpoints keep the order of their
+// assignment. A listener with several addresses (dual-stack) gives each of
+// its services the endpoints of that service's address family only; with one
+// address, an endpoint of the other family is an error.
 func Translate(r Resources) (Result, error) {
-	panic("implemented by the translate package")
+	t := newTally()
+	plans := make([]*listenerPlan, 0, len(r.Listeners))
+	for _, name := range sortedKeys(r.Listeners) {
+		p, err := t.listener(name, r.Listeners[name])
+		if err != nil {
+			return Result{}, err.resource("Listener", name)
+		}
+		t.done()
+		plans = append(plans, p)
+	}
+	clusters := make(map[string]clusterPlan, len(r.Clusters))
+	for _, name := range sortedKeys(r.Clusters) {
+		c, err := t.cluster(name, r.Clusters[name])
+		if err != nil {
+			return Result{}, err.resource("Cluster", name)
+		}
+		t.done()
+		clusters[name] = c
+	}
+	assignments := make(map[string][]model.Endpoint, len(r.Endpoints))
+	for _, name := range sortedKeys(r.Endpoints) {
+		eps, err := t.assignment(name, r.Endpoints[name])
+		if err != nil {
+			return Result{}, err.resource("ClusterLoadAssignment", name)
+		}
+		t.done()
+		assignments[name] = eps
+	}
+
+	services, missing := assemble(plans, clusters, assignments)
+	res := Result{State: model.State{Services: services}, Ignored: t.counts}
+	if err := res.State.Validate(); err != nil {
+		return Result{}, &ResourceError{Type: "Listener", Name: services[culprit(services)].Name, Reason: err.Error()}
+	}
+	if len(missing) > 0 {
+		res.Missing = sortedKeys(missing)
+	}
+	return res, nil
+}
+
+// assemble puts checked listeners, clusters and assignments together into
+// services, and says which clusters and assignments the listeners need and
+// do not have (as "Cluster/<name>" and "ClusterLoadAssignment/<name>").
+func assemble(plans []*listenerPlan, clusters map[string]clusterPlan, assignments map[string][]model.Endpoint) ([]model.Service, map[string]bool) {
+	missing := make(map[string]bool)
+	resolve := func(cluster string) []model.Endpoint {
+		c, ok := clusters[cluster]
+		if !ok {
+			missing["Cluster/"+cluster] = true
+			return nil
+		}
+		if c.eds == "" {
+			return c.static
+		}
+		eps, ok := assignments[c.eds]
+		if !ok {
+			missing["ClusterLoadAssignment/"+c.eds] = true
+		}
+		return eps
+	}
+	// Each service gets its own endpoint slice, so that a consumer may
+	// reorder one in place: the first user of a cluster's endpoints takes
+	// them, later ones get copies.
+	taken := make(map[*model.Endpoint]bool, len(assignments)+len(clusters))
+	endpointsFor := func(eps []model.Endpoint, vip netip.Addr, dualStack bool) []model.Endpoint {
+		switch {
+		case len(eps) == 0:
+			return nil
+		case dualStack:
+			return sameFamily(eps, vip)
+		case taken[&eps[0]]:
+			return slices.Clone(eps)
+		}
+		taken[&eps[0]] = true
+		return eps
+	}
+
+	n := 0
+	for _, p := range plans {
+		n += len(p.addrs)
+	}
+	if n == 0 {
+		return nil, missing
+	}
+	services := make([]model.Service, 0, n)
+	pools := make([][]model.Endpoint, 0, 1)
+	for _, p := range plans {
+		pools = pools[:0]
+		for _, pl := range p.pools {
+			pools = append(pools, resolve(pl.cluster))
+		}
+		dualStack := len(p.addrs) > 1
+		for _, ap := range p.addrs {
+			svc := model.Service{Name: p.name, VIP: ap.Addr(), Port: ap.Port(), Protocol: p.proto}
+			if p.weighted {
+				// A split is named after its cluster, which is unique
+				// within the listener.
+				svc.Splits = make([]model.Split, len(p.pools))
+				for i, pl := range p.pools {
+					svc.Splits[i] = model.Split{Name: pl.cluster, Weight: pl.weight, Endpoints: endpointsFor(pools[i], ap.Addr(), dualStack)}
+				}
+			} else {
+				svc.Endpoints = endpointsFor(pools[0], ap.Addr(), dualStack)
+			}
+			services = append(services, svc)
+		}
+	}
+	return services, missing
+}
+
+// sameFamily returns, in a new slice, the endpoints of eps of vip's family:
+// for one VIP of a dual-stack listener, the others can never be reached.
+func sameFamily(eps []model.Endpoint, vip netip.Addr) []model.Endpoint {
+	var out []model.Endpoint
+	for _, ep := range eps {
+		if ep.Addr.Is4() == vip.Is4() {
+			out = append(out, ep)
+		}
+	}
+	return out
+}
+
+// culprit returns the index of the service model.State.Validate rejects: it
+// checks services in order, each on its own and then against those before.
+func culprit(services []model.Service) int {
+	owner := make(map[model.ServiceKey]bool, len(services))
+	for i := range services {
+		if (model.State{Services: services[i : i+1]}).Validate() != nil {
+			return i
+		}
+		k := services[i].Key()
+		if owner[k] {
+			return i
+		}
+		owner[k] = true
+	}
+	return 0 // unreachable while Validate checks nothing more
 }

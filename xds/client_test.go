@@ -1,0 +1,292 @@
+package xds_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+
+	"github.com/sluice-mesh/sluice/xds"
+)
+
+var modes = []xds.Mode{xds.ModeSotW, xds.ModeDelta}
+
+func startClient(t testing.TB, server string, mode xds.Mode, app xds.Applier, tweak ...func(*xds.Options)) *xds.Client {
+	t.Helper()
+	opts := xds.Options{
+		Server:         server,
+		Node:           xds.NodeInfo{ID: "test-node", NodeName: "node-1", Version: "test"},
+		Applier:        app,
+		Mode:           mode,
+		BackoffInitial: 20 * time.Millisecond,
+		BackoffMax:     200 * time.Millisecond,
+	}
+	if os.Getenv("SLUICE_TEST_DEBUG") != "" {
+		opts.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	for _, f := range tweak {
+		f(&opts)
+	}
+	c, err := xds.New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("client Run: %v", err)
+		}
+	})
+	return c
+}
+
+func waitApplied(t testing.TB, rec *recorder, want string) int {
+	t.Helper()
+	var got string
+	var n int
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		got, n = rec.last()
+		if got == want {
+			return n
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("applied state:\n%s\nwant:\n%s", got, want)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+var (
+	webV1 = svc{"demo/web:80", "10.96.0.10", 80, []string{"10.244.0.11:8080", "10.244.0.12:8080"}}
+	webV2 = svc{"demo/web:80", "10.96.0.10", 80, []string{"10.244.0.12:8080", "10.244.0.13:8080"}}
+	db    = svc{"demo/db:5432", "10.96.0.20", 5432, []string{"10.244.1.1:5432"}}
+	cache = svc{"demo/cache:6379", "fd00:96::30", 6379, []string{"[fd00:244::5]:6379"}}
+)
+
+func TestSyncAddUpdateRemove(t *testing.T) {
+	for _, mode := range modes {
+		t.Run(string(mode), func(t *testing.T) {
+			cp := newControlPlane(t)
+			v1 := mesh{services: []svc{webV1, db}}
+			cp.set("1", v1)
+			rec := &recorder{}
+			c := startClient(t, cp.addr, mode, rec)
+			waitApplied(t, rec, v1.summary())
+
+			// Update web's endpoints, remove db, add an IPv6 service.
+			v2 := mesh{services: []svc{webV2, cache}}
+			cp.set("2", v2)
+			waitApplied(t, rec, v2.summary())
+
+			st := c.Status()
+			if !st.Connected || !st.Applied || st.Services != 2 || st.NACKs != 0 {
+				t.Errorf("status %+v", st)
+			}
+			if st.Resources["LDS"] != 2 || st.Resources["CDS"] != 2 || st.Resources["EDS"] != 2 {
+				t.Errorf("accepted resources %v, want 2 of each (removed ones dropped)", st.Resources)
+			}
+			if len(cp.nackMessages()) != 0 {
+				t.Errorf("server received NACKs: %v", cp.nackMessages())
+			}
+		})
+	}
+}
+
+// A response Sluice cannot honour is NACKed with an error naming the
+// resource and field, and the previous state stays applied; a later good
+// response is applied.
+func TestNACKKeepsPreviousState(t *testing.T) {
+	for _, mode := range modes {
+		t.Run(string(mode), func(t *testing.T) {
+			cp := newControlPlane(t)
+			good := mesh{services: []svc{webV1}}
+			cp.set("1", good)
+			rec := &recorder{}
+			c := startClient(t, cp.addr, mode, rec)
+			applies := waitApplied(t, rec, good.summary())
+
+			bad := mesh{services: []svc{webV1, db}, extra: []types.Resource{httpListener("demo/api:80", "10.96.0.40", 80)}}
+			cp.set("2", bad)
+			waitFor(t, "a NACK at the server", func() bool { return len(cp.nackMessages()) > 0 })
+			msg := cp.nackMessages()[0]
+			for _, want := range []string{`Listener "demo/api:80"`, "filter_chains[0].filters[0]"} {
+				if !strings.Contains(msg, want) {
+					t.Errorf("NACK error_detail %q does not name %s", msg, want)
+				}
+			}
+			if got, n := rec.last(); got != good.summary() || n != applies {
+				t.Errorf("after the NACK the applier got %d states (had %d), last:\n%s\nwant the previous one:\n%s", n, applies, got, good.summary())
+			}
+			if st := c.Status(); st.LastNACK == nil || st.LastNACK.Type != "LDS" || st.NACKs == 0 {
+				t.Errorf("status does not report the NACK: %+v", st)
+			}
+
+			fixed := mesh{services: []svc{webV1, db}}
+			cp.set("3", fixed)
+			waitApplied(t, rec, fixed.summary())
+		})
+	}
+}
+
+// A state the dataplane refuses (its Apply fails) is NACKed with the
+// dataplane's error, and nothing changes.
+func TestApplyErrorIsNACKed(t *testing.T) {
+	for _, mode := range modes {
+		t.Run(string(mode), func(t *testing.T) {
+			cp := newControlPlane(t)
+			good := mesh{services: []svc{webV1}}
+			cp.set("1", good)
+			rec := &recorder{}
+			startClient(t, cp.addr, mode, rec)
+			waitApplied(t, rec, good.summary())
+
+			rec.setFail(errors.New(`service "demo/db:5432" (10.96.0.20:5432/TCP): backend capacity 1 exhausted`))
+			cp.set("2", mesh{services: []svc{webV1, db}})
+			waitFor(t, "a NACK", func() bool { return len(cp.nackMessages()) > 0 })
+			if msg := cp.nackMessages()[0]; !strings.Contains(msg, "backend capacity 1 exhausted") {
+				t.Errorf("NACK %q does not carry the dataplane's reason", msg)
+			}
+			if got, _ := rec.last(); got != good.summary() {
+				t.Errorf("state changed after a refused apply:\n%s", got)
+			}
+		})
+	}
+}
+
+// The control plane restarts with the same configuration: the client
+// reconnects; with Delta nothing is sent again and nothing is re-applied.
+// Then the restarted control plane changes its configuration: it converges.
+func TestServerRestart(t *testing.T) {
+	for _, mode := range modes {
+		t.Run(string(mode), func(t *testing.T) {
+			cp := newControlPlane(t)
+			v1 := mesh{services: []svc{webV1, db}}
+			cp.set("1", v1)
+			rec := &recorder{}
+			c := startClient(t, cp.addr, mode, rec)
+			applies := waitApplied(t, rec, v1.summary())
+
+			cp.stop()
+			waitFor(t, "the client to notice", func() bool { return !c.Status().Connected })
+			cp.restart()
+			waitFor(t, "the client to reconnect", func() bool { return c.Status().Connected && c.Status().Reconnects > 0 })
+			// Give the server time to answer if it were going to.
+			time.Sleep(200 * time.Millisecond)
+			got, n := rec.last()
+			if got != v1.summary() {
+				t.Fatalf("state after restart:\n%s", got)
+			}
+			if mode == xds.ModeDelta && n != applies {
+				t.Errorf("delta reconnect to an unchanged server re-applied the state (%d applies, had %d)", n, applies)
+			}
+
+			v2 := mesh{services: []svc{webV2}}
+			cp.set("2", v2)
+			waitApplied(t, rec, v2.summary())
+		})
+	}
+}
+
+// The control plane is not there when the agent starts; the client keeps
+// trying and converges once it comes up.
+func TestControlPlaneUnavailableAtStart(t *testing.T) {
+	for _, mode := range modes {
+		t.Run(string(mode), func(t *testing.T) {
+			lis, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			addr := lis.Addr().String()
+			lis.Close() // nothing listens there now
+
+			rec := &recorder{}
+			c := startClient(t, addr, mode, rec)
+			waitFor(t, "failed attempts", func() bool { return c.Status().Reconnects >= 2 })
+			if _, n := rec.last(); n != 0 {
+				t.Fatalf("applied %d states with no control plane", n)
+			}
+
+			cp := newControlPlaneAt(t, addr)
+			v1 := mesh{services: []svc{webV1}}
+			cp.set("1", v1)
+			waitApplied(t, rec, v1.summary())
+		})
+	}
+}
+
+// Listeners and clusters arrive before the assignments: the client waits
+// (warming) instead of applying services without endpoints, and applies
+// without them once the warming timeout passes.
+func TestWarmingWaitsForAssignments(t *testing.T) {
+	for _, mode := range modes {
+		t.Run(string(mode), func(t *testing.T) {
+			cp := newControlPlane(t)
+			partial := mesh{services: []svc{webV1}, noCLA: true}
+			cp.set("1", partial)
+			rec := &recorder{}
+			c := startClient(t, cp.addr, mode, rec, func(o *xds.Options) { o.WarmingTimeout = 300 * time.Millisecond })
+			waitFor(t, "warming", func() bool { return c.Status().Warming })
+			if _, n := rec.last(); n != 0 {
+				t.Fatal("applied a state while its assignments were missing")
+			}
+			if st := c.Status(); len(st.Missing) != 1 || !strings.Contains(st.Missing[0], "demo/web:80") {
+				t.Errorf("missing = %v", st.Missing)
+			}
+			// After the timeout the service is applied without endpoints.
+			waitApplied(t, rec, partial.summary())
+
+			full := mesh{services: []svc{webV1}}
+			cp.set("2", full)
+			waitApplied(t, rec, full.summary())
+			if st := c.Status(); st.Warming || len(st.Missing) != 0 {
+				t.Errorf("still warming after the assignment came: %+v", st)
+			}
+		})
+	}
+}
+
+// A 10,000-service snapshot is received, translated and applied.
+func TestLargeSnapshot(t *testing.T) {
+	for _, mode := range modes {
+		t.Run(string(mode), func(t *testing.T) {
+			cp := newControlPlane(t)
+			big := bigMesh(10000, 10)
+			start := time.Now()
+			cp.set("1", big)
+			rec := &recorder{}
+			c := startClient(t, cp.addr, mode, rec)
+			waitFor(t, "10k services applied", func() bool { return c.Status().Services == 10000 })
+			t.Logf("%s: 10,000 services x 10 endpoints applied %v after the snapshot was set", mode, time.Since(start).Round(time.Millisecond))
+			if got, _ := rec.last(); got != big.summary() {
+				t.Error("applied state differs from the snapshot")
+			}
+		})
+	}
+}
+
+func bigMesh(services, endpoints int) mesh {
+	m := mesh{services: make([]svc, services)}
+	for i := range services {
+		s := svc{
+			name: fmt.Sprintf("ns%d/svc%d:80", i%50, i),
+			vip:  fmt.Sprintf("10.96.%d.%d", i/250, i%250+1),
+			port: 80,
+		}
+		for j := range endpoints {
+			s.endpoints = append(s.endpoints, fmt.Sprintf("10.%d.%d.%d:8080", 100+i/60000, (i/250)%240, (i%250)*0+j+1+10*(i%20)))
+		}
+		m.services[i] = s
+	}
+	return m
+}

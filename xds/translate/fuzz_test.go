@@ -1,0 +1,162 @@
+package translate_test
+
+import (
+	"encoding/binary"
+	"errors"
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/sluice-mesh/sluice/xds/translate"
+)
+
+// Fuzz input format: a sequence of parts, each a kind byte (0 Listener,
+// 1 Cluster, 2 ClusterLoadAssignment, taken modulo 3), a little-endian
+// uint16 length, and that many bytes of the resource in protobuf wire format.
+// A short last part takes what is left.
+
+const (
+	partListener = iota
+	partCluster
+	partAssignment
+)
+
+// encodeParts is the inverse of decodeParts, for seeds.
+func encodeParts(r translate.Resources) []byte {
+	var b []byte
+	add := func(kind byte, m proto.Message) {
+		raw, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
+		if err != nil {
+			panic(err)
+		}
+		b = append(b, kind)
+		b = binary.LittleEndian.AppendUint16(b, uint16(len(raw)))
+		b = append(b, raw...)
+	}
+	for _, k := range sortedNames(r.Listeners) {
+		add(partListener, r.Listeners[k])
+	}
+	for _, k := range sortedNames(r.Clusters) {
+		add(partCluster, r.Clusters[k])
+	}
+	for _, k := range sortedNames(r.Endpoints) {
+		add(partAssignment, r.Endpoints[k])
+	}
+	return b
+}
+
+func decodeParts(b []byte) translate.Resources {
+	r := translate.Resources{
+		Listeners: map[string]*listenerv3.Listener{},
+		Clusters:  map[string]*clusterv3.Cluster{},
+		Endpoints: map[string]*endpointv3.ClusterLoadAssignment{},
+	}
+	for len(b) >= 3 {
+		kind := b[0] % 3
+		n := int(binary.LittleEndian.Uint16(b[1:3]))
+		b = b[3:]
+		n = min(n, len(b))
+		part := b[:n]
+		b = b[n:]
+		switch kind {
+		case partListener:
+			l := &listenerv3.Listener{}
+			if proto.Unmarshal(part, l) == nil {
+				r.Listeners[l.GetName()] = l
+			}
+		case partCluster:
+			c := &clusterv3.Cluster{}
+			if proto.Unmarshal(part, c) == nil {
+				r.Clusters[c.GetName()] = c
+			}
+		case partAssignment:
+			a := &endpointv3.ClusterLoadAssignment{}
+			if proto.Unmarshal(part, a) == nil {
+				r.Endpoints[a.GetClusterName()] = a
+			}
+		}
+	}
+	return r
+}
+
+func FuzzTranslate(f *testing.F) {
+	// More seeds, made from real resources, are in testdata/fuzz/FuzzTranslate.
+	f.Add(encodeParts(demo()))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r := decodeParts(b)
+		translate.EDSNames(r)
+		translate.RDSNames(r)
+		got, err := translate.Translate(r)
+		if err != nil {
+			var re *translate.ResourceError
+			if !errors.As(err, &re) {
+				t.Fatalf("error %v is a %T, not a *ResourceError", err, err)
+			}
+			return
+		}
+		if err := got.State.Validate(); err != nil {
+			t.Fatalf("accepted a state that does not validate: %v", err)
+		}
+		again, err := translate.Translate(r)
+		if err != nil || !reflect.DeepEqual(again, got) {
+			t.Fatalf("second Translate differs (err %v)", err)
+		}
+	})
+}
+
+// TestSeedCorpus keeps the committed seeds meaningful: the valid-* ones
+// translate and the invalid-* ones are refused (not merely undecodable).
+func TestSeedCorpus(t *testing.T) {
+	files, err := filepath.Glob(filepath.Join("testdata", "fuzz", "FuzzTranslate", "*"))
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no seed corpus: %v", err)
+	}
+	for _, file := range files {
+		name := filepath.Base(file)
+		raw, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lines := strings.Split(strings.TrimSpace(string(raw)), "\n")
+		if len(lines) != 2 || lines[0] != "go test fuzz v1" {
+			t.Fatalf("%s: not a one-value fuzz corpus file", name)
+		}
+		arg, ok := strings.CutPrefix(lines[1], "[]byte(")
+		arg, ok2 := strings.CutSuffix(arg, ")")
+		b, err := strconv.Unquote(arg)
+		if !ok || !ok2 || err != nil {
+			t.Fatalf("%s: cannot read %q", name, lines[1])
+		}
+		r := decodeParts([]byte(b))
+		if len(r.Listeners)+len(r.Clusters)+len(r.Endpoints) == 0 {
+			t.Errorf("%s: holds no resource", name)
+		}
+		_, err = translate.Translate(r)
+		switch {
+		case strings.HasPrefix(name, "valid-") && err != nil:
+			t.Errorf("%s: refused: %v", name, err)
+		case strings.HasPrefix(name, "invalid-") && err == nil:
+			t.Errorf("%s: accepted", name)
+		case err != nil:
+			t.Logf("%s: %v", name, err)
+		}
+	}
+}
+
+func sortedNames[V any](m map[string]V) []string {
+	var keys []string
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
