@@ -28,10 +28,19 @@ type activeBackend struct {
 // large enough that rounding moves a pool's share by under one in a million.
 const splitScale = 1 << 24
 
-// compile validates s against caps and returns each service's active set.
-// Service ids in prevIDs are kept, so an unchanged service keeps its kernel
-// entries; new services get the lowest free ids. It is pure.
-func compile(s model.State, caps Capacity, prevIDs map[model.ServiceKey]uint32) (map[model.ServiceKey]activeSet, error) {
+// compiled is one service as the dataplane programs it.
+type compiled struct {
+	svc   model.Service // as last applied; its slices are the caller's and are only read
+	known bool          // svc is set; false for a service adopted from pinned maps
+	set   activeSet
+}
+
+// plan validates s against caps and compiles it, reusing every service of
+// prev (the services in force) that is unchanged, so its cost follows what
+// changed. Service ids are kept; new services get the lowest free ids in
+// key order, so the result does not depend on the order of s. It is pure:
+// prev is not modified.
+func plan(s model.State, caps Capacity, prev map[model.ServiceKey]*compiled) (map[model.ServiceKey]*compiled, error) {
 	caps = caps.WithDefaults()
 	if err := s.Validate(); err != nil {
 		return nil, err
@@ -44,15 +53,28 @@ func compile(s model.State, caps Capacity, prevIDs map[model.ServiceKey]uint32) 
 		}
 	}
 
-	out := make(map[model.ServiceKey]activeSet, len(s.Services))
+	next := make(map[model.ServiceKey]*compiled, len(s.Services))
+	used := make(map[uint32]bool, len(s.Services))
+	var fresh []model.ServiceKey
 	backends := 0
 	for i := range s.Services {
 		svc := &s.Services[i]
-		set, err := chooseActiveSet(i, svc)
-		if err != nil {
-			return nil, err
+		key := svc.Key()
+		old := prev[key]
+		c := old
+		if old == nil || !old.known || !old.svc.Equal(svc) {
+			set, err := chooseActiveSet(i, svc)
+			if err != nil {
+				return nil, err
+			}
+			c = &compiled{svc: *svc, known: true, set: set}
+			if old != nil {
+				c.set.ID = old.set.ID
+			} else {
+				fresh = append(fresh, key)
+			}
 		}
-		backends += len(set.Backends)
+		backends += len(c.set.Backends)
 		if backends > caps.Backends {
 			return nil, &model.EntryError{
 				Entry:  model.Label(i, svc),
@@ -60,10 +82,22 @@ func compile(s model.State, caps Capacity, prevIDs map[model.ServiceKey]uint32) 
 				Class:  model.ErrCapacity,
 			}
 		}
-		out[svc.Key()] = set
+		if old != nil {
+			used[old.set.ID] = true
+		}
+		next[key] = c
 	}
-	assignIDs(out, prevIDs)
-	return out, nil
+
+	slices.SortFunc(fresh, compareKeys)
+	id := uint32(1)
+	for _, key := range fresh {
+		for used[id] {
+			id++
+		}
+		next[key].set.ID = id
+		used[id] = true
+	}
+	return next, nil
 }
 
 // pool is one split's usable endpoints at its best priority.
@@ -161,34 +195,6 @@ func usable(sp model.Split) pool {
 		return cmp.Compare(a.Port, b.Port)
 	})
 	return p
-}
-
-// assignIDs gives every service its id from prev, or the lowest id (from 1)
-// that is neither kept nor already given. New services are numbered in key
-// order so the result does not depend on the order of the input.
-func assignIDs(sets map[model.ServiceKey]activeSet, prev map[model.ServiceKey]uint32) {
-	used := make(map[uint32]bool, len(sets))
-	var fresh []model.ServiceKey
-	for k, set := range sets {
-		if id, ok := prev[k]; ok && id != 0 {
-			set.ID = id
-			sets[k] = set
-			used[id] = true
-			continue
-		}
-		fresh = append(fresh, k)
-	}
-	slices.SortFunc(fresh, compareKeys)
-	next := uint32(1)
-	for _, k := range fresh {
-		for used[next] {
-			next++
-		}
-		set := sets[k]
-		set.ID = next
-		sets[k] = set
-		used[next] = true
-	}
 }
 
 func compareKeys(a, b model.ServiceKey) int {

@@ -53,7 +53,7 @@ func TestCompileRejectsInvalidStates(t *testing.T) {
 		}}, Capacity{Backends: 2}, model.ErrCapacity, `service "b" (10.0.0.2:80/TCP): backend capacity 2 exhausted`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := compile(tc.state, tc.caps, nil)
+			_, err := plan(tc.state, tc.caps, nil)
 			if !errors.Is(err, tc.class) {
 				t.Fatalf("err = %v, want %v", err, tc.class)
 			}
@@ -67,7 +67,7 @@ func TestCompileRejectsInvalidStates(t *testing.T) {
 func TestUnhealthyEndpointsUseNoCapacity(t *testing.T) {
 	s := model.State{Services: []model.Service{service("a", "10.0.0.1",
 		ep("10.1.0.1:80"), ep("10.1.0.2:80", health(model.HealthUnhealthy)), ep("10.1.0.3:80", priority(1)))}}
-	if _, err := compile(s, Capacity{Backends: 1}, nil); err != nil {
+	if _, err := plan(s, Capacity{Backends: 1}, nil); err != nil {
 		t.Errorf("only one endpoint is usable at the chosen priority, yet: %v", err)
 	}
 }
@@ -94,11 +94,11 @@ func TestActiveSet(t *testing.T) {
 			[]string{"10.0.0.9:99=1", "10.1.0.1:80=2", "10.1.0.1:90=3"}, 3},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			sets, err := compile(model.State{Services: []model.Service{service("s", "10.0.0.1", tc.eps...)}}, Capacity{}, nil)
+			sets, err := plan(model.State{Services: []model.Service{service("s", "10.0.0.1", tc.eps...)}}, Capacity{}, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
-			set := sets[model.ServiceKey{VIP: netip.MustParseAddr("10.0.0.1"), Port: 80, Protocol: model.TCP}]
+			set := sets[model.ServiceKey{VIP: netip.MustParseAddr("10.0.0.1"), Port: 80, Protocol: model.TCP}].set
 			var got []string
 			for _, b := range set.Backends {
 				got = append(got, netip.AddrPortFrom(b.Addr, b.Port).String()+"="+strconv.FormatUint(uint64(b.CumWeight), 10))
@@ -114,14 +114,14 @@ func TestServiceIDsAreStable(t *testing.T) {
 	key := func(vip string) model.ServiceKey {
 		return model.ServiceKey{VIP: netip.MustParseAddr(vip), Port: 80, Protocol: model.TCP}
 	}
-	ids := func(sets map[model.ServiceKey]activeSet) map[model.ServiceKey]uint32 {
+	ids := func(sets map[model.ServiceKey]*compiled) map[model.ServiceKey]uint32 {
 		m := map[model.ServiceKey]uint32{}
-		for k, s := range sets {
-			m[k] = s.ID
+		for k, c := range sets {
+			m[k] = c.set.ID
 		}
 		return m
 	}
-	first, err := compile(model.State{Services: []model.Service{service("b", "10.0.0.2"), service("a", "10.0.0.1"), service("c", "10.0.0.3")}}, Capacity{}, nil)
+	first, err := plan(model.State{Services: []model.Service{service("b", "10.0.0.2"), service("a", "10.0.0.1"), service("c", "10.0.0.3")}}, Capacity{}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -130,7 +130,7 @@ func TestServiceIDsAreStable(t *testing.T) {
 		t.Fatalf("fresh ids not given in key order from 1: %v", got)
 	}
 	// Remove b, add d and e: a and c keep their ids, d reuses b's, e takes the next.
-	second, err := compile(model.State{Services: []model.Service{service("e", "10.0.0.5"), service("c", "10.0.0.3"), service("d", "10.0.0.4"), service("a", "10.0.0.1")}}, Capacity{}, got)
+	second, err := plan(model.State{Services: []model.Service{service("e", "10.0.0.5"), service("c", "10.0.0.3"), service("d", "10.0.0.4"), service("a", "10.0.0.1")}}, Capacity{}, first)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -164,11 +164,11 @@ func TestParseCgroup2Mount(t *testing.T) {
 func TestSplitsShareConnectionsByWeight(t *testing.T) {
 	shares := func(s model.Service) map[string]float64 {
 		t.Helper()
-		sets, err := compile(model.State{Services: []model.Service{s}}, Capacity{}, nil)
+		sets, err := plan(model.State{Services: []model.Service{s}}, Capacity{}, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
-		set := sets[s.Key()]
+		set := sets[s.Key()].set
 		out := map[string]float64{}
 		prev := uint32(0)
 		for _, b := range set.Backends {
@@ -200,5 +200,30 @@ func TestSplitsShareConnectionsByWeight(t *testing.T) {
 	down.Splits[1].Endpoints = []model.Endpoint{ep("10.2.0.1:80", health(model.HealthDraining))}
 	if got := shares(down); got["10.1.0.1:80"] < 0.25-1e-6 || got["10.1.0.1:80"] > 0.25+1e-6 || len(got) != 2 {
 		t.Errorf("with the canary down: %v, want stable alone at 0.25/0.75", got)
+	}
+}
+
+// plan reuses unchanged services (the same compiled value) and recompiles
+// changed ones, keeping their ids.
+func TestPlanReusesUnchangedServices(t *testing.T) {
+	a := service("a", "10.0.0.1", ep("10.1.0.1:80"))
+	b := service("b", "10.0.0.2", ep("10.1.0.2:80"))
+	first, err := plan(model.State{Services: []model.Service{a, b}}, Capacity{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b2 := service("b", "10.0.0.2", ep("10.1.0.2:80", weight(5)))
+	second, err := plan(model.State{Services: []model.Service{b2, a}}, Capacity{}, first)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if second[a.Key()] != first[a.Key()] {
+		t.Error("unchanged service a was recompiled")
+	}
+	if second[b.Key()] == first[b.Key()] || second[b.Key()].set.ID != first[b.Key()].set.ID || second[b.Key()].set.TotalWeight != 5 {
+		t.Errorf("changed service b: %+v (was %+v)", second[b.Key()], first[b.Key()])
+	}
+	if first[b.Key()].set.TotalWeight != 1 {
+		t.Error("plan modified the previous services")
 	}
 }

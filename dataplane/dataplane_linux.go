@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -36,13 +37,14 @@ type Dataplane struct {
 	links map[string]link.Link
 	lock  *os.File // flock on PinDir: one owner at a time
 
+	written atomic.Uint64 // map entries written or deleted since Open
+
 	mu sync.Mutex
 	// Guarded by mu.
-	active      uint32                      // generation the programs read
-	current     kernelEntries               // content of the active generation
-	ids         map[model.ServiceKey]uint32 // service ids in the active generation
-	mirrorDirty bool                        // inactive generation may differ from active
-	written     uint64                      // map entries written or deleted since Open
+	active      uint32                         // generation the programs read
+	current     map[model.ServiceKey]*compiled // services of the active generation
+	mirror      chan error                     // reports the end of the standby generation's update; nil if none runs
+	mirrorDirty bool                           // standby generation may differ from the active one
 	closed      bool
 }
 
@@ -121,7 +123,7 @@ func Open(opts Options) (_ *Dataplane, err error) {
 		return nil, err
 	}
 	log.Info("dataplane ready", "pin_dir", opts.PinDir, "cgroup", opts.Cgroup,
-		"adopted", !fresh, "services", len(d.current.services))
+		"adopted", !fresh, "services", len(d.current))
 	return d, nil
 }
 
@@ -222,7 +224,13 @@ func (d *Dataplane) adoptState() error {
 	if err != nil {
 		return err
 	}
-	d.active, d.current, d.ids = cfg.ActiveGen, cur, serviceIDs(cur)
+	var strays int
+	d.active = cfg.ActiveGen
+	d.current, strays = adopt(cur)
+	if strays > 0 {
+		d.log.Warn("dataplane: pinned backends owned by no service; they are removed", "count", strays)
+		d.mirrorDirty = true
+	}
 	return d.resyncInactive()
 }
 
@@ -262,7 +270,7 @@ func (d *Dataplane) resyncInactive() error {
 	if err != nil {
 		return err
 	}
-	if err := d.writeGeneration(inactive, diffEntries(got, d.current)); err != nil {
+	if err := d.writeGeneration(inactive, diffEntries(got, flatten(d.current))); err != nil {
 		d.mirrorDirty = true
 		return fmt.Errorf("resync generation %d: %w", inactive, err)
 	}
@@ -271,58 +279,73 @@ func (d *Dataplane) resyncInactive() error {
 }
 
 // Apply replaces the routing state with s. It validates and compiles s first;
-// a state that is invalid or does not fit is rejected with a *model.EntryError
-// naming the offending entry, and the previous state stays in force.
+// a state that is invalid or does not fit is rejected with a
+// *model.EntryError naming the offending entry, and the previous state stays
+// in force. Services equal to those in force are not recompiled, so the cost
+// follows what changed; an unchanged state writes nothing.
 //
-// The maps hold two generations. Apply writes the changes into the inactive
-// one, switches the programs to it with a single map update, waits until no
-// program can still be reading the old generation (an RCU grace period), and
-// then brings the old generation up to date for the next Apply. An unchanged
-// state writes nothing.
+// The maps hold two generations. Apply writes the changes into the standby
+// one and switches the programs to it with a single map update; from then
+// on the new state is in force and Apply returns. In the background it then
+// waits until no program can still be reading the old generation (an RCU
+// grace period) and brings that one up to date; the next Apply waits for
+// that to finish before it starts writing.
 func (d *Dataplane) Apply(s model.State) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
 		return errors.New("apply: dataplane is closed")
 	}
+	d.waitMirror()
 
-	sets, err := compile(s, d.opts.Capacity, d.ids)
+	next, err := plan(s, d.opts.Capacity, d.current)
 	if err != nil {
 		return err
 	}
-	want := flatten(sets)
-	if want.equal(d.current) && !d.mirrorDirty {
+	diff := diffCompiled(d.current, next)
+	if diff.empty() && !d.mirrorDirty {
+		d.current = next
 		return nil
 	}
-
 	if d.mirrorDirty {
 		if err := d.resyncInactive(); err != nil {
 			return fmt.Errorf("apply: %w; previous state still in force", err)
 		}
 	}
-	diff := diffEntries(d.current, want)
-	next := 1 - d.active
-	if err := d.writeGeneration(next, diff); err != nil {
+	standby := 1 - d.active
+	if err := d.writeGeneration(standby, diff); err != nil {
 		d.mirrorDirty = true
 		return fmt.Errorf("apply: %w; previous state still in force", err)
 	}
-	if err := d.objs.SlActive.Put(uint32(0), serviceSlConfig{ActiveGen: next}); err != nil {
+	if err := d.objs.SlActive.Put(uint32(0), serviceSlConfig{ActiveGen: standby}); err != nil {
 		d.mirrorDirty = true
-		return fmt.Errorf("apply: switch to generation %d: %w; previous state still in force", next, err)
+		return fmt.Errorf("apply: switch to generation %d: %w; previous state still in force", standby, err)
 	}
 	old := d.active
-	d.active, d.current, d.ids = next, want, serviceIDs(want)
+	d.active, d.current = standby, next
 
-	waitForReaders()
-	if err := d.writeGeneration(old, diff); err != nil {
-		// The new state is in force; the stale generation is repaired by
-		// the next Apply before it is written to.
-		d.mirrorDirty = true
-		d.log.Warn("dataplane: could not update standby generation", "gen", old, "err", err)
-	}
-	d.log.Debug("dataplane applied", "gen", next, "services", len(want.services),
-		"backends", len(want.backends), "changed", len(diff.svcPuts)+len(diff.svcDels)+len(diff.bePuts)+len(diff.beDels))
+	done := make(chan error, 1)
+	d.mirror = done
+	go func() {
+		waitForReaders()
+		done <- d.writeGeneration(old, diff)
+	}()
+	d.log.Debug("dataplane applied", "gen", standby, "services", len(next),
+		"changed", len(diff.svcPuts)+len(diff.svcDels)+len(diff.bePuts)+len(diff.beDels))
 	return nil
+}
+
+// waitMirror waits for a running update of the standby generation. If it
+// failed, the standby generation is repaired before it is written again.
+func (d *Dataplane) waitMirror() {
+	if d.mirror == nil {
+		return
+	}
+	if err := <-d.mirror; err != nil {
+		d.mirrorDirty = true
+		d.log.Warn("dataplane: could not update the standby generation; it is repaired on the next apply", "err", err)
+	}
+	d.mirror = nil
 }
 
 // writeGeneration applies diff to generation gen: deletions first, so a
@@ -331,7 +354,7 @@ func (d *Dataplane) writeGeneration(gen uint32, diff entriesDiff) error {
 	if diff.empty() {
 		return nil
 	}
-	d.written += uint64(len(diff.svcPuts) + len(diff.svcDels) + len(diff.bePuts) + len(diff.beDels))
+	d.written.Add(uint64(len(diff.svcPuts) + len(diff.svcDels) + len(diff.bePuts) + len(diff.beDels)))
 	if err := deleteAll(d.objs.SlBackends, gen, diff.beDels); err != nil {
 		return fmt.Errorf("delete backends: %w", err)
 	}
@@ -413,16 +436,17 @@ type Status struct {
 	EntriesWritten uint64 // map entries written or deleted by this process (churn)
 }
 
-// Status reports what the dataplane has programmed.
+// Status reports what the dataplane has programmed. It waits for a running
+// update of the standby generation, so its figures are settled.
 func (d *Dataplane) Status() Status {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return Status{
-		Generation:     d.active,
-		Services:       len(d.current.services),
-		Backends:       len(d.current.backends),
-		EntriesWritten: d.written,
+	d.waitMirror() // so EntriesWritten is settled
+	st := Status{Generation: d.active, Services: len(d.current), EntriesWritten: d.written.Load()}
+	for _, c := range d.current {
+		st.Backends += len(c.set.Backends)
 	}
+	return st
 }
 
 // Stats are the programs' counters, summed over CPUs.
@@ -467,6 +491,7 @@ func (d *Dataplane) Close() error {
 		return nil
 	}
 	d.closed = true
+	d.waitMirror()
 	d.release()
 	return nil
 }
@@ -480,6 +505,7 @@ func (d *Dataplane) Teardown() error {
 		return errors.New("teardown: dataplane is closed; use the package-level Teardown")
 	}
 	d.closed = true
+	d.waitMirror()
 	err := removePins(d.opts.PinDir)
 	d.release()
 	if err != nil {

@@ -64,37 +64,77 @@ func diffMaps[K, V comparable](from, to map[K]V) (puts map[K]V, dels []K) {
 	return puts, dels
 }
 
-// flatten lays active sets out as kernel map entries.
-func flatten(sets map[model.ServiceKey]activeSet) kernelEntries {
-	e := kernelEntries{
-		services: make(map[serviceSlSvcKey]serviceSlSvcValue, len(sets)),
-		backends: make(map[serviceSlBeKey]serviceSlBeValue),
-	}
-	for k, set := range sets {
-		e.services[svcKeyOf(k)] = serviceSlSvcValue{
-			Id:          set.ID,
-			Count:       uint32(len(set.Backends)),
-			TotalWeight: set.TotalWeight,
+// diffCompiled returns the map changes that turn the services of prev into
+// those of next. Services present in both as the same pointer are unchanged
+// and cost nothing, so the work follows what changed. Backend entries are
+// compared across services, as a new service may take the id of a removed one.
+func diffCompiled(prev, next map[model.ServiceKey]*compiled) entriesDiff {
+	d := entriesDiff{svcPuts: map[serviceSlSvcKey]serviceSlSvcValue{}}
+	oldBE := map[serviceSlBeKey]serviceSlBeValue{}
+	newBE := map[serviceSlBeKey]serviceSlBeValue{}
+	for key, n := range next {
+		o := prev[key]
+		if o == n {
+			continue
 		}
-		for i, be := range set.Backends {
-			e.backends[serviceSlBeKey{SvcId: set.ID, Index: uint32(i)}] = serviceSlBeValue{
-				Addr:      addrWords(be.Addr),
-				Port:      htons(be.Port),
-				Family:    family(be.Addr),
-				CumWeight: be.CumWeight,
-			}
+		nv := svcValueOf(n.set)
+		if o == nil || svcValueOf(o.set) != nv {
+			d.svcPuts[svcKeyOf(key)] = nv
+		}
+		if o != nil {
+			addBackends(oldBE, o.set)
+		}
+		addBackends(newBE, n.set)
+	}
+	for key, o := range prev {
+		if _, ok := next[key]; !ok {
+			d.svcDels = append(d.svcDels, svcKeyOf(key))
+			addBackends(oldBE, o.set)
 		}
 	}
-	return e
+	d.bePuts, d.beDels = diffMaps(oldBE, newBE)
+	return d
 }
 
-// serviceIDs recovers the id of every service from kernel entries.
-func serviceIDs(e kernelEntries) map[model.ServiceKey]uint32 {
-	ids := make(map[model.ServiceKey]uint32, len(e.services))
-	for k, v := range e.services {
-		ids[serviceKeyOf(k)] = v.Id
+// flatten lays services out as the kernel entries of one generation.
+func flatten(services map[model.ServiceKey]*compiled) kernelEntries {
+	d := diffCompiled(nil, services)
+	return kernelEntries{services: d.svcPuts, backends: d.bePuts}
+}
+
+func svcValueOf(set activeSet) serviceSlSvcValue {
+	return serviceSlSvcValue{Id: set.ID, Count: uint32(len(set.Backends)), TotalWeight: set.TotalWeight}
+}
+
+func addBackends(m map[serviceSlBeKey]serviceSlBeValue, set activeSet) {
+	for i, be := range set.Backends {
+		m[serviceSlBeKey{SvcId: set.ID, Index: uint32(i)}] = serviceSlBeValue{
+			Addr:      addrWords(be.Addr),
+			Port:      htons(be.Port),
+			Family:    family(be.Addr),
+			CumWeight: be.CumWeight,
+		}
 	}
-	return ids
+}
+
+// adopt rebuilds the services in force from one generation's kernel
+// entries. They are marked unknown, so the next Apply recompiles them and
+// writes only what differs. strays counts backend entries no service owns.
+func adopt(e kernelEntries) (services map[model.ServiceKey]*compiled, strays int) {
+	services = make(map[model.ServiceKey]*compiled, len(e.services))
+	owned := 0
+	for k, v := range e.services {
+		set := activeSet{ID: v.Id, TotalWeight: v.TotalWeight, Backends: make([]activeBackend, v.Count)}
+		for i := range set.Backends {
+			be, ok := e.backends[serviceSlBeKey{SvcId: v.Id, Index: uint32(i)}]
+			if ok {
+				owned++
+			}
+			set.Backends[i] = activeBackend{Addr: addrFromWords(be.Addr, be.Family), Port: ntohs(be.Port), CumWeight: be.CumWeight}
+		}
+		services[serviceKeyOf(k)] = &compiled{set: set}
+	}
+	return services, len(e.backends) - owned
 }
 
 func svcKeyOf(k model.ServiceKey) serviceSlSvcKey {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 )
 
@@ -164,4 +165,37 @@ func Label(i int, s *Service) string {
 		return fmt.Sprintf("service #%d (%s)", i, s.Key())
 	}
 	return fmt.Sprintf("service %q (%s)", s.Name, s.Key())
+}
+
+// Equal reports whether s and o describe the same routing, workload
+// metadata included. Endpoint slices that share their backing array compare
+// in constant time, so comparing a state with its successor costs in
+// proportion to what was rebuilt.
+func (s *Service) Equal(o *Service) bool {
+	return s.Name == o.Name && s.VIP == o.VIP && s.Port == o.Port && s.Protocol == o.Protocol &&
+		endpointsEqual(s.Endpoints, o.Endpoints) &&
+		slices.EqualFunc(s.Splits, o.Splits, func(a, b Split) bool {
+			return a.Name == b.Name && a.Weight == b.Weight && endpointsEqual(a.Endpoints, b.Endpoints)
+		})
+}
+
+func endpointsEqual(a, b []Endpoint) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	if len(a) == 0 || &a[0] == &b[0] {
+		return true
+	}
+	return slices.EqualFunc(a, b, func(x, y Endpoint) bool {
+		if (x.Workload == nil) != (y.Workload == nil) || x.Workload != nil && *x.Workload != *y.Workload {
+			return false
+		}
+		x.Workload, y.Workload = nil, nil
+		return x == y
+	})
+}
+
+// Equal reports whether two states hold equal services in the same order.
+func (s State) Equal(o State) bool {
+	return slices.EqualFunc(s.Services, o.Services, func(a, b Service) bool { return a.Equal(&b) })
 }

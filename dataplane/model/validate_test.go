@@ -52,3 +52,41 @@ func TestValidateSplits(t *testing.T) {
 		})
 	}
 }
+
+func TestServiceEqual(t *testing.T) {
+	ep := model.Endpoint{Addr: netip.MustParseAddr("10.1.0.1"), Port: 80, Workload: &model.Workload{Name: "a"}}
+	base := model.Service{Name: "s", VIP: netip.MustParseAddr("10.96.0.1"), Port: 80, Protocol: model.TCP, Endpoints: []model.Endpoint{ep}}
+	same := base
+	same.Endpoints = []model.Endpoint{ep} // another backing array, equal content
+	sameWorkloadValue := base
+	e2 := ep
+	e2.Workload = &model.Workload{Name: "a"}
+	sameWorkloadValue.Endpoints = []model.Endpoint{e2}
+	otherWorkload := base
+	e3 := ep
+	e3.Workload = &model.Workload{Name: "b"}
+	otherWorkload.Endpoints = []model.Endpoint{e3}
+	otherWeight := base
+	e4 := ep
+	e4.Weight = 2
+	otherWeight.Endpoints = []model.Endpoint{e4}
+	split := base
+	split.Endpoints = nil
+	split.Splits = []model.Split{{Name: "x", Weight: 1, Endpoints: []model.Endpoint{ep}}}
+	for _, tc := range []struct {
+		name string
+		o    model.Service
+		want bool
+	}{
+		{"itself", base, true},
+		{"equal copy", same, true},
+		{"equal workload by value", sameWorkloadValue, true},
+		{"other workload", otherWorkload, false},
+		{"other weight", otherWeight, false},
+		{"split instead of endpoints", split, false},
+	} {
+		if got := base.Equal(&tc.o); got != tc.want {
+			t.Errorf("%s: Equal = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
