@@ -392,7 +392,7 @@ func (c *Client) apply(res translate.Result, synced bool) error {
 		return nil
 	}
 	c.warmTimer.Stop()
-	if c.lastApplied != nil && statesEqual(*c.lastApplied, res.State) {
+	if c.lastApplied != nil && c.lastApplied.Equal(res.State) {
 		return nil
 	}
 	if err := c.opts.Applier.Apply(res.State); err != nil {
@@ -509,31 +509,6 @@ func (c *Client) warming(res translate.Result, now time.Time) bool {
 		c.warmingSince = now
 	}
 	return now.Sub(c.warmingSince) < c.opts.WarmingTimeout
-}
-
-// statesEqual reports whether two states program the same routing.
-func statesEqual(a, b model.State) bool {
-	return slices.EqualFunc(a.Services, b.Services, func(x, y model.Service) bool {
-		return x.Name == y.Name && x.VIP == y.VIP && x.Port == y.Port && x.Protocol == y.Protocol &&
-			endpointsEqual(x.Endpoints, y.Endpoints) &&
-			slices.EqualFunc(x.Splits, y.Splits, func(p, q model.Split) bool {
-				return p.Name == q.Name && p.Weight == q.Weight && endpointsEqual(p.Endpoints, q.Endpoints)
-			})
-	})
-}
-
-func endpointsEqual(a, b []model.Endpoint) bool {
-	return slices.EqualFunc(a, b, func(x, y model.Endpoint) bool {
-		if x.Workload != nil && y.Workload != nil {
-			if *x.Workload != *y.Workload {
-				return false
-			}
-		} else if x.Workload != y.Workload {
-			return false
-		}
-		x.Workload, y.Workload = nil, nil
-		return x == y
-	})
 }
 
 // reject NACKs u, keeping the previous state.

@@ -18,7 +18,7 @@ func newRootCommand() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newDemoCommand(), newDemoBackendCommand(), newUninstallCommand(), newVersionCommand())
+	root.AddCommand(newAgentCommand(), newControlPlaneCommand(), newDemoCommand(), newDemoBackendCommand(), newUninstallCommand(), newVersionCommand())
 	return root
 }
 
@@ -83,11 +83,15 @@ func newVersionCommand() *cobra.Command {
 		Short: "Print the version",
 		Args:  cobra.NoArgs,
 		Run: func(cmd *cobra.Command, _ []string) {
-			v := "(devel)"
-			if info, ok := debug.ReadBuildInfo(); ok && info.Main.Version != "" {
-				v = info.Main.Version
-			}
-			fmt.Fprintln(cmd.OutOrStdout(), "sluice", v)
+			fmt.Fprintln(cmd.OutOrStdout(), "sluice", version())
 		},
 	}
+}
+
+// version is the module version the binary was built from.
+func version() string {
+	if info, ok := debug.ReadBuildInfo(); ok && info.Main.Version != "" {
+		return info.Main.Version
+	}
+	return "(devel)"
 }

@@ -1,0 +1,161 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/sluice-mesh/sluice/dataplane"
+	"github.com/sluice-mesh/sluice/xds"
+	"github.com/sluice-mesh/sluice/xds/controlplane"
+)
+
+// agentFlags are the flags of `sluice agent`.
+type agentFlags struct {
+	config      string
+	xdsServer   string
+	xdsMode     string
+	tls         xds.TLSFiles
+	pinDir      string
+	cgroup      string
+	node        xds.NodeInfo
+	capacity    dataplane.Capacity
+	pollEvery   time.Duration
+	logLevel    string
+	warmTimeout time.Duration
+}
+
+func newAgentCommand() *cobra.Command {
+	var f agentFlags
+	host, _ := os.Hostname()
+	cmd := &cobra.Command{
+		Use:   "agent",
+		Short: "Run the node agent: program the kernel dataplane from xDS",
+		Long: "Runs Sluice's node agent. It loads (or adopts) the kernel dataplane, attaches it to a cgroup\n" +
+			"subtree, and programs it from an xDS control plane: an external one (--xds ADDR) or one\n" +
+			"embedded in the agent and fed from a mesh file (--config mesh.yaml). On SIGTERM or SIGINT it\n" +
+			"exits and leaves the datapath in place; `sluice uninstall` removes it.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := newLogger(f.logLevel)
+			if err != nil {
+				return err
+			}
+			return runAgent(cmd.Context(), f, log)
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.config, "config", "", "mesh file served by an embedded control plane (standalone mode)")
+	fl.StringVar(&f.xdsServer, "xds", "", "external xDS control plane, host:port or unix:///path")
+	fl.StringVar(&f.xdsMode, "xds-mode", string(xds.ModeDelta), "xDS protocol variant: delta or sotw")
+	fl.StringVar(&f.tls.CA, "xds-ca", "", "CA bundle (PEM) to verify the control plane; enables TLS")
+	fl.StringVar(&f.tls.Cert, "xds-cert", "", "client certificate (PEM) for mTLS to the control plane")
+	fl.StringVar(&f.tls.Key, "xds-key", "", "client key (PEM) for mTLS to the control plane")
+	fl.StringVar(&f.tls.ServerName, "xds-server-name", "", "name expected in the control plane's certificate (default: its host)")
+	fl.StringVar(&f.pinDir, "pin-dir", dataplane.DefaultBPFFS+"/sluice", "bpffs directory for the dataplane's pinned programs and maps")
+	fl.StringVar(&f.cgroup, "cgroup", "", "cgroup2 directory whose subtree is routed (default: the cgroup2 root)")
+	fl.StringVar(&f.node.ID, "node-id", host, "xDS node id")
+	fl.StringVar(&f.node.NodeName, "node-name", host, "this node's name (xDS node metadata node_name)")
+	fl.StringVar(&f.node.Cluster, "cluster", "sluice", "xDS node cluster")
+	fl.StringVar(&f.node.Locality.Region, "region", "", "xDS node locality: region")
+	fl.StringVar(&f.node.Locality.Zone, "zone", "", "xDS node locality: zone")
+	fl.StringVar(&f.node.Locality.SubZone, "subzone", "", "xDS node locality: sub-zone")
+	fl.IntVar(&f.capacity.Services, "max-services", dataplane.DefaultCapacity.Services, "service map capacity (VIP:port/protocol entries)")
+	fl.IntVar(&f.capacity.Backends, "max-backends", dataplane.DefaultCapacity.Backends, "backend map capacity (usable endpoints over all services)")
+	fl.IntVar(&f.capacity.UDPReverse, "max-udp-reverse", dataplane.DefaultCapacity.UDPReverse, "UDP reverse-translation map capacity")
+	fl.DurationVar(&f.pollEvery, "config-poll", time.Second, "how often the embedded control plane checks the mesh file for edits")
+	fl.DurationVar(&f.warmTimeout, "warming-timeout", 15*time.Second, "how long to wait for resources listeners need before applying without them")
+	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	return cmd
+}
+
+func runAgent(ctx context.Context, f agentFlags, log *slog.Logger) error {
+	if (f.config == "") == (f.xdsServer == "") {
+		return errors.New("give exactly one of --config (embedded control plane fed from a mesh file) or --xds (external control plane)")
+	}
+	mode, err := xds.ParseMode(f.xdsMode)
+	if err != nil {
+		return err
+	}
+	f.node.Version = version()
+
+	// Check the configuration sources before touching the kernel.
+	server := f.xdsServer
+	var cp *controlplane.Server
+	if f.config != "" {
+		if f.tls.CA != "" {
+			return errors.New("--xds-ca/--xds-cert/--xds-key apply to an external control plane (--xds), not to --config")
+		}
+		if cp, err = controlplane.New(controlplane.Options{ConfigPath: f.config, PollInterval: f.pollEvery, Logger: log.With("component", "controlplane")}); err != nil {
+			return err
+		}
+	}
+	opts := xds.Options{Server: server, Node: f.node, Mode: mode, Logger: log.With("component", "xds"), WarmingTimeout: f.warmTimeout}
+	if f.tls.CA != "" {
+		if opts.TLS, err = xds.TLSConfig(f.tls); err != nil {
+			return err
+		}
+	}
+
+	if f.cgroup == "" {
+		if f.cgroup, err = dataplane.Cgroup2Mount(); err != nil {
+			return err
+		}
+	}
+	dp, err := dataplane.Open(dataplane.Options{PinDir: f.pinDir, Cgroup: f.cgroup, Capacity: f.capacity, Logger: log.With("component", "dataplane")})
+	if err != nil {
+		return err
+	}
+	// Closing keeps the pins: routing continues while no agent runs.
+	defer dp.Close()
+	opts.Applier = dp
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	cpDone := make(chan error, 1)
+	if cp != nil {
+		// The embedded control plane serves the agent over the same xDS
+		// path an external one would, on a private unix socket.
+		dir, err := os.MkdirTemp("", "sluice-agent-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+		sock := filepath.Join(dir, "xds.sock")
+		lis, err := net.Listen("unix", sock)
+		if err != nil {
+			return fmt.Errorf("embedded control plane: %w", err)
+		}
+		go func() { cpDone <- cp.Serve(ctx, lis) }()
+		opts.Server = "unix://" + sock
+	}
+	client, err := xds.New(opts)
+	if err != nil {
+		return err
+	}
+	log.Info("agent started", "node", f.node.ID, "cgroup", f.cgroup, "pin_dir", f.pinDir, "xds", opts.Server, "mode", mode)
+	err = client.Run(ctx)
+	cancel()
+	if cp != nil {
+		if cerr := <-cpDone; cerr != nil && !errors.Is(cerr, context.Canceled) {
+			err = errors.Join(err, cerr)
+		}
+	}
+	log.Info("agent stopped; datapath left in place")
+	return err
+}
+
+func newLogger(level string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l})), nil
+}

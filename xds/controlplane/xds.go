@@ -1,0 +1,174 @@
+package controlplane
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/log"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/server/delta/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/server/sotw/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+)
+
+// grpcServer returns a gRPC server with the aggregated discovery service,
+// whose streams end when ctx ends.
+func (s *Server) grpcServer(ctx context.Context) *grpc.Server {
+	opts := []grpc.ServerOption{
+		// Agents keep one ADS stream open for their lifetime. Pinging idle
+		// connections finds agents that vanished without closing theirs;
+		// tolerating frequent client pings keeps agents that ping to detect
+		// a vanished control plane from being cut off for it.
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+	}
+	if s.tls != nil {
+		opts = append(opts, grpc.Creds(credentials.NewTLS(s.tls)))
+	}
+	g := grpc.NewServer(opts...)
+	logger := goLogger{s.log}
+	discoverygrpc.RegisterAggregatedDiscoveryServiceServer(g, &ads{
+		sotw:  sotw.NewServer(ctx, s.cache, s.streams, sotw.WithLogger(logger)),
+		delta: delta.NewServer(ctx, s.cache, s.streams, delta.WithLogger(logger)),
+	})
+	return g
+}
+
+// ads is the aggregated discovery service. It is what go-control-plane's
+// server.NewServer assembles, without the REST and per-type services: that
+// package also pulls in the ratelimit module, which Sluice does not need.
+type ads struct {
+	sotw  sotw.Server
+	delta delta.Server
+}
+
+var _ discoverygrpc.AggregatedDiscoveryServiceServer = (*ads)(nil)
+
+// StreamAggregatedResources serves state-of-the-world ADS.
+func (a *ads) StreamAggregatedResources(st discoverygrpc.AggregatedDiscoveryService_StreamAggregatedResourcesServer) error {
+	return a.sotw.StreamHandler(st, resource.AnyType)
+}
+
+// DeltaAggregatedResources serves incremental (delta) ADS.
+func (a *ads) DeltaAggregatedResources(st discoverygrpc.AggregatedDiscoveryService_DeltaAggregatedResourcesServer) error {
+	return a.delta.DeltaStreamHandler(st, resource.AnyType)
+}
+
+// streams follows xDS streams to log rejected resources and to stop a
+// state-of-the-world client that rejects a snapshot from getting it again
+// at once.
+//
+// A NACK carries the version the client last accepted, which differs from
+// the snapshot's, and go-control-plane answers any request whose version
+// differs from the snapshot's with the snapshot: the client would reject it
+// again, in a loop as fast as the two can go. streams rewrites a NACK's
+// version to the version it rejects, so the client gets the next snapshot,
+// not the same one again. Delta streams need no such care: go-control-plane
+// counts a resource as the client's once sent, accepted or not.
+type streams struct {
+	log *slog.Logger
+
+	mu   sync.Mutex
+	sent map[int64]map[string]string // guarded by mu: stream ID → type URL → version last sent
+}
+
+var (
+	_ sotw.Callbacks  = (*streams)(nil)
+	_ delta.Callbacks = (*streams)(nil)
+)
+
+// OnStreamOpen implements sotw.Callbacks.
+func (c *streams) OnStreamOpen(_ context.Context, id int64, _ string) error {
+	c.log.Debug("xds stream opened", "stream", id, "protocol", "sotw")
+	return nil
+}
+
+// OnStreamClosed implements sotw.Callbacks.
+func (c *streams) OnStreamClosed(id int64, node *core.Node) {
+	c.mu.Lock()
+	delete(c.sent, id)
+	c.mu.Unlock()
+	c.log.Debug("xds stream closed", "stream", id, "node", node.GetId())
+}
+
+// OnStreamRequest implements sotw.Callbacks. It runs before the request is
+// handed to the cache, so a change of req is what the cache sees.
+func (c *streams) OnStreamRequest(id int64, req *discoverygrpc.DiscoveryRequest) error {
+	if req.GetErrorDetail() == nil {
+		return nil
+	}
+	c.mu.Lock()
+	sent := c.sent[id][req.GetTypeUrl()]
+	c.mu.Unlock()
+	c.log.Warn("xds client rejected resources", "node", req.GetNode().GetId(), "type", req.GetTypeUrl(),
+		"version", sent, "error", req.GetErrorDetail().GetMessage())
+	if sent != "" {
+		req.VersionInfo = sent
+	}
+	return nil
+}
+
+// OnStreamResponse implements sotw.Callbacks.
+func (c *streams) OnStreamResponse(_ context.Context, id int64, _ *discoverygrpc.DiscoveryRequest, resp *discoverygrpc.DiscoveryResponse) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.sent[id] == nil {
+		c.sent[id] = map[string]string{}
+	}
+	c.sent[id][resp.GetTypeUrl()] = resp.GetVersionInfo()
+}
+
+// OnDeltaStreamOpen implements delta.Callbacks.
+func (c *streams) OnDeltaStreamOpen(_ context.Context, id int64, _ string) error {
+	c.log.Debug("xds stream opened", "stream", id, "protocol", "delta")
+	return nil
+}
+
+// OnDeltaStreamClosed implements delta.Callbacks.
+func (c *streams) OnDeltaStreamClosed(id int64, node *core.Node) {
+	c.log.Debug("xds stream closed", "stream", id, "node", node.GetId())
+}
+
+// OnStreamDeltaRequest implements delta.Callbacks.
+func (c *streams) OnStreamDeltaRequest(_ int64, req *discoverygrpc.DeltaDiscoveryRequest) error {
+	if req.GetErrorDetail() != nil {
+		c.log.Warn("xds client rejected resources", "node", req.GetNode().GetId(), "type", req.GetTypeUrl(),
+			"nonce", req.GetResponseNonce(), "error", req.GetErrorDetail().GetMessage())
+	}
+	return nil
+}
+
+// OnStreamDeltaResponse implements delta.Callbacks.
+func (c *streams) OnStreamDeltaResponse(int64, *discoverygrpc.DeltaDiscoveryRequest, *discoverygrpc.DeltaDiscoveryResponse) {
+}
+
+// goLogger passes go-control-plane's logs to slog. Its info messages report
+// every watch of every request, so they go to debug.
+type goLogger struct{ l *slog.Logger }
+
+var _ log.Logger = goLogger{}
+
+func (g goLogger) logf(level slog.Level, format string, args []any) {
+	if g.l.Enabled(context.Background(), level) {
+		g.l.Log(context.Background(), level, fmt.Sprintf(format, args...), "component", "go-control-plane")
+	}
+}
+
+// Debugf implements log.Logger.
+func (g goLogger) Debugf(format string, args ...any) { g.logf(slog.LevelDebug, format, args) }
+
+// Infof implements log.Logger.
+func (g goLogger) Infof(format string, args ...any) { g.logf(slog.LevelDebug, format, args) }
+
+// Warnf implements log.Logger.
+func (g goLogger) Warnf(format string, args ...any) { g.logf(slog.LevelWarn, format, args) }
+
+// Errorf implements log.Logger.
+func (g goLogger) Errorf(format string, args ...any) { g.logf(slog.LevelError, format, args) }

@@ -1,0 +1,109 @@
+// Package mesh reads the mesh file that feeds Sluice's embedded control plane
+// and renders it as Envoy v3 xDS resources.
+//
+// The file format is described in docs/config.md, section "Mesh file".
+package mesh
+
+import (
+	"errors"
+	"net/netip"
+	"strconv"
+
+	"github.com/sluice-mesh/sluice/dataplane/model"
+)
+
+// DefaultTrustDomain is the SPIFFE trust domain of a mesh file that does not
+// name one, as in Kubernetes clusters.
+const DefaultTrustDomain = "cluster.local"
+
+// DefaultNamespace is the namespace of a service that does not name one.
+const DefaultNamespace = "default"
+
+// DefaultServiceAccount is the service account of a workload that does not
+// name one, as in Kubernetes.
+const DefaultServiceAccount = "default"
+
+// Mesh is a validated mesh file: the services of a mesh, their VIPs, ports
+// and endpoints. Parse builds it; a Mesh is not modified afterwards, so it can
+// be shared between goroutines.
+type Mesh struct {
+	// TrustDomain is the SPIFFE trust domain of every workload.
+	TrustDomain string
+	// Services are in file order.
+	Services []Service
+}
+
+// Service is a set of VIPs and ports and the endpoints behind them. Every
+// (VIP, port) pair is a service address clients dial.
+type Service struct {
+	Name      string       // a DNS-1123 label
+	Namespace string       // a DNS-1123 label
+	VIPs      []netip.Addr // one or two, at most one per address family; the first is the listener's address
+	Ports     []Port       // at least one
+	Endpoints []Endpoint   // may be empty: connections are then refused
+}
+
+// Port is one port of a service.
+type Port struct {
+	Port       uint16         // what clients dial
+	Protocol   model.Protocol // model.TCP or model.UDP
+	TargetPort uint16         // the endpoints' port
+}
+
+// Endpoint is one backend of a service. It serves every port of the service,
+// each on the port's TargetPort.
+type Endpoint struct {
+	Address  netip.Addr // the family of one of the service's VIPs
+	Weight   uint32     // 1..1000000
+	Health   model.Health
+	Priority uint32 // 0 is the highest priority
+	Locality model.Locality
+	// Workload, if not nil, describes who runs at Address. Its SPIFFEID is
+	// derived from the mesh's trust domain, its namespace and service account.
+	Workload *model.Workload
+}
+
+// ResourceName returns the name of the listener, cluster and cluster load
+// assignment rendered for port p of s: "<namespace>/<name>:<port>" for TCP
+// and "<namespace>/<name>:<port>/udp" for UDP.
+func (s *Service) ResourceName(p Port) string {
+	n := s.Namespace + "/" + s.Name + ":" + strconv.Itoa(int(p.Port))
+	if p.Protocol == model.UDP {
+		n += "/udp"
+	}
+	return n
+}
+
+// SPIFFEID returns the SPIFFE ID of a workload running as serviceAccount in
+// namespace within trustDomain.
+func SPIFFEID(trustDomain, namespace, serviceAccount string) string {
+	return "spiffe://" + trustDomain + "/ns/" + namespace + "/sa/" + serviceAccount
+}
+
+// ErrInvalid is the class of every error Parse returns: the file is not a
+// valid mesh file. Test for it with errors.Is.
+var ErrInvalid = errors.New("invalid mesh file")
+
+// Error is a problem found in a mesh file. It names the place in the file so
+// that the file's author can find it.
+type Error struct {
+	File   string // the file name given to Parse
+	Line   int    // 1-based; 0 when the problem is not at one line
+	Field  string // path of the field, e.g. "services[0].endpoints[1].address"; empty for the whole file
+	Reason string
+}
+
+// Error formats e as "file:line: field: reason", leaving out what is unknown.
+func (e *Error) Error() string {
+	s := e.File
+	if e.Line > 0 {
+		s += ":" + strconv.Itoa(e.Line)
+	}
+	if e.Field != "" {
+		s += ": " + e.Field
+	}
+	return s + ": " + e.Reason
+}
+
+// Unwrap makes errors.Is(err, ErrInvalid) true.
+func (e *Error) Unwrap() error { return ErrInvalid }

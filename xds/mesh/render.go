@@ -1,0 +1,226 @@
+package mesh
+
+import (
+	"cmp"
+	"net/netip"
+	"slices"
+	"time"
+
+	xdscore "github.com/cncf/xds/go/xds/core/v3"
+	xdsmatcher "github.com/cncf/xds/go/xds/type/matcher/v3"
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	udpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/udp/udp_proxy/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/sluice-mesh/sluice/dataplane/model"
+)
+
+// Names Sluice's rendering uses in Envoy resources.
+const (
+	// TCPProxyFilter is the network filter of a TCP service's listener.
+	TCPProxyFilter = "envoy.filters.network.tcp_proxy"
+	// UDPProxyFilter is the listener filter of a UDP service's listener.
+	UDPProxyFilter = "envoy.filters.udp_listener.udp_proxy"
+	// UDPRouteAction is the name of the matcher action that sends every
+	// datagram of a UDP service to its cluster.
+	UDPRouteAction = "route"
+	// WorkloadMetadata is the endpoint filter_metadata key under which the
+	// workload running at an endpoint is described.
+	WorkloadMetadata = "sluice.io/workload"
+)
+
+// ConnectTimeout is the connect_timeout of every rendered cluster. Sluice
+// routes at connect time and does not use it; Envoy requires a value.
+const ConnectTimeout = time.Second
+
+// Resources are the Envoy v3 resources a mesh renders to: for every port of
+// every service, a listener, a cluster and a cluster load assignment sharing
+// one name (see Service.ResourceName). Each slice is sorted by name.
+type Resources struct {
+	Listeners []*listenerv3.Listener
+	Clusters  []*clusterv3.Cluster
+	Endpoints []*endpointv3.ClusterLoadAssignment
+}
+
+// Resources renders m. The result is deterministic: the same mesh renders
+// to resources that marshal to the same bytes (with deterministic
+// marshalling), whatever the order of services, ports and endpoints in the
+// file. m must be valid, as Parse returns it.
+func (m *Mesh) Resources() Resources {
+	var r Resources
+	for i := range m.Services {
+		s := &m.Services[i]
+		for _, p := range s.Ports {
+			name := s.ResourceName(p)
+			r.Listeners = append(r.Listeners, listener(name, s.VIPs, p))
+			r.Clusters = append(r.Clusters, cluster(name))
+			r.Endpoints = append(r.Endpoints, assignment(name, s.Endpoints, p))
+		}
+	}
+	slices.SortFunc(r.Listeners, func(a, b *listenerv3.Listener) int { return cmp.Compare(a.Name, b.Name) })
+	slices.SortFunc(r.Clusters, func(a, b *clusterv3.Cluster) int { return cmp.Compare(a.Name, b.Name) })
+	slices.SortFunc(r.Endpoints, func(a, b *endpointv3.ClusterLoadAssignment) int {
+		return cmp.Compare(a.ClusterName, b.ClusterName)
+	})
+	return r
+}
+
+func listener(name string, vips []netip.Addr, p Port) *listenerv3.Listener {
+	l := &listenerv3.Listener{Name: name}
+	if len(vips) > 0 {
+		l.Address = socketAddress(vips[0], p.Port, p.Protocol)
+	}
+	for _, vip := range vips[min(1, len(vips)):] {
+		l.AdditionalAddresses = append(l.AdditionalAddresses, &listenerv3.AdditionalAddress{
+			Address: socketAddress(vip, p.Port, p.Protocol),
+		})
+	}
+	if p.Protocol == model.UDP {
+		route := mustAny(&udpproxyv3.Route{Cluster: name})
+		l.ListenerFilters = []*listenerv3.ListenerFilter{{
+			Name: UDPProxyFilter,
+			ConfigType: &listenerv3.ListenerFilter_TypedConfig{TypedConfig: mustAny(&udpproxyv3.UdpProxyConfig{
+				StatPrefix: name,
+				RouteSpecifier: &udpproxyv3.UdpProxyConfig_Matcher{Matcher: &xdsmatcher.Matcher{
+					OnNoMatch: &xdsmatcher.Matcher_OnMatch{OnMatch: &xdsmatcher.Matcher_OnMatch_Action{
+						Action: &xdscore.TypedExtensionConfig{Name: UDPRouteAction, TypedConfig: route},
+					}},
+				}},
+			})},
+		}}
+		return l
+	}
+	l.FilterChains = []*listenerv3.FilterChain{{
+		Filters: []*listenerv3.Filter{{
+			Name: TCPProxyFilter,
+			ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(&tcpproxyv3.TcpProxy{
+				StatPrefix:       name,
+				ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: name},
+			})},
+		}},
+	}}
+	return l
+}
+
+func cluster(name string) *clusterv3.Cluster {
+	return &clusterv3.Cluster{
+		Name:                 name,
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
+		EdsClusterConfig: &clusterv3.Cluster_EdsClusterConfig{
+			EdsConfig: &corev3.ConfigSource{
+				ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}},
+				ResourceApiVersion:    corev3.ApiVersion_V3,
+			},
+		},
+		LbPolicy:       clusterv3.Cluster_ROUND_ROBIN,
+		ConnectTimeout: durationpb.New(ConnectTimeout),
+	}
+}
+
+// assignment groups endpoints by (priority, locality), groups in that order,
+// endpoints of a group by address: file order does not change the result.
+func assignment(name string, eps []Endpoint, p Port) *endpointv3.ClusterLoadAssignment {
+	sorted := slices.Clone(eps)
+	slices.SortFunc(sorted, func(a, b Endpoint) int {
+		return cmp.Or(
+			cmp.Compare(a.Priority, b.Priority),
+			cmp.Compare(a.Locality.Region, b.Locality.Region),
+			cmp.Compare(a.Locality.Zone, b.Locality.Zone),
+			cmp.Compare(a.Locality.SubZone, b.Locality.SubZone),
+			a.Address.Compare(b.Address),
+		)
+	})
+	cla := &endpointv3.ClusterLoadAssignment{ClusterName: name}
+	var group *endpointv3.LocalityLbEndpoints
+	for i, ep := range sorted {
+		if i == 0 || ep.Priority != sorted[i-1].Priority || ep.Locality != sorted[i-1].Locality {
+			group = &endpointv3.LocalityLbEndpoints{Priority: ep.Priority}
+			if ep.Locality != (model.Locality{}) {
+				group.Locality = &corev3.Locality{
+					Region:  ep.Locality.Region,
+					Zone:    ep.Locality.Zone,
+					SubZone: ep.Locality.SubZone,
+				}
+			}
+			cla.Endpoints = append(cla.Endpoints, group)
+		}
+		group.LbEndpoints = append(group.LbEndpoints, lbEndpoint(ep, p))
+	}
+	return cla
+}
+
+func lbEndpoint(ep Endpoint, p Port) *endpointv3.LbEndpoint {
+	lb := &endpointv3.LbEndpoint{
+		HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
+			Address: socketAddress(ep.Address, p.TargetPort, p.Protocol),
+		}},
+		HealthStatus:        healthStatus(ep.Health),
+		LoadBalancingWeight: wrapperspb.UInt32(max(ep.Weight, 1)),
+	}
+	if w := ep.Workload; w != nil {
+		lb.Metadata = &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{
+			WorkloadMetadata: workloadStruct(w),
+		}}
+	}
+	return lb
+}
+
+// workloadStruct describes w in endpoint metadata. Fields that are not set
+// (node, identity) are left out rather than sent empty.
+func workloadStruct(w *model.Workload) *structpb.Struct {
+	f := map[string]*structpb.Value{
+		"spiffe_id":       structpb.NewStringValue(w.SPIFFEID),
+		"namespace":       structpb.NewStringValue(w.Namespace),
+		"service_account": structpb.NewStringValue(w.ServiceAccount),
+		"workload":        structpb.NewStringValue(w.Name),
+	}
+	if w.Node != "" {
+		f["node"] = structpb.NewStringValue(w.Node)
+	}
+	if w.Identity != 0 {
+		f["identity"] = structpb.NewNumberValue(float64(w.Identity))
+	}
+	return &structpb.Struct{Fields: f}
+}
+
+func healthStatus(h model.Health) corev3.HealthStatus {
+	switch h {
+	case model.HealthHealthy:
+		return corev3.HealthStatus_HEALTHY
+	case model.HealthUnhealthy:
+		return corev3.HealthStatus_UNHEALTHY
+	case model.HealthDraining:
+		return corev3.HealthStatus_DRAINING
+	}
+	return corev3.HealthStatus_UNKNOWN
+}
+
+func socketAddress(a netip.Addr, port uint16, proto model.Protocol) *corev3.Address {
+	sa := &corev3.SocketAddress{
+		Address:       a.String(),
+		PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: uint32(port)},
+	}
+	if proto == model.UDP {
+		sa.Protocol = corev3.SocketAddress_UDP
+	}
+	return &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: sa}}
+}
+
+// mustAny packs m deterministically, so that equal resources marshal to
+// equal bytes and keep their version. Marshalling a well-formed generated
+// message cannot fail; a failure is a bug in this package.
+func mustAny(m proto.Message) *anypb.Any {
+	a := &anypb.Any{}
+	if err := anypb.MarshalFrom(a, m, proto.MarshalOptions{Deterministic: true}); err != nil {
+		panic("mesh: pack " + string(m.ProtoReflect().Descriptor().FullName()) + ": " + err.Error())
+	}
+	return a
+}
