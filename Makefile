@@ -33,7 +33,7 @@ bench:
 	$(GO) test -run '^$$' -bench . -benchtime 2000x -count 5 ./dataplane/
 
 demo: build
-	./$(BIN) demo
+	./$(BIN) demo --mesh examples/mesh.yaml
 
 fmt:
 	gofmt -w $$(git ls-files '*.go' | grep -v '_bpfel.go$$')

@@ -24,38 +24,41 @@ func newRootCommand() *cobra.Command {
 
 func newDemoCommand() *cobra.Command {
 	var requests int
+	var meshPath string
 	cmd := &cobra.Command{
 		Use:   "demo",
 		Short: "Run the standalone demo on a simulated cluster (needs root)",
 		Long: "Creates a simulated cluster on this host (pods as network namespaces, a node as a cgroup),\n" +
-			"routes a service VIP to backend pods through Sluice's kernel dataplane, sends requests\n" +
-			"with curl, shows which backends answered, and removes everything again.",
+			"runs sluice agent with its embedded control plane fed from a copy of the mesh file, sends\n" +
+			"requests with curl, edits the file live to shift traffic, and removes everything again.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			self, err := os.Executable()
 			if err != nil {
 				return err
 			}
-			return demo.Run(cmd.Context(), demo.Options{Out: cmd.OutOrStdout(), Self: self, Requests: requests})
+			return demo.Run(cmd.Context(), demo.Options{Out: cmd.OutOrStdout(), Self: self, Mesh: meshPath, Requests: requests})
 		},
 	}
 	cmd.Flags().IntVar(&requests, "requests", 40, "requests per phase")
+	cmd.Flags().StringVar(&meshPath, "mesh", "examples/mesh.yaml", "mesh file the demo starts from (it edits a copy)")
 	return cmd
 }
 
 func newDemoBackendCommand() *cobra.Command {
-	var name, listen string
+	var name, listen, udpListen string
 	cmd := &cobra.Command{
 		Use:    "demo-backend",
 		Short:  "HTTP server that answers with its name (used by the demo)",
 		Hidden: true,
 		Args:   cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return demo.ServeBackend(cmd.Context(), name, listen, cmd.OutOrStdout())
+			return demo.ServeBackend(cmd.Context(), name, listen, udpListen, cmd.OutOrStdout())
 		},
 	}
 	cmd.Flags().StringVar(&name, "name", "backend", "name to answer with")
-	cmd.Flags().StringVar(&listen, "listen", ":8080", "address to listen on")
+	cmd.Flags().StringVar(&listen, "listen", ":8080", "address to serve HTTP on")
+	cmd.Flags().StringVar(&udpListen, "udp-listen", "", "address to answer UDP datagrams on (optional)")
 	return cmd
 }
 

@@ -10,12 +10,30 @@ import (
 )
 
 // ServeBackend serves HTTP on listen, answering every request with
-// "<name> <listen address>" (no newline). It writes "ready\n" to ready once listening
-// and returns when ctx ends.
-func ServeBackend(ctx context.Context, name, listen string, ready io.Writer) error {
+// "<name> <listen address>" (no newline), and, if udpListen is set, answers
+// every datagram there with "<name>\n". It writes "ready\n" to ready once
+// listening and returns when ctx ends.
+func ServeBackend(ctx context.Context, name, listen, udpListen string, ready io.Writer) error {
 	ln, err := net.Listen("tcp", listen)
 	if err != nil {
 		return fmt.Errorf("backend %s: %w", name, err)
+	}
+	if udpListen != "" {
+		pc, err := net.ListenPacket("udp", udpListen)
+		if err != nil {
+			return fmt.Errorf("backend %s: %w", name, err)
+		}
+		defer pc.Close()
+		go func() {
+			buf := make([]byte, 1500)
+			for {
+				_, from, err := pc.ReadFrom(buf)
+				if err != nil {
+					return
+				}
+				_, _ = pc.WriteTo([]byte(name+"\n"), from)
+			}
+		}()
 	}
 	answer := name + " " + ln.Addr().String()
 	srv := &http.Server{

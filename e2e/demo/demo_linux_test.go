@@ -26,15 +26,18 @@ func TestDemoRunsAndCleansUp(t *testing.T) {
 	}
 	before := leftovers(t)
 
-	out, err := exec.Command(bin, "demo", "--requests", "30").CombinedOutput()
+	out, err := exec.Command(bin, "demo", "--requests", "30", "--mesh", "../../examples/mesh.yaml").CombinedOutput()
 	if err != nil {
 		t.Fatalf("sluice demo: %v\n%s", err, out)
 	}
 	for _, want := range []string{
-		"1) Service demo/web 10.96.0.10:80",
+		"1) demo/web 10.96.0.10:80",
 		"curl's peer address (getpeername) was 10.96.0.10:80 on every connection",
-		"backend-a   30", // phase 2: the only healthy endpoint takes everything
-		"refused by connect()",
+		"was answered by backend-a",                // UDP through the VIP
+		"backend-b    0",                           // step 2: draining gets no new connections
+		`-> "Connection refused", from the kernel`, // step 3
+		`-> "Network is unreachable"`,              // step 4: the service is gone
+		"routing continued with no agent running",  // step 5
 		"Cleaned up",
 	} {
 		if !strings.Contains(string(out), want) {

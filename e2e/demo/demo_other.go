@@ -12,6 +12,7 @@ import (
 type Options struct {
 	Out      io.Writer
 	Self     string
+	Mesh     string
 	Requests int
 }
 
