@@ -36,15 +36,12 @@ type compiled struct {
 }
 
 // plan validates s against caps and compiles it, reusing every service of
-// prev (the services in force) that is unchanged, so its cost follows what
-// changed. Service ids are kept; new services get the lowest free ids in
+// prev (the services in force) that is unchanged — validated when it was
+// compiled — so its cost follows what changed. Service ids are kept; new services get the lowest free ids in
 // key order, so the result does not depend on the order of s. It is pure:
 // prev is not modified.
 func plan(s model.State, caps Capacity, prev map[model.ServiceKey]*compiled) (map[model.ServiceKey]*compiled, error) {
 	caps = caps.WithDefaults()
-	if err := s.Validate(); err != nil {
-		return nil, err
-	}
 	if len(s.Services) > caps.Services {
 		return nil, &model.EntryError{
 			Entry:  model.Label(caps.Services, &s.Services[caps.Services]),
@@ -63,6 +60,9 @@ func plan(s model.State, caps Capacity, prev map[model.ServiceKey]*compiled) (ma
 		old := prev[key]
 		c := old
 		if old == nil || !old.known || !old.svc.Equal(svc) {
+			if err := model.ValidateService(i, svc); err != nil {
+				return nil, err
+			}
 			set, err := chooseActiveSet(i, svc)
 			if err != nil {
 				return nil, err
@@ -88,6 +88,9 @@ func plan(s model.State, caps Capacity, prev map[model.ServiceKey]*compiled) (ma
 		next[key] = c
 	}
 
+	if err := s.ValidateUnique(); err != nil {
+		return nil, err
+	}
 	slices.SortFunc(fresh, compareKeys)
 	id := uint32(1)
 	for _, key := range fresh {

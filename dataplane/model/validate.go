@@ -10,12 +10,21 @@ import (
 // services share a VIP:port/protocol. It returns an *EntryError naming the
 // first offending entry. Capacity limits are the dataplane's to check.
 func (s State) Validate() error {
+	for i := range s.Services {
+		if err := ValidateService(i, &s.Services[i]); err != nil {
+			return err
+		}
+	}
+	return s.ValidateUnique()
+}
+
+// ValidateUnique checks that no two services of s share a
+// VIP:port/protocol. With ValidateService on every service it is Validate;
+// callers that know most services are unchanged validate only the others.
+func (s State) ValidateUnique() error {
 	owner := make(map[ServiceKey]int, len(s.Services))
 	for i := range s.Services {
 		svc := &s.Services[i]
-		if err := validateService(i, svc); err != nil {
-			return err
-		}
 		key := svc.Key()
 		if j, dup := owner[key]; dup {
 			return &EntryError{
@@ -29,7 +38,9 @@ func (s State) Validate() error {
 	return nil
 }
 
-func validateService(i int, svc *Service) error {
+// ValidateService checks one service, the i-th of its state (i is used to
+// name it in errors).
+func ValidateService(i int, svc *Service) error {
 	bad := func(reason string) error {
 		return &EntryError{Entry: Label(i, svc), Reason: reason, Class: ErrInvalidState}
 	}

@@ -1,0 +1,11 @@
+// Package e2e_test holds Sluice's end-to-end tests and benchmarks; the
+// simulated cluster and the demo live in sub-packages.
+package e2e_test
+
+import (
+	"testing"
+
+	"github.com/sluice-mesh/sluice/e2e/testenv"
+)
+
+func TestMain(m *testing.M) { testenv.Main(m) }

@@ -1,0 +1,322 @@
+package e2e_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/sluice-mesh/sluice/dataplane"
+	"github.com/sluice-mesh/sluice/dataplane/model"
+	"github.com/sluice-mesh/sluice/e2e/testenv"
+	"github.com/sluice-mesh/sluice/xds"
+	"github.com/sluice-mesh/sluice/xds/mesh"
+)
+
+// bigMesh describes services × endpoints with distinct VIPs.
+func bigMesh(services, endpoints int) *mesh.Mesh {
+	m := &mesh.Mesh{TrustDomain: "cluster.local"}
+	for i := range services {
+		s := mesh.Service{
+			Name:      fmt.Sprintf("svc%d", i),
+			Namespace: fmt.Sprintf("ns%d", i%50),
+			VIPs:      []netip.Addr{netip.AddrFrom4([4]byte{10, 96, byte(i / 250), byte(i%250 + 1)})},
+			Ports:     []mesh.Port{{Port: 80, Protocol: model.TCP, TargetPort: 8080}},
+		}
+		for j := range endpoints {
+			s.Endpoints = append(s.Endpoints, mesh.Endpoint{
+				Address: netip.AddrFrom4([4]byte{10, byte(100 + i/60000), byte(i / 250 % 240), byte(j + 1 + 10*(i%20))}),
+				Weight:  1, Health: model.HealthHealthy,
+			})
+		}
+		m.Services = append(m.Services, s)
+	}
+	return m
+}
+
+func snapshotOf(version string, r mesh.Resources) *cachev3.Snapshot {
+	res := map[resourcev3.Type][]types.Resource{}
+	for _, l := range r.Listeners {
+		res[resourcev3.ListenerType] = append(res[resourcev3.ListenerType], l)
+	}
+	for _, c := range r.Clusters {
+		res[resourcev3.ClusterType] = append(res[resourcev3.ClusterType], c)
+	}
+	for _, e := range r.Endpoints {
+		res[resourcev3.EndpointType] = append(res[resourcev3.EndpointType], e)
+	}
+	snap, err := cachev3.NewSnapshot(version, res)
+	if err != nil {
+		panic(err)
+	}
+	return snap
+}
+
+// meshHash serves one snapshot to every node.
+type meshHash struct{}
+
+func (meshHash) ID(*corev3.Node) string { return "mesh" }
+
+// xdsServer is go-control-plane's ADS server on loopback; sent is when it
+// last handed a Delta response to a stream.
+type xdsServer struct {
+	addr  string
+	cache cachev3.SnapshotCache
+	sent  atomic.Int64
+}
+
+func startXDSServer(tb testing.TB) *xdsServer {
+	s := &xdsServer{cache: cachev3.NewSnapshotCache(true, meshHash{}, nil)}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	s.addr = lis.Addr().String()
+	cb := serverv3.CallbackFuncs{StreamDeltaResponseFunc: func(int64, *discoverygrpc.DeltaDiscoveryRequest, *discoverygrpc.DeltaDiscoveryResponse) {
+		s.sent.Store(time.Now().UnixNano())
+	}}
+	srv := grpc.NewServer()
+	discoverygrpc.RegisterAggregatedDiscoveryServiceServer(srv, serverv3.NewServer(context.Background(), s.cache, cb))
+	go srv.Serve(lis)
+	tb.Cleanup(srv.Stop)
+	return s
+}
+
+func (s *xdsServer) set(tb testing.TB, snap *cachev3.Snapshot) {
+	if err := s.cache.SetSnapshot(context.Background(), "mesh", snap); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// timedApplier is the real dataplane, reporting when each state took effect.
+type timedApplier struct {
+	dp      *dataplane.Dataplane
+	applied chan time.Time
+}
+
+func (a *timedApplier) Apply(s model.State) error {
+	err := a.dp.Apply(s)
+	if err == nil {
+		select {
+		case a.applied <- time.Now():
+		default:
+		}
+	}
+	return err
+}
+
+// node opens a real dataplane on a fresh cgroup and pin directory.
+func node(tb testing.TB) *dataplane.Dataplane {
+	cg := testenv.Cgroup(tb, "", testenv.UniqueName("sluice-bench-"))
+	pin := testenv.PinDir(tb)
+	dp, err := dataplane.Open(dataplane.Options{PinDir: pin, Cgroup: cg})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		if err := dp.Teardown(); err != nil {
+			tb.Error(err)
+		}
+	})
+	return dp
+}
+
+func runClient(tb testing.TB, addr string, app xds.Applier) *xds.Client {
+	c, err := xds.New(xds.Options{Server: addr, Node: xds.NodeInfo{ID: "bench"}, Applier: app, Mode: xds.ModeDelta})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = c.Run(ctx); close(done) }()
+	tb.Cleanup(func() { cancel(); <-done })
+	return c
+}
+
+func waitServices(tb testing.TB, dp *dataplane.Dataplane, n int) {
+	deadline := time.Now().Add(60 * time.Second)
+	for dp.Status().Services != n {
+		if time.Now().After(deadline) {
+			tb.Fatalf("dataplane has %d services, want %d", dp.Status().Services, n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// BenchmarkXDSFullSync10k: from setting a 10,000-service × 10-endpoint
+// snapshot on the control plane to that state being in force in the
+// kernel maps of a freshly started client.
+func BenchmarkXDSFullSync10k(b *testing.B) {
+	testenv.RequirePrivileged(b)
+	res := bigMesh(10000, 10).Resources()
+	var total time.Duration
+	for i := range b.N {
+		b.StopTimer()
+		dp := node(b)
+		srv := startXDSServer(b)
+		snap := snapshotOf(strconv.Itoa(i), res)
+		runClient(b, srv.addr, dp)
+		b.StartTimer()
+		start := time.Now()
+		srv.set(b, snap)
+		waitServices(b, dp, 10000)
+		total += time.Since(start)
+	}
+	b.ReportMetric(float64(total.Milliseconds())/float64(b.N), "ms/sync")
+}
+
+// BenchmarkXDSEndpointChange10k: with 10,000 services in force, one
+// endpoint's weight changes per iteration. Reported: p50/p99 from the
+// server handing the Delta response to the stream to the change being in
+// force in the kernel (client-side cost), and from SetSnapshot to in force.
+func BenchmarkXDSEndpointChange10k(b *testing.B) {
+	testenv.RequirePrivileged(b)
+	const n = 10000
+	res := bigMesh(n, 10).Resources()
+	dp := node(b)
+	app := &timedApplier{dp: dp, applied: make(chan time.Time, 1)}
+	srv := startXDSServer(b)
+	srv.set(b, snapshotOf("0", res))
+	runClient(b, srv.addr, app)
+	waitServices(b, dp, n)
+	drain(app.applied)
+
+	var client, total []time.Duration
+	b.ResetTimer()
+	for i := range b.N {
+		b.StopTimer()
+		k := i % n
+		cla := proto.Clone(res.Endpoints[k]).(*endpointv3.ClusterLoadAssignment)
+		w := cla.Endpoints[0].LbEndpoints[0].LoadBalancingWeight
+		w.Value = 3 - w.Value // alternates between 1 and 2
+		res.Endpoints[k] = cla
+		snap := snapshotOf(strconv.Itoa(i+1), res)
+		b.StartTimer()
+		start := time.Now()
+		srv.set(b, snap)
+		var at time.Time
+		select {
+		case at = <-app.applied:
+		case <-time.After(30 * time.Second):
+			b.Fatalf("change %d not applied", i)
+		}
+		total = append(total, at.Sub(start))
+		client = append(client, at.Sub(time.Unix(0, srv.sent.Load())))
+	}
+	b.StopTimer()
+	report(b, "client", client)
+	report(b, "total", total)
+}
+
+func drain(c chan time.Time) {
+	for {
+		select {
+		case <-c:
+		default:
+			return
+		}
+	}
+}
+
+func report(b *testing.B, name string, d []time.Duration) {
+	slices.Sort(d)
+	q := func(p float64) float64 { return float64(d[int(p*float64(len(d)-1))].Microseconds()) / 1000 }
+	b.ReportMetric(q(0.5), name+"-p50-ms")
+	b.ReportMetric(q(0.99), name+"-p99-ms")
+}
+
+// BenchmarkAgentRSS measures the resident memory of the real agent binary
+// holding 10,000 services × 10 endpoints from an external control plane.
+func BenchmarkAgentRSS10k(b *testing.B) {
+	testenv.RequirePrivileged(b)
+	bin := filepath.Join(b.TempDir(), "sluice")
+	if out, err := exec.Command("go", "build", "-o", bin, "github.com/sluice-mesh/sluice/cmd/sluice").CombinedOutput(); err != nil {
+		b.Fatalf("build: %v\n%s", err, out)
+	}
+	const n = 10000
+	srv := startXDSServer(b)
+	srv.set(b, snapshotOf("1", bigMesh(n, 10).Resources()))
+	for range b.N {
+		cg := testenv.Cgroup(b, "", testenv.UniqueName("sluice-bench-"))
+		pin := testenv.PinDir(b)
+		agent := exec.Command(bin, "agent", "--xds", srv.addr, "--cgroup", cg, "--pin-dir", pin, "--node-id", "rss", "--log-level", "warn")
+		agent.Stderr = os.Stderr
+		if err := agent.Start(); err != nil {
+			b.Fatal(err)
+		}
+		// In force when both generations of the pinned service map hold the state.
+		deadline := time.Now().Add(60 * time.Second)
+		for pinnedServices(pin) != 2*n {
+			if time.Now().After(deadline) {
+				b.Fatalf("agent did not apply the state (%d entries)", pinnedServices(pin))
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		time.Sleep(time.Second) // let the agent settle (GC) before reading its memory
+		rss, hwm := procMemory(b, agent.Process.Pid)
+		_ = agent.Process.Signal(os.Interrupt)
+		_ = agent.Wait()
+		if err := dataplane.Teardown(pin); err != nil {
+			b.Fatal(err)
+		}
+		b.ReportMetric(rss, "rss-MiB")
+		b.ReportMetric(hwm, "peak-rss-MiB")
+	}
+}
+
+func pinnedServices(pin string) int {
+	m, err := ebpf.LoadPinnedMap(filepath.Join(pin, "sl_services"), nil)
+	if err != nil {
+		return 0
+	}
+	defer m.Close()
+	var k, v []byte
+	n := 0
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		n++
+	}
+	return n
+}
+
+// procMemory returns VmRSS and VmHWM of a process in MiB.
+func procMemory(tb testing.TB, pid int) (rss, hwm float64) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		kb, _ := strconv.ParseFloat(f[1], 64)
+		switch f[0] {
+		case "VmRSS:":
+			rss = kb / 1024
+		case "VmHWM:":
+			hwm = kb / 1024
+		}
+	}
+	return rss, hwm
+}
