@@ -3,6 +3,8 @@ package translate_test
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -113,13 +115,117 @@ func FuzzTranslate(f *testing.F) {
 	})
 }
 
-// TestSeedCorpus keeps the committed seeds meaningful: the valid-* ones
-// translate and the invalid-* ones are refused (not merely undecodable).
-func TestSeedCorpus(t *testing.T) {
+// Mutation input format, for FuzzTranslator: a sequence of operations on
+// a decoded set, each an op byte and its operand. The op's kind is op%3 (as
+// in a part) and its action op/3%4: 0 upserts the resource that follows,
+// encoded as in a part; 1 deletes, 2 replaces with a copy (same content, new
+// pointer), 3 replaces with nil the resource whose index among the kind's
+// sorted names is the next byte.
+
+const (
+	opUpsert = iota
+	opDelete
+	opCopy
+	opNil
+)
+
+// mutate returns a copy of r changed by the operations in b. Resources it
+// does not change keep their pointers.
+func mutate(r translate.Resources, b []byte) translate.Resources {
+	out := translate.Resources{
+		Listeners: maps.Clone(r.Listeners),
+		Clusters:  maps.Clone(r.Clusters),
+		Endpoints: maps.Clone(r.Endpoints),
+	}
+	for len(b) >= 2 {
+		kind, action := b[0]%3, b[0]/3%4
+		if action == opUpsert {
+			if len(b) < 3 {
+				break
+			}
+			n := min(int(binary.LittleEndian.Uint16(b[1:3])), len(b)-3)
+			part := append([]byte{kind}, b[1:3+n]...)
+			binary.LittleEndian.PutUint16(part[1:], uint16(n))
+			d := decodeParts(part)
+			maps.Copy(out.Listeners, d.Listeners)
+			maps.Copy(out.Clusters, d.Clusters)
+			maps.Copy(out.Endpoints, d.Endpoints)
+			b = b[3+n:]
+			continue
+		}
+		i := int(b[1])
+		b = b[2:]
+		switch kind {
+		case partListener:
+			change(out.Listeners, i, action)
+		case partCluster:
+			change(out.Clusters, i, action)
+		case partAssignment:
+			change(out.Endpoints, i, action)
+		}
+	}
+	return out
+}
+
+func change[M proto.Message](m map[string]M, i int, action byte) {
+	if len(m) == 0 {
+		return
+	}
+	name := sortedNames(m)[i%len(m)]
+	switch action {
+	case opDelete:
+		delete(m, name)
+	case opCopy:
+		m[name] = proto.Clone(m[name]).(M)
+	case opNil:
+		var zero M
+		m[name] = zero
+	}
+}
+
+// FuzzTranslator feeds one Translator a decoded set, the set changed, the
+// first again and so on, and checks every answer against Translate's.
+func FuzzTranslator(f *testing.F) {
+	ops := [][]byte{
+		nil,
+		{3*opCopy + partListener, 0, 3*opCopy + partCluster, 0, 3*opCopy + partAssignment, 0},
+		{3*opDelete + partAssignment, 0},
+		{3*opDelete + partCluster, 1, 3*opNil + partListener, 0},
+	}
+	seeds := [][]byte{encodeParts(demo())}
+	for _, s := range seedCorpus(f) {
+		seeds = append(seeds, s.input)
+	}
+	for _, seed := range seeds {
+		for _, op := range ops {
+			f.Add(seed, op)
+		}
+	}
+	changed := demo()
+	changed.Endpoints["web"] = cla("web", lbEndpoint("10.244.1.5", 8080))
+	f.Add(encodeParts(demo()), append([]byte{3*opUpsert + partAssignment}, encodeParts(translate.Resources{Endpoints: changed.Endpoints})[1:]...))
+	f.Fuzz(func(t *testing.T, base, ops []byte) {
+		r := decodeParts(base)
+		changed := mutate(r, ops)
+		tr := translate.NewTranslator()
+		for i, set := range []translate.Resources{r, changed, r, changed, changed, {}, changed} {
+			sameAsTranslate(t, fmt.Sprint("set ", i), tr, set)
+		}
+	})
+}
+
+type seed struct {
+	name  string
+	input []byte
+}
+
+// seedCorpus returns the inputs in testdata/fuzz/FuzzTranslate.
+func seedCorpus(t testing.TB) []seed {
 	files, err := filepath.Glob(filepath.Join("testdata", "fuzz", "FuzzTranslate", "*"))
 	if err != nil || len(files) == 0 {
 		t.Fatalf("no seed corpus: %v", err)
 	}
+	var seeds []seed
 	for _, file := range files {
 		name := filepath.Base(file)
 		raw, err := os.ReadFile(file)
@@ -136,11 +242,21 @@ func TestSeedCorpus(t *testing.T) {
 		if !ok || !ok2 || err != nil {
 			t.Fatalf("%s: cannot read %q", name, lines[1])
 		}
-		r := decodeParts([]byte(b))
+		seeds = append(seeds, seed{name, []byte(b)})
+	}
+	return seeds
+}
+
+// TestSeedCorpus keeps the committed seeds meaningful: the valid-* ones
+// translate and the invalid-* ones are refused (not merely undecodable).
+func TestSeedCorpus(t *testing.T) {
+	for _, s := range seedCorpus(t) {
+		name := s.name
+		r := decodeParts(s.input)
 		if len(r.Listeners)+len(r.Clusters)+len(r.Endpoints) == 0 {
 			t.Errorf("%s: holds no resource", name)
 		}
-		_, err = translate.Translate(r)
+		_, err := translate.Translate(r)
 		switch {
 		case strings.HasPrefix(name, "valid-") && err != nil:
 			t.Errorf("%s: refused: %v", name, err)

@@ -159,6 +159,7 @@ func isEmpty(m protoreflect.Message) bool {
 type tally struct {
 	counts map[string]int
 	cur    []string // keys seen in the resource being translated
+	taken  []string // what take returned last
 }
 
 func newTally() *tally { return &tally{counts: make(map[string]int)} }

@@ -523,6 +523,7 @@ func runRefusals(t *testing.T, tests []refusal) {
 			if !strings.HasPrefix(err.Error(), prefix) {
 				t.Errorf("error %q does not start with %q", err, prefix)
 			}
+			checkTranslator(t, r)
 		})
 	}
 }

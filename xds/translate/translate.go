@@ -95,6 +95,9 @@ func RDSNames(r Resources) []string {
 // assignment. A listener with several addresses (dual-stack) gives each of
 // its services the endpoints of that service's address family only; with one
 // address, an endpoint of the other family is an error.
+//
+// Translate checks and translates everything in r, every time: a client
+// that translates its resources after every change uses a Translator.
 func Translate(r Resources) (Result, error) {
 	t := newTally()
 	plans := make([]*listenerPlan, 0, len(r.Listeners))
@@ -126,14 +129,23 @@ func Translate(r Resources) (Result, error) {
 	}
 
 	services, missing := assemble(plans, clusters, assignments)
-	res := Result{State: model.State{Services: services}, Ignored: t.counts}
-	if err := res.State.Validate(); err != nil {
-		return Result{}, &ResourceError{Type: "Listener", Name: services[culprit(services)].Name, Reason: err.Error()}
+	if err := validate(services); err != nil {
+		return Result{}, err
 	}
+	res := Result{State: model.State{Services: services}, Ignored: t.counts}
 	if len(missing) > 0 {
 		res.Missing = sortedKeys(missing)
 	}
 	return res, nil
+}
+
+// validate checks services with model.State.Validate and blames the
+// listener of the service it rejects.
+func validate(services []model.Service) error {
+	if err := (model.State{Services: services}).Validate(); err != nil {
+		return &ResourceError{Type: "Listener", Name: services[culprit(services)].Name, Reason: err.Error()}
+	}
+	return nil
 }
 
 // assemble puts checked listeners, clusters and assignments together into
@@ -182,28 +194,38 @@ func assemble(plans []*listenerPlan, clusters map[string]clusterPlan, assignment
 	}
 	services := make([]model.Service, 0, n)
 	pools := make([][]model.Endpoint, 0, 1)
+	dualStack := false
+	pick := func(i int, vip netip.Addr) []model.Endpoint { return endpointsFor(pools[i], vip, dualStack) }
 	for _, p := range plans {
 		pools = pools[:0]
 		for _, pl := range p.pools {
 			pools = append(pools, resolve(pl.cluster))
 		}
-		dualStack := len(p.addrs) > 1
-		for _, ap := range p.addrs {
-			svc := model.Service{Name: p.name, VIP: ap.Addr(), Port: ap.Port(), Protocol: p.proto}
-			if p.weighted {
-				// A split is named after its cluster, which is unique
-				// within the listener.
-				svc.Splits = make([]model.Split, len(p.pools))
-				for i, pl := range p.pools {
-					svc.Splits[i] = model.Split{Name: pl.cluster, Weight: pl.weight, Endpoints: endpointsFor(pools[i], ap.Addr(), dualStack)}
-				}
-			} else {
-				svc.Endpoints = endpointsFor(pools[0], ap.Addr(), dualStack)
-			}
-			services = append(services, svc)
-		}
+		dualStack = len(p.addrs) > 1
+		services = appendServices(services, p, pick)
 	}
 	return services, missing
+}
+
+// appendServices appends to dst the services of listener p, one per
+// address; pick returns the endpoints of p's i-th pool for the service at
+// vip.
+func appendServices(dst []model.Service, p *listenerPlan, pick func(i int, vip netip.Addr) []model.Endpoint) []model.Service {
+	for _, ap := range p.addrs {
+		svc := model.Service{Name: p.name, VIP: ap.Addr(), Port: ap.Port(), Protocol: p.proto}
+		if p.weighted {
+			// A split is named after its cluster, which is unique within
+			// the listener.
+			svc.Splits = make([]model.Split, len(p.pools))
+			for i, pl := range p.pools {
+				svc.Splits[i] = model.Split{Name: pl.cluster, Weight: pl.weight, Endpoints: pick(i, ap.Addr())}
+			}
+		} else {
+			svc.Endpoints = pick(0, ap.Addr())
+		}
+		dst = append(dst, svc)
+	}
+	return dst
 }
 
 // sameFamily returns, in a new slice, the endpoints of eps of vip's family:
@@ -219,13 +241,16 @@ func sameFamily(eps []model.Endpoint, vip netip.Addr) []model.Endpoint {
 }
 
 // culprit returns the index of the service model.State.Validate rejects: it
-// checks services in order, each on its own and then against those before.
+// checks every service on its own (ValidateService), and then that no
+// service repeats the VIP:port/protocol of one before it (ValidateUnique).
 func culprit(services []model.Service) int {
-	owner := make(map[model.ServiceKey]bool, len(services))
 	for i := range services {
-		if (model.State{Services: services[i : i+1]}).Validate() != nil {
+		if model.ValidateService(i, &services[i]) != nil {
 			return i
 		}
+	}
+	owner := make(map[model.ServiceKey]bool, len(services))
+	for i := range services {
 		k := services[i].Key()
 		if owner[k] {
 			return i

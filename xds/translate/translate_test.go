@@ -506,6 +506,7 @@ func TestTranslateAccepts(t *testing.T) {
 			if err != nil || !reflect.DeepEqual(again, got) {
 				t.Errorf("second Translate differs: %v", err)
 			}
+			checkTranslator(t, r)
 		})
 	}
 }
@@ -712,6 +713,7 @@ func TestTranslateOddInputs(t *testing.T) {
 			change(&r)
 			translate.EDSNames(r)
 			translate.RDSNames(r)
+			checkTranslator(t, r)
 			got, err := translate.Translate(r)
 			if err != nil {
 				var re *translate.ResourceError
@@ -726,4 +728,27 @@ func TestTranslateOddInputs(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestValidateCulprit checks that a state Validate refuses is blamed on the
+// listener its error names: Validate checks every service on its own
+// before it looks for duplicates, so c is blamed, not b.
+func TestValidateCulprit(t *testing.T) {
+	r := demo()
+	r.Listeners["a"] = tcpListener("a", "10.96.0.2", 80, tcpProxy("web"))
+	r.Listeners["b"] = tcpListener("b", "10.96.0.2", 80, tcpProxy("web"))
+	r.Listeners["c"] = tcpListener("c", "10.96.0.3", 80, tcpProxy("v6"))
+	r.Clusters["v6"] = staticCluster("v6", lbEndpoint("fd00::1", 80))
+	_, err := translate.Translate(r)
+	var re *translate.ResourceError
+	if !errors.As(err, &re) || re.Name != "c" || !strings.Contains(re.Reason, `service "c"`) {
+		t.Errorf("err = %v, want the endpoint of service c refused", err)
+	}
+	checkTranslator(t, r)
+	delete(r.Listeners, "c")
+	_, err = translate.Translate(r)
+	if !errors.As(err, &re) || re.Name != "b" || !strings.Contains(re.Reason, "duplicate") {
+		t.Errorf("err = %v, want b a duplicate", err)
+	}
+	checkTranslator(t, r)
 }
