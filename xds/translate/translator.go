@@ -127,6 +127,43 @@ func (m *memo[M, E]) diff(now map[string]M) (changed, removed []string) {
 	return changed, removed
 }
 
+// diffWith diffs now against m, over the hinted names if there is a hint.
+func diffWith[M comparable, E entry[M]](m *memo[M, E], now map[string]M, h *Hint, names func(*Hint) []string) (changed, removed []string) {
+	if h == nil {
+		return m.diff(now)
+	}
+	return m.diffNames(now, names(h))
+}
+
+// diffNames is diff restricted to names: only they can differ from m.
+func (m *memo[M, E]) diffNames(now map[string]M, names []string) (changed, removed []string) {
+	for _, name := range names {
+		msg, inNow := now[name]
+		_, inMemo := m.entries[name]
+		switch {
+		case inNow:
+			if n, ok := m.names[msg]; !ok || n != name {
+				changed = append(changed, name)
+			}
+		case inMemo:
+			removed = append(removed, name)
+		}
+	}
+	slices.Sort(changed)
+	changed = slices.Compact(changed)
+	slices.Sort(removed)
+	removed = slices.Compact(removed)
+	return changed, removed
+}
+
+// Hint names, per type, the resources that may differ from those of the
+// last successful Translate: changed, added or removed. Every other
+// resource must be the very message handed over then. With a hint the
+// translator skips its pass over all resources to find the differences.
+type Hint struct {
+	Listeners, Clusters, Endpoints []string
+}
+
 // listenerEntry is an accepted listener and the services it gave.
 type listenerEntry struct {
 	msg      *listenerv3.Listener
@@ -218,6 +255,13 @@ type step struct {
 // accepted call: the resources whose pointer changed, and the services of
 // listeners using a cluster or assignment that changed, arrived or went.
 func (t *Translator) Translate(r Resources) (Result, error) {
+	return t.TranslateHint(r, nil)
+}
+
+// TranslateHint is Translate told which resources may have changed (nil
+// means any may have). A wrong hint gives a wrong result: use it only when
+// the changes are tracked exactly.
+func (t *Translator) TranslateHint(r Resources, h *Hint) (Result, error) {
 	if t.keys == nil {
 		*t = *NewTranslator()
 	}
@@ -227,7 +271,7 @@ func (t *Translator) Translate(r Resources) (Result, error) {
 	// Resources are checked in the order Translate checks them, so the
 	// first refused is the one Translate reports: those not checked again
 	// were accepted before and are accepted now.
-	changed, removed := t.listeners.diff(r.Listeners)
+	changed, removed := diffWith(&t.listeners, r.Listeners, h, func(h *Hint) []string { return h.Listeners })
 	s.listeners = make(map[string]*listenerEntry, len(changed)+len(removed))
 	for _, name := range changed {
 		l := r.Listeners[name]
@@ -243,7 +287,7 @@ func (t *Translator) Translate(r Resources) (Result, error) {
 	s.changed = append(changed, removed...)
 	slices.Sort(s.changed)
 
-	changed, removed = t.clusters.diff(r.Clusters)
+	changed, removed = diffWith(&t.clusters, r.Clusters, h, func(h *Hint) []string { return h.Clusters })
 	s.clusters = make(map[string]*clusterEntry, len(changed)+len(removed))
 	for _, name := range changed {
 		c := r.Clusters[name]
@@ -264,7 +308,7 @@ func (t *Translator) Translate(r Resources) (Result, error) {
 		s.clusters[name] = nil
 	}
 
-	changed, removed = t.assignments.diff(r.Endpoints)
+	changed, removed = diffWith(&t.assignments, r.Endpoints, h, func(h *Hint) []string { return h.Endpoints })
 	s.assignments = make(map[string]*assignmentEntry, len(changed)+len(removed))
 	for _, name := range changed {
 		a := r.Endpoints[name]

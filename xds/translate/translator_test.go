@@ -38,6 +38,46 @@ func sameAsTranslate(t testing.TB, what string, tr *translate.Translator, r tran
 	return wantErr
 }
 
+// sameWithHint checks that a Translator given the exact changes since
+// base (its last successful set) agrees with Translate.
+func sameWithHint(t testing.TB, what string, tr *translate.Translator, base, r translate.Resources) error {
+	t.Helper()
+	var h *translate.Hint
+	if base.Listeners != nil {
+		h = &translate.Hint{
+			Listeners: changedNames(base.Listeners, r.Listeners),
+			Clusters:  changedNames(base.Clusters, r.Clusters),
+			Endpoints: changedNames(base.Endpoints, r.Endpoints),
+		}
+	}
+	got, gotErr := tr.TranslateHint(r, h)
+	want, wantErr := translate.Translate(r)
+	if errText(gotErr) != errText(wantErr) {
+		t.Fatalf("%s: hinted Translator error %v, Translate error %v", what, gotErr, wantErr)
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("%s: hinted Translator and Translate differ:\nservices %s\nwant     %s", what, dump(got.State.Services), dump(want.State.Services))
+	}
+	return wantErr
+}
+
+// changedNames lists the names whose message differs (by pointer) or that
+// are in one map only.
+func changedNames[M comparable](a, b map[string]M) []string {
+	var out []string
+	for name, m := range b {
+		if old, ok := a[name]; !ok || old != m {
+			out = append(out, name)
+		}
+	}
+	for name := range a {
+		if _, ok := b[name]; !ok {
+			out = append(out, name)
+		}
+	}
+	return out
+}
+
 func errText(err error) string {
 	if err == nil {
 		return "<nil>"
@@ -350,6 +390,8 @@ func TestTranslatorMatchesTranslate(t *testing.T) {
 				t.Fatalf("the initial mesh is refused: %v", err)
 			}
 			tr := translate.NewTranslator()
+			hinted := translate.NewTranslator() // told exactly what changed
+			var hintedBase translate.Resources  // the set of hinted's last successful call
 			accepted := s.clone()
 			for step := range steps {
 				switch n := s.rng.IntN(10); {
@@ -361,6 +403,9 @@ func TestTranslatorMatchesTranslate(t *testing.T) {
 					}
 				}
 				err := sameAsTranslate(t, fmt.Sprint("step ", step), tr, s.r)
+				if hintedErr := sameWithHint(t, fmt.Sprint("step ", step, " (hint)"), hinted, hintedBase, s.r); hintedErr == nil {
+					hintedBase = s.clone()
+				}
 				switch {
 				case err == nil:
 					stats.accepted++
