@@ -33,74 +33,91 @@ type compiled struct {
 	svc   model.Service // as last applied; its slices are the caller's and are only read
 	known bool          // svc is set; false for a service adopted from pinned maps
 	set   activeSet
+	epoch uint64 // the last plan that found this service in its state
 }
 
-// plan validates s against caps and compiles it, reusing every service of
-// prev (the services in force) that is unchanged — validated when it was
-// compiled — so its cost follows what changed. Service ids are kept; new services get the lowest free ids in
-// key order, so the result does not depend on the order of s. It is pure:
-// prev is not modified.
-func plan(s model.State, caps Capacity, prev map[model.ServiceKey]*compiled) (map[model.ServiceKey]*compiled, error) {
+// planned is what a new state changes in the services in force.
+type planned struct {
+	changed map[model.ServiceKey]*compiled // new services and recompiled ones
+	removed []model.ServiceKey             // services in force that the state does not have
+	nextID  uint32                         // the id the next new service gets
+}
+
+// plan validates s against caps and compiles what differs from prev (the
+// services in force): services equal to those in force are reused as
+// they are — they were validated when compiled — so its cost follows what
+// changed, plus one lookup per service. New services get ids from nextID on,
+// in key order, so the result does not depend on the order of s; ids are
+// never reused while the dataplane lives. epoch must differ from every
+// earlier call's: plan marks the services of prev it finds with it (the only
+// change it makes to prev, which nothing else reads) and so detects both
+// removed services and duplicates without building a map of all of them.
+func plan(s model.State, caps Capacity, prev map[model.ServiceKey]*compiled, nextID uint32, epoch uint64) (planned, error) {
 	caps = caps.WithDefaults()
 	if len(s.Services) > caps.Services {
-		return nil, &model.EntryError{
+		return planned{}, &model.EntryError{
 			Entry:  model.Label(caps.Services, &s.Services[caps.Services]),
 			Reason: fmt.Sprintf("state has %d services, capacity is %d", len(s.Services), caps.Services),
 			Class:  model.ErrCapacity,
 		}
 	}
 
-	next := make(map[model.ServiceKey]*compiled, len(s.Services))
-	used := make(map[uint32]bool, len(s.Services))
+	p := planned{changed: make(map[model.ServiceKey]*compiled), nextID: nextID}
 	var fresh []model.ServiceKey
-	backends := 0
+	found, backends := 0, 0
 	for i := range s.Services {
 		svc := &s.Services[i]
 		key := svc.Key()
 		old := prev[key]
 		c := old
+		if old != nil {
+			if old.epoch == epoch {
+				return planned{}, s.ValidateUnique() // seen before in this state
+			}
+			old.epoch = epoch
+			found++
+		} else if _, dup := p.changed[key]; dup {
+			return planned{}, s.ValidateUnique()
+		}
 		if old == nil || !old.known || !old.svc.Equal(svc) {
 			if err := model.ValidateService(i, svc); err != nil {
-				return nil, err
+				return planned{}, err
 			}
 			set, err := chooseActiveSet(i, svc)
 			if err != nil {
-				return nil, err
+				return planned{}, err
 			}
-			c = &compiled{svc: *svc, known: true, set: set}
+			c = &compiled{svc: *svc, known: true, set: set, epoch: epoch}
 			if old != nil {
 				c.set.ID = old.set.ID
 			} else {
 				fresh = append(fresh, key)
 			}
+			p.changed[key] = c
 		}
 		backends += len(c.set.Backends)
 		if backends > caps.Backends {
-			return nil, &model.EntryError{
+			return planned{}, &model.EntryError{
 				Entry:  model.Label(i, svc),
 				Reason: fmt.Sprintf("backend capacity %d exhausted (state needs at least %d)", caps.Backends, backends),
 				Class:  model.ErrCapacity,
 			}
 		}
-		if old != nil {
-			used[old.set.ID] = true
+	}
+	if found < len(prev) {
+		for key, c := range prev {
+			if c.epoch != epoch {
+				p.removed = append(p.removed, key)
+			}
 		}
-		next[key] = c
 	}
 
-	if err := s.ValidateUnique(); err != nil {
-		return nil, err
-	}
 	slices.SortFunc(fresh, compareKeys)
-	id := uint32(1)
 	for _, key := range fresh {
-		for used[id] {
-			id++
-		}
-		next[key].set.ID = id
-		used[id] = true
+		p.changed[key].set.ID = p.nextID
+		p.nextID++
 	}
-	return next, nil
+	return p, nil
 }
 
 // pool is one split's usable endpoints at its best priority.
@@ -185,6 +202,7 @@ func usable(sp model.Split) pool {
 	if !found {
 		return p
 	}
+	p.eps = make([]model.Endpoint, 0, len(sp.Endpoints))
 	for _, ep := range sp.Endpoints {
 		if ep.Health.Usable() && ep.Priority == p.priority {
 			p.eps = append(p.eps, ep)

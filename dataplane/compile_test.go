@@ -2,6 +2,7 @@ package dataplane
 
 import (
 	"errors"
+	"maps"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -53,7 +54,7 @@ func TestCompileRejectsInvalidStates(t *testing.T) {
 		}}, Capacity{Backends: 2}, model.ErrCapacity, `service "b" (10.0.0.2:80/TCP): backend capacity 2 exhausted`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := plan(tc.state, tc.caps, nil)
+			_, err := plan(tc.state, tc.caps, nil, 1, 1)
 			if !errors.Is(err, tc.class) {
 				t.Fatalf("err = %v, want %v", err, tc.class)
 			}
@@ -67,7 +68,7 @@ func TestCompileRejectsInvalidStates(t *testing.T) {
 func TestUnhealthyEndpointsUseNoCapacity(t *testing.T) {
 	s := model.State{Services: []model.Service{service("a", "10.0.0.1",
 		ep("10.1.0.1:80"), ep("10.1.0.2:80", health(model.HealthUnhealthy)), ep("10.1.0.3:80", priority(1)))}}
-	if _, err := plan(s, Capacity{Backends: 1}, nil); err != nil {
+	if _, err := plan(s, Capacity{Backends: 1}, nil, 1, 1); err != nil {
 		t.Errorf("only one endpoint is usable at the chosen priority, yet: %v", err)
 	}
 }
@@ -94,7 +95,7 @@ func TestActiveSet(t *testing.T) {
 			[]string{"10.0.0.9:99=1", "10.1.0.1:80=2", "10.1.0.1:90=3"}, 3},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			sets, err := plan(model.State{Services: []model.Service{service("s", "10.0.0.1", tc.eps...)}}, Capacity{}, nil)
+			sets, err := compileFresh(model.State{Services: []model.Service{service("s", "10.0.0.1", tc.eps...)}})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -110,7 +111,26 @@ func TestActiveSet(t *testing.T) {
 	}
 }
 
-func TestServiceIDsAreStable(t *testing.T) {
+// compileFresh plans s onto an empty dataplane and returns its services.
+func compileFresh(s model.State) (map[model.ServiceKey]*compiled, error) {
+	p, err := plan(s, Capacity{}, nil, 1, 1)
+	return p.changed, err
+}
+
+// applyPlan returns the services in force after p, as Apply commits them.
+func applyPlan(prev map[model.ServiceKey]*compiled, p planned) map[model.ServiceKey]*compiled {
+	next := maps.Clone(prev)
+	if next == nil {
+		next = map[model.ServiceKey]*compiled{}
+	}
+	maps.Copy(next, p.changed)
+	for _, k := range p.removed {
+		delete(next, k)
+	}
+	return next
+}
+
+func TestServiceIDs(t *testing.T) {
 	key := func(vip string) model.ServiceKey {
 		return model.ServiceKey{VIP: netip.MustParseAddr(vip), Port: 80, Protocol: model.TCP}
 	}
@@ -121,26 +141,61 @@ func TestServiceIDsAreStable(t *testing.T) {
 		}
 		return m
 	}
-	first, err := plan(model.State{Services: []model.Service{service("b", "10.0.0.2"), service("a", "10.0.0.1"), service("c", "10.0.0.3")}}, Capacity{}, nil)
+	p1, err := plan(model.State{Services: []model.Service{service("b", "10.0.0.2"), service("a", "10.0.0.1"), service("c", "10.0.0.3")}}, Capacity{}, nil, 1, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
+	first := applyPlan(nil, p1)
 	got := ids(first)
-	if got[key("10.0.0.1")] != 1 || got[key("10.0.0.2")] != 2 || got[key("10.0.0.3")] != 3 {
-		t.Fatalf("fresh ids not given in key order from 1: %v", got)
+	if got[key("10.0.0.1")] != 1 || got[key("10.0.0.2")] != 2 || got[key("10.0.0.3")] != 3 || p1.nextID != 4 {
+		t.Fatalf("fresh ids not given in key order from 1: %v (next %d)", got, p1.nextID)
 	}
-	// Remove b, add d and e: a and c keep their ids, d reuses b's, e takes the next.
-	second, err := plan(model.State{Services: []model.Service{service("e", "10.0.0.5"), service("c", "10.0.0.3"), service("d", "10.0.0.4"), service("a", "10.0.0.1")}}, Capacity{}, first)
+	// Remove b, add e and d: a and c keep their ids; d and e get new ones
+	// in key order; b's id is not reused.
+	p2, err := plan(model.State{Services: []model.Service{service("e", "10.0.0.5"), service("c", "10.0.0.3"), service("d", "10.0.0.4"), service("a", "10.0.0.1")}}, Capacity{}, first, p1.nextID, 2)
 	if err != nil {
 		t.Fatal(err)
 	}
-	got2 := ids(second)
-	want := map[model.ServiceKey]uint32{key("10.0.0.1"): 1, key("10.0.0.3"): 3, key("10.0.0.4"): 2, key("10.0.0.5"): 4}
+	got2 := ids(applyPlan(first, p2))
+	want := map[model.ServiceKey]uint32{key("10.0.0.1"): 1, key("10.0.0.3"): 3, key("10.0.0.4"): 4, key("10.0.0.5"): 5}
+	if len(got2) != len(want) {
+		t.Errorf("ids %v, want %v", got2, want)
+	}
 	for k, id := range want {
 		if got2[k] != id {
 			t.Errorf("id of %v = %d, want %d (all: %v)", k, got2[k], id, got2)
 		}
 	}
+	if len(p2.removed) != 1 || p2.removed[0] != key("10.0.0.2") {
+		t.Errorf("removed %v, want b", p2.removed)
+	}
+}
+
+func TestPlanFindsDuplicates(t *testing.T) {
+	a := service("a", "10.0.0.1")
+	b := service("b", "10.0.0.2")
+	first := applyPlan(nil, mustPlan(t, model.State{Services: []model.Service{a, b}}, nil, 1))
+	for _, tc := range []struct {
+		name  string
+		state model.State
+	}{
+		{"two services in force", model.State{Services: []model.Service{a, b, service("a2", "10.0.0.1")}}},
+		{"two new services", model.State{Services: []model.Service{a, service("c", "10.0.0.3"), service("c2", "10.0.0.3")}}},
+	} {
+		_, err := plan(tc.state, Capacity{}, first, 3, 2+uint64(len(tc.name)))
+		if !errors.Is(err, model.ErrInvalidState) || !strings.Contains(err.Error(), "duplicate VIP:port/protocol") {
+			t.Errorf("%s: err = %v", tc.name, err)
+		}
+	}
+}
+
+func mustPlan(t *testing.T, s model.State, prev map[model.ServiceKey]*compiled, epoch uint64) planned {
+	t.Helper()
+	p, err := plan(s, Capacity{}, prev, 1, epoch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
 
 func TestParseCgroup2Mount(t *testing.T) {
@@ -164,7 +219,7 @@ func TestParseCgroup2Mount(t *testing.T) {
 func TestSplitsShareConnectionsByWeight(t *testing.T) {
 	shares := func(s model.Service) map[string]float64 {
 		t.Helper()
-		sets, err := plan(model.State{Services: []model.Service{s}}, Capacity{}, nil)
+		sets, err := compileFresh(model.State{Services: []model.Service{s}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -203,27 +258,22 @@ func TestSplitsShareConnectionsByWeight(t *testing.T) {
 	}
 }
 
-// plan reuses unchanged services (the same compiled value) and recompiles
+// plan reuses unchanged services (they are not in the plan) and recompiles
 // changed ones, keeping their ids.
 func TestPlanReusesUnchangedServices(t *testing.T) {
 	a := service("a", "10.0.0.1", ep("10.1.0.1:80"))
 	b := service("b", "10.0.0.2", ep("10.1.0.2:80"))
-	first, err := plan(model.State{Services: []model.Service{a, b}}, Capacity{}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	first := applyPlan(nil, mustPlan(t, model.State{Services: []model.Service{a, b}}, nil, 1))
 	b2 := service("b", "10.0.0.2", ep("10.1.0.2:80", weight(5)))
-	second, err := plan(model.State{Services: []model.Service{b2, a}}, Capacity{}, first)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if second[a.Key()] != first[a.Key()] {
+	p := mustPlan(t, model.State{Services: []model.Service{b2, a}}, first, 2)
+	if _, ok := p.changed[a.Key()]; ok {
 		t.Error("unchanged service a was recompiled")
 	}
-	if second[b.Key()] == first[b.Key()] || second[b.Key()].set.ID != first[b.Key()].set.ID || second[b.Key()].set.TotalWeight != 5 {
-		t.Errorf("changed service b: %+v (was %+v)", second[b.Key()], first[b.Key()])
+	nb := p.changed[b.Key()]
+	if nb == nil || nb.set.ID != first[b.Key()].set.ID || nb.set.TotalWeight != 5 || len(p.removed) != 0 {
+		t.Errorf("changed service b: %+v (was %+v), removed %v", nb, first[b.Key()], p.removed)
 	}
 	if first[b.Key()].set.TotalWeight != 1 {
-		t.Error("plan modified the previous services")
+		t.Error("plan modified the services in force")
 	}
 }

@@ -43,6 +43,8 @@ type Dataplane struct {
 	// Guarded by mu.
 	active      uint32                         // generation the programs read
 	current     map[model.ServiceKey]*compiled // services of the active generation
+	nextID      uint32                         // id of the next new service
+	epoch       uint64                         // counts plans
 	mirror      chan error                     // reports the end of the standby generation's update; nil if none runs
 	mirrorDirty bool                           // standby generation may differ from the active one
 	closed      bool
@@ -227,6 +229,10 @@ func (d *Dataplane) adoptState() error {
 	var strays int
 	d.active = cfg.ActiveGen
 	d.current, strays = adopt(cur)
+	d.nextID = 1
+	for _, c := range d.current {
+		d.nextID = max(d.nextID, c.set.ID+1)
+	}
 	if strays > 0 {
 		d.log.Warn("dataplane: pinned backends owned by no service; they are removed", "count", strays)
 		d.mirrorDirty = true
@@ -298,13 +304,23 @@ func (d *Dataplane) Apply(s model.State) error {
 	}
 	d.waitMirror()
 
-	next, err := plan(s, d.opts.Capacity, d.current)
+	d.epoch++
+	p, err := plan(s, d.opts.Capacity, d.current, d.nextID, d.epoch)
 	if err != nil {
 		return err
 	}
-	diff := diffCompiled(d.current, next)
+	diff := diffPlanned(d.current, p)
+	commit := func() {
+		for key, c := range p.changed {
+			d.current[key] = c
+		}
+		for _, key := range p.removed {
+			delete(d.current, key)
+		}
+		d.nextID = p.nextID
+	}
 	if diff.empty() && !d.mirrorDirty {
-		d.current = next
+		commit()
 		return nil
 	}
 	if d.mirrorDirty {
@@ -322,7 +338,8 @@ func (d *Dataplane) Apply(s model.State) error {
 		return fmt.Errorf("apply: switch to generation %d: %w; previous state still in force", standby, err)
 	}
 	old := d.active
-	d.active, d.current = standby, next
+	d.active = standby
+	commit()
 
 	done := make(chan error, 1)
 	d.mirror = done
@@ -330,8 +347,8 @@ func (d *Dataplane) Apply(s model.State) error {
 		waitForReaders()
 		done <- d.writeGeneration(old, diff)
 	}()
-	d.log.Debug("dataplane applied", "gen", standby, "services", len(next),
-		"changed", len(diff.svcPuts)+len(diff.svcDels)+len(diff.bePuts)+len(diff.beDels))
+	d.log.Debug("dataplane applied", "gen", standby, "services", len(d.current),
+		"changed", diff.size())
 	return nil
 }
 
@@ -354,17 +371,17 @@ func (d *Dataplane) writeGeneration(gen uint32, diff entriesDiff) error {
 	if diff.empty() {
 		return nil
 	}
-	d.written.Add(uint64(len(diff.svcPuts) + len(diff.svcDels) + len(diff.bePuts) + len(diff.beDels)))
+	d.written.Add(uint64(diff.size()))
 	if err := deleteAll(d.objs.SlBackends, gen, diff.beDels); err != nil {
 		return fmt.Errorf("delete backends: %w", err)
 	}
 	if err := deleteAll(d.objs.SlServices, gen, diff.svcDels); err != nil {
 		return fmt.Errorf("delete services: %w", err)
 	}
-	if err := putAll(d.objs.SlBackends, gen, diff.bePuts); err != nil {
+	if err := putAll(d.objs.SlBackends, gen, diff.beKeys, diff.beVals); err != nil {
 		return fmt.Errorf("write backends: %w", err)
 	}
-	if err := putAll(d.objs.SlServices, gen, diff.svcPuts); err != nil {
+	if err := putAll(d.objs.SlServices, gen, diff.svcKeys, diff.svcVals); err != nil {
 		return fmt.Errorf("write services: %w", err)
 	}
 	return nil
@@ -382,31 +399,30 @@ func (k *serviceSlSvcKey) setGen(g uint32) { k.Gen = g }
 func (k *serviceSlBeKey) gen() uint32      { return k.Gen }
 func (k *serviceSlBeKey) setGen(g uint32)  { k.Gen = g }
 
-func putAll[K comparable, V any, PK genKey[K]](m *ebpf.Map, gen uint32, puts map[K]V) error {
-	if len(puts) == 0 {
+func putAll[K any, V any, PK genKey[K]](m *ebpf.Map, gen uint32, keys []K, vals []V) error {
+	if len(keys) == 0 {
 		return nil
 	}
-	keys := make([]K, 0, len(puts))
-	vals := make([]V, 0, len(puts))
-	for k, v := range puts {
-		PK(&k).setGen(gen)
-		keys = append(keys, k)
-		vals = append(vals, v)
-	}
-	_, err := m.BatchUpdate(keys, vals, nil)
+	_, err := m.BatchUpdate(withGen[K, PK](keys, gen), vals, nil)
 	return err
+}
+
+// withGen returns a copy of keys set to generation gen; the same diff is
+// written to both generations.
+func withGen[K any, PK genKey[K]](keys []K, gen uint32) []K {
+	out := make([]K, len(keys))
+	for i, k := range keys {
+		PK(&k).setGen(gen)
+		out[i] = k
+	}
+	return out
 }
 
 func deleteAll[K any, PK genKey[K]](m *ebpf.Map, gen uint32, dels []K) error {
 	if len(dels) == 0 {
 		return nil
 	}
-	keys := make([]K, len(dels))
-	for i, k := range dels {
-		PK(&k).setGen(gen)
-		keys[i] = k
-	}
-	_, err := m.BatchDelete(keys, nil)
+	_, err := m.BatchDelete(withGen[K, PK](dels, gen), nil)
 	return err
 }
 

@@ -30,76 +30,116 @@ func mapsEqual[K, V comparable](a, b map[K]V) bool {
 	return true
 }
 
-// entriesDiff is what turns one generation's content into another's.
+// entriesDiff is what turns one generation's content into another's, as
+// entries to write and keys to delete, with the generation left zero.
 type entriesDiff struct {
-	svcPuts map[serviceSlSvcKey]serviceSlSvcValue
+	svcKeys []serviceSlSvcKey
+	svcVals []serviceSlSvcValue
 	svcDels []serviceSlSvcKey
-	bePuts  map[serviceSlBeKey]serviceSlBeValue
+	beKeys  []serviceSlBeKey
+	beVals  []serviceSlBeValue
 	beDels  []serviceSlBeKey
 }
 
+func (d *entriesDiff) putService(k serviceSlSvcKey, v serviceSlSvcValue) {
+	d.svcKeys = append(d.svcKeys, k)
+	d.svcVals = append(d.svcVals, v)
+}
+
+func (d *entriesDiff) putBackend(k serviceSlBeKey, v serviceSlBeValue) {
+	d.beKeys = append(d.beKeys, k)
+	d.beVals = append(d.beVals, v)
+}
+
+// size counts the entries written or deleted.
+func (d entriesDiff) size() int {
+	return len(d.svcKeys) + len(d.svcDels) + len(d.beKeys) + len(d.beDels)
+}
+
+func (d entriesDiff) empty() bool { return d.size() == 0 }
+
+// diffEntries compares two generations' full content.
 func diffEntries(from, to kernelEntries) entriesDiff {
 	var d entriesDiff
-	d.svcPuts, d.svcDels = diffMaps(from.services, to.services)
-	d.bePuts, d.beDels = diffMaps(from.backends, to.backends)
+	for k, v := range to.services {
+		if old, ok := from.services[k]; !ok || old != v {
+			d.putService(k, v)
+		}
+	}
+	for k := range from.services {
+		if _, ok := to.services[k]; !ok {
+			d.svcDels = append(d.svcDels, k)
+		}
+	}
+	for k, v := range to.backends {
+		if old, ok := from.backends[k]; !ok || old != v {
+			d.putBackend(k, v)
+		}
+	}
+	for k := range from.backends {
+		if _, ok := to.backends[k]; !ok {
+			d.beDels = append(d.beDels, k)
+		}
+	}
 	return d
 }
 
-func (d entriesDiff) empty() bool {
-	return len(d.svcPuts)+len(d.svcDels)+len(d.bePuts)+len(d.beDels) == 0
-}
-
-func diffMaps[K, V comparable](from, to map[K]V) (puts map[K]V, dels []K) {
-	puts = make(map[K]V)
-	for k, v := range to {
-		if old, ok := from[k]; !ok || old != v {
-			puts[k] = v
-		}
+// diffPlanned returns the map changes that p makes to the services in
+// force (prev). Its cost follows the size of p. A recompiled service keeps
+// its id and new ones get ids never used before, so backends compare index
+// by index within each service.
+func diffPlanned(prev map[model.ServiceKey]*compiled, p planned) entriesDiff {
+	var d entriesDiff
+	n := 0
+	for _, c := range p.changed {
+		n += len(c.set.Backends)
 	}
-	for k := range from {
-		if _, ok := to[k]; !ok {
-			dels = append(dels, k)
-		}
-	}
-	return puts, dels
-}
-
-// diffCompiled returns the map changes that turn the services of prev into
-// those of next. Services present in both as the same pointer are unchanged
-// and cost nothing, so the work follows what changed. Backend entries are
-// compared across services, as a new service may take the id of a removed one.
-func diffCompiled(prev, next map[model.ServiceKey]*compiled) entriesDiff {
-	d := entriesDiff{svcPuts: map[serviceSlSvcKey]serviceSlSvcValue{}}
-	oldBE := map[serviceSlBeKey]serviceSlBeValue{}
-	newBE := map[serviceSlBeKey]serviceSlBeValue{}
-	for key, n := range next {
-		o := prev[key]
-		if o == n {
-			continue
-		}
+	d.svcKeys = make([]serviceSlSvcKey, 0, len(p.changed))
+	d.svcVals = make([]serviceSlSvcValue, 0, len(p.changed))
+	d.beKeys = make([]serviceSlBeKey, 0, n)
+	d.beVals = make([]serviceSlBeValue, 0, n)
+	for key, n := range p.changed {
 		nv := svcValueOf(n.set)
-		if o == nil || svcValueOf(o.set) != nv {
-			d.svcPuts[svcKeyOf(key)] = nv
+		var old []activeBackend
+		if o := prev[key]; o != nil {
+			old = o.set.Backends
+			if svcValueOf(o.set) != nv {
+				d.putService(svcKeyOf(key), nv)
+			}
+		} else {
+			d.putService(svcKeyOf(key), nv)
 		}
-		if o != nil {
-			addBackends(oldBE, o.set)
+		for i, be := range n.set.Backends {
+			if i < len(old) && old[i] == be {
+				continue
+			}
+			d.putBackend(serviceSlBeKey{SvcId: n.set.ID, Index: uint32(i)}, backendValue(be))
 		}
-		addBackends(newBE, n.set)
+		for i := len(n.set.Backends); i < len(old); i++ {
+			d.beDels = append(d.beDels, serviceSlBeKey{SvcId: n.set.ID, Index: uint32(i)})
+		}
 	}
-	for key, o := range prev {
-		if _, ok := next[key]; !ok {
-			d.svcDels = append(d.svcDels, svcKeyOf(key))
-			addBackends(oldBE, o.set)
+	for _, key := range p.removed {
+		o := prev[key]
+		d.svcDels = append(d.svcDels, svcKeyOf(key))
+		for i := range o.set.Backends {
+			d.beDels = append(d.beDels, serviceSlBeKey{SvcId: o.set.ID, Index: uint32(i)})
 		}
 	}
-	d.bePuts, d.beDels = diffMaps(oldBE, newBE)
 	return d
 }
 
 // flatten lays services out as the kernel entries of one generation.
 func flatten(services map[model.ServiceKey]*compiled) kernelEntries {
-	d := diffCompiled(nil, services)
-	return kernelEntries{services: d.svcPuts, backends: d.bePuts}
+	e := kernelEntries{
+		services: make(map[serviceSlSvcKey]serviceSlSvcValue, len(services)),
+		backends: make(map[serviceSlBeKey]serviceSlBeValue),
+	}
+	for key, c := range services {
+		e.services[svcKeyOf(key)] = svcValueOf(c.set)
+		addBackends(e.backends, c.set)
+	}
+	return e
 }
 
 func svcValueOf(set activeSet) serviceSlSvcValue {
@@ -108,13 +148,12 @@ func svcValueOf(set activeSet) serviceSlSvcValue {
 
 func addBackends(m map[serviceSlBeKey]serviceSlBeValue, set activeSet) {
 	for i, be := range set.Backends {
-		m[serviceSlBeKey{SvcId: set.ID, Index: uint32(i)}] = serviceSlBeValue{
-			Addr:      addrWords(be.Addr),
-			Port:      htons(be.Port),
-			Family:    family(be.Addr),
-			CumWeight: be.CumWeight,
-		}
+		m[serviceSlBeKey{SvcId: set.ID, Index: uint32(i)}] = backendValue(be)
 	}
+}
+
+func backendValue(be activeBackend) serviceSlBeValue {
+	return serviceSlBeValue{Addr: addrWords(be.Addr), Port: htons(be.Port), Family: family(be.Addr), CumWeight: be.CumWeight}
 }
 
 // adopt rebuilds the services in force from one generation's kernel

@@ -32,10 +32,8 @@ func TestAddrAndPortEncoding(t *testing.T) {
 func TestDiffFollowsChanges(t *testing.T) {
 	a := service("a", "10.0.0.1", ep("10.1.0.1:80"), ep("10.1.0.2:80", weight(3)))
 	b := service("b", "10.0.0.2", ep("10.1.0.9:80"))
-	first, err := plan(model.State{Services: []model.Service{a, b}}, Capacity{}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p1 := mustPlan(t, model.State{Services: []model.Service{a, b}}, nil, 1)
+	first := applyPlan(nil, p1)
 	full := flatten(first)
 	if len(full.services) != 2 || len(full.backends) != 3 {
 		t.Fatalf("flatten: %d services, %d backends", len(full.services), len(full.backends))
@@ -45,57 +43,57 @@ func TestDiffFollowsChanges(t *testing.T) {
 			t.Errorf("service entry %+v -> %+v", k, v)
 		}
 	}
-	if !diffCompiled(first, first).empty() {
-		t.Error("identical services produce a non-empty diff")
+	if d := diffPlanned(first, mustPlan(t, model.State{Services: []model.Service{a, b}}, first, 2)); !d.empty() {
+		t.Errorf("the same state again produces a diff: %+v", d)
+	}
+
+	check := func(prev map[model.ServiceKey]*compiled, p planned) map[model.ServiceKey]*compiled {
+		t.Helper()
+		next := applyPlan(prev, p)
+		d := diffPlanned(prev, p)
+		got := flatten(prev)
+		for _, k := range d.svcDels {
+			delete(got.services, k)
+		}
+		for i, k := range d.svcKeys {
+			got.services[k] = d.svcVals[i]
+		}
+		for _, k := range d.beDels {
+			delete(got.backends, k)
+		}
+		for i, k := range d.beKeys {
+			got.backends[k] = d.beVals[i]
+		}
+		if !got.equal(flatten(next)) {
+			t.Error("applying the diff does not give the new state")
+		}
+		return next
 	}
 
 	// Dropping a's second endpoint: one service value changes, one backend goes; b costs nothing.
 	a2 := service("a", "10.0.0.1", ep("10.1.0.1:80"))
-	second, err := plan(model.State{Services: []model.Service{a2, b}}, Capacity{}, first)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d := diffCompiled(first, second)
-	if len(d.svcPuts) != 1 || len(d.svcDels) != 0 || len(d.bePuts) != 0 || len(d.beDels) != 1 || d.beDels[0].Index != 1 {
+	p2 := mustPlan(t, model.State{Services: []model.Service{a2, b}}, first, 3)
+	d := diffPlanned(first, p2)
+	if len(d.svcKeys) != 1 || len(d.svcDels) != 0 || len(d.beKeys) != 0 || len(d.beDels) != 1 || d.beDels[0].Index != 1 {
 		t.Errorf("diff %+v", d)
 	}
+	second := check(first, p2)
 
-	// Removing b and adding c, which takes b's id: b's entry goes, c's
-	// backend overwrites b's under the shared id.
+	// Removing b and adding c: b's entries go, c's come under a new id.
 	c := service("c", "10.0.0.3", ep("10.1.0.7:80"))
-	third, err := plan(model.State{Services: []model.Service{a2, c}}, Capacity{}, second)
+	p3, err := plan(model.State{Services: []model.Service{a2, c}}, Capacity{}, second, p1.nextID, 4)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if third[c.Key()].set.ID != second[b.Key()].set.ID {
-		t.Fatalf("c did not take b's id")
-	}
-	d = diffCompiled(second, third)
-	if len(d.svcDels) != 1 || len(d.svcPuts) != 1 || len(d.bePuts) != 1 || len(d.beDels) != 0 {
+	d = diffPlanned(second, p3)
+	if len(d.svcDels) != 1 || len(d.svcKeys) != 1 || len(d.beKeys) != 1 || len(d.beDels) != 1 {
 		t.Errorf("diff %+v", d)
 	}
-	// The result equals flattening from scratch.
-	want := flatten(third)
-	got := flatten(second)
-	for _, k := range d.svcDels {
-		delete(got.services, k)
-	}
-	for k, v := range d.svcPuts {
-		got.services[k] = v
-	}
-	for _, k := range d.beDels {
-		delete(got.backends, k)
-	}
-	for k, v := range d.bePuts {
-		got.backends[k] = v
-	}
-	if !got.equal(want) {
-		t.Error("applying the diff does not give the new state")
-	}
+	third := check(second, p3)
 
 	// Adoption from kernel entries gives back the same entries.
-	adopted, strays := adopt(want)
-	if strays != 0 || !flatten(adopted).equal(want) {
+	adopted, strays := adopt(flatten(third))
+	if strays != 0 || !flatten(adopted).equal(flatten(third)) {
 		t.Errorf("adopt round trip: strays %d", strays)
 	}
 }

@@ -3,9 +3,15 @@
 package e2e_test
 
 import (
+	"os"
 	"testing"
 
 	"github.com/sluice-mesh/sluice/e2e/testenv"
 )
 
-func TestMain(m *testing.M) { testenv.Main(m) }
+func TestMain(m *testing.M) {
+	if os.Getenv(xdsServerEnv) != "" {
+		os.Exit(runXDSServerProcess())
+	}
+	testenv.Main(m)
+}

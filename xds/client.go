@@ -2,6 +2,7 @@ package xds
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"log/slog"
 	"maps"
 	"math/rand/v2"
+	"runtime"
 	"slices"
 	"sync"
 	"time"
@@ -94,16 +96,21 @@ type Client struct {
 	node *corev3.Node
 
 	// Owned by the goroutine running Run.
-	accepted     resourceSet                // resources accepted (and applied unless warming), by type and name
-	held         map[string]*update         // Delta: changes of NACKed responses the server will not resend, by type
-	seen         map[string]bool            // types with an accepted response since start (initial sync)
-	lastApplied  *model.State               // the state last given to the Applier
-	versions     map[string]string          // SotW: last accepted version_info per type
-	subs         map[string][]string        // subscribed names of non-wildcard types, sorted
-	subSet       map[string]map[string]bool // the same names as sets
-	pending      bool                       // accepted resources not applied yet (warming)
-	warmingSince time.Time                  // when resources first went missing; zero if none
-	warmTimer    *time.Timer                // fires when warming gives up
+	accepted           resourceSet                // resources accepted (and applied unless warming), by type and name
+	held               map[string]*update         // Delta: changes of NACKed responses the server will not resend, by type
+	translator         *translate.Translator      // remembers the last translation, so the next costs what changed
+	dirty              map[string]map[string]bool // names in which accepted differs from the translator's last input, by type
+	dirtyAll           bool                       // accepted may differ anywhere from the translator's last input
+	namesGen           map[string]uint64          // per named type: 1 + the generation of the set its names were computed from
+	listenersRequested bool                       // listeners are subscribed on the current stream
+	seen               map[string]bool            // types with an accepted response since start (initial sync)
+	lastApplied        *model.State               // the state last given to the Applier
+	versions           map[string]string          // SotW: last accepted version_info per type
+	subs               map[string][]string        // subscribed names of non-wildcard types, sorted
+	subSet             map[string]map[string]bool // the same names as sets
+	pending            bool                       // accepted resources not applied yet (warming)
+	warmingSince       time.Time                  // when resources first went missing; zero if none
+	warmTimer          *time.Timer                // fires when warming gives up
 
 	mu     sync.Mutex
 	status Status // guarded by mu
@@ -166,16 +173,19 @@ func New(opts Options) (*Client, error) {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	c := &Client{
-		opts:     opts,
-		log:      log.With("xds_server", opts.Server, "xds_mode", string(opts.Mode)),
-		node:     opts.Node.proto(),
-		accepted: resourceSet{},
-		held:     map[string]*update{},
-		seen:     map[string]bool{},
-		versions: map[string]string{},
-		subs:     map[string][]string{},
-		subSet:   map[string]map[string]bool{},
-		status:   Status{Server: opts.Server, Mode: opts.Mode},
+		opts:       opts,
+		log:        log.With("xds_server", opts.Server, "xds_mode", string(opts.Mode)),
+		node:       opts.Node.proto(),
+		accepted:   resourceSet{},
+		held:       map[string]*update{},
+		translator: translate.NewTranslator(),
+		dirty:      map[string]map[string]bool{},
+		namesGen:   map[string]uint64{},
+		seen:       map[string]bool{},
+		versions:   map[string]string{},
+		subs:       map[string][]string{},
+		subSet:     map[string]map[string]bool{},
+		status:     Status{Server: opts.Server, Mode: opts.Mode},
 	}
 	return c, nil
 }
@@ -288,11 +298,22 @@ func (c *Client) runStream(ctx context.Context, conn grpc.ClientConnInterface) (
 	if err != nil {
 		return false, fmt.Errorf("open stream: %w", err)
 	}
+	// As Envoy does at start, listeners are requested once clusters and
+	// their assignments are in, so listeners arrive ready to be applied.
+	// After that, and on every later stream, everything at once.
+	view := c.serverView()
+	c.listenersRequested = c.seen[resourcev3.ListenerType]
 	for _, t := range subscribedTypes {
-		if err := s.subscribe(t, wildcardType(t), c.subs[t], c.serverView().names(t), c.versions[t]); err != nil {
+		if t == resourcev3.ListenerType && !c.listenersRequested {
+			continue
+		}
+		if err := s.subscribe(t, wildcardType(t), c.subs[t], view.names(t), c.versions[t]); err != nil {
 			return false, fmt.Errorf("subscribe %s: %w", shortType(t), err)
 		}
 	}
+	// A control plane without clusters may never answer for them.
+	listenersDue := time.NewTimer(listenersAfter)
+	defer listenersDue.Stop()
 	c.updateStatus(func(st *Status) { st.Connected = true })
 
 	recv := make(chan received)
@@ -316,6 +337,10 @@ func (c *Client) runStream(ctx context.Context, conn grpc.ClientConnInterface) (
 			return progressed, ctx.Err()
 		case <-c.warmTimer.C:
 			c.finishWarming()
+		case <-listenersDue.C:
+			if err := c.requestListeners(s); err != nil {
+				return progressed, err
+			}
 		case r := <-recv:
 			if r.err != nil {
 				return progressed, r.err
@@ -340,18 +365,15 @@ func (c *Client) handle(s stream, u *update) error {
 	if !slices.Contains(subscribedTypes, t) {
 		return c.reject(s, u, fmt.Errorf("unexpected type %s", t))
 	}
-	c.log.Debug("xds response", "type", shortType(t), "nonce", u.nonce, "version", u.version, "resources", len(u.upserts), "removed", len(u.removed))
-	if u.err != nil {
-		return c.reject(s, u, u.err)
+	c.log.Debug("xds response", "type", shortType(t), "nonce", u.nonce, "version", u.version, "resources", len(u.raw), "removed", len(u.removed))
+	if err := c.decode(u); err != nil {
+		return c.reject(s, u, err)
 	}
 	c.filterSubscribed(u)
 	c.supersedeHeld(u)
-	cand := c.accepted.with(u)
-	res, err := translate.Translate(cand.translateInput())
-	if err == nil {
-		err = c.apply(res, c.initialSynced(t))
-	}
-	if err != nil {
+	undo := c.accepted.apply(u)
+	if err := c.translateAndApply(c.initialSynced(t), u); err != nil {
+		undo()
 		if c.opts.Mode == ModeDelta {
 			c.hold(u)
 		}
@@ -360,12 +382,78 @@ func (c *Client) handle(s stream, u *update) error {
 	if err := s.ack(u, c.subs[t]); err != nil {
 		return fmt.Errorf("ack %s: %w", shortType(t), err)
 	}
-	c.accepted = cand
 	c.seen[t] = true
 	c.versions[t] = u.version
-	c.recordAccepted(t, u.version, res)
 	c.retryHeld()
-	return c.resubscribe(s)
+	if err := c.resubscribe(s); err != nil {
+		return err
+	}
+	if c.clustersReady() {
+		return c.requestListeners(s)
+	}
+	return nil
+}
+
+// translateAndApply translates the accepted set, just changed by changes,
+// and applies the result. The translator is told exactly what changed since
+// its last input; if the state is refused after translation, the changes
+// are marked so the translator hears of them when they are undone.
+func (c *Client) translateAndApply(synced bool, changes ...*update) error {
+	for _, u := range changes {
+		c.markDirty(u)
+	}
+	var hint *translate.Hint
+	if !c.dirtyAll {
+		hint = &translate.Hint{
+			Listeners: keys(c.dirty[resourcev3.ListenerType]),
+			Clusters:  keys(c.dirty[resourcev3.ClusterType]),
+			Endpoints: keys(c.dirty[resourcev3.EndpointType]),
+		}
+	}
+	res, err := c.translator.TranslateHint(c.accepted.translateInput(), hint)
+	if err != nil {
+		// The translator kept its last input and the changes will be
+		// undone; their marks stay, which is harmless: a marked name that
+		// did not change is found unchanged.
+		return err
+	}
+	clear(c.dirty)
+	c.dirtyAll = false
+	if err := c.apply(res, synced); err != nil {
+		// The translator saw the changes, which will be undone.
+		for _, u := range changes {
+			c.markDirty(u)
+		}
+		return err
+	}
+	c.recordAccepted(res)
+	return nil
+}
+
+func (c *Client) markDirty(u *update) {
+	if u.full {
+		c.dirtyAll = true
+		return
+	}
+	m := c.dirty[u.typeURL]
+	if m == nil {
+		m = map[string]bool{}
+		c.dirty[u.typeURL] = m
+	}
+	for name := range u.upserts {
+		m[name] = true
+	}
+	for _, name := range u.removed {
+		m[name] = true
+	}
+}
+
+func keys(m map[string]bool) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
 }
 
 // initialSynced reports whether listeners and clusters will both have been
@@ -403,6 +491,94 @@ func (c *Client) apply(res translate.Result, synced bool) error {
 	return nil
 }
 
+// decode unpacks the resources of u. A resource the client already holds
+// unchanged — same version (Delta) or same encoding (SotW, which resends
+// everything) — keeps its message, so translation sees it as unchanged.
+// Large responses are decoded on all cores.
+func (c *Client) decode(u *update) error {
+	if c.opts.Mode == ModeSotW {
+		c.accepted.nameByHash(u.typeURL, [sha256.Size]byte{}) // build the index before sharing it
+	}
+	out := make([]decoded, len(u.raw))
+	parallel(len(u.raw), func(lo, hi int) {
+		for i := lo; i < hi; i++ {
+			out[i] = c.decodeOne(u, u.raw[i])
+		}
+	})
+	u.upserts = make(map[string]resource, len(u.raw))
+	for _, d := range out {
+		if d.err != nil {
+			return d.err
+		}
+		u.upserts[d.name] = d.res
+	}
+	return nil
+}
+
+type decoded struct {
+	name string
+	res  resource
+	err  error
+}
+
+// decodeOne decodes one resource of u. It only reads the client's state,
+// so calls may run concurrently.
+func (c *Client) decodeOne(u *update, raw rawResource) decoded {
+	t := u.typeURL
+	if raw.name != "" {
+		if prev, ok := c.held[t].get(raw.name); ok && prev.version == raw.version {
+			return decoded{name: raw.name, res: prev}
+		}
+		if prev, ok := c.accepted.get(t, raw.name); ok && raw.version != "" && prev.version == raw.version {
+			return decoded{name: raw.name, res: prev}
+		}
+	}
+	var sum [sha256.Size]byte
+	if c.opts.Mode == ModeSotW {
+		sum = sha256.Sum256(raw.any.GetValue())
+		if name, ok := c.accepted.nameByHash(t, sum); ok && raw.any.GetTypeUrl() == t {
+			prev, _ := c.accepted.get(t, name)
+			prev.version = u.version
+			return decoded{name: name, res: prev}
+		}
+	}
+	name, msg, err := decode(t, raw.any)
+	if err != nil {
+		if raw.name != "" {
+			name = raw.name
+		}
+		return decoded{err: fmt.Errorf("%s resource %q: %w", shortType(t), name, err)}
+	}
+	if raw.name != "" && name != raw.name {
+		return decoded{err: fmt.Errorf("%s resource sent as %q is named %q", shortType(t), raw.name, name)}
+	}
+	version := raw.version
+	if raw.name == "" {
+		version = u.version
+	}
+	return decoded{name: name, res: resource{version: version, sum: sum, msg: msg}}
+}
+
+// parallel runs work over [0, n) in one chunk per core when n is large.
+func parallel(n int, work func(lo, hi int)) {
+	workers := runtime.GOMAXPROCS(0)
+	if n < 256 || workers < 2 {
+		work(0, n)
+		return
+	}
+	var wg sync.WaitGroup
+	chunk := (n + workers - 1) / workers
+	for lo := 0; lo < n; lo += chunk {
+		hi := min(lo+chunk, n)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			work(lo, hi)
+		}()
+	}
+	wg.Wait()
+}
+
 // filterSubscribed drops resources of named types that are not (or no
 // longer) subscribed, as Envoy ignores them.
 func (c *Client) filterSubscribed(u *update) {
@@ -437,6 +613,15 @@ func (c *Client) hold(u *update) {
 	}
 }
 
+// get returns a held upsert; it is safe on a nil update.
+func (u *update) get(name string) (resource, bool) {
+	if u == nil {
+		return resource{}, false
+	}
+	r, ok := u.upserts[name]
+	return r, ok
+}
+
 // supersedeHeld forgets held changes to resources that u changes again.
 func (c *Client) supersedeHeld(u *update) {
 	h := c.held[u.typeURL]
@@ -469,22 +654,23 @@ func (c *Client) retryHeld() {
 	if len(c.held) == 0 {
 		return
 	}
-	cand := c.accepted
-	for _, h := range c.held {
-		cand = cand.with(h)
+	var undos []func()
+	var changes []*update
+	for _, t := range subscribedTypes {
+		if h := c.held[t]; h != nil {
+			undos = append(undos, c.accepted.apply(h))
+			changes = append(changes, h)
+		}
 	}
-	res, err := translate.Translate(cand.translateInput())
-	if err == nil {
-		err = c.apply(res, c.initialSynced(""))
-	}
-	if err != nil {
+	if err := c.translateAndApply(c.initialSynced(""), changes...); err != nil {
+		for i := len(undos) - 1; i >= 0; i-- {
+			undos[i]()
+		}
 		c.log.Debug("xds: held changes still not applicable", "err", err, "held", len(c.held))
 		return
 	}
 	c.log.Info("xds: changes of an earlier rejected response are now applied")
-	c.accepted = cand
 	clear(c.held)
-	c.recordAccepted("", "", res)
 }
 
 // serverView is what the server believes this client holds: the accepted
@@ -531,32 +717,23 @@ func (c *Client) finishWarming() {
 	if !c.pending || !c.initialSynced("") {
 		return
 	}
-	res, err := translate.Translate(c.accepted.translateInput())
-	if err == nil {
-		err = c.opts.Applier.Apply(res.State)
-	}
-	if err != nil {
+	if err := c.translateAndApply(true); err != nil {
 		c.log.Error("xds: applying after warming timeout failed; previous state kept", "err", err)
 		return
 	}
-	c.lastApplied = &res.State
-	c.pending = false
-	c.log.Warn("xds: applied without resources that never arrived", "missing", res.Missing, "waited", c.opts.WarmingTimeout)
-	c.recordAccepted("", "", res)
+	c.log.Warn("xds: applied without resources that never arrived", "missing", c.Status().Missing, "waited", c.opts.WarmingTimeout)
 }
 
-func (c *Client) recordAccepted(typeURL, version string, res translate.Result) {
+func (c *Client) recordAccepted(res translate.Result) {
 	applied, now := !c.pending, time.Now()
 	c.updateStatus(func(st *Status) {
-		if typeURL != "" {
-			if st.Versions == nil {
-				st.Versions = map[string]string{}
-			}
-			st.Versions[shortType(typeURL)] = version
+		st.Versions = map[string]string{}
+		for t, v := range c.versions {
+			st.Versions[shortType(t)] = v
 		}
 		st.Resources = map[string]int{}
-		for t, m := range c.accepted {
-			st.Resources[shortType(t)] = len(m)
+		for t := range c.accepted {
+			st.Resources[shortType(t)] = c.accepted.count(t)
 		}
 		st.Warming = !applied
 		st.Missing = res.Missing
@@ -569,18 +746,58 @@ func (c *Client) recordAccepted(typeURL, version string, res translate.Result) {
 	})
 }
 
+// listenersAfter bounds how long listeners wait for clusters and their
+// assignments at start.
+const listenersAfter = time.Second
+
+// requestListeners subscribes to listeners if that has not happened on
+// this stream yet.
+func (c *Client) requestListeners(s stream) error {
+	if c.listenersRequested {
+		return nil
+	}
+	c.listenersRequested = true
+	t := resourcev3.ListenerType
+	if err := s.subscribe(t, true, nil, c.serverView().names(t), c.versions[t]); err != nil {
+		return fmt.Errorf("subscribe %s: %w", shortType(t), err)
+	}
+	return nil
+}
+
+// clustersReady reports whether clusters were accepted and every
+// assignment they need has arrived.
+func (c *Client) clustersReady() bool {
+	if !c.seen[resourcev3.ClusterType] {
+		return false
+	}
+	for _, name := range c.subs[resourcev3.EndpointType] {
+		if _, ok := c.accepted.get(resourcev3.EndpointType, name); !ok {
+			return false
+		}
+	}
+	return true
+}
+
 // resubscribe follows the clusters and listeners: assignments are
 // subscribed by the names EDS clusters use, route configurations by the
 // names listeners use. Resources no longer subscribed are dropped.
 func (c *Client) resubscribe(s stream) error {
-	in := c.accepted.translateInput()
-	want := map[string][]string{
-		resourcev3.EndpointType: translate.EDSNames(in),
-		resourcev3.RouteType:    translate.RDSNames(in),
-	}
+	// Assignment names follow the clusters, route names the listeners;
+	// they are recomputed only when those changed.
+	from := map[string]string{resourcev3.EndpointType: resourcev3.ClusterType, resourcev3.RouteType: resourcev3.ListenerType}
 	for _, t := range []string{resourcev3.EndpointType, resourcev3.RouteType} {
+		src := c.accepted[from[t]]
+		if src == nil || c.namesGen[t] == src.gen+1 {
+			continue
+		}
+		c.namesGen[t] = src.gen + 1 // +1: zero means never computed
+		var names []string
+		if t == resourcev3.EndpointType {
+			names = translate.EDSNames(c.accepted.translateInput())
+		} else {
+			names = translate.RDSNames(c.accepted.translateInput())
+		}
 		have := c.subs[t]
-		names := want[t]
 		if slices.Equal(have, names) {
 			continue
 		}
@@ -600,7 +817,9 @@ func (c *Client) resubscribe(s stream) error {
 			c.subSet[t][name] = true
 		}
 		if len(removed) > 0 {
-			c.accepted = c.accepted.with(&update{typeURL: t, removed: removed})
+			dropped := &update{typeURL: t, removed: removed}
+			c.accepted.apply(dropped)
+			c.markDirty(dropped)
 		}
 	}
 	return nil

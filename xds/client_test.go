@@ -7,11 +7,13 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 
 	"github.com/sluice-mesh/sluice/xds"
 )
@@ -236,7 +238,8 @@ func TestWarmingWaitsForAssignments(t *testing.T) {
 			cp.set("1", partial)
 			rec := &recorder{}
 			c := startClient(t, cp.addr, mode, rec, func(o *xds.Options) { o.WarmingTimeout = 300 * time.Millisecond })
-			waitFor(t, "warming", func() bool { return c.Status().Warming })
+			// Listeners come at most a second later (no assignments to wait for).
+			waitFor(t, "warming on missing assignments", func() bool { st := c.Status(); return st.Warming && len(st.Missing) > 0 })
 			if _, n := rec.last(); n != 0 {
 				t.Fatal("applied a state while its assignments were missing")
 			}
@@ -289,4 +292,23 @@ func bigMesh(services, endpoints int) mesh {
 		m.services[i] = s
 	}
 	return m
+}
+
+// The client requests clusters first, then their assignments, and
+// listeners only once those are in, as Envoy does at start.
+func TestRequestOrder(t *testing.T) {
+	for _, mode := range modes {
+		t.Run(string(mode), func(t *testing.T) {
+			cp := newControlPlane(t)
+			v1 := mesh{services: []svc{webV1, db}}
+			cp.set("1", v1)
+			rec := &recorder{}
+			startClient(t, cp.addr, mode, rec)
+			waitApplied(t, rec, v1.summary())
+			want := []string{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.ListenerType}
+			if got := cp.requestOrder(); !slices.Equal(got, want) {
+				t.Errorf("first requests by type: %v, want %v", got, want)
+			}
+		})
+	}
 }

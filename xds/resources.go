@@ -1,6 +1,7 @@
 package xds
 
 import (
+	"crypto/sha256"
 	"fmt"
 	"maps"
 
@@ -45,72 +46,192 @@ func shortType(typeURL string) string {
 	return typeURL
 }
 
-// resource is one accepted resource with the version the server gave it
-// (Delta) or the version of the response that carried it (SotW).
+// resource is one decoded resource with the version the server gave it
+// (Delta) or the version of the response that carried it (SotW), and the
+// hash of its encoding.
 type resource struct {
 	version string
+	sum     [sha256.Size]byte
 	msg     proto.Message
 }
 
-// resourceSet holds accepted resources by type URL, then by name. It is
-// copied before a response is applied, so a rejected response leaves it
-// unchanged.
-type resourceSet map[string]map[string]resource
+// typeSet holds the resources of one type by name, with views of them
+// (typed map, hash index) kept in step as it changes.
+type typeSet struct {
+	items    map[string]resource
+	gen      uint64                      // changes with every change of items
+	typed    any                         // map[string]*<message> for translation, built on first use
+	typedPut func(string, proto.Message) // keeps typed in step
+	typedDel func(string)
+	byHash   map[[sha256.Size]byte]string // encoding hash → name, built on first use
+}
 
-// with returns a copy of s with u's changes. Only the changed type's map is
-// copied; the others are shared, as sets are never modified in place.
-func (s resourceSet) with(u *update) resourceSet {
-	out := maps.Clone(s)
-	if out == nil {
-		out = resourceSet{}
+func (ts *typeSet) put(name string, r resource) {
+	if old, ok := ts.items[name]; ok && ts.byHash != nil && ts.byHash[old.sum] == name {
+		delete(ts.byHash, old.sum)
 	}
-	var m map[string]resource
-	if u.full {
-		m = make(map[string]resource, len(u.upserts))
-	} else {
-		m = maps.Clone(s[u.typeURL])
-		if m == nil {
-			m = make(map[string]resource, len(u.upserts))
+	ts.items[name] = r
+	if ts.byHash != nil {
+		ts.byHash[r.sum] = name
+	}
+	if ts.typedPut != nil {
+		ts.typedPut(name, r.msg)
+	}
+}
+
+func (ts *typeSet) del(name string) {
+	old, ok := ts.items[name]
+	if !ok {
+		return
+	}
+	if ts.byHash != nil && ts.byHash[old.sum] == name {
+		delete(ts.byHash, old.sum)
+	}
+	delete(ts.items, name)
+	if ts.typedDel != nil {
+		ts.typedDel(name)
+	}
+}
+
+// resourceSet holds resources by type URL.
+type resourceSet map[string]*typeSet
+
+// apply makes u's changes in place and returns what undoes them. Its cost
+// follows the size of u, except for a response that replaces a whole type.
+func (s resourceSet) apply(u *update) (undo func()) {
+	t := u.typeURL
+	old := s[t]
+	if u.full || old == nil {
+		ts := &typeSet{items: make(map[string]resource, len(u.upserts))}
+		for name, r := range u.upserts {
+			ts.items[name] = r
+		}
+		if old != nil {
+			ts.gen = old.gen + 1
+		}
+		s[t] = ts
+		return func() {
+			if old == nil {
+				delete(s, t)
+			} else {
+				s[t] = old
+			}
 		}
 	}
-	maps.Copy(m, u.upserts)
-	for _, name := range u.removed {
-		delete(m, name)
+	type saved struct {
+		name string
+		r    resource
+		had  bool
 	}
-	out[u.typeURL] = m
+	var log []saved
+	for name, r := range u.upserts {
+		prev, had := old.items[name]
+		log = append(log, saved{name, prev, had})
+		old.put(name, r)
+	}
+	for _, name := range u.removed {
+		if prev, had := old.items[name]; had {
+			log = append(log, saved{name, prev, true})
+			old.del(name)
+		}
+	}
+	old.gen++
+	return func() {
+		for i := len(log) - 1; i >= 0; i-- {
+			if log[i].had {
+				old.put(log[i].name, log[i].r)
+			} else {
+				old.del(log[i].name)
+			}
+		}
+		old.gen++
+	}
+}
+
+// with returns a copy of s with u's changes, leaving s as it is.
+func (s resourceSet) with(u *update) resourceSet {
+	out := make(resourceSet, len(s))
+	for t, ts := range s {
+		if t == u.typeURL {
+			ts = &typeSet{items: maps.Clone(ts.items), gen: ts.gen}
+		}
+		out[t] = ts
+	}
+	out.apply(u)
 	return out
 }
 
-// names returns the names held for a type.
+func (s resourceSet) get(typeURL, name string) (resource, bool) {
+	ts := s[typeURL]
+	if ts == nil {
+		return resource{}, false
+	}
+	r, ok := ts.items[name]
+	return r, ok
+}
+
+// names returns the names held for a type with their versions.
 func (s resourceSet) names(typeURL string) map[string]string {
-	out := make(map[string]string, len(s[typeURL]))
-	for name, r := range s[typeURL] {
+	ts := s[typeURL]
+	if ts == nil {
+		return nil
+	}
+	out := make(map[string]string, len(ts.items))
+	for name, r := range ts.items {
 		out[name] = r.version
 	}
 	return out
 }
 
-// translateInput views the set as translation input.
+func (s resourceSet) count(typeURL string) int {
+	if ts := s[typeURL]; ts != nil {
+		return len(ts.items)
+	}
+	return 0
+}
+
+// nameByHash finds a held resource by the hash of its encoding.
+func (s resourceSet) nameByHash(typeURL string, sum [sha256.Size]byte) (string, bool) {
+	ts := s[typeURL]
+	if ts == nil {
+		return "", false
+	}
+	if ts.byHash == nil {
+		ts.byHash = make(map[[sha256.Size]byte]string, len(ts.items))
+		for name, r := range ts.items {
+			ts.byHash[r.sum] = name
+		}
+	}
+	name, ok := ts.byHash[sum]
+	return name, ok
+}
+
+// translateInput views the set as translation input. Typed maps are cached
+// per type, so only changed types are rebuilt.
 func (s resourceSet) translateInput() translate.Resources {
-	r := translate.Resources{
-		Listeners: make(map[string]*listenerv3.Listener, len(s[resourcev3.ListenerType])),
-		Clusters:  make(map[string]*clusterv3.Cluster, len(s[resourcev3.ClusterType])),
-		Endpoints: make(map[string]*endpointv3.ClusterLoadAssignment, len(s[resourcev3.EndpointType])),
-		Routes:    make(map[string]*routev3.RouteConfiguration, len(s[resourcev3.RouteType])),
+	return translate.Resources{
+		Listeners: typed[*listenerv3.Listener](s[resourcev3.ListenerType]),
+		Clusters:  typed[*clusterv3.Cluster](s[resourcev3.ClusterType]),
+		Endpoints: typed[*endpointv3.ClusterLoadAssignment](s[resourcev3.EndpointType]),
+		Routes:    typed[*routev3.RouteConfiguration](s[resourcev3.RouteType]),
 	}
-	for name, res := range s[resourcev3.ListenerType] {
-		r.Listeners[name] = res.msg.(*listenerv3.Listener)
+}
+
+func typed[M proto.Message](ts *typeSet) map[string]M {
+	if ts == nil {
+		return nil
 	}
-	for name, res := range s[resourcev3.ClusterType] {
-		r.Clusters[name] = res.msg.(*clusterv3.Cluster)
+	if m, ok := ts.typed.(map[string]M); ok {
+		return m
 	}
-	for name, res := range s[resourcev3.EndpointType] {
-		r.Endpoints[name] = res.msg.(*endpointv3.ClusterLoadAssignment)
+	m := make(map[string]M, len(ts.items))
+	for name, r := range ts.items {
+		m[name] = r.msg.(M)
 	}
-	for name, res := range s[resourcev3.RouteType] {
-		r.Routes[name] = res.msg.(*routev3.RouteConfiguration)
-	}
-	return r
+	ts.typed = m
+	ts.typedPut = func(name string, msg proto.Message) { m[name] = msg.(M) }
+	ts.typedDel = func(name string) { delete(m, name) }
+	return m
 }
 
 // decode unpacks one resource of the expected type and returns its name.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -41,6 +42,7 @@ type controlPlane struct {
 	mu        sync.Mutex
 	nacks     []string // error_detail messages
 	responses int      // responses sent
+	requested []string // types in the order of their first request
 }
 
 type anyNode struct{}
@@ -65,11 +67,11 @@ func (cp *controlPlane) start(addr string) {
 	cp.addr = lis.Addr().String()
 	cb := serverv3.CallbackFuncs{
 		StreamRequestFunc: func(_ int64, r *discoverygrpc.DiscoveryRequest) error {
-			cp.recordNACK(r.GetErrorDetail().GetMessage())
+			cp.recordRequest(r.GetTypeUrl(), r.GetErrorDetail().GetMessage())
 			return nil
 		},
 		StreamDeltaRequestFunc: func(_ int64, r *discoverygrpc.DeltaDiscoveryRequest) error {
-			cp.recordNACK(r.GetErrorDetail().GetMessage())
+			cp.recordRequest(r.GetTypeUrl(), r.GetErrorDetail().GetMessage())
 			return nil
 		},
 		StreamResponseFunc: func(context.Context, int64, *discoverygrpc.DiscoveryRequest, *discoverygrpc.DiscoveryResponse) {
@@ -103,13 +105,21 @@ func (cp *controlPlane) restart() {
 	cp.start(cp.addr)
 }
 
-func (cp *controlPlane) recordNACK(msg string) {
-	if msg == "" {
-		return
-	}
+func (cp *controlPlane) recordRequest(typeURL, nack string) {
 	cp.mu.Lock()
-	cp.nacks = append(cp.nacks, msg)
-	cp.mu.Unlock()
+	defer cp.mu.Unlock()
+	if !slices.Contains(cp.requested, typeURL) {
+		cp.requested = append(cp.requested, typeURL)
+	}
+	if nack != "" {
+		cp.nacks = append(cp.nacks, nack)
+	}
+}
+
+func (cp *controlPlane) requestOrder() []string {
+	cp.mu.Lock()
+	defer cp.mu.Unlock()
+	return slices.Clone(cp.requested)
 }
 
 func (cp *controlPlane) countResponse() {

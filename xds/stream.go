@@ -2,7 +2,6 @@ package xds
 
 import (
 	"context"
-	"fmt"
 	"slices"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -13,15 +12,23 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 )
 
-// update is one response of either protocol, decoded.
+// update is one response of either protocol. The client decodes raw into
+// upserts, reusing the messages of resources it already holds unchanged.
 type update struct {
 	typeURL string
 	nonce   string
-	version string              // SotW version_info; Delta system_version_info
-	full    bool                // the response replaces every resource of its type
+	version string // SotW version_info; Delta system_version_info
+	full    bool   // the response replaces every resource of its type
+	raw     []rawResource
 	upserts map[string]resource // by name
 	removed []string
-	err     error // a resource could not be decoded
+}
+
+// rawResource is a resource as received.
+type rawResource struct {
+	name    string // Delta only; SotW names are inside the resource
+	version string // Delta only
+	any     *anypb.Any
 }
 
 // stream is one ADS stream in either protocol. Its methods are called from
@@ -40,23 +47,6 @@ type stream interface {
 
 func errorDetail(err error) *status.Status {
 	return &status.Status{Code: int32(codes.InvalidArgument), Message: err.Error()}
-}
-
-// decodeInto decodes one resource into upserts. name is the name the
-// response gave it (Delta) or empty (SotW).
-func decodeInto(typeURL string, upserts map[string]resource, name, version string, a *anypb.Any) error {
-	n, msg, err := decode(typeURL, a)
-	if err != nil {
-		if name == "" {
-			name = n
-		}
-		return fmt.Errorf("%s resource %q: %w", shortType(typeURL), name, err)
-	}
-	if name != "" && n != name {
-		return fmt.Errorf("%s resource named %q holds %q", shortType(typeURL), name, n)
-	}
-	upserts[n] = resource{version: version, msg: msg}
-	return nil
 }
 
 // sotwStream speaks State-of-the-World ADS.
@@ -105,14 +95,11 @@ func (s *sotwStream) recv() (*update, error) {
 		nonce:   resp.GetNonce(),
 		version: resp.GetVersionInfo(),
 		full:    wildcardType(resp.GetTypeUrl()),
-		upserts: make(map[string]resource, len(resp.GetResources())),
+		raw:     make([]rawResource, len(resp.GetResources())),
 	}
 	s.nonces[u.typeURL] = u.nonce
-	for _, a := range resp.GetResources() {
-		if err := decodeInto(u.typeURL, u.upserts, "", u.version, a); err != nil {
-			u.err = err
-			break
-		}
+	for i, a := range resp.GetResources() {
+		u.raw[i] = rawResource{any: a}
 	}
 	return u, nil
 }
@@ -174,14 +161,11 @@ func (s *deltaStream) recv() (*update, error) {
 		typeURL: resp.GetTypeUrl(),
 		nonce:   resp.GetNonce(),
 		version: resp.GetSystemVersionInfo(),
-		upserts: make(map[string]resource, len(resp.GetResources())),
+		raw:     make([]rawResource, len(resp.GetResources())),
 		removed: slices.Clone(resp.GetRemovedResources()),
 	}
-	for _, r := range resp.GetResources() {
-		if err := decodeInto(u.typeURL, u.upserts, r.GetName(), r.GetVersion(), r.GetResource()); err != nil {
-			u.err = err
-			break
-		}
+	for i, r := range resp.GetResources() {
+		u.raw[i] = rawResource{name: r.GetName(), version: r.GetVersion(), any: r.GetResource()}
 	}
 	return u, nil
 }

@@ -196,6 +196,10 @@ func endpointsEqual(a, b []Endpoint) bool {
 }
 
 // Equal reports whether two states hold equal services in the same order.
+// States sharing their Services slice compare in constant time.
 func (s State) Equal(o State) bool {
+	if len(s.Services) == len(o.Services) && (len(s.Services) == 0 || &s.Services[0] == &o.Services[0]) {
+		return true
+	}
 	return slices.EqualFunc(s.Services, o.Services, func(a, b Service) bool { return a.Equal(&b) })
 }

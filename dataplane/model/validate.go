@@ -68,9 +68,13 @@ func ValidateService(i int, svc *Service) error {
 		splitNames[sp.Name] = true
 	}
 	for _, pool := range svc.Pools() {
-		where := Label(i, svc)
-		if len(svc.Splits) > 0 {
-			where += fmt.Sprintf(" split %q", pool.Name)
+		// Named only on error: most states are valid, and formatting every
+		// service's name would cost more than checking it.
+		where := func() string {
+			if len(svc.Splits) > 0 {
+				return Label(i, svc) + fmt.Sprintf(" split %q", pool.Name)
+			}
+			return Label(i, svc)
 		}
 		if err := validateEndpoints(where, svc.VIP, pool.Endpoints); err != nil {
 			return err
@@ -79,14 +83,21 @@ func ValidateService(i int, svc *Service) error {
 	return nil
 }
 
-func validateEndpoints(where string, vip netip.Addr, eps []Endpoint) error {
-	seen := make(map[netip.AddrPort]int, len(eps))
+// smallPool is the size up to which duplicate endpoints are found by
+// comparing pairs rather than with a map.
+const smallPool = 16
+
+func validateEndpoints(where func() string, vip netip.Addr, eps []Endpoint) error {
+	var seen map[netip.AddrPort]int
+	if len(eps) > smallPool {
+		seen = make(map[netip.AddrPort]int, len(eps))
+	}
 	for j := range eps {
 		ep := &eps[j]
 		ap := netip.AddrPortFrom(ep.Addr, ep.Port)
 		bad := func(reason string) error {
 			return &EntryError{
-				Entry:  fmt.Sprintf("%s endpoint %d (%s)", where, j, ap),
+				Entry:  fmt.Sprintf("%s endpoint %d (%s)", where(), j, ap),
 				Reason: reason,
 				Class:  ErrInvalidState,
 			}
@@ -106,6 +117,14 @@ func validateEndpoints(where string, vip netip.Addr, eps []Endpoint) error {
 			return bad("port 0")
 		case ep.Health > HealthDraining:
 			return bad("unknown health " + ep.Health.String())
+		}
+		if seen == nil {
+			for k := range j {
+				if eps[k].Addr == ep.Addr && eps[k].Port == ep.Port {
+					return bad(fmt.Sprintf("duplicate of endpoint %d", k))
+				}
+			}
+			continue
 		}
 		if k, dup := seen[ap]; dup {
 			return bad(fmt.Sprintf("duplicate of endpoint %d", k))

@@ -2,6 +2,7 @@ package model_test
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
@@ -87,6 +88,24 @@ func TestServiceEqual(t *testing.T) {
 	} {
 		if got := base.Equal(&tc.o); got != tc.want {
 			t.Errorf("%s: Equal = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
+
+// Duplicate endpoints are found in small pools (pairwise) and large ones
+// (with a map) alike.
+func TestValidateDuplicateEndpoints(t *testing.T) {
+	for _, n := range []int{3, 40} {
+		var eps []model.Endpoint
+		for i := range n {
+			eps = append(eps, model.Endpoint{Addr: netip.AddrFrom4([4]byte{10, 1, 0, byte(i + 1)}), Port: 80})
+		}
+		eps = append(eps, eps[1])
+		s := model.State{Services: []model.Service{{Name: "web", VIP: netip.MustParseAddr("10.96.0.1"), Port: 80, Protocol: model.TCP, Endpoints: eps}}}
+		err := s.Validate()
+		want := fmt.Sprintf("endpoint %d (10.1.0.2:80): duplicate of endpoint 1", n)
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%d endpoints: err = %v, want it to contain %q", n+1, err, want)
 		}
 	}
 }
