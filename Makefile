@@ -31,6 +31,10 @@ test: check-generate vet
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 2000x -count 5 ./dataplane/
+	$(GO) test -run '^$$' -bench 'XDSEndpointChange10k' -benchtime 300x ./e2e/
+	$(GO) test -run '^$$' -bench 'XDSFullSync10k' -benchtime 5x ./e2e/
+	$(GO) test -run '^$$' -bench 'AgentRSS10k' -benchtime 2x ./e2e/
+	$(GO) test -run '^$$' -bench 'Translat' -benchtime 20x ./xds/translate/
 
 demo: build
 	./$(BIN) demo --mesh examples/mesh.yaml
