@@ -15,6 +15,7 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 
+	"github.com/sluice-mesh/sluice/dataplane/model"
 	"github.com/sluice-mesh/sluice/xds"
 )
 
@@ -310,5 +311,25 @@ func TestRequestOrder(t *testing.T) {
 				t.Errorf("first requests by type: %v, want %v", got, want)
 			}
 		})
+	}
+}
+
+// The node the control plane sees carries the identity given to the client.
+func TestNodeIdentity(t *testing.T) {
+	cp := newControlPlane(t)
+	v1 := mesh{services: []svc{webV1}}
+	cp.set("1", v1)
+	rec := &recorder{}
+	startClient(t, cp.addr, xds.ModeDelta, rec, func(o *xds.Options) {
+		o.Node = xds.NodeInfo{ID: "agent-7", Cluster: "prod", NodeName: "node-7", Version: "v1.2.3",
+			Locality: model.Locality{Region: "eu", Zone: "eu-1a", SubZone: "rack4"}}
+	})
+	waitApplied(t, rec, v1.summary())
+	n := cp.firstNode()
+	md := n.GetMetadata().GetFields()
+	if n.GetId() != "agent-7" || n.GetCluster() != "prod" || n.GetUserAgentName() != "sluice" || n.GetUserAgentVersion() != "v1.2.3" ||
+		n.GetLocality().GetRegion() != "eu" || n.GetLocality().GetZone() != "eu-1a" || n.GetLocality().GetSubZone() != "rack4" ||
+		md["node_name"].GetStringValue() != "node-7" || md["agent_version"].GetStringValue() != "v1.2.3" {
+		t.Errorf("node seen by the control plane: %v", n)
 	}
 }

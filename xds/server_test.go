@@ -40,9 +40,10 @@ type controlPlane struct {
 	opts  []grpc.ServerOption // e.g. TLS credentials
 
 	mu        sync.Mutex
-	nacks     []string // error_detail messages
-	responses int      // responses sent
-	requested []string // types in the order of their first request
+	nacks     []string     // error_detail messages
+	responses int          // responses sent
+	requested []string     // types in the order of their first request
+	node      *corev3.Node // the node of the first request
 }
 
 type anyNode struct{}
@@ -67,11 +68,11 @@ func (cp *controlPlane) start(addr string) {
 	cp.addr = lis.Addr().String()
 	cb := serverv3.CallbackFuncs{
 		StreamRequestFunc: func(_ int64, r *discoverygrpc.DiscoveryRequest) error {
-			cp.recordRequest(r.GetTypeUrl(), r.GetErrorDetail().GetMessage())
+			cp.recordRequest(r.GetNode(), r.GetTypeUrl(), r.GetErrorDetail().GetMessage())
 			return nil
 		},
 		StreamDeltaRequestFunc: func(_ int64, r *discoverygrpc.DeltaDiscoveryRequest) error {
-			cp.recordRequest(r.GetTypeUrl(), r.GetErrorDetail().GetMessage())
+			cp.recordRequest(r.GetNode(), r.GetTypeUrl(), r.GetErrorDetail().GetMessage())
 			return nil
 		},
 		StreamResponseFunc: func(context.Context, int64, *discoverygrpc.DiscoveryRequest, *discoverygrpc.DiscoveryResponse) {
@@ -105,15 +106,24 @@ func (cp *controlPlane) restart() {
 	cp.start(cp.addr)
 }
 
-func (cp *controlPlane) recordRequest(typeURL, nack string) {
+func (cp *controlPlane) recordRequest(node *corev3.Node, typeURL, nack string) {
 	cp.mu.Lock()
 	defer cp.mu.Unlock()
+	if cp.node == nil && node != nil {
+		cp.node = node
+	}
 	if !slices.Contains(cp.requested, typeURL) {
 		cp.requested = append(cp.requested, typeURL)
 	}
 	if nack != "" {
 		cp.nacks = append(cp.nacks, nack)
 	}
+}
+
+func (cp *controlPlane) firstNode() *corev3.Node {
+	cp.mu.Lock()
+	defer cp.mu.Unlock()
+	return cp.node
 }
 
 func (cp *controlPlane) requestOrder() []string {
