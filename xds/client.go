@@ -372,7 +372,8 @@ func (c *Client) handle(s stream, u *update) error {
 	c.filterSubscribed(u)
 	c.supersedeHeld(u)
 	undo := c.accepted.apply(u)
-	if err := c.translateAndApply(c.initialSynced(t), u); err != nil {
+	res, err := c.translateAndApply(c.initialSynced(t), u)
+	if err != nil {
 		undo()
 		if c.opts.Mode == ModeDelta {
 			c.hold(u)
@@ -384,6 +385,7 @@ func (c *Client) handle(s stream, u *update) error {
 	}
 	c.seen[t] = true
 	c.versions[t] = u.version
+	c.recordAccepted(res)
 	c.retryHeld()
 	if err := c.resubscribe(s); err != nil {
 		return err
@@ -398,16 +400,16 @@ func (c *Client) handle(s stream, u *update) error {
 // and applies the result. The translator is told exactly what changed since
 // its last input; if the state is refused after translation, the changes
 // are marked so the translator hears of them when they are undone.
-func (c *Client) translateAndApply(synced bool, changes ...*update) error {
+func (c *Client) translateAndApply(synced bool, changes ...*update) (translate.Result, error) {
 	for _, u := range changes {
 		c.markDirty(u)
 	}
 	var hint *translate.Hint
 	if !c.dirtyAll {
 		hint = &translate.Hint{
-			Listeners: keys(c.dirty[resourcev3.ListenerType]),
-			Clusters:  keys(c.dirty[resourcev3.ClusterType]),
-			Endpoints: keys(c.dirty[resourcev3.EndpointType]),
+			Listeners: slices.Collect(maps.Keys(c.dirty[resourcev3.ListenerType])),
+			Clusters:  slices.Collect(maps.Keys(c.dirty[resourcev3.ClusterType])),
+			Endpoints: slices.Collect(maps.Keys(c.dirty[resourcev3.EndpointType])),
 		}
 	}
 	res, err := c.translator.TranslateHint(c.accepted.translateInput(), hint)
@@ -415,7 +417,7 @@ func (c *Client) translateAndApply(synced bool, changes ...*update) error {
 		// The translator kept its last input and the changes will be
 		// undone; their marks stay, which is harmless: a marked name that
 		// did not change is found unchanged.
-		return err
+		return res, err
 	}
 	clear(c.dirty)
 	c.dirtyAll = false
@@ -424,10 +426,9 @@ func (c *Client) translateAndApply(synced bool, changes ...*update) error {
 		for _, u := range changes {
 			c.markDirty(u)
 		}
-		return err
+		return res, err
 	}
-	c.recordAccepted(res)
-	return nil
+	return res, nil
 }
 
 func (c *Client) markDirty(u *update) {
@@ -446,14 +447,6 @@ func (c *Client) markDirty(u *update) {
 	for _, name := range u.removed {
 		m[name] = true
 	}
-}
-
-func keys(m map[string]bool) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	return out
 }
 
 // initialSynced reports whether listeners and clusters will both have been
@@ -662,7 +655,8 @@ func (c *Client) retryHeld() {
 			changes = append(changes, h)
 		}
 	}
-	if err := c.translateAndApply(c.initialSynced(""), changes...); err != nil {
+	res, err := c.translateAndApply(c.initialSynced(""), changes...)
+	if err != nil {
 		for i := len(undos) - 1; i >= 0; i-- {
 			undos[i]()
 		}
@@ -671,6 +665,7 @@ func (c *Client) retryHeld() {
 	}
 	c.log.Info("xds: changes of an earlier rejected response are now applied")
 	clear(c.held)
+	c.recordAccepted(res)
 }
 
 // serverView is what the server believes this client holds: the accepted
@@ -717,11 +712,13 @@ func (c *Client) finishWarming() {
 	if !c.pending || !c.initialSynced("") {
 		return
 	}
-	if err := c.translateAndApply(true); err != nil {
+	res, err := c.translateAndApply(true)
+	if err != nil {
 		c.log.Error("xds: applying after warming timeout failed; previous state kept", "err", err)
 		return
 	}
-	c.log.Warn("xds: applied without resources that never arrived", "missing", c.Status().Missing, "waited", c.opts.WarmingTimeout)
+	c.recordAccepted(res)
+	c.log.Warn("xds: applied without resources that never arrived", "missing", res.Missing, "waited", c.opts.WarmingTimeout)
 }
 
 func (c *Client) recordAccepted(res translate.Result) {

@@ -99,6 +99,9 @@ func TestSyncAddUpdateRemove(t *testing.T) {
 			if st.Resources["LDS"] != 2 || st.Resources["CDS"] != 2 || st.Resources["EDS"] != 2 {
 				t.Errorf("accepted resources %v, want 2 of each (removed ones dropped)", st.Resources)
 			}
+			if mode == xds.ModeSotW && (st.Versions["LDS"] != "2" || st.Versions["CDS"] != "2" || st.Versions["EDS"] != "2") {
+				t.Errorf("accepted versions %v, want 2 for each type", st.Versions)
+			}
 			if len(cp.nackMessages()) != 0 {
 				t.Errorf("server received NACKs: %v", cp.nackMessages())
 			}
