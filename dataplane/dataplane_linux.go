@@ -222,48 +222,55 @@ func (d *Dataplane) adoptState() error {
 	if cfg.ActiveGen > 1 {
 		return fmt.Errorf("%w: active generation %d out of range", ErrIncompatiblePins, cfg.ActiveGen)
 	}
-	cur, err := d.readGeneration(cfg.ActiveGen)
+	gens, err := d.readGenerations()
 	if err != nil {
 		return err
 	}
-	var strays int
+	var strays []serviceSlBeKey
 	d.active = cfg.ActiveGen
-	d.current, strays = adopt(cur)
+	d.current, strays = adopt(gens[d.active])
 	d.nextID = 1
 	for _, c := range d.current {
 		d.nextID = max(d.nextID, c.set.ID+1)
 	}
-	if strays > 0 {
-		d.log.Warn("dataplane: pinned backends owned by no service; they are removed", "count", strays)
-		d.mirrorDirty = true
+	if len(strays) > 0 {
+		// No service entry reaches them, so no program can read them.
+		if err := deleteAll(d.objs.SlBackends, d.active, strays); err != nil {
+			return fmt.Errorf("remove %d pinned backends no service owns: %w", len(strays), err)
+		}
+		d.log.Warn("dataplane: removed pinned backends no service owned", "count", len(strays))
 	}
-	return d.resyncInactive()
+	return d.syncStandby(gens[1-d.active])
 }
 
-func (d *Dataplane) readGeneration(gen uint32) (kernelEntries, error) {
-	services, err := readGen[serviceSlSvcKey, serviceSlSvcValue](d.objs.SlServices, gen)
+// readGenerations reads both generations, one pass over each map.
+func (d *Dataplane) readGenerations() ([2]kernelEntries, error) {
+	services, err := readGens[serviceSlSvcKey, serviceSlSvcValue](d.objs.SlServices)
 	if err != nil {
-		return kernelEntries{}, fmt.Errorf("read services: %w", err)
+		return [2]kernelEntries{}, fmt.Errorf("read services: %w", err)
 	}
-	backends, err := readGen[serviceSlBeKey, serviceSlBeValue](d.objs.SlBackends, gen)
+	backends, err := readGens[serviceSlBeKey, serviceSlBeValue](d.objs.SlBackends)
 	if err != nil {
-		return kernelEntries{}, fmt.Errorf("read backends: %w", err)
+		return [2]kernelEntries{}, fmt.Errorf("read backends: %w", err)
 	}
-	return kernelEntries{services: services, backends: backends}, nil
+	return [2]kernelEntries{
+		{services: services[0], backends: backends[0]},
+		{services: services[1], backends: backends[1]},
+	}, nil
 }
 
-// readGen returns the entries of generation gen in m, keyed with the
-// generation cleared.
-func readGen[K comparable, V any, PK genKey[K]](m *ebpf.Map, gen uint32) (map[K]V, error) {
-	out := make(map[K]V)
+// readGens returns the entries of m by generation, keyed with the
+// generation cleared. Entries of any other generation are ignored.
+func readGens[K comparable, V any, PK genKey[K]](m *ebpf.Map) ([2]map[K]V, error) {
+	out := [2]map[K]V{make(map[K]V), make(map[K]V)}
 	var k K
 	var v V
 	it := m.Iterate()
 	for it.Next(&k, &v) {
-		if PK(&k).gen() == gen {
+		if gen := PK(&k).gen(); gen < 2 {
 			key := k
 			PK(&key).setGen(0)
-			out[key] = v
+			out[gen][key] = v
 		}
 	}
 	return out, it.Err()
@@ -271,11 +278,17 @@ func readGen[K comparable, V any, PK genKey[K]](m *ebpf.Map, gen uint32) (map[K]
 
 // resyncInactive makes the inactive generation equal to the active one.
 func (d *Dataplane) resyncInactive() error {
-	inactive := 1 - d.active
-	got, err := d.readGeneration(inactive)
+	gens, err := d.readGenerations()
 	if err != nil {
 		return err
 	}
+	return d.syncStandby(gens[1-d.active])
+}
+
+// syncStandby writes into the inactive generation, which holds got, what
+// makes it equal to the active one.
+func (d *Dataplane) syncStandby(got kernelEntries) error {
+	inactive := 1 - d.active
 	if err := d.writeGeneration(inactive, diffEntries(got, flatten(d.current))); err != nil {
 		d.mirrorDirty = true
 		return fmt.Errorf("resync generation %d: %w", inactive, err)

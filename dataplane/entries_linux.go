@@ -14,22 +14,6 @@ type kernelEntries struct {
 	backends map[serviceSlBeKey]serviceSlBeValue
 }
 
-func (e kernelEntries) equal(o kernelEntries) bool {
-	return mapsEqual(e.services, o.services) && mapsEqual(e.backends, o.backends)
-}
-
-func mapsEqual[K, V comparable](a, b map[K]V) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if w, ok := b[k]; !ok || w != v {
-			return false
-		}
-	}
-	return true
-}
-
 // entriesDiff is what turns one generation's content into another's, as
 // entries to write and keys to delete, with the generation left zero.
 type entriesDiff struct {
@@ -158,22 +142,26 @@ func backendValue(be activeBackend) serviceSlBeValue {
 
 // adopt rebuilds the services in force from one generation's kernel
 // entries. They are marked unknown, so the next Apply recompiles them and
-// writes only what differs. strays counts backend entries no service owns.
-func adopt(e kernelEntries) (services map[model.ServiceKey]*compiled, strays int) {
+// writes only what differs. strays are backend entries no service owns.
+func adopt(e kernelEntries) (services map[model.ServiceKey]*compiled, strays []serviceSlBeKey) {
 	services = make(map[model.ServiceKey]*compiled, len(e.services))
-	owned := 0
+	owned := make(map[serviceSlBeKey]bool, len(e.backends))
 	for k, v := range e.services {
 		set := activeSet{ID: v.Id, TotalWeight: v.TotalWeight, Backends: make([]activeBackend, v.Count)}
 		for i := range set.Backends {
-			be, ok := e.backends[serviceSlBeKey{SvcId: v.Id, Index: uint32(i)}]
-			if ok {
-				owned++
-			}
+			bk := serviceSlBeKey{SvcId: v.Id, Index: uint32(i)}
+			be := e.backends[bk]
+			owned[bk] = true
 			set.Backends[i] = activeBackend{Addr: addrFromWords(be.Addr, be.Family), Port: ntohs(be.Port), CumWeight: be.CumWeight}
 		}
 		services[serviceKeyOf(k)] = &compiled{set: set}
 	}
-	return services, len(e.backends) - owned
+	for bk := range e.backends {
+		if !owned[bk] {
+			strays = append(strays, bk)
+		}
+	}
+	return services, strays
 }
 
 func svcKeyOf(k model.ServiceKey) serviceSlSvcKey {

@@ -3,6 +3,7 @@ package dataplane
 import (
 	"encoding/binary"
 	"net/netip"
+	"slices"
 	"testing"
 
 	"github.com/sluice-mesh/sluice/dataplane/model"
@@ -93,7 +94,33 @@ func TestDiffFollowsChanges(t *testing.T) {
 
 	// Adoption from kernel entries gives back the same entries.
 	adopted, strays := adopt(flatten(third))
-	if strays != 0 || !flatten(adopted).equal(flatten(third)) {
-		t.Errorf("adopt round trip: strays %d", strays)
+	if len(strays) != 0 || !flatten(adopted).equal(flatten(third)) {
+		t.Errorf("adopt round trip: strays %v", strays)
 	}
+	// A backend entry beyond a service's count, or of an unknown service, is a stray.
+	withStrays := flatten(third)
+	id := third[a2.Key()].set.ID
+	extra := []serviceSlBeKey{{SvcId: id, Index: 5}, {SvcId: 999, Index: 0}}
+	for _, k := range extra {
+		withStrays.backends[k] = serviceSlBeValue{CumWeight: 1}
+	}
+	if _, strays := adopt(withStrays); len(strays) != 2 || !slices.Contains(strays, extra[0]) || !slices.Contains(strays, extra[1]) {
+		t.Errorf("strays %v, want %v", strays, extra)
+	}
+}
+
+func (e kernelEntries) equal(o kernelEntries) bool {
+	return mapsEqual(e.services, o.services) && mapsEqual(e.backends, o.backends)
+}
+
+func mapsEqual[K, V comparable](a, b map[K]V) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if w, ok := b[k]; !ok || w != v {
+			return false
+		}
+	}
+	return true
 }

@@ -47,3 +47,45 @@ func WriteInactiveForTest(pinDir string, vip, backend netip.AddrPort) error {
 	be := serviceSlBeValue{Addr: addrWords(backend.Addr()), Port: htons(backend.Port()), Family: family(backend.Addr()), CumWeight: 1}
 	return backends.Put(&serviceSlBeKey{Gen: key.Gen, SvcId: val.Id, Index: 0}, &be)
 }
+
+// strayID is a service id no state uses.
+const strayID = 999_999
+
+// WriteStrayForTest puts a backend entry no service owns into the active
+// generation of the maps pinned in pinDir.
+func WriteStrayForTest(pinDir string) error {
+	active, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, "sl_active"), nil)
+	if err != nil {
+		return err
+	}
+	defer active.Close()
+	backends, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, "sl_backends"), nil)
+	if err != nil {
+		return err
+	}
+	defer backends.Close()
+	var cfg serviceSlConfig
+	if err := active.Lookup(uint32(0), &cfg); err != nil {
+		return err
+	}
+	return backends.Put(&serviceSlBeKey{Gen: cfg.ActiveGen, SvcId: strayID}, &serviceSlBeValue{CumWeight: 1})
+}
+
+// StraysForTest counts the entries WriteStrayForTest writes, in either generation.
+func StraysForTest(pinDir string) (int, error) {
+	backends, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, "sl_backends"), nil)
+	if err != nil {
+		return 0, err
+	}
+	defer backends.Close()
+	n := 0
+	var k serviceSlBeKey
+	var v serviceSlBeValue
+	it := backends.Iterate()
+	for it.Next(&k, &v) {
+		if k.SvcId == strayID {
+			n++
+		}
+	}
+	return n, it.Err()
+}

@@ -500,3 +500,22 @@ func TestAdoptionRepairsHalfWrittenGeneration(t *testing.T) {
 		t.Errorf("new service: %v", got)
 	}
 }
+
+// A backend entry that no service owns (left by a bug or an older version)
+// is removed when a new process adopts the pins.
+func TestAdoptionRemovesStrayBackends(t *testing.T) {
+	r := newRig(t, dataplane.Capacity{})
+	a := r.tcpBackend("a", "127.0.0.1:0")
+	r.apply(model.State{Services: []model.Service{svc("web", "10.96.8.1", 80, model.TCP, a)}})
+	r.dp.Close()
+	if err := dataplane.WriteStrayForTest(r.pinDir); err != nil {
+		t.Fatal(err)
+	}
+	r.open(dataplane.Capacity{})
+	if n, err := dataplane.StraysForTest(r.pinDir); err != nil || n != 0 {
+		t.Errorf("%d stray backend entries left after adoption (err %v)", n, err)
+	}
+	if got := tally(t, "10.96.8.1:80", 10); got["a"] != 10 {
+		t.Errorf("routing after adoption: %v", got)
+	}
+}
