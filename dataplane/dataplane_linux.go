@@ -89,7 +89,7 @@ func Open(opts Options) (_ *Dataplane, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := ensureBPFFS(opts.PinDir); err != nil {
+	if err := EnsureBPFFS(opts.PinDir); err != nil {
 		return nil, err
 	}
 	if err := os.MkdirAll(opts.PinDir, 0o700); err != nil {

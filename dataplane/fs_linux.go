@@ -45,9 +45,9 @@ func cgroupID(path string) (uint64, error) {
 // DefaultBPFFS is where bpffs is mounted when it is missing.
 const DefaultBPFFS = "/sys/fs/bpf"
 
-// ensureBPFFS checks that dir is (or will be created) on a bpffs, mounting
+// EnsureBPFFS checks that dir is (or will be created) on a bpffs, mounting
 // bpffs at DefaultBPFFS when dir lies under it and nothing is mounted there.
-func ensureBPFFS(dir string) error {
+func EnsureBPFFS(dir string) error {
 	dir = filepath.Clean(dir)
 	existing := dir
 	for {

@@ -15,8 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/sluice-mesh/sluice/dataplane"
 )
 
@@ -95,14 +93,10 @@ func UniqueName(prefix string) string {
 // must tear down what they pin.
 func PinDir(t testing.TB) string {
 	t.Helper()
-	const root = "/sys/fs/bpf"
-	var fs unix.Statfs_t
-	if err := unix.Statfs(root, &fs); err != nil || fs.Type != unix.BPF_FS_MAGIC {
-		if err := unix.Mount("bpf", root, "bpf", 0, "mode=0700"); err != nil {
-			t.Fatalf("mount bpffs at %s: %v", root, err)
-		}
+	dir := filepath.Join(dataplane.DefaultBPFFS, UniqueName("sluice-test-"))
+	if err := dataplane.EnsureBPFFS(dir); err != nil {
+		t.Fatal(err)
 	}
-	dir := filepath.Join(root, UniqueName("sluice-test-"))
 	t.Cleanup(func() {
 		entries, err := os.ReadDir(dir)
 		if errors.Is(err, os.ErrNotExist) {
