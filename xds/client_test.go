@@ -53,6 +53,18 @@ func startClient(t testing.TB, server string, mode xds.Mode, app xds.Applier, tw
 	return c
 }
 
+// synced starts a control plane serving m as version "1" and a client in
+// mode, and waits until the client has applied m. It returns the number of
+// states applied by then.
+func synced(t testing.TB, mode xds.Mode, m mesh) (*controlPlane, *recorder, *xds.Client, int) {
+	t.Helper()
+	cp := newControlPlane(t)
+	cp.set("1", m)
+	rec := &recorder{}
+	c := startClient(t, cp.addr, mode, rec)
+	return cp, rec, c, waitApplied(t, rec, m.summary())
+}
+
 func waitApplied(t testing.TB, rec *recorder, want string) int {
 	t.Helper()
 	var got string
@@ -80,12 +92,8 @@ var (
 func TestSyncAddUpdateRemove(t *testing.T) {
 	for _, mode := range modes {
 		t.Run(string(mode), func(t *testing.T) {
-			cp := newControlPlane(t)
 			v1 := mesh{services: []svc{webV1, db}}
-			cp.set("1", v1)
-			rec := &recorder{}
-			c := startClient(t, cp.addr, mode, rec)
-			waitApplied(t, rec, v1.summary())
+			cp, rec, c, _ := synced(t, mode, v1)
 
 			// Update web's endpoints, remove db, add an IPv6 service.
 			v2 := mesh{services: []svc{webV2, cache}}
@@ -115,12 +123,8 @@ func TestSyncAddUpdateRemove(t *testing.T) {
 func TestNACKKeepsPreviousState(t *testing.T) {
 	for _, mode := range modes {
 		t.Run(string(mode), func(t *testing.T) {
-			cp := newControlPlane(t)
 			good := mesh{services: []svc{webV1}}
-			cp.set("1", good)
-			rec := &recorder{}
-			c := startClient(t, cp.addr, mode, rec)
-			applies := waitApplied(t, rec, good.summary())
+			cp, rec, c, applies := synced(t, mode, good)
 
 			bad := mesh{services: []svc{webV1, db}, extra: []types.Resource{httpListener("demo/api:80", "10.96.0.40", 80)}}
 			cp.set("2", bad)
@@ -150,12 +154,8 @@ func TestNACKKeepsPreviousState(t *testing.T) {
 func TestApplyErrorIsNACKed(t *testing.T) {
 	for _, mode := range modes {
 		t.Run(string(mode), func(t *testing.T) {
-			cp := newControlPlane(t)
 			good := mesh{services: []svc{webV1}}
-			cp.set("1", good)
-			rec := &recorder{}
-			startClient(t, cp.addr, mode, rec)
-			waitApplied(t, rec, good.summary())
+			cp, rec, _, _ := synced(t, mode, good)
 
 			rec.setFail(errors.New(`service "demo/db:5432" (10.96.0.20:5432/TCP): backend capacity 1 exhausted`))
 			cp.set("2", mesh{services: []svc{webV1, db}})
@@ -176,12 +176,8 @@ func TestApplyErrorIsNACKed(t *testing.T) {
 func TestServerRestart(t *testing.T) {
 	for _, mode := range modes {
 		t.Run(string(mode), func(t *testing.T) {
-			cp := newControlPlane(t)
 			v1 := mesh{services: []svc{webV1, db}}
-			cp.set("1", v1)
-			rec := &recorder{}
-			c := startClient(t, cp.addr, mode, rec)
-			applies := waitApplied(t, rec, v1.summary())
+			cp, rec, c, applies := synced(t, mode, v1)
 
 			cp.stop()
 			waitFor(t, "the client to notice", func() bool { return !c.Status().Connected })
@@ -303,12 +299,8 @@ func bigMesh(services, endpoints int) mesh {
 func TestRequestOrder(t *testing.T) {
 	for _, mode := range modes {
 		t.Run(string(mode), func(t *testing.T) {
-			cp := newControlPlane(t)
 			v1 := mesh{services: []svc{webV1, db}}
-			cp.set("1", v1)
-			rec := &recorder{}
-			startClient(t, cp.addr, mode, rec)
-			waitApplied(t, rec, v1.summary())
+			cp, _, _, _ := synced(t, mode, v1)
 			want := []string{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.ListenerType}
 			if got := cp.requestOrder(); !slices.Equal(got, want) {
 				t.Errorf("first requests by type: %v, want %v", got, want)
