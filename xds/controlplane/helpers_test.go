@@ -172,11 +172,74 @@ func eventually(t *testing.T, what string, cond func() bool) {
 // the background, so that a test can wait for one with a bound, or check
 // that none comes.
 type sotwStream struct {
-	t       *testing.T
-	st      discoverygrpc.AggregatedDiscoveryService_StreamAggregatedResourcesClient
-	resps   chan *discoverygrpc.DiscoveryResponse
+	inbox[*discoverygrpc.DiscoveryResponse]
+	t  *testing.T
+	st discoverygrpc.AggregatedDiscoveryService_StreamAggregatedResourcesClient
+}
+
+// inbox receives the responses of a stream, of either protocol, and hands
+// them out by type.
+type inbox[R interface{ GetTypeUrl() string }] struct {
+	it      *testing.T
+	resps   chan R
 	err     chan error
-	pending []*discoverygrpc.DiscoveryResponse
+	pending []R
+}
+
+// receive starts reading responses with recv until it fails.
+func (in *inbox[R]) receive(t *testing.T, recv func() (R, error)) {
+	in.it, in.resps, in.err = t, make(chan R, 16), make(chan error, 1)
+	go func() {
+		for {
+			r, err := recv()
+			if err != nil {
+				in.err <- err
+				return
+			}
+			in.resps <- r
+		}
+	}()
+}
+
+// next returns the next response of typeURL, keeping those of other types
+// for later calls.
+func (in *inbox[R]) next(typeURL string) R {
+	in.it.Helper()
+	for i, r := range in.pending {
+		if r.GetTypeUrl() == typeURL {
+			in.pending = append(in.pending[:i], in.pending[i+1:]...)
+			return r
+		}
+	}
+	timeout := time.After(patience)
+	for {
+		select {
+		case r := <-in.resps:
+			if r.GetTypeUrl() == typeURL {
+				return r
+			}
+			in.pending = append(in.pending, r)
+		case err := <-in.err:
+			in.it.Fatalf("waiting for %s: stream ended: %v", typeURL, err)
+		case <-timeout:
+			in.it.Fatalf("no %s response in %v", typeURL, patience)
+		}
+	}
+}
+
+// none checks that no response arrives for a while.
+func (in *inbox[R]) none() {
+	in.it.Helper()
+	if len(in.pending) > 0 {
+		in.it.Fatalf("unexpected response: %v", in.pending[0])
+	}
+	select {
+	case r := <-in.resps:
+		in.it.Fatalf("unexpected response: %v", r)
+	case err := <-in.err:
+		in.it.Fatalf("stream ended: %v", err)
+	case <-time.After(quiet):
+	}
 }
 
 func openSotW(t *testing.T, c discoverygrpc.AggregatedDiscoveryServiceClient) *sotwStream {
@@ -185,17 +248,8 @@ func openSotW(t *testing.T, c discoverygrpc.AggregatedDiscoveryServiceClient) *s
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &sotwStream{t: t, st: st, resps: make(chan *discoverygrpc.DiscoveryResponse, 16), err: make(chan error, 1)}
-	go func() {
-		for {
-			r, err := st.Recv()
-			if err != nil {
-				s.err <- err
-				return
-			}
-			s.resps <- r
-		}
-	}()
+	s := &sotwStream{t: t, st: st}
+	s.receive(t, st.Recv)
 	return s
 }
 
@@ -219,54 +273,11 @@ func (s *sotwStream) ack(resp *discoverygrpc.DiscoveryResponse, names ...string)
 		ResponseNonce: resp.Nonce, ResourceNames: names})
 }
 
-// next returns the next response of typeURL, keeping those of other types
-// for later calls.
-func (s *sotwStream) next(typeURL string) *discoverygrpc.DiscoveryResponse {
-	s.t.Helper()
-	for i, r := range s.pending {
-		if r.TypeUrl == typeURL {
-			s.pending = append(s.pending[:i], s.pending[i+1:]...)
-			return r
-		}
-	}
-	timeout := time.After(patience)
-	for {
-		select {
-		case r := <-s.resps:
-			if r.TypeUrl == typeURL {
-				return r
-			}
-			s.pending = append(s.pending, r)
-		case err := <-s.err:
-			s.t.Fatalf("waiting for %s: stream ended: %v", typeURL, err)
-		case <-timeout:
-			s.t.Fatalf("no %s response in %v", typeURL, patience)
-		}
-	}
-}
-
-// none checks that no response arrives for a while.
-func (s *sotwStream) none() {
-	s.t.Helper()
-	if len(s.pending) > 0 {
-		s.t.Fatalf("unexpected response: %v", s.pending[0])
-	}
-	select {
-	case r := <-s.resps:
-		s.t.Fatalf("unexpected %s response, version %s, %d resources", r.TypeUrl, r.VersionInfo, len(r.Resources))
-	case err := <-s.err:
-		s.t.Fatalf("stream ended: %v", err)
-	case <-time.After(quiet):
-	}
-}
-
 // deltaStream is sotwStream for delta ADS.
 type deltaStream struct {
-	t       *testing.T
-	st      discoverygrpc.AggregatedDiscoveryService_DeltaAggregatedResourcesClient
-	resps   chan *discoverygrpc.DeltaDiscoveryResponse
-	err     chan error
-	pending []*discoverygrpc.DeltaDiscoveryResponse
+	inbox[*discoverygrpc.DeltaDiscoveryResponse]
+	t  *testing.T
+	st discoverygrpc.AggregatedDiscoveryService_DeltaAggregatedResourcesClient
 }
 
 func openDelta(t *testing.T, c discoverygrpc.AggregatedDiscoveryServiceClient) *deltaStream {
@@ -275,17 +286,8 @@ func openDelta(t *testing.T, c discoverygrpc.AggregatedDiscoveryServiceClient) *
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &deltaStream{t: t, st: st, resps: make(chan *discoverygrpc.DeltaDiscoveryResponse, 16), err: make(chan error, 1)}
-	go func() {
-		for {
-			r, err := st.Recv()
-			if err != nil {
-				s.err <- err
-				return
-			}
-			s.resps <- r
-		}
-	}()
+	s := &deltaStream{t: t, st: st}
+	s.receive(t, st.Recv)
 	return s
 }
 
@@ -299,42 +301,4 @@ func (s *deltaStream) send(req *discoverygrpc.DeltaDiscoveryRequest) {
 func (s *deltaStream) ack(resp *discoverygrpc.DeltaDiscoveryResponse) {
 	s.t.Helper()
 	s.send(&discoverygrpc.DeltaDiscoveryRequest{TypeUrl: resp.TypeUrl, ResponseNonce: resp.Nonce})
-}
-
-func (s *deltaStream) next(typeURL string) *discoverygrpc.DeltaDiscoveryResponse {
-	s.t.Helper()
-	for i, r := range s.pending {
-		if r.TypeUrl == typeURL {
-			s.pending = append(s.pending[:i], s.pending[i+1:]...)
-			return r
-		}
-	}
-	timeout := time.After(patience)
-	for {
-		select {
-		case r := <-s.resps:
-			if r.TypeUrl == typeURL {
-				return r
-			}
-			s.pending = append(s.pending, r)
-		case err := <-s.err:
-			s.t.Fatalf("waiting for %s: stream ended: %v", typeURL, err)
-		case <-timeout:
-			s.t.Fatalf("no %s response in %v", typeURL, patience)
-		}
-	}
-}
-
-func (s *deltaStream) none() {
-	s.t.Helper()
-	if len(s.pending) > 0 {
-		s.t.Fatalf("unexpected response: %v", s.pending[0])
-	}
-	select {
-	case r := <-s.resps:
-		s.t.Fatalf("unexpected %s response: %d resources, removed %q", r.TypeUrl, len(r.Resources), r.RemovedResources)
-	case err := <-s.err:
-		s.t.Fatalf("stream ended: %v", err)
-	case <-time.After(quiet):
-	}
 }
