@@ -15,12 +15,16 @@ import (
 	"sync"
 	"time"
 
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/sluice-mesh/sluice/dataplane/model"
@@ -99,8 +103,7 @@ type Client struct {
 	accepted           resourceSet                // resources accepted (and applied unless warming), by type and name
 	held               map[string]*update         // Delta: changes of NACKed responses the server will not resend, by type
 	translator         *translate.Translator      // remembers the last translation, so the next costs what changed
-	dirty              map[string]map[string]bool // names in which accepted differs from the translator's last input, by type
-	dirtyAll           bool                       // accepted may differ anywhere from the translator's last input
+	dirty              map[string]map[string]bool // names in which accepted differs from the translator's last accepted input, by type
 	namesGen           map[string]uint64          // per named type: 1 + the generation of the set its names were computed from
 	listenersRequested bool                       // listeners are subscribed on the current stream
 	seen               map[string]bool            // types with an accepted response since start (initial sync)
@@ -371,8 +374,8 @@ func (c *Client) handle(s stream, u *update) error {
 	}
 	c.filterSubscribed(u)
 	c.supersedeHeld(u)
-	undo := c.accepted.apply(u)
-	res, err := c.translateAndApply(c.initialSynced(t), u)
+	undo := c.change(u)
+	res, err := c.translateAndApply(c.initialSynced(t))
 	if err != nil {
 		undo()
 		if c.opts.Mode == ModeDelta {
@@ -396,56 +399,88 @@ func (c *Client) handle(s stream, u *update) error {
 	return nil
 }
 
-// translateAndApply translates the accepted set, just changed by changes,
-// and applies the result. The translator is told exactly what changed since
-// its last input; if the state is refused after translation, the changes
-// are marked so the translator hears of them when they are undone.
-func (c *Client) translateAndApply(synced bool, changes ...*update) (translate.Result, error) {
-	for _, u := range changes {
-		c.markDirty(u)
+// translateAndApply translates the accepted set, changed by c.change
+// since the last translation, and applies the result. The translator is
+// told exactly what changed, and accepts the translation only once it is
+// applied (or, while warming, held for later): a state the Applier refuses
+// leaves the translator as it was, like the accepted set once the caller
+// undoes its changes.
+//
+// Resources come prepared for the translator as they are decoded (see
+// decodeOne), so the client holds no decoded message, and once the
+// translator has accepted a resource the client lets go of its preparation
+// too: the translator keeps what it needs and, told every change, never
+// asks for an unchanged resource again. A mesh's decoded messages would
+// otherwise be most of the agent's memory.
+func (c *Client) translateAndApply(synced bool) (translate.Result, error) {
+	hint := translate.Hint{
+		Listeners: slices.Collect(maps.Keys(c.dirty[resourcev3.ListenerType])),
+		Clusters:  slices.Collect(maps.Keys(c.dirty[resourcev3.ClusterType])),
+		Endpoints: slices.Collect(maps.Keys(c.dirty[resourcev3.EndpointType])),
 	}
-	var hint *translate.Hint
-	if !c.dirtyAll {
-		hint = &translate.Hint{
-			Listeners: slices.Collect(maps.Keys(c.dirty[resourcev3.ListenerType])),
-			Clusters:  slices.Collect(maps.Keys(c.dirty[resourcev3.ClusterType])),
-			Endpoints: slices.Collect(maps.Keys(c.dirty[resourcev3.EndpointType])),
+	for t, names := range c.dirty {
+		for name := range names {
+			if r, ok := c.accepted.get(t, name); ok && r.prep == nil && t != resourcev3.RouteType {
+				return translate.Result{}, fmt.Errorf("internal error: %s resource %q changed but its translation is gone", shortType(t), name)
+			}
 		}
 	}
-	res, err := c.translator.TranslateHint(c.accepted.translateInput(), hint)
+	res, accept, err := c.translator.StagePrepared(c.accepted.translateInput(c.dirty), hint)
 	if err != nil {
-		// The translator kept its last input and the changes will be
-		// undone; their marks stay, which is harmless: a marked name that
-		// did not change is found unchanged.
 		return res, err
+	}
+	if err := c.apply(res, synced); err != nil {
+		return res, err
+	}
+	accept()
+	for t, names := range c.dirty {
+		for name := range names {
+			c.accepted.release(t, name)
+		}
 	}
 	clear(c.dirty)
-	c.dirtyAll = false
-	if err := c.apply(res, synced); err != nil {
-		// The translator saw the changes, which will be undone.
-		for _, u := range changes {
-			c.markDirty(u)
-		}
-		return res, err
-	}
 	return res, nil
 }
 
-func (c *Client) markDirty(u *update) {
-	if u.full {
-		c.dirtyAll = true
-		return
+// change makes u's changes to the accepted set, marking the names in which
+// it then differs from what the translator last accepted. undo reverts
+// both. A resource the client got again unchanged (its message already let
+// go of) is not a change.
+func (c *Client) change(u *update) (undo func()) {
+	t := u.typeURL
+	marks := c.dirty[t]
+	if marks == nil {
+		marks = map[string]bool{}
+		c.dirty[t] = marks
 	}
-	m := c.dirty[u.typeURL]
-	if m == nil {
-		m = map[string]bool{}
-		c.dirty[u.typeURL] = m
+	var marked []string
+	mark := func(name string) {
+		if !marks[name] {
+			marks[name] = true
+			marked = append(marked, name)
+		}
 	}
-	for name := range u.upserts {
-		m[name] = true
+	for name, r := range u.upserts {
+		if r.prep != nil {
+			mark(name)
+		}
 	}
 	for _, name := range u.removed {
-		m[name] = true
+		mark(name)
+	}
+	if ts := c.accepted[t]; u.full && ts != nil {
+		for name := range ts.items {
+			if _, ok := u.upserts[name]; !ok {
+				mark(name)
+			}
+		}
+	}
+	undoSet := c.accepted.apply(u)
+	return func() {
+		undoSet()
+		for _, name := range marked {
+			delete(marks, name)
+		}
 	}
 }
 
@@ -494,8 +529,9 @@ func (c *Client) decode(u *update) error {
 	}
 	out := make([]decoded, len(u.raw))
 	parallel(len(u.raw), func(lo, hi int) {
+		var p translate.Preparer
 		for i := lo; i < hi; i++ {
-			out[i] = c.decodeOne(u, u.raw[i])
+			out[i] = c.decodeOne(u, u.raw[i], &p)
 		}
 	})
 	u.upserts = make(map[string]resource, len(u.raw))
@@ -514,9 +550,10 @@ type decoded struct {
 	err  error
 }
 
-// decodeOne decodes one resource of u. It only reads the client's state,
-// so calls may run concurrently.
-func (c *Client) decodeOne(u *update, raw rawResource) decoded {
+// decodeOne decodes one resource of u and prepares it for translation
+// with p; the decoded message is not kept. It only reads the client's
+// state, so calls may run concurrently (each with its own Preparer).
+func (c *Client) decodeOne(u *update, raw rawResource, p *translate.Preparer) decoded {
 	t := u.typeURL
 	if raw.name != "" {
 		if prev, ok := c.held[t].get(raw.name); ok && prev.version == raw.version {
@@ -549,7 +586,22 @@ func (c *Client) decodeOne(u *update, raw rawResource) decoded {
 	if raw.name == "" {
 		version = u.version
 	}
-	return decoded{name: name, res: resource{version: version, sum: sum, msg: msg}}
+	return decoded{name: name, res: resource{version: version, sum: sum, prep: prepare(p, t, name, msg)}}
+}
+
+// prepare prepares a decoded resource for translation. Route
+// configurations are not translated yet (listeners that would use them are
+// refused): they get no preparation.
+func prepare(p *translate.Preparer, typeURL, name string, msg proto.Message) *translate.Prepared {
+	switch m := msg.(type) {
+	case *listenerv3.Listener:
+		return p.Listener(name, m)
+	case *clusterv3.Cluster:
+		return p.Cluster(name, m)
+	case *endpointv3.ClusterLoadAssignment:
+		return p.Assignment(name, m)
+	}
+	return nil
 }
 
 // parallel runs work over [0, n) in one chunk per core when n is large.
@@ -595,6 +647,10 @@ func (c *Client) hold(u *update) {
 		c.held[u.typeURL] = h
 	}
 	for name, r := range u.upserts {
+		if r.prep == nil {
+			// Got again as accepted: nothing to retry.
+			continue
+		}
 		h.upserts[name] = r
 		h.removed = slices.DeleteFunc(h.removed, func(n string) bool { return n == name })
 	}
@@ -648,14 +704,12 @@ func (c *Client) retryHeld() {
 		return
 	}
 	var undos []func()
-	var changes []*update
 	for _, t := range subscribedTypes {
 		if h := c.held[t]; h != nil {
-			undos = append(undos, c.accepted.apply(h))
-			changes = append(changes, h)
+			undos = append(undos, c.change(h))
 		}
 	}
-	res, err := c.translateAndApply(c.initialSynced(""), changes...)
+	res, err := c.translateAndApply(c.initialSynced(""))
 	if err != nil {
 		for i := len(undos) - 1; i >= 0; i-- {
 			undos[i]()
@@ -790,9 +844,9 @@ func (c *Client) resubscribe(s stream) error {
 		c.namesGen[t] = src.gen + 1 // +1: zero means never computed
 		var names []string
 		if t == resourcev3.EndpointType {
-			names = translate.EDSNames(c.accepted.translateInput())
+			names = c.translator.EDSNames()
 		} else {
-			names = translate.RDSNames(c.accepted.translateInput())
+			names = c.translator.RDSNames()
 		}
 		have := c.subs[t]
 		if slices.Equal(have, names) {
@@ -815,8 +869,7 @@ func (c *Client) resubscribe(s stream) error {
 		}
 		if len(removed) > 0 {
 			dropped := &update{typeURL: t, removed: removed}
-			c.accepted.apply(dropped)
-			c.markDirty(dropped)
+			c.change(dropped)
 		}
 	}
 	return nil

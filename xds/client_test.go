@@ -166,6 +166,17 @@ func TestApplyErrorIsNACKed(t *testing.T) {
 			if got, _ := rec.last(); got != good.summary() {
 				t.Errorf("state changed after a refused apply:\n%s", got)
 			}
+
+			// The dataplane takes states again; the next change builds on
+			// what was applied, not on the refused state, whose resources
+			// the client must still be able to translate.
+			rec.setFail(nil)
+			next := mesh{services: []svc{webV2, db, cache}}
+			cp.set("3", next)
+			waitApplied(t, rec, next.summary())
+			back := mesh{services: []svc{webV1}}
+			cp.set("4", back)
+			waitApplied(t, rec, back.summary())
 		})
 	}
 }

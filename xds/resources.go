@@ -48,22 +48,21 @@ func shortType(typeURL string) string {
 
 // resource is one decoded resource with the version the server gave it
 // (Delta) or the version of the response that carried it (SotW), and the
-// hash of its encoding.
+// hash of its encoding, prepared for translation (the decoded message is
+// not kept). prep is nil once the translator has accepted it (see
+// Client.translateAndApply), and for route configurations.
 type resource struct {
 	version string
 	sum     [sha256.Size]byte
-	msg     proto.Message
+	prep    *translate.Prepared
 }
 
-// typeSet holds the resources of one type by name, with views of them
-// (typed map, hash index) kept in step as it changes.
+// typeSet holds the resources of one type by name, with an index by hash
+// kept in step as it changes.
 type typeSet struct {
-	items    map[string]resource
-	gen      uint64                      // changes with every change of items
-	typed    any                         // map[string]*<message> for translation, built on first use
-	typedPut func(string, proto.Message) // keeps typed in step
-	typedDel func(string)
-	byHash   map[[sha256.Size]byte]string // encoding hash → name, built on first use
+	items  map[string]resource
+	gen    uint64                       // changes with every change of items
+	byHash map[[sha256.Size]byte]string // encoding hash → name, built on first use
 }
 
 func (ts *typeSet) put(name string, r resource) {
@@ -73,9 +72,6 @@ func (ts *typeSet) put(name string, r resource) {
 	ts.items[name] = r
 	if ts.byHash != nil {
 		ts.byHash[r.sum] = name
-	}
-	if ts.typedPut != nil {
-		ts.typedPut(name, r.msg)
 	}
 }
 
@@ -88,9 +84,6 @@ func (ts *typeSet) del(name string) {
 		delete(ts.byHash, old.sum)
 	}
 	delete(ts.items, name)
-	if ts.typedDel != nil {
-		ts.typedDel(name)
-	}
 }
 
 // resourceSet holds resources by type URL.
@@ -161,6 +154,19 @@ func (s resourceSet) with(u *update) resourceSet {
 	return out
 }
 
+// release lets go of the message of a held resource: the translator has
+// accepted it.
+func (s resourceSet) release(typeURL, name string) {
+	ts := s[typeURL]
+	if ts == nil {
+		return
+	}
+	if r, ok := ts.items[name]; ok && r.prep != nil {
+		r.prep = nil
+		ts.items[name] = r
+	}
+}
+
 func (s resourceSet) get(typeURL, name string) (resource, bool) {
 	ts := s[typeURL]
 	if ts == nil {
@@ -206,31 +212,27 @@ func (s resourceSet) nameByHash(typeURL string, sum [sha256.Size]byte) (string, 
 	return name, ok
 }
 
-// translateInput views the set as translation input. Typed maps are cached
-// per type, so only changed types are rebuilt.
-func (s resourceSet) translateInput() translate.Resources {
-	return translate.Resources{
-		Listeners: typed[*listenerv3.Listener](s[resourcev3.ListenerType]),
-		Clusters:  typed[*clusterv3.Cluster](s[resourcev3.ClusterType]),
-		Endpoints: typed[*endpointv3.ClusterLoadAssignment](s[resourcev3.EndpointType]),
-		Routes:    typed[*routev3.RouteConfiguration](s[resourcev3.RouteType]),
+// translateInput returns the prepared resources of the names in dirty (by
+// type): those a translator told of exactly these names needs. A name not
+// held is left out, which tells it is gone.
+func (s resourceSet) translateInput(dirty map[string]map[string]bool) translate.PreparedResources {
+	return translate.PreparedResources{
+		Listeners: prepared(s[resourcev3.ListenerType], dirty[resourcev3.ListenerType]),
+		Clusters:  prepared(s[resourcev3.ClusterType], dirty[resourcev3.ClusterType]),
+		Endpoints: prepared(s[resourcev3.EndpointType], dirty[resourcev3.EndpointType]),
 	}
 }
 
-func typed[M proto.Message](ts *typeSet) map[string]M {
+func prepared(ts *typeSet, names map[string]bool) map[string]*translate.Prepared {
+	m := make(map[string]*translate.Prepared, len(names))
 	if ts == nil {
-		return nil
-	}
-	if m, ok := ts.typed.(map[string]M); ok {
 		return m
 	}
-	m := make(map[string]M, len(ts.items))
-	for name, r := range ts.items {
-		m[name] = r.msg.(M)
+	for name := range names {
+		if r, ok := ts.items[name]; ok {
+			m[name] = r.prep
+		}
 	}
-	ts.typed = m
-	ts.typedPut = func(name string, msg proto.Message) { m[name] = msg.(M) }
-	ts.typedDel = func(name string) { delete(m, name) }
 	return m
 }
 

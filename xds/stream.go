@@ -53,7 +53,7 @@ func errorDetail(err error) *status.Status {
 type sotwStream struct {
 	s      discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient
 	node   *corev3.Node
-	nonces map[string]string // last nonce per type, echoed on subscription changes
+	nonces map[string]string // nonce of the last response answered, per type, echoed on subscription changes
 	vers   map[string]string // last accepted version per type
 }
 
@@ -97,7 +97,6 @@ func (s *sotwStream) recv() (*update, error) {
 		full:    wildcardType(resp.GetTypeUrl()),
 		raw:     make([]rawResource, len(resp.GetResources())),
 	}
-	s.nonces[u.typeURL] = u.nonce
 	for i, a := range resp.GetResources() {
 		u.raw[i] = rawResource{any: a}
 	}
@@ -106,12 +105,14 @@ func (s *sotwStream) recv() (*update, error) {
 
 func (s *sotwStream) ack(u *update, names []string) error {
 	s.vers[u.typeURL] = u.version
+	s.nonces[u.typeURL] = u.nonce
 	return s.s.Send(&discoveryv3.DiscoveryRequest{
 		Node: s.node, TypeUrl: u.typeURL, VersionInfo: u.version, ResponseNonce: u.nonce, ResourceNames: names,
 	})
 }
 
 func (s *sotwStream) nack(u *update, names []string, acceptedVersion string, reason error) error {
+	s.nonces[u.typeURL] = u.nonce
 	return s.s.Send(&discoveryv3.DiscoveryRequest{
 		Node: s.node, TypeUrl: u.typeURL, VersionInfo: acceptedVersion, ResponseNonce: u.nonce,
 		ResourceNames: names, ErrorDetail: errorDetail(reason),

@@ -92,6 +92,39 @@ func BenchmarkTranslatorOneEndpointChange10k(b *testing.B) {
 	}
 }
 
+// BenchmarkTranslatorOneEndpointChangeHinted10k is
+// BenchmarkTranslatorOneEndpointChange10k told what changed and given only
+// that, as the xDS client does.
+func BenchmarkTranslatorOneEndpointChangeHinted10k(b *testing.B) {
+	r := mesh10k()
+	tr := translate.NewTranslator()
+	if _, err := tr.Translate(r); err != nil {
+		b.Fatal(err)
+	}
+	const swapped = 100
+	names := make([]string, swapped)
+	versions := make([][2]*endpointv3.ClusterLoadAssignment, swapped)
+	for k := range versions {
+		i := k * (benchServices / swapped)
+		names[k] = fmt.Sprintf("ns%d/svc%d", i/100, i)
+		versions[k] = [2]*endpointv3.ClusterLoadAssignment{r.Endpoints[names[k]], assignment10(names[k], i, 7)}
+	}
+	b.ReportAllocs()
+	n := 0
+	for b.Loop() {
+		k := n % swapped
+		in := translate.Resources{Endpoints: map[string]*endpointv3.ClusterLoadAssignment{names[k]: versions[k][(n/swapped+1)%2]}}
+		n++
+		res, err := tr.TranslateHint(in, &translate.Hint{Endpoints: names[k : k+1]})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if len(res.State.Services) != benchServices {
+			b.Fatalf("%d services", len(res.State.Services))
+		}
+	}
+}
+
 // BenchmarkTranslatorUnchanged10k translates mesh10k again, unchanged.
 func BenchmarkTranslatorUnchanged10k(b *testing.B) {
 	r := mesh10k()

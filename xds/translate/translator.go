@@ -1,9 +1,11 @@
 package translate
 
 import (
+	"iter"
 	"maps"
 	"net/netip"
 	"slices"
+	"weak"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
@@ -19,11 +21,15 @@ import (
 //
 // It tells resources apart by pointer. A resource held under the same name
 // and pointer as in the last accepted translation is taken to be unchanged
-// and is neither checked nor translated again; so the caller must never
-// modify a message after handing it to Translate, and changes a resource by
-// handing over a new message. Handing over a new message with the same
-// content is correct but costs a new check of that resource: a caller that
-// receives a resource again unchanged should keep the old pointer.
+// and is neither checked nor translated again; so the caller changes a
+// resource by handing over a new message. Handing over a new message with
+// the same content is correct but costs a new check of that resource: a
+// caller that receives a resource again unchanged should keep the old
+// pointer. A message is read only while it is new, and must not be
+// modified until its translation is accepted: after that the Translator
+// keeps what it needs from it and never reads it again, nor keeps it alive
+// (it remembers messages by weak pointer). A caller that tells every change
+// in a Hint need not keep accepted messages at all (see Hint).
 //
 // Results share memory with each other and with the Translator: a service
 // that did not change has the Endpoints and Splits slices (the same backing
@@ -41,16 +47,16 @@ type Translator struct {
 	// The resources of the last accepted translation, by name. Entries are
 	// never modified once accepted, except for the family subsets that
 	// endpoints fills in on first use.
-	listeners   memo[*listenerv3.Listener, *listenerEntry]
-	clusters    memo[*clusterv3.Cluster, *clusterEntry]
-	assignments memo[*endpointv3.ClusterLoadAssignment, *assignmentEntry]
+	listeners   memo[listenerv3.Listener, *listenerEntry]
+	clusters    memo[clusterv3.Cluster, *clusterEntry]
+	assignments memo[endpointv3.ClusterLoadAssignment, *assignmentEntry]
 
 	// clusterUsers names, per cluster name, the listeners with a pool of
 	// it, whether it exists or not; edsUsers names, per assignment name, the
 	// EDS clusters reading it. They say which listeners a changed cluster or
 	// assignment affects.
-	clusterUsers map[string]map[string]struct{}
-	edsUsers     map[string]map[string]struct{}
+	clusterUsers users
+	edsUsers     users
 
 	names   []string                 // the listener names, sorted; never modified
 	order   []*listenerEntry         // listeners[names[i]]; never modified
@@ -60,27 +66,29 @@ type Translator struct {
 	last    Result                   // of the last accepted translation
 }
 
-// memo holds the accepted resources of one type.
-type memo[M comparable, E entry[M]] struct {
+// memo holds the accepted resources of one type, messages of type M.
+type memo[M any, E entry[M]] struct {
 	entries map[string]E
 	// names holds the name of each accepted message. Finding out whether a
 	// resource is unchanged is the one thing done for every resource on
-	// every call, and finding a message by pointer (with the name alongside)
-	// is several times cheaper than by name: it reads neither the name nor
-	// the entry.
-	names map[M]string
+	// every call without a hint, and finding a message by pointer (with the
+	// name alongside) is several times cheaper than by name: it reads
+	// neither the name nor the entry. The pointers are weak: the Translator
+	// does not keep messages alive, and a weak pointer never equals one
+	// made from another message, even one at the address of a freed one.
+	names map[weak.Pointer[M]]string
 }
 
-type entry[M any] interface{ message() M }
+type entry[M any] interface{ message() weak.Pointer[M] }
 
-func newMemo[M comparable, E entry[M]]() memo[M, E] {
-	return memo[M, E]{entries: make(map[string]E), names: make(map[M]string)}
+func newMemo[M any, E entry[M]]() memo[M, E] {
+	return memo[M, E]{entries: make(map[string]E), names: make(map[weak.Pointer[M]]string)}
 }
 
 // reserve makes room for n entries in an empty m, to fill it in one go.
 func (m *memo[M, E]) reserve(n int) {
 	if len(m.entries) == 0 {
-		m.entries, m.names = make(map[string]E, n), make(map[M]string, n)
+		m.entries, m.names = make(map[string]E, n), make(map[weak.Pointer[M]]string, n)
 	}
 }
 
@@ -90,12 +98,16 @@ func (m *memo[M, E]) get(name string) E { return m.entries[name] }
 func (m *memo[M, E]) put(name string, e E) {
 	m.remove(name)
 	m.entries[name] = e
-	m.names[e.message()] = name
+	if id := e.message(); id != (weak.Pointer[M]{}) {
+		m.names[id] = name // not for a prepared resource: it has no message
+	}
 }
 
 func (m *memo[M, E]) remove(name string) {
 	if old, ok := m.entries[name]; ok {
-		delete(m.names, old.message())
+		if id := old.message(); id != (weak.Pointer[M]{}) {
+			delete(m.names, id)
+		}
 		delete(m.entries, name)
 	}
 }
@@ -103,10 +115,10 @@ func (m *memo[M, E]) remove(name string) {
 // diff returns, sorted, the names in now that m does not hold with the
 // same message (changed or added), and the names m holds that now does not
 // (removed).
-func (m *memo[M, E]) diff(now map[string]M) (changed, removed []string) {
+func (m *memo[M, E]) diff(now map[string]*M) (changed, removed []string) {
 	found := 0
 	for name, msg := range now {
-		if n, ok := m.names[msg]; ok && n == name {
+		if n, ok := m.names[weak.Make(msg)]; ok && n == name {
 			found++
 			continue
 		}
@@ -128,7 +140,7 @@ func (m *memo[M, E]) diff(now map[string]M) (changed, removed []string) {
 }
 
 // diffWith diffs now against m, over the hinted names if there is a hint.
-func diffWith[M comparable, E entry[M]](m *memo[M, E], now map[string]M, h *Hint, names func(*Hint) []string) (changed, removed []string) {
+func diffWith[M any, E entry[M]](m *memo[M, E], now map[string]*M, h *Hint, names func(*Hint) []string) (changed, removed []string) {
 	if h == nil {
 		return m.diff(now)
 	}
@@ -136,13 +148,13 @@ func diffWith[M comparable, E entry[M]](m *memo[M, E], now map[string]M, h *Hint
 }
 
 // diffNames is diff restricted to names: only they can differ from m.
-func (m *memo[M, E]) diffNames(now map[string]M, names []string) (changed, removed []string) {
+func (m *memo[M, E]) diffNames(now map[string]*M, names []string) (changed, removed []string) {
 	for _, name := range names {
 		msg, inNow := now[name]
 		_, inMemo := m.entries[name]
 		switch {
 		case inNow:
-			if n, ok := m.names[msg]; !ok || n != name {
+			if n, ok := m.names[weak.Make(msg)]; !ok || n != name {
 				changed = append(changed, name)
 			}
 		case inMemo:
@@ -157,42 +169,47 @@ func (m *memo[M, E]) diffNames(now map[string]M, names []string) (changed, remov
 }
 
 // Hint names, per type, the resources that may differ from those of the
-// last successful Translate: changed, added or removed. Every other
-// resource must be the very message handed over then. With a hint the
-// translator skips its pass over all resources to find the differences.
+// last accepted translation: changed, added or removed. With a hint the
+// translator skips its pass over all resources to find the differences and
+// reads only the named resources of a Resources: every other resource is
+// taken to be as it was in the last accepted translation, whether or not
+// the maps hold it. So a caller that tracks its changes exactly hands over
+// just the changed resources, and can drop each message once its
+// translation is accepted.
 type Hint struct {
 	Listeners, Clusters, Endpoints []string
 }
 
 // listenerEntry is an accepted listener and the services it gave.
 type listenerEntry struct {
-	msg      *listenerv3.Listener
+	msg      weak.Pointer[listenerv3.Listener]
 	plan     *listenerPlan
 	keys     []string        // Ignored keys it sets
 	services []model.Service // never modified
 	missing  []string        // Result.Missing names its pools need, with repeats
+	routes   []string        // the route configurations it refers to (RDS)
 }
 
-func (e *listenerEntry) message() *listenerv3.Listener { return e.msg }
+func (e *listenerEntry) message() weak.Pointer[listenerv3.Listener] { return e.msg }
 
 // clusterEntry is an accepted cluster.
 type clusterEntry struct {
-	msg    *clusterv3.Cluster
+	msg    weak.Pointer[clusterv3.Cluster]
 	eds    string     // EDS: the assignment name
 	static *endpoints // STATIC: the inline load_assignment
 	keys   []string
 }
 
-func (e *clusterEntry) message() *clusterv3.Cluster { return e.msg }
+func (e *clusterEntry) message() weak.Pointer[clusterv3.Cluster] { return e.msg }
 
 // assignmentEntry is an accepted ClusterLoadAssignment.
 type assignmentEntry struct {
-	msg  *endpointv3.ClusterLoadAssignment
+	msg  weak.Pointer[endpointv3.ClusterLoadAssignment]
 	eps  *endpoints
 	keys []string
 }
 
-func (e *assignmentEntry) message() *endpointv3.ClusterLoadAssignment { return e.msg }
+func (e *assignmentEntry) message() weak.Pointer[endpointv3.ClusterLoadAssignment] { return e.msg }
 
 // endpoints is the translation of one assignment. Services take their
 // endpoints from it without copying, so that unchanged services keep
@@ -228,11 +245,11 @@ func (e *endpoints) of(vip netip.Addr, dualStack bool) []model.Endpoint {
 // NewTranslator returns a Translator that has translated nothing yet.
 func NewTranslator() *Translator {
 	return &Translator{
-		listeners:    newMemo[*listenerv3.Listener, *listenerEntry](),
-		clusters:     newMemo[*clusterv3.Cluster, *clusterEntry](),
-		assignments:  newMemo[*endpointv3.ClusterLoadAssignment, *assignmentEntry](),
-		clusterUsers: make(map[string]map[string]struct{}),
-		edsUsers:     make(map[string]map[string]struct{}),
+		listeners:    newMemo[listenerv3.Listener, *listenerEntry](),
+		clusters:     newMemo[clusterv3.Cluster, *clusterEntry](),
+		assignments:  newMemo[endpointv3.ClusterLoadAssignment, *assignmentEntry](),
+		clusterUsers: newUsers(0),
+		edsUsers:     newUsers(0),
 		keys:         make(map[model.ServiceKey]int),
 		missing:      make(map[string]int),
 		last:         Result{Ignored: map[string]int{}},
@@ -262,40 +279,188 @@ func (t *Translator) Translate(r Resources) (Result, error) {
 // means any may have). A wrong hint gives a wrong result: use it only when
 // the changes are tracked exactly.
 func (t *Translator) TranslateHint(r Resources, h *Hint) (Result, error) {
+	res, accept, err := t.Stage(r, h)
+	if err != nil {
+		return Result{}, err
+	}
+	accept()
+	return res, nil
+}
+
+// Stage is TranslateHint without making the translation the accepted one:
+// the Translator is as it was until accept is called, which a caller does
+// once it has put the result to use (and does not if that failed, so the
+// next translation is compared with the last accepted one again). accept
+// must be called at most once, and not after another call to Stage,
+// TranslateHint or Translate.
+func (t *Translator) Stage(r Resources, h *Hint) (res Result, accept func(), err error) {
+	var p Preparer
+	lc, lr := diffWith(&t.listeners, r.Listeners, h, func(h *Hint) []string { return h.Listeners })
+	cc, cr := diffWith(&t.clusters, r.Clusters, h, func(h *Hint) []string { return h.Clusters })
+	ac, ar := diffWith(&t.assignments, r.Endpoints, h, func(h *Hint) []string { return h.Endpoints })
+	return t.stage(
+		input[listenerv3.Listener]{lc, lr, func(name string) (*Prepared, weak.Pointer[listenerv3.Listener]) {
+			l := r.Listeners[name]
+			return p.Listener(name, l), weak.Make(l)
+		}},
+		input[clusterv3.Cluster]{cc, cr, func(name string) (*Prepared, weak.Pointer[clusterv3.Cluster]) {
+			c := r.Clusters[name]
+			return p.Cluster(name, c), weak.Make(c)
+		}},
+		input[endpointv3.ClusterLoadAssignment]{ac, ar, func(name string) (*Prepared, weak.Pointer[endpointv3.ClusterLoadAssignment]) {
+			a := r.Endpoints[name]
+			return p.Assignment(name, a), weak.Make(a)
+		}},
+	)
+}
+
+// Prepared is one resource checked and translated on its own, for
+// StagePrepared: the part of translating that needs nothing but the
+// resource, and most of the cost. A caller can prepare many resources at
+// once on several goroutines, and let go of each message once prepared.
+type Prepared struct {
+	err     *ResourceError
+	keys    []string         // Ignored keys it sets
+	plan    *listenerPlan    // Listener
+	routes  []string         // Listener: the route configurations it refers to
+	cluster clusterPlan      // Cluster
+	eps     []model.Endpoint // ClusterLoadAssignment
+}
+
+// Err returns why the resource is refused, or nil. StagePrepared refuses
+// it with this error (unless it finds an earlier one).
+func (p *Prepared) Err() error {
+	if p.err == nil {
+		return nil
+	}
+	return p.err
+}
+
+// Preparer prepares resources. The zero Preparer is ready for use; one is
+// not safe for concurrent use (use one per goroutine).
+type Preparer struct{ tl *tally }
+
+func (p *Preparer) tally() *tally {
+	if p.tl == nil {
+		p.tl = newTally()
+	}
+	return p.tl
+}
+
+// Listener prepares a listener.
+func (p *Preparer) Listener(name string, l *listenerv3.Listener) *Prepared {
+	tl := p.tally()
+	plan, err := tl.listener(name, l)
+	keys := tl.take()
+	if err != nil {
+		return &Prepared{err: err.resource("Listener", name)}
+	}
+	return &Prepared{plan: plan, keys: keys, routes: routeConfigNames(l, nil)}
+}
+
+// Cluster prepares a cluster.
+func (p *Preparer) Cluster(name string, c *clusterv3.Cluster) *Prepared {
+	tl := p.tally()
+	plan, err := tl.cluster(name, c)
+	keys := tl.take()
+	if err != nil {
+		return &Prepared{err: err.resource("Cluster", name)}
+	}
+	return &Prepared{cluster: plan, keys: keys}
+}
+
+// Assignment prepares a ClusterLoadAssignment.
+func (p *Preparer) Assignment(name string, a *endpointv3.ClusterLoadAssignment) *Prepared {
+	tl := p.tally()
+	eps, err := tl.assignment(name, a)
+	keys := tl.take()
+	if err != nil {
+		return &Prepared{err: err.resource("ClusterLoadAssignment", name)}
+	}
+	return &Prepared{eps: eps, keys: keys}
+}
+
+// PreparedResources holds prepared resources by type and name.
+type PreparedResources struct {
+	Listeners, Clusters, Endpoints map[string]*Prepared
+}
+
+// StagePrepared is Stage given prepared resources and the exact changes
+// since the last accepted translation: h names every resource changed,
+// added or removed, and p holds those of them that are (still) there. What
+// h does not name is taken to be as it was; what h names and p does not
+// hold is gone. The result is what Stage gives for the same resources.
+func (t *Translator) StagePrepared(p PreparedResources, h Hint) (res Result, accept func(), err error) {
+	lc, lr := preparedChanges(&t.listeners, p.Listeners, h.Listeners)
+	cc, cr := preparedChanges(&t.clusters, p.Clusters, h.Clusters)
+	ac, ar := preparedChanges(&t.assignments, p.Endpoints, h.Endpoints)
+	return t.stage(
+		input[listenerv3.Listener]{lc, lr, func(name string) (*Prepared, weak.Pointer[listenerv3.Listener]) {
+			return p.Listeners[name], weak.Pointer[listenerv3.Listener]{}
+		}},
+		input[clusterv3.Cluster]{cc, cr, func(name string) (*Prepared, weak.Pointer[clusterv3.Cluster]) {
+			return p.Clusters[name], weak.Pointer[clusterv3.Cluster]{}
+		}},
+		input[endpointv3.ClusterLoadAssignment]{ac, ar, func(name string) (*Prepared, weak.Pointer[endpointv3.ClusterLoadAssignment]) {
+			return p.Endpoints[name], weak.Pointer[endpointv3.ClusterLoadAssignment]{}
+		}},
+	)
+}
+
+// preparedChanges sorts the hinted names into changed (held by have) and
+// removed (accepted and not held).
+func preparedChanges[M any, E entry[M]](m *memo[M, E], have map[string]*Prepared, names []string) (changed, removed []string) {
+	for _, name := range names {
+		if p := have[name]; p != nil {
+			changed = append(changed, name)
+		} else if _, ok := m.entries[name]; ok {
+			removed = append(removed, name)
+		}
+	}
+	slices.Sort(changed)
+	slices.Sort(removed)
+	return slices.Compact(changed), slices.Compact(removed)
+}
+
+// input is what changed in one type: the names changed (or added) and
+// removed, sorted, and how to get a changed one prepared, with the weak
+// pointer to its message (zero if there is none).
+type input[M any] struct {
+	changed, removed []string
+	get              func(name string) (*Prepared, weak.Pointer[M])
+}
+
+func (t *Translator) stage(li input[listenerv3.Listener], ci input[clusterv3.Cluster], ai input[endpointv3.ClusterLoadAssignment]) (res Result, accept func(), err error) {
 	if t.keys == nil {
 		*t = *NewTranslator()
 	}
 	s := &step{fresh: make(map[string]bool)}
-	tl := newTally()
 
 	// Resources are checked in the order Translate checks them, so the
 	// first refused is the one Translate reports: those not checked again
 	// were accepted before and are accepted now.
-	changed, removed := diffWith(&t.listeners, r.Listeners, h, func(h *Hint) []string { return h.Listeners })
-	s.listeners = make(map[string]*listenerEntry, len(changed)+len(removed))
-	for _, name := range changed {
-		l := r.Listeners[name]
-		p, err := tl.listener(name, l)
-		if err != nil {
-			return Result{}, err.resource("Listener", name)
+	s.listeners = make(map[string]*listenerEntry, len(li.changed)+len(li.removed))
+	for _, name := range li.changed {
+		p, id := li.get(name)
+		if p.err != nil {
+			return Result{}, nil, p.err
 		}
-		s.listeners[name] = &listenerEntry{msg: l, plan: p, keys: tl.take()}
+		s.listeners[name] = &listenerEntry{msg: id, plan: p.plan, keys: p.keys, routes: p.routes}
 	}
-	for _, name := range removed {
+	for _, name := range li.removed {
 		s.listeners[name] = nil
 	}
-	s.changed = append(changed, removed...)
+	s.changed = append(slices.Clone(li.changed), li.removed...)
 	slices.Sort(s.changed)
 
-	changed, removed = diffWith(&t.clusters, r.Clusters, h, func(h *Hint) []string { return h.Clusters })
-	s.clusters = make(map[string]*clusterEntry, len(changed)+len(removed))
-	for _, name := range changed {
-		c := r.Clusters[name]
-		plan, err := tl.cluster(name, c)
-		if err != nil {
-			return Result{}, err.resource("Cluster", name)
+	s.clusters = make(map[string]*clusterEntry, len(ci.changed)+len(ci.removed))
+	for _, name := range ci.changed {
+		p, id := ci.get(name)
+		if p.err != nil {
+			return Result{}, nil, p.err
 		}
-		e := &clusterEntry{msg: c, eds: plan.eds, keys: tl.take()}
+		plan := p.cluster
+		e := &clusterEntry{msg: id, eds: plan.eds, keys: p.keys}
 		if plan.eds == "" {
 			e.static = &endpoints{all: plan.static}
 			if old := t.clusters.get(name); old != nil && old.static != nil && sameEndpoints(old.static.all, plan.static) {
@@ -304,27 +469,25 @@ func (t *Translator) TranslateHint(r Resources, h *Hint) (Result, error) {
 		}
 		s.clusters[name] = e
 	}
-	for _, name := range removed {
+	for _, name := range ci.removed {
 		s.clusters[name] = nil
 	}
 
-	changed, removed = diffWith(&t.assignments, r.Endpoints, h, func(h *Hint) []string { return h.Endpoints })
-	s.assignments = make(map[string]*assignmentEntry, len(changed)+len(removed))
-	for _, name := range changed {
-		a := r.Endpoints[name]
-		eps, err := tl.assignment(name, a)
-		if err != nil {
-			return Result{}, err.resource("ClusterLoadAssignment", name)
+	s.assignments = make(map[string]*assignmentEntry, len(ai.changed)+len(ai.removed))
+	for _, name := range ai.changed {
+		p, id := ai.get(name)
+		if p.err != nil {
+			return Result{}, nil, p.err
 		}
-		e := &assignmentEntry{msg: a, eps: &endpoints{all: eps}, keys: tl.take()}
+		e := &assignmentEntry{msg: id, eps: &endpoints{all: p.eps}, keys: p.keys}
 		// A control plane often sends an assignment again as it was:
 		// keeping the old endpoints keeps the services using them unchanged.
-		if old := t.assignments.get(name); old != nil && sameEndpoints(old.eps.all, eps) {
+		if old := t.assignments.get(name); old != nil && sameEndpoints(old.eps.all, p.eps) {
 			e.eps = old.eps
 		}
 		s.assignments[name] = e
 	}
-	for _, name := range removed {
+	for _, name := range ai.removed {
 		s.assignments[name] = nil
 	}
 
@@ -339,13 +502,16 @@ func (t *Translator) TranslateHint(r Resources, h *Hint) (Result, error) {
 	services, offsets := t.services(s, order, moved)
 	if !t.valid(s, len(services)) {
 		if err := validate(services); err != nil {
-			return Result{}, err
+			return Result{}, nil, err
 		}
 	}
 
-	t.commit(s, names, order, offsets)
-	t.last.State = model.State{Services: services}
-	return t.last, nil
+	out := t.outcome(s)
+	res = Result{State: model.State{Services: services}, Ignored: out.ignored, Missing: out.missing}
+	return res, func() {
+		t.commit(s, names, order, offsets, out)
+		t.last = res
+	}, nil
 }
 
 // take returns the Ignored keys of the resource just translated and starts
@@ -364,12 +530,12 @@ func (t *tally) take() []string {
 // whose EDS assignment did.
 func (t *Translator) affected(s *step) {
 	touch := func(cluster string) {
-		for name := range t.clusterUsers[cluster] {
+		for name := range t.clusterUsers.of(cluster) {
 			if _, ok := s.listeners[name]; ok {
 				continue
 			}
 			old := t.listeners.get(name)
-			s.listeners[name] = &listenerEntry{msg: old.msg, plan: old.plan, keys: old.keys}
+			s.listeners[name] = &listenerEntry{msg: old.msg, plan: old.plan, keys: old.keys, routes: old.routes}
 		}
 	}
 	for name := range s.clusters {
@@ -378,7 +544,7 @@ func (t *Translator) affected(s *step) {
 	for name := range s.assignments {
 		// Clusters that changed are touched above, with their new
 		// assignment names.
-		for cluster := range t.edsUsers[name] {
+		for cluster := range t.edsUsers.of(name) {
 			touch(cluster)
 		}
 	}
@@ -559,7 +725,7 @@ func (t *Translator) valid(s *step, n int) bool {
 
 // keyDelta returns how the number of services per key changes with s: only
 // changed, added and removed listeners can change their addresses.
-func keyDelta(s *step, accepted *memo[*listenerv3.Listener, *listenerEntry]) map[model.ServiceKey]int {
+func keyDelta(s *step, accepted *memo[listenerv3.Listener, *listenerEntry]) map[model.ServiceKey]int {
 	delta := make(map[model.ServiceKey]int)
 	add := func(e *listenerEntry, d int) {
 		if e == nil {
@@ -576,8 +742,16 @@ func keyDelta(s *step, accepted *memo[*listenerv3.Listener, *listenerEntry]) map
 	return delta
 }
 
-// commit makes s the accepted translation.
-func (t *Translator) commit(s *step, names []string, order []*listenerEntry, offsets []int) {
+// outcome is what accepting a step changes beyond the resources: the
+// Ignored and Missing of its result, and the pool counts behind Missing.
+type outcome struct {
+	ignored      map[string]int // Result.Ignored; the accepted one when unchanged
+	missing      []string       // Result.Missing; the accepted one when unchanged
+	missingCount map[string]int // per missing name, how many pools need it; the accepted one when unchanged
+}
+
+// outcome works out, without changing t, what accepting s gives.
+func (t *Translator) outcome(s *step) outcome {
 	ignored := make(map[string]int)
 	count := func(keys []string, d int) {
 		for _, k := range keys {
@@ -590,15 +764,90 @@ func (t *Translator) commit(s *step, names []string, order []*listenerEntry, off
 			missing[m] += d
 		}
 	}
+	for name, e := range s.listeners {
+		old := t.listeners.get(name)
+		if old != nil {
+			countMissing(old.missing, -1)
+		}
+		if e != nil {
+			countMissing(e.missing, +1)
+		}
+		if old != nil && e != nil && old.plan == e.plan {
+			continue // affected by a cluster or assignment only
+		}
+		if old != nil {
+			count(old.keys, -1)
+		}
+		if e != nil {
+			count(e.keys, +1)
+		}
+	}
+	for name, e := range s.clusters {
+		if old := t.clusters.get(name); old != nil {
+			count(old.keys, -1)
+		}
+		if e != nil {
+			count(e.keys, +1)
+		}
+	}
+	for name, e := range s.assignments {
+		if old := t.assignments.get(name); old != nil {
+			count(old.keys, -1)
+		}
+		if e != nil {
+			count(e.keys, +1)
+		}
+	}
 
+	// The Ignored and Missing of earlier results are never modified: they
+	// are replaced when they change.
+	out := outcome{ignored: t.last.Ignored, missing: t.last.Missing, missingCount: t.missing}
+	maps.DeleteFunc(ignored, func(_ string, d int) bool { return d == 0 })
+	if len(ignored) > 0 {
+		out.ignored = maps.Clone(t.last.Ignored)
+		for k, d := range ignored {
+			if n := out.ignored[k] + d; n == 0 {
+				delete(out.ignored, k)
+			} else {
+				out.ignored[k] = n
+			}
+		}
+	}
+	maps.DeleteFunc(missing, func(_ string, d int) bool { return d == 0 })
+	if len(missing) > 0 {
+		out.missingCount = maps.Clone(t.missing)
+		changed := false
+		for m, d := range missing {
+			switch n := out.missingCount[m] + d; {
+			case n == 0:
+				delete(out.missingCount, m)
+				changed = true
+			default:
+				changed = changed || n == d
+				out.missingCount[m] = n
+			}
+		}
+		if changed {
+			out.missing = nil
+			if len(out.missingCount) > 0 {
+				out.missing = sortedKeys(out.missingCount)
+			}
+		}
+	}
+	return out
+}
+
+// commit makes s, with the outcome t.outcome(s) gave, the accepted
+// translation.
+func (t *Translator) commit(s *step, names []string, order []*listenerEntry, offsets []int, out outcome) {
 	if len(t.listeners.entries) == 0 {
 		t.listeners.reserve(len(s.listeners))
-		t.clusterUsers = make(map[string]map[string]struct{}, len(s.listeners))
+		t.clusterUsers = newUsers(len(s.listeners))
 		t.keys = make(map[model.ServiceKey]int, len(s.listeners))
 	}
 	if len(t.clusters.entries) == 0 {
 		t.clusters.reserve(len(s.clusters))
-		t.edsUsers = make(map[string]map[string]struct{}, len(s.clusters))
+		t.edsUsers = newUsers(len(s.clusters))
 	}
 	t.assignments.reserve(len(s.assignments))
 	for k, d := range keyDelta(s, &t.listeners) {
@@ -610,108 +859,127 @@ func (t *Translator) commit(s *step, names []string, order []*listenerEntry, off
 	}
 	for name, e := range s.listeners {
 		old := t.listeners.get(name)
-		if old != nil {
-			countMissing(old.missing, -1)
-		}
-		if e != nil {
-			countMissing(e.missing, +1)
-		}
 		if old != nil && e != nil && old.plan == e.plan {
 			// Affected by a cluster or assignment only.
 			t.listeners.put(name, e)
 			continue
 		}
 		if old != nil {
-			count(old.keys, -1)
 			for _, pl := range old.plan.pools {
-				removeUser(t.clusterUsers, pl.cluster, name)
+				t.clusterUsers.remove(pl.cluster, name)
 			}
 			t.listeners.remove(name)
 		}
 		if e != nil {
-			count(e.keys, +1)
 			for _, pl := range e.plan.pools {
-				addUser(t.clusterUsers, pl.cluster, name)
+				t.clusterUsers.add(pl.cluster, name)
 			}
 			t.listeners.put(name, e)
 		}
 	}
 	for name, e := range s.clusters {
 		if old := t.clusters.get(name); old != nil {
-			count(old.keys, -1)
 			if old.eds != "" {
-				removeUser(t.edsUsers, old.eds, name)
+				t.edsUsers.remove(old.eds, name)
 			}
 			t.clusters.remove(name)
 		}
 		if e != nil {
-			count(e.keys, +1)
 			if e.eds != "" {
-				addUser(t.edsUsers, e.eds, name)
+				t.edsUsers.add(e.eds, name)
 			}
 			t.clusters.put(name, e)
 		}
 	}
 	for name, e := range s.assignments {
-		if old := t.assignments.get(name); old != nil {
-			count(old.keys, -1)
-			t.assignments.remove(name)
-		}
+		t.assignments.remove(name)
 		if e != nil {
-			count(e.keys, +1)
 			t.assignments.put(name, e)
 		}
 	}
-
 	t.names, t.order, t.offsets = names, order, offsets
-	// The Ignored and Missing of earlier results are never modified: they
-	// are replaced when they change.
-	maps.DeleteFunc(ignored, func(_ string, d int) bool { return d == 0 })
-	if len(ignored) > 0 {
-		next := maps.Clone(t.last.Ignored)
-		for k, d := range ignored {
-			if n := next[k] + d; n == 0 {
-				delete(next, k)
-			} else {
-				next[k] = n
+	t.missing = out.missingCount
+}
+
+// EDSNames returns, sorted, the assignment names the accepted clusters
+// need, as EDSNames does for the resources of the last accepted
+// translation.
+func (t *Translator) EDSNames() []string {
+	names := make([]string, 0, len(t.edsUsers.one)+len(t.edsUsers.many))
+	for name := range t.edsUsers.one {
+		names = append(names, name)
+	}
+	for name := range t.edsUsers.many {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	return names
+}
+
+// RDSNames returns, sorted, the route configuration names the accepted
+// listeners refer to, as RDSNames does for the resources of the last
+// accepted translation.
+func (t *Translator) RDSNames() []string {
+	var names []string
+	for _, e := range t.listeners.entries {
+		names = append(names, e.routes...)
+	}
+	slices.Sort(names)
+	return slices.Compact(names)
+}
+
+// users holds, per name, the set of names using it. Most names have one
+// user, which is kept without a set of its own: with 10,000 clusters, a
+// set each would be a good part of the Translator's memory.
+type users struct {
+	one  map[string]string              // names with one user
+	many map[string]map[string]struct{} // names with more (or, after removals, fewer)
+}
+
+func newUsers(n int) users {
+	return users{one: make(map[string]string, n), many: make(map[string]map[string]struct{})}
+}
+
+func (u *users) add(key, name string) {
+	if set, ok := u.many[key]; ok {
+		set[name] = struct{}{}
+		return
+	}
+	first, ok := u.one[key]
+	switch {
+	case !ok:
+		u.one[key] = name
+	case first != name:
+		delete(u.one, key)
+		u.many[key] = map[string]struct{}{first: {}, name: {}}
+	}
+}
+
+func (u *users) remove(key, name string) {
+	if set, ok := u.many[key]; ok {
+		delete(set, name)
+		if len(set) == 0 {
+			delete(u.many, key)
+		}
+		return
+	}
+	if u.one[key] == name {
+		delete(u.one, key)
+	}
+}
+
+// of returns the users of key.
+func (u *users) of(key string) iter.Seq[string] {
+	return func(yield func(string) bool) {
+		if name, ok := u.one[key]; ok {
+			yield(name)
+			return
+		}
+		for name := range u.many[key] {
+			if !yield(name) {
+				return
 			}
 		}
-		t.last.Ignored = next
-	}
-	missingChanged := false
-	for m, d := range missing {
-		switch n := t.missing[m] + d; {
-		case d == 0:
-		case n == 0:
-			delete(t.missing, m)
-			missingChanged = true
-		default:
-			missingChanged = missingChanged || n == d
-			t.missing[m] = n
-		}
-	}
-	if missingChanged {
-		t.last.Missing = nil
-		if len(t.missing) > 0 {
-			t.last.Missing = sortedKeys(t.missing)
-		}
-	}
-}
-
-func addUser(m map[string]map[string]struct{}, key, name string) {
-	set := m[key]
-	if set == nil {
-		set = make(map[string]struct{}, 1)
-		m[key] = set
-	}
-	set[name] = struct{}{}
-}
-
-func removeUser(m map[string]map[string]struct{}, key, name string) {
-	set := m[key]
-	delete(set, name)
-	if len(set) == 0 {
-		delete(m, key)
 	}
 }
 

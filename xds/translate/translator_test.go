@@ -5,6 +5,8 @@ import (
 	"maps"
 	"math/rand/v2"
 	"reflect"
+	"runtime"
+	"slices"
 	"strings"
 	"testing"
 
@@ -35,7 +37,92 @@ func sameAsTranslate(t testing.TB, what string, tr *translate.Translator, r tran
 		t.Fatalf("%s: Translator and Translate differ:\nservices %s\nwant     %s\nmissing %q, want %q\nignored %v\nwant    %v",
 			what, dump(got.State.Services), dump(want.State.Services), got.Missing, want.Missing, got.Ignored, want.Ignored)
 	}
+	if wantErr == nil {
+		if got, want := tr.EDSNames(), translate.EDSNames(r); !slices.Equal(got, want) {
+			t.Fatalf("%s: Translator.EDSNames %q, EDSNames %q", what, got, want)
+		}
+		if got, want := tr.RDSNames(), translate.RDSNames(r); !slices.Equal(got, want) {
+			t.Fatalf("%s: Translator.RDSNames %q, RDSNames %q", what, got, want)
+		}
+	}
 	return wantErr
+}
+
+// sameStaged stages r with tr as the xDS client does, and checks the
+// result against Translate: the hint names exactly what changed since base
+// (tr's last accepted set), and every other name comes without its message
+// (nil), so tr fails the check if it reads one. The translation is accepted
+// only if accept is set; it returns the set tr has accepted after the call.
+//
+// With prepared set, the changed resources are prepared on their own and
+// staged with StagePrepared instead, as the xDS client does.
+func sameStaged(t testing.TB, what string, tr *translate.Translator, base, r translate.Resources, accept, prepared bool) translate.Resources {
+	t.Helper()
+	h := &translate.Hint{
+		Listeners: changedNames(base.Listeners, r.Listeners),
+		Clusters:  changedNames(base.Clusters, r.Clusters),
+		Endpoints: changedNames(base.Endpoints, r.Endpoints),
+	}
+	in := translate.Resources{
+		Listeners: withoutUnchanged(base.Listeners, r.Listeners),
+		Clusters:  withoutUnchanged(base.Clusters, r.Clusters),
+		Endpoints: withoutUnchanged(base.Endpoints, r.Endpoints),
+	}
+	var got translate.Result
+	var commit func()
+	var gotErr error
+	if prepared {
+		var p translate.Preparer
+		got, commit, gotErr = tr.StagePrepared(translate.PreparedResources{
+			Listeners: prepare(in.Listeners, p.Listener),
+			Clusters:  prepare(in.Clusters, p.Cluster),
+			Endpoints: prepare(in.Endpoints, p.Assignment),
+		}, *h)
+	} else {
+		got, commit, gotErr = tr.Stage(in, h)
+	}
+	want, wantErr := translate.Translate(r)
+	if errText(gotErr) != errText(wantErr) {
+		t.Fatalf("%s: staged Translator error %v, Translate error %v", what, gotErr, wantErr)
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("%s: staged Translator and Translate differ:\nservices %s\nwant     %s\nmissing %q, want %q\nignored %v\nwant    %v",
+			what, dump(got.State.Services), dump(want.State.Services), got.Missing, want.Missing, got.Ignored, want.Ignored)
+	}
+	if gotErr != nil || !accept {
+		return base
+	}
+	commit()
+	if got, want := tr.EDSNames(), translate.EDSNames(r); !slices.Equal(got, want) {
+		t.Fatalf("%s: staged Translator.EDSNames %q, EDSNames %q", what, got, want)
+	}
+	return translate.Resources{Listeners: maps.Clone(r.Listeners), Clusters: maps.Clone(r.Clusters), Endpoints: maps.Clone(r.Endpoints)}
+}
+
+// prepare prepares the messages of m that are not nil.
+func prepare[M comparable](m map[string]M, f func(string, M) *translate.Prepared) map[string]*translate.Prepared {
+	var none M
+	out := make(map[string]*translate.Prepared)
+	for name, msg := range m {
+		if msg != none {
+			out[name] = f(name, msg)
+		}
+	}
+	return out
+}
+
+// withoutUnchanged returns now with a nil message for every name that has
+// the same message in base.
+func withoutUnchanged[M comparable](base, now map[string]M) map[string]M {
+	var none M
+	out := make(map[string]M, len(now))
+	for name, m := range now {
+		if old, ok := base[name]; ok && old == m {
+			m = none
+		}
+		out[name] = m
+	}
+	return out
 }
 
 // sameWithHint checks that a Translator given the exact changes since
@@ -392,6 +479,11 @@ func TestTranslatorMatchesTranslate(t *testing.T) {
 			tr := translate.NewTranslator()
 			hinted := translate.NewTranslator() // told exactly what changed
 			var hintedBase translate.Resources  // the set of hinted's last successful call
+			// staged accepts only some of its translations and is never
+			// given a message again once it accepted it.
+			staged, stagedBase := translate.NewTranslator(), translate.Resources{}
+			// prepared is staged fed with prepared resources.
+			prepared, preparedBase := translate.NewTranslator(), translate.Resources{}
 			accepted := s.clone()
 			for step := range steps {
 				switch n := s.rng.IntN(10); {
@@ -405,6 +497,14 @@ func TestTranslatorMatchesTranslate(t *testing.T) {
 				err := sameAsTranslate(t, fmt.Sprint("step ", step), tr, s.r)
 				if hintedErr := sameWithHint(t, fmt.Sprint("step ", step, " (hint)"), hinted, hintedBase, s.r); hintedErr == nil {
 					hintedBase = s.clone()
+				}
+				stagedBase = sameStaged(t, fmt.Sprint("step ", step, " (staged)"), staged, stagedBase, s.r, s.rng.IntN(6) != 0, false)
+				preparedBase = sameStaged(t, fmt.Sprint("step ", step, " (prepared)"), prepared, preparedBase, s.r, s.rng.IntN(6) != 0, true)
+				if step%50 == 0 {
+					// Messages only the translators knew are freed: a
+					// new message at a freed one's address must still
+					// be told apart from it.
+					runtime.GC()
 				}
 				switch {
 				case err == nil:
