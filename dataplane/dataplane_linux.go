@@ -457,14 +457,6 @@ func waitForReaders() {
 	time.Sleep(10 * time.Millisecond)
 }
 
-// Status describes what the dataplane has programmed.
-type Status struct {
-	Generation     uint32 // generation the programs read
-	Services       int    // service entries in force
-	Backends       int    // backend entries in force
-	EntriesWritten uint64 // map entries written or deleted by this process (churn)
-}
-
 // Status reports what the dataplane has programmed. It waits for a running
 // update of the standby generation, so its figures are settled.
 func (d *Dataplane) Status() Status {
@@ -477,6 +469,10 @@ func (d *Dataplane) Status() Status {
 	}
 	return st
 }
+
+// EntriesWritten is Status().EntriesWritten without waiting: it may not
+// count yet the standby generation's update of the last Apply.
+func (d *Dataplane) EntriesWritten() uint64 { return d.written.Load() }
 
 // Stats are the programs' counters, summed over CPUs.
 type Stats struct {

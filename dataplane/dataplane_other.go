@@ -32,6 +32,12 @@ func Open(Options) (*Dataplane, error) { return nil, ErrNotSupported }
 // Apply fails with ErrNotSupported.
 func (*Dataplane) Apply(model.State) error { return ErrNotSupported }
 
+// EntriesWritten returns 0.
+func (*Dataplane) EntriesWritten() uint64 { return 0 }
+
+// Status returns the zero Status.
+func (*Dataplane) Status() Status { return Status{} }
+
 // Close does nothing.
 func (*Dataplane) Close() error { return nil }
 

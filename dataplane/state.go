@@ -40,3 +40,11 @@ var (
 	// ErrLocked: another process owns the pin directory.
 	ErrLocked = errors.New("pin directory in use")
 )
+
+// Status describes what the dataplane has programmed.
+type Status struct {
+	Generation     uint32 // generation the programs read
+	Services       int    // service entries in force
+	Backends       int    // backend entries in force
+	EntriesWritten uint64 // map entries written or deleted by this process (churn)
+}

@@ -372,7 +372,7 @@ func BenchmarkAgentRSS10k(b *testing.B) {
 			time.Sleep(50 * time.Millisecond)
 		}
 		time.Sleep(time.Second) // let the agent settle (GC) before reading its memory
-		rss, hwm := procMemory(b, agent.Process.Pid)
+		rss, hwm, anon := procMemory(b, agent.Process.Pid)
 		_ = agent.Process.Signal(os.Interrupt)
 		_ = agent.Wait()
 		if err := dataplane.Teardown(pin); err != nil {
@@ -380,6 +380,7 @@ func BenchmarkAgentRSS10k(b *testing.B) {
 		}
 		b.ReportMetric(rss, "rss-MiB")
 		b.ReportMetric(hwm, "peak-rss-MiB")
+		b.ReportMetric(anon, "anon-rss-MiB")
 	}
 }
 
@@ -398,8 +399,9 @@ func pinnedServices(pin string) int {
 	return n
 }
 
-// procMemory returns VmRSS and VmHWM of a process in MiB.
-func procMemory(tb testing.TB, pid int) (rss, hwm float64) {
+// procMemory returns VmRSS, VmHWM and RssAnon (RSS less the pages of
+// the executable and other files) of a process in MiB.
+func procMemory(tb testing.TB, pid int) (rss, hwm, anon float64) {
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		tb.Fatal(err)
@@ -415,7 +417,9 @@ func procMemory(tb testing.TB, pid int) (rss, hwm float64) {
 			rss = kb / 1024
 		case "VmHWM:":
 			hwm = kb / 1024
+		case "RssAnon:":
+			anon = kb / 1024
 		}
 	}
-	return rss, hwm
+	return rss, hwm, anon
 }

@@ -563,10 +563,11 @@ func (c *Client) decodeOne(u *update, raw rawResource, p *translate.Preparer) de
 			return decoded{name: raw.name, res: prev}
 		}
 	}
-	var sum [sha256.Size]byte
+	var sum *[sha256.Size]byte
 	if c.opts.Mode == ModeSotW {
-		sum = sha256.Sum256(raw.any.GetValue())
-		if name, ok := c.accepted.nameByHash(t, sum); ok && raw.any.GetTypeUrl() == t {
+		h := sha256.Sum256(raw.any.GetValue())
+		sum = &h
+		if name, ok := c.accepted.nameByHash(t, h); ok && raw.any.GetTypeUrl() == t {
 			prev, _ := c.accepted.get(t, name)
 			prev.version = u.version
 			return decoded{name: name, res: prev}

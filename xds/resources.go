@@ -53,7 +53,7 @@ func shortType(typeURL string) string {
 // Client.translateAndApply), and for route configurations.
 type resource struct {
 	version string
-	sum     [sha256.Size]byte
+	sum     *[sha256.Size]byte // SotW only
 	prep    *translate.Prepared
 }
 
@@ -66,12 +66,18 @@ type typeSet struct {
 }
 
 func (ts *typeSet) put(name string, r resource) {
-	if old, ok := ts.items[name]; ok && ts.byHash != nil && ts.byHash[old.sum] == name {
-		delete(ts.byHash, old.sum)
+	if old, ok := ts.items[name]; ok {
+		ts.unindex(name, old)
 	}
 	ts.items[name] = r
-	if ts.byHash != nil {
-		ts.byHash[r.sum] = name
+	if ts.byHash != nil && r.sum != nil {
+		ts.byHash[*r.sum] = name
+	}
+}
+
+func (ts *typeSet) unindex(name string, old resource) {
+	if ts.byHash != nil && old.sum != nil && ts.byHash[*old.sum] == name {
+		delete(ts.byHash, *old.sum)
 	}
 }
 
@@ -80,9 +86,7 @@ func (ts *typeSet) del(name string) {
 	if !ok {
 		return
 	}
-	if ts.byHash != nil && ts.byHash[old.sum] == name {
-		delete(ts.byHash, old.sum)
-	}
+	ts.unindex(name, old)
 	delete(ts.items, name)
 }
 
@@ -205,7 +209,9 @@ func (s resourceSet) nameByHash(typeURL string, sum [sha256.Size]byte) (string, 
 	if ts.byHash == nil {
 		ts.byHash = make(map[[sha256.Size]byte]string, len(ts.items))
 		for name, r := range ts.items {
-			ts.byHash[r.sum] = name
+			if r.sum != nil {
+				ts.byHash[*r.sum] = name
+			}
 		}
 	}
 	name, ok := ts.byHash[sum]

@@ -8,11 +8,14 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime/debug"
+	"sync/atomic"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/sluice-mesh/sluice/dataplane"
+	"github.com/sluice-mesh/sluice/dataplane/model"
 	"github.com/sluice-mesh/sluice/xds"
 	"github.com/sluice-mesh/sluice/xds/controlplane"
 )
@@ -115,7 +118,7 @@ func runAgent(ctx context.Context, f agentFlags, log *slog.Logger) error {
 	}
 	// Closing keeps the pins: routing continues while no agent runs.
 	defer dp.Close()
-	opts.Applier = dp
+	opts.Applier = &releasingApplier{dp: dp}
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -158,4 +161,42 @@ func newLogger(level string) (*slog.Logger, error) {
 		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
 	}
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l})), nil
+}
+
+// releaseAfter is how many map entries a state must write for the agent to
+// hand the memory its translation needed back to the kernel.
+const releaseAfter = 10000
+
+// releasingApplier applies states to the dataplane. After one that rewrote
+// much of the maps (the first state, a large change), it returns the memory
+// no longer in use to the kernel in the background: decoding and
+// translating a large state needs far more than holding it, and the Go
+// runtime would otherwise keep the difference for minutes.
+type releasingApplier struct {
+	dp interface {
+		Apply(model.State) error
+		EntriesWritten() uint64
+		Status() dataplane.Status // waits until the standby generation is written
+	}
+	release   func() // debug.FreeOSMemory when nil
+	releasing atomic.Bool
+}
+
+func (a *releasingApplier) Apply(s model.State) error {
+	before := a.dp.EntriesWritten()
+	if err := a.dp.Apply(s); err != nil {
+		return err
+	}
+	if a.dp.EntriesWritten()-before >= releaseAfter && !a.releasing.Swap(true) {
+		go func() {
+			defer a.releasing.Store(false)
+			a.dp.Status() // the standby generation's update allocates too
+			if a.release != nil {
+				a.release()
+			} else {
+				debug.FreeOSMemory()
+			}
+		}()
+	}
+	return nil
 }
