@@ -34,7 +34,9 @@ func (f *fakeDataplane) EntriesWritten() uint64 {
 	return f.written
 }
 
-func (f *fakeDataplane) Status() dataplane.Status { return dataplane.Status{EntriesWritten: f.EntriesWritten()} }
+func (f *fakeDataplane) Status() dataplane.Status {
+	return dataplane.Status{EntriesWritten: f.EntriesWritten()}
+}
 
 // Memory goes back to the kernel after a state that rewrote many entries,
 // not after small changes, and not after a refused state.
