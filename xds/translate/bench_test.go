@@ -58,16 +58,15 @@ func BenchmarkTranslate10k(b *testing.B) {
 	}
 }
 
-// BenchmarkTranslatorOneEndpointChange10k translates mesh10k again after
-// each change of one endpoint's weight in one assignment (a new message),
-// as one EDS update does.
-func BenchmarkTranslatorOneEndpointChange10k(b *testing.B) {
+// swapSetup translates mesh10k with a new Translator, and returns with it
+// the names of 100 assignments and two versions of each (the one in mesh10k
+// first): each iteration of a benchmark swaps one for its other version.
+func swapSetup(b *testing.B) (translate.Resources, *translate.Translator, []string, [][2]*endpointv3.ClusterLoadAssignment) {
 	r := mesh10k()
 	tr := translate.NewTranslator()
 	if _, err := tr.Translate(r); err != nil {
 		b.Fatal(err)
 	}
-	// Each iteration swaps one of these assignments for its other version.
 	const swapped = 100
 	names := make([]string, swapped)
 	versions := make([][2]*endpointv3.ClusterLoadAssignment, swapped)
@@ -76,11 +75,19 @@ func BenchmarkTranslatorOneEndpointChange10k(b *testing.B) {
 		names[k] = fmt.Sprintf("ns%d/svc%d", i/100, i)
 		versions[k] = [2]*endpointv3.ClusterLoadAssignment{r.Endpoints[names[k]], assignment10(names[k], i, 7)}
 	}
+	return r, tr, names, versions
+}
+
+// BenchmarkTranslatorOneEndpointChange10k translates mesh10k again after
+// each change of one endpoint's weight in one assignment (a new message),
+// as one EDS update does.
+func BenchmarkTranslatorOneEndpointChange10k(b *testing.B) {
+	r, tr, names, versions := swapSetup(b)
 	b.ReportAllocs()
 	n := 0
 	for b.Loop() {
-		k := n % swapped
-		r.Endpoints[names[k]] = versions[k][(n/swapped+1)%2]
+		k := n % len(names)
+		r.Endpoints[names[k]] = versions[k][(n/len(names)+1)%2]
 		n++
 		res, err := tr.Translate(r)
 		if err != nil {
@@ -96,24 +103,12 @@ func BenchmarkTranslatorOneEndpointChange10k(b *testing.B) {
 // BenchmarkTranslatorOneEndpointChange10k told what changed and given only
 // that, as the xDS client does.
 func BenchmarkTranslatorOneEndpointChangeHinted10k(b *testing.B) {
-	r := mesh10k()
-	tr := translate.NewTranslator()
-	if _, err := tr.Translate(r); err != nil {
-		b.Fatal(err)
-	}
-	const swapped = 100
-	names := make([]string, swapped)
-	versions := make([][2]*endpointv3.ClusterLoadAssignment, swapped)
-	for k := range versions {
-		i := k * (benchServices / swapped)
-		names[k] = fmt.Sprintf("ns%d/svc%d", i/100, i)
-		versions[k] = [2]*endpointv3.ClusterLoadAssignment{r.Endpoints[names[k]], assignment10(names[k], i, 7)}
-	}
+	_, tr, names, versions := swapSetup(b)
 	b.ReportAllocs()
 	n := 0
 	for b.Loop() {
-		k := n % swapped
-		in := translate.Resources{Endpoints: map[string]*endpointv3.ClusterLoadAssignment{names[k]: versions[k][(n/swapped+1)%2]}}
+		k := n % len(names)
+		in := translate.Resources{Endpoints: map[string]*endpointv3.ClusterLoadAssignment{names[k]: versions[k][(n/len(names)+1)%2]}}
 		n++
 		res, err := tr.TranslateHint(in, &translate.Hint{Endpoints: names[k : k+1]})
 		if err != nil {
