@@ -418,14 +418,11 @@ func (c *Client) translateAndApply(synced bool) (translate.Result, error) {
 		Clusters:  slices.Collect(maps.Keys(c.dirty[resourcev3.ClusterType])),
 		Endpoints: slices.Collect(maps.Keys(c.dirty[resourcev3.EndpointType])),
 	}
-	for t, names := range c.dirty {
-		for name := range names {
-			if r, ok := c.accepted.get(t, name); ok && r.prep == nil && t != resourcev3.RouteType {
-				return translate.Result{}, fmt.Errorf("internal error: %s resource %q changed but its translation is gone", shortType(t), name)
-			}
-		}
+	in, err := c.accepted.translateInput(c.dirty)
+	if err != nil {
+		return translate.Result{}, err
 	}
-	res, accept, err := c.translator.StagePrepared(c.accepted.translateInput(c.dirty), hint)
+	res, accept, err := c.translator.StagePrepared(in, hint)
 	if err != nil {
 		return res, err
 	}
@@ -587,13 +584,13 @@ func (c *Client) decodeOne(u *update, raw rawResource, p *translate.Preparer) de
 	if raw.name == "" {
 		version = u.version
 	}
-	return decoded{name: name, res: resource{version: version, sum: sum, prep: prepare(p, t, name, msg)}}
+	return decoded{name: name, res: resource{version: version, sum: sum, prep: prepare(p, name, msg)}}
 }
 
 // prepare prepares a decoded resource for translation. Route
 // configurations are not translated yet (listeners that would use them are
 // refused): they get no preparation.
-func prepare(p *translate.Preparer, typeURL, name string, msg proto.Message) *translate.Prepared {
+func prepare(p *translate.Preparer, name string, msg proto.Message) *translate.Prepared {
 	switch m := msg.(type) {
 	case *listenerv3.Listener:
 		return p.Listener(name, m)

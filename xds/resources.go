@@ -220,26 +220,30 @@ func (s resourceSet) nameByHash(typeURL string, sum [sha256.Size]byte) (string, 
 
 // translateInput returns the prepared resources of the names in dirty (by
 // type): those a translator told of exactly these names needs. A name not
-// held is left out, which tells it is gone.
-func (s resourceSet) translateInput(dirty map[string]map[string]bool) translate.PreparedResources {
-	return translate.PreparedResources{
-		Listeners: prepared(s[resourcev3.ListenerType], dirty[resourcev3.ListenerType]),
-		Clusters:  prepared(s[resourcev3.ClusterType], dirty[resourcev3.ClusterType]),
-		Endpoints: prepared(s[resourcev3.EndpointType], dirty[resourcev3.EndpointType]),
-	}
-}
-
-func prepared(ts *typeSet, names map[string]bool) map[string]*translate.Prepared {
-	m := make(map[string]*translate.Prepared, len(names))
-	if ts == nil {
+// held is left out, which tells it is gone. A held one must still have its
+// preparation: it is let go of only once the translator has it.
+func (s resourceSet) translateInput(dirty map[string]map[string]bool) (translate.PreparedResources, error) {
+	var err error
+	prepared := func(typeURL string) map[string]*translate.Prepared {
+		m := make(map[string]*translate.Prepared, len(dirty[typeURL]))
+		for name := range dirty[typeURL] {
+			r, ok := s.get(typeURL, name)
+			switch {
+			case !ok:
+			case r.prep == nil:
+				err = fmt.Errorf("internal error: %s resource %q changed but its translation is gone", shortType(typeURL), name)
+			default:
+				m[name] = r.prep
+			}
+		}
 		return m
 	}
-	for name := range names {
-		if r, ok := ts.items[name]; ok {
-			m[name] = r.prep
-		}
+	in := translate.PreparedResources{
+		Listeners: prepared(resourcev3.ListenerType),
+		Clusters:  prepared(resourcev3.ClusterType),
+		Endpoints: prepared(resourcev3.EndpointType),
 	}
-	return m
+	return in, err
 }
 
 // decode unpacks one resource of the expected type and returns its name.

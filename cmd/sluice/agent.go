@@ -118,7 +118,7 @@ func runAgent(ctx context.Context, f agentFlags, log *slog.Logger) error {
 	}
 	// Closing keeps the pins: routing continues while no agent runs.
 	defer dp.Close()
-	opts.Applier = &releasingApplier{dp: dp}
+	opts.Applier = &releasingApplier{dp: dp, release: debug.FreeOSMemory}
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -178,7 +178,7 @@ type releasingApplier struct {
 		EntriesWritten() uint64
 		Status() dataplane.Status // waits until the standby generation is written
 	}
-	release   func() // debug.FreeOSMemory when nil
+	release   func() // debug.FreeOSMemory
 	releasing atomic.Bool
 }
 
@@ -191,11 +191,7 @@ func (a *releasingApplier) Apply(s model.State) error {
 		go func() {
 			defer a.releasing.Store(false)
 			a.dp.Status() // the standby generation's update allocates too
-			if a.release != nil {
-				a.release()
-			} else {
-				debug.FreeOSMemory()
-			}
+			a.release()
 		}()
 	}
 	return nil
