@@ -390,6 +390,8 @@ type PreparedResources struct {
 // added or removed, and p holds those of them that are (still) there. What
 // h does not name is taken to be as it was; what h names and p does not
 // hold is gone. The result is what Stage gives for the same resources.
+// Resources accepted this way have no message to be compared with: a later
+// Stage without a hint translates every resource it is given again.
 func (t *Translator) StagePrepared(p PreparedResources, h Hint) (res Result, accept func(), err error) {
 	lc, lr := preparedChanges(&t.listeners, p.Listeners, h.Listeners)
 	cc, cr := preparedChanges(&t.clusters, p.Clusters, h.Clusters)
