@@ -41,6 +41,7 @@ type planned struct {
 	changed map[model.ServiceKey]*compiled // new services and recompiled ones
 	removed []model.ServiceKey             // services in force that the state does not have
 	nextID  uint32                         // the id the next new service gets
+	order   []*compiled                    // the state's services, in its order
 }
 
 // plan validates s against caps and compiles what differs from prev (the
@@ -52,7 +53,13 @@ type planned struct {
 // earlier call's: plan marks the services of prev it finds with it (the only
 // change it makes to prev, which nothing else reads) and so detects both
 // removed services and duplicates without building a map of all of them.
-func plan(s model.State, caps Capacity, prev map[model.ServiceKey]*compiled, nextID uint32, epoch uint64) (planned, error) {
+//
+// order is the order of the last planned state that was applied (nil if
+// unknown): the services of prev as that state listed them. When s lists
+// the same services in the same order — the usual update, where only some
+// of them changed — plan compares s with order position by position and
+// looks nothing up.
+func plan(s model.State, caps Capacity, prev map[model.ServiceKey]*compiled, order []*compiled, nextID uint32, epoch uint64) (planned, error) {
 	caps = caps.WithDefaults()
 	if len(s.Services) > caps.Services {
 		return planned{}, &model.EntryError{
@@ -61,8 +68,11 @@ func plan(s model.State, caps Capacity, prev map[model.ServiceKey]*compiled, nex
 			Class:  model.ErrCapacity,
 		}
 	}
+	if p, same, err := planInOrder(s, caps, order, nextID); same {
+		return p, err
+	}
 
-	p := planned{changed: make(map[model.ServiceKey]*compiled), nextID: nextID}
+	p := planned{changed: make(map[model.ServiceKey]*compiled), nextID: nextID, order: make([]*compiled, len(s.Services))}
 	var fresh []model.ServiceKey
 	found, backends := 0, 0
 	for i := range s.Services {
@@ -80,14 +90,10 @@ func plan(s model.State, caps Capacity, prev map[model.ServiceKey]*compiled, nex
 			return planned{}, s.ValidateUnique()
 		}
 		if old == nil || !old.known || !old.svc.Equal(svc) {
-			if err := model.ValidateService(i, svc); err != nil {
+			var err error
+			if c, err = compile(i, svc, epoch); err != nil {
 				return planned{}, err
 			}
-			set, err := chooseActiveSet(i, svc)
-			if err != nil {
-				return planned{}, err
-			}
-			c = &compiled{svc: *svc, known: true, set: set, epoch: epoch}
 			if old != nil {
 				c.set.ID = old.set.ID
 			} else {
@@ -95,13 +101,10 @@ func plan(s model.State, caps Capacity, prev map[model.ServiceKey]*compiled, nex
 			}
 			p.changed[key] = c
 		}
+		p.order[i] = c
 		backends += len(c.set.Backends)
-		if backends > caps.Backends {
-			return planned{}, &model.EntryError{
-				Entry:  model.Label(i, svc),
-				Reason: fmt.Sprintf("backend capacity %d exhausted (state needs at least %d)", caps.Backends, backends),
-				Class:  model.ErrCapacity,
-			}
+		if err := checkBackends(caps, backends, i, svc); err != nil {
+			return planned{}, err
 		}
 	}
 	if found < len(prev) {
@@ -118,6 +121,68 @@ func plan(s model.State, caps Capacity, prev map[model.ServiceKey]*compiled, nex
 		p.nextID++
 	}
 	return p, nil
+}
+
+// planInOrder is plan for a state that lists the services of order, in
+// that order (same reports whether it does; if not, it has done nothing).
+// Such a state has no duplicates (order came from a valid state), removes
+// nothing and adds nothing; the services that differ are compiled again
+// under their ids, and the result and any error are those of the general
+// case.
+func planInOrder(s model.State, caps Capacity, order []*compiled, nextID uint32) (p planned, same bool, err error) {
+	if len(order) == 0 || len(order) != len(s.Services) {
+		return planned{}, false, nil
+	}
+	for i := range s.Services {
+		if order[i].svc.Key() != s.Services[i].Key() {
+			return planned{}, false, nil
+		}
+	}
+	p = planned{changed: make(map[model.ServiceKey]*compiled), nextID: nextID, order: slices.Clone(order)}
+	backends := 0
+	for i := range s.Services {
+		svc := &s.Services[i]
+		c := order[i]
+		if !c.svc.Equal(svc) {
+			id := c.set.ID
+			if c, err = compile(i, svc, c.epoch); err != nil {
+				return planned{}, true, err
+			}
+			c.set.ID = id
+			p.changed[svc.Key()] = c
+			p.order[i] = c
+		}
+		backends += len(c.set.Backends)
+		if err := checkBackends(caps, backends, i, svc); err != nil {
+			return planned{}, true, err
+		}
+	}
+	return p, true, nil
+}
+
+// compile validates the i-th service of a state and lays out its backends.
+func compile(i int, svc *model.Service, epoch uint64) (*compiled, error) {
+	if err := model.ValidateService(i, svc); err != nil {
+		return nil, err
+	}
+	set, err := chooseActiveSet(i, svc)
+	if err != nil {
+		return nil, err
+	}
+	return &compiled{svc: *svc, known: true, set: set, epoch: epoch}, nil
+}
+
+// checkBackends fails once the services up to the i-th need more backends
+// than caps allow.
+func checkBackends(caps Capacity, backends, i int, svc *model.Service) error {
+	if backends > caps.Backends {
+		return &model.EntryError{
+			Entry:  model.Label(i, svc),
+			Reason: fmt.Sprintf("backend capacity %d exhausted (state needs at least %d)", caps.Backends, backends),
+			Class:  model.ErrCapacity,
+		}
+	}
+	return nil
 }
 
 // pool is one split's usable endpoints at its best priority.

@@ -2,8 +2,12 @@ package dataplane
 
 import (
 	"errors"
+	"fmt"
 	"maps"
+	"math/rand/v2"
 	"net/netip"
+	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -54,7 +58,7 @@ func TestCompileRejectsInvalidStates(t *testing.T) {
 		}}, Capacity{Backends: 2}, model.ErrCapacity, `service "b" (10.0.0.2:80/TCP): backend capacity 2 exhausted`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := plan(tc.state, tc.caps, nil, 1, 1)
+			_, err := plan(tc.state, tc.caps, nil, nil, 1, 1)
 			if !errors.Is(err, tc.class) {
 				t.Fatalf("err = %v, want %v", err, tc.class)
 			}
@@ -68,7 +72,7 @@ func TestCompileRejectsInvalidStates(t *testing.T) {
 func TestUnhealthyEndpointsUseNoCapacity(t *testing.T) {
 	s := model.State{Services: []model.Service{service("a", "10.0.0.1",
 		ep("10.1.0.1:80"), ep("10.1.0.2:80", health(model.HealthUnhealthy)), ep("10.1.0.3:80", priority(1)))}}
-	if _, err := plan(s, Capacity{Backends: 1}, nil, 1, 1); err != nil {
+	if _, err := plan(s, Capacity{Backends: 1}, nil, nil, 1, 1); err != nil {
 		t.Errorf("only one endpoint is usable at the chosen priority, yet: %v", err)
 	}
 }
@@ -113,7 +117,7 @@ func TestActiveSet(t *testing.T) {
 
 // compileFresh plans s onto an empty dataplane and returns its services.
 func compileFresh(s model.State) (map[model.ServiceKey]*compiled, error) {
-	p, err := plan(s, Capacity{}, nil, 1, 1)
+	p, err := plan(s, Capacity{}, nil, nil, 1, 1)
 	return p.changed, err
 }
 
@@ -141,7 +145,7 @@ func TestServiceIDs(t *testing.T) {
 		}
 		return m
 	}
-	p1, err := plan(model.State{Services: []model.Service{service("b", "10.0.0.2"), service("a", "10.0.0.1"), service("c", "10.0.0.3")}}, Capacity{}, nil, 1, 1)
+	p1, err := plan(model.State{Services: []model.Service{service("b", "10.0.0.2"), service("a", "10.0.0.1"), service("c", "10.0.0.3")}}, Capacity{}, nil, nil, 1, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -152,7 +156,7 @@ func TestServiceIDs(t *testing.T) {
 	}
 	// Remove b, add e and d: a and c keep their ids; d and e get new ones
 	// in key order; b's id is not reused.
-	p2, err := plan(model.State{Services: []model.Service{service("e", "10.0.0.5"), service("c", "10.0.0.3"), service("d", "10.0.0.4"), service("a", "10.0.0.1")}}, Capacity{}, first, p1.nextID, 2)
+	p2, err := plan(model.State{Services: []model.Service{service("e", "10.0.0.5"), service("c", "10.0.0.3"), service("d", "10.0.0.4"), service("a", "10.0.0.1")}}, Capacity{}, first, nil, p1.nextID, 2)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -182,7 +186,7 @@ func TestPlanFindsDuplicates(t *testing.T) {
 		{"two services in force", model.State{Services: []model.Service{a, b, service("a2", "10.0.0.1")}}},
 		{"two new services", model.State{Services: []model.Service{a, service("c", "10.0.0.3"), service("c2", "10.0.0.3")}}},
 	} {
-		_, err := plan(tc.state, Capacity{}, first, 3, 2+uint64(len(tc.name)))
+		_, err := plan(tc.state, Capacity{}, first, nil, 3, 2+uint64(len(tc.name)))
 		if !errors.Is(err, model.ErrInvalidState) || !strings.Contains(err.Error(), "duplicate VIP:port/protocol") {
 			t.Errorf("%s: err = %v", tc.name, err)
 		}
@@ -191,7 +195,7 @@ func TestPlanFindsDuplicates(t *testing.T) {
 
 func mustPlan(t *testing.T, s model.State, prev map[model.ServiceKey]*compiled, epoch uint64) planned {
 	t.Helper()
-	p, err := plan(s, Capacity{}, prev, 1, epoch)
+	p, err := plan(s, Capacity{}, prev, nil, 1, epoch)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -275,5 +279,167 @@ func TestPlanReusesUnchangedServices(t *testing.T) {
 	}
 	if first[b.Key()].set.TotalWeight != 1 {
 		t.Error("plan modified the services in force")
+	}
+}
+
+// planner applies plans as Apply commits them, with or without the order
+// of the last state.
+type planner struct {
+	useOrder bool
+	current  map[model.ServiceKey]*compiled
+	order    []*compiled
+	nextID   uint32
+	epoch    uint64
+}
+
+func (pl *planner) plan(s model.State, caps Capacity) (planned, error) {
+	pl.epoch++
+	var order []*compiled
+	if pl.useOrder {
+		order = pl.order
+	}
+	p, err := plan(s, caps, pl.current, order, pl.nextID, pl.epoch)
+	if err == nil {
+		if pl.current == nil {
+			pl.current = map[model.ServiceKey]*compiled{}
+		}
+		maps.Copy(pl.current, p.changed)
+		for _, k := range p.removed {
+			delete(pl.current, k)
+		}
+		pl.order, pl.nextID = p.order, p.nextID
+	}
+	return p, err
+}
+
+// A state listing the services in force in the same order is planned
+// position by position (planInOrder); the result and every error must be
+// those of the general plan, which looks each service up. Random states
+// over a small set of services, mostly the last state with a few changes,
+// sometimes reordered, shrunk, grown, invalid or over capacity.
+func TestPlanInOrderMatchesGeneral(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 11))
+	universe := make([]model.Service, 12)
+	for i := range universe {
+		universe[i] = service("s"+strconv.Itoa(i), "10.0.0."+strconv.Itoa(i+1))
+	}
+	endpoints := func() []model.Endpoint {
+		var eps []model.Endpoint
+		for j := range rng.IntN(4) {
+			eps = append(eps, ep("10.1.0."+strconv.Itoa(rng.IntN(3)+1)+":"+strconv.Itoa(8080+j), weight(uint32(rng.IntN(3)))))
+		}
+		return eps
+	}
+	fast, general := &planner{useOrder: true, nextID: 1}, &planner{nextID: 1}
+	var last []model.Service
+	inOrder := 0
+	for step := range 3000 {
+		s := slices.Clone(last)
+		switch r := rng.IntN(20); {
+		case r < 12 && len(s) > 0: // the usual update: some services change
+			for range 1 + rng.IntN(2) {
+				s[rng.IntN(len(s))].Endpoints = endpoints()
+			}
+		case r < 14 && len(s) > 1:
+			rng.Shuffle(len(s), func(i, j int) { s[i], s[j] = s[j], s[i] })
+		case r < 16 && len(s) > 0:
+			i := rng.IntN(len(s))
+			s = slices.Delete(s, i, i+1)
+		case r < 18:
+			svc := universe[rng.IntN(len(universe))]
+			svc.Endpoints = endpoints()
+			s = append(s, svc) // may repeat one: a duplicate
+		case len(s) > 0: // invalid: no VIP
+			s[rng.IntN(len(s))].VIP = netip.Addr{}
+		}
+		caps := Capacity{}
+		if rng.IntN(10) == 0 {
+			caps.Backends = 1 + rng.IntN(8)
+		}
+		state := model.State{Services: s}
+		if _, same, _ := planInOrder(state, caps.WithDefaults(), fast.order, fast.nextID); same {
+			inOrder++
+		}
+		pf, errF := fast.plan(state, caps)
+		pg, errG := general.plan(state, caps)
+		if fmt.Sprint(errF) != fmt.Sprint(errG) {
+			t.Fatalf("step %d: in order: %v; general: %v", step, errF, errG)
+		}
+		if errF != nil {
+			continue
+		}
+		last = s
+		if pf.nextID != pg.nextID || !slices.Equal(sortedKeys(pf.removed), sortedKeys(pg.removed)) {
+			t.Fatalf("step %d: next id %d / %d, removed %v / %v", step, pf.nextID, pg.nextID, pf.removed, pg.removed)
+		}
+		if len(pf.changed) != len(pg.changed) {
+			t.Fatalf("step %d: changed %d services in order, %d in general", step, len(pf.changed), len(pg.changed))
+		}
+		for k, c := range pg.changed {
+			if f := pf.changed[k]; f == nil || !reflect.DeepEqual(f.set, c.set) {
+				t.Fatalf("step %d: %v compiled differently", step, k)
+			}
+		}
+		for k, c := range general.current {
+			if f := fast.current[k]; f == nil || !reflect.DeepEqual(f.set, c.set) {
+				t.Fatalf("step %d: %v in force differs", step, k)
+			}
+		}
+		for i := range s {
+			if fast.order[i].svc.Key() != s[i].Key() || fast.order[i] != fast.current[s[i].Key()] {
+				t.Fatalf("step %d: order[%d] is not the state's service", step, i)
+			}
+		}
+	}
+	if inOrder < 1000 {
+		t.Errorf("only %d of 3000 states were planned in order", inOrder)
+	}
+}
+
+func sortedKeys(keys []model.ServiceKey) []model.ServiceKey {
+	return slices.SortedFunc(slices.Values(keys), compareKeys)
+}
+
+// benchState is services × endpoints with distinct VIPs.
+func benchState(services, endpoints int) model.State {
+	s := model.State{Services: make([]model.Service, services)}
+	for i := range s.Services {
+		eps := make([]model.Endpoint, endpoints)
+		for j := range eps {
+			eps[j] = model.Endpoint{Addr: netip.AddrFrom4([4]byte{10, 1, byte(i / 250), byte(i % 250)}), Port: uint16(8000 + j)}
+		}
+		s.Services[i] = model.Service{Name: "svc" + strconv.Itoa(i), VIP: netip.AddrFrom4([4]byte{10, 96, byte(i / 250), byte(i%250 + 1)}),
+			Port: 80, Protocol: model.TCP, Endpoints: eps}
+	}
+	return s
+}
+
+// One endpoint of a 10,000-service state changes, in a new Services slice
+// that shares the unchanged services' endpoints (what the translator
+// hands the dataplane): planned with the last state's order, and without
+// it (one lookup per service), in the same run.
+func BenchmarkPlanOneChange10k(b *testing.B) {
+	for _, mode := range []string{"in-order", "lookup"} {
+		b.Run(mode, func(b *testing.B) {
+			pl := &planner{useOrder: mode == "in-order", nextID: 1}
+			s := benchState(10000, 10)
+			if _, err := pl.plan(s, Capacity{}); err != nil {
+				b.Fatal(err)
+			}
+			b.ResetTimer()
+			for i := range b.N {
+				b.StopTimer()
+				s = model.State{Services: slices.Clone(s.Services)}
+				k := i % len(s.Services)
+				eps := slices.Clone(s.Services[k].Endpoints)
+				eps[0].Weight = eps[0].Weight%2 + 1
+				s.Services[k].Endpoints = eps
+				b.StartTimer()
+				p, err := pl.plan(s, Capacity{})
+				if err != nil || len(p.changed) != 1 {
+					b.Fatalf("changed %d, err %v", len(p.changed), err)
+				}
+			}
+		})
 	}
 }

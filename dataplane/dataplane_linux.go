@@ -43,6 +43,7 @@ type Dataplane struct {
 	// Guarded by mu.
 	active      uint32                         // generation the programs read
 	current     map[model.ServiceKey]*compiled // services of the active generation
+	order       []*compiled                    // current in the order of the last applied state; nil after adoption
 	nextID      uint32                         // id of the next new service
 	epoch       uint64                         // counts plans
 	mirror      chan error                     // reports the end of the standby generation's update; nil if none runs
@@ -229,6 +230,7 @@ func (d *Dataplane) adoptState() error {
 	var strays []serviceSlBeKey
 	d.active = cfg.ActiveGen
 	d.current, strays = adopt(gens[d.active])
+	d.order = nil
 	d.nextID = 1
 	for _, c := range d.current {
 		d.nextID = max(d.nextID, c.set.ID+1)
@@ -318,7 +320,7 @@ func (d *Dataplane) Apply(s model.State) error {
 	d.waitMirror()
 
 	d.epoch++
-	p, err := plan(s, d.opts.Capacity, d.current, d.nextID, d.epoch)
+	p, err := plan(s, d.opts.Capacity, d.current, d.order, d.nextID, d.epoch)
 	if err != nil {
 		return err
 	}
@@ -331,6 +333,7 @@ func (d *Dataplane) Apply(s model.State) error {
 			delete(d.current, key)
 		}
 		d.nextID = p.nextID
+		d.order = p.order
 	}
 	if diff.empty() && !d.mirrorDirty {
 		commit()

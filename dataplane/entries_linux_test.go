@@ -82,7 +82,7 @@ func TestDiffFollowsChanges(t *testing.T) {
 
 	// Removing b and adding c: b's entries go, c's come under a new id.
 	c := service("c", "10.0.0.3", ep("10.1.0.7:80"))
-	p3, err := plan(model.State{Services: []model.Service{a2, c}}, Capacity{}, second, p1.nextID, 4)
+	p3, err := plan(model.State{Services: []model.Service{a2, c}}, Capacity{}, second, nil, p1.nextID, 4)
 	if err != nil {
 		t.Fatal(err)
 	}

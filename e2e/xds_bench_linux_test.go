@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -105,15 +106,22 @@ func (s *xdsServer) set(tb testing.TB, snap *cachev3.Snapshot) {
 	}
 }
 
-// timedApplier is the real dataplane, reporting when each state took effect.
+// timedApplier is the real dataplane, reporting when each state of the
+// expected number of services took effect: when Apply returns, the new
+// generation is the one the kernel programs read.
 type timedApplier struct {
-	dp      *dataplane.Dataplane
-	applied chan time.Time
+	dp       *dataplane.Dataplane
+	services int
+	applied  chan time.Time
+}
+
+func newTimedApplier(dp *dataplane.Dataplane, services int) *timedApplier {
+	return &timedApplier{dp: dp, services: services, applied: make(chan time.Time, 1)}
 }
 
 func (a *timedApplier) Apply(s model.State) error {
 	err := a.dp.Apply(s)
-	if err == nil {
+	if err == nil && len(s.Services) == a.services {
 		select {
 		case a.applied <- time.Now():
 		default:
@@ -139,7 +147,8 @@ func node(tb testing.TB) *dataplane.Dataplane {
 }
 
 func runClient(tb testing.TB, addr string, app xds.Applier) *xds.Client {
-	c, err := xds.New(xds.Options{Server: addr, Node: xds.NodeInfo{ID: "bench"}, Applier: app, Mode: xds.ModeDelta})
+	c, err := xds.New(xds.Options{Server: addr, Node: xds.NodeInfo{ID: "bench"}, Applier: app, Mode: xds.ModeDelta, Logger: benchLogger(),
+		CollectWhenIdle: xds.IdleCollectAfter}) // as the agent
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -173,13 +182,20 @@ func BenchmarkXDSFullSync10k(b *testing.B) {
 		b.StopTimer()
 		cp := startControlPlaneProcess(b, n, true)
 		dp := node(b)
-		runClient(b, cp.addr, dp)
+		app := newTimedApplier(dp, n)
+		runClient(b, cp.addr, app)
 		time.Sleep(100 * time.Millisecond) // connected, nothing sent yet
 		b.StartTimer()
 		start := time.Now()
 		cp.send("set")
+		var at time.Time
+		select {
+		case at = <-app.applied:
+		case <-time.After(60 * time.Second):
+			b.Fatal("the full state was not applied")
+		}
+		b.StopTimer()
 		waitServices(b, dp, n)
-		at := time.Now()
 		total = append(total, at.Sub(start))
 		client = append(client, at.Sub(<-cp.sent))
 	}
@@ -215,10 +231,18 @@ func runXDSServerProcess() int {
 		return 1
 	}
 	var out sync.Mutex
-	cb := serverv3.CallbackFuncs{StreamDeltaResponseFunc: func(int64, *discoverygrpc.DeltaDiscoveryRequest, *discoverygrpc.DeltaDiscoveryResponse) {
+	cb := serverv3.CallbackFuncs{StreamDeltaResponseFunc: func(_ int64, req *discoverygrpc.DeltaDiscoveryRequest, resp *discoverygrpc.DeltaDiscoveryResponse) {
 		out.Lock()
 		fmt.Printf("sent %d\n", time.Now().UnixNano())
 		out.Unlock()
+		if benchVerbose() {
+			fmt.Fprintf(os.Stderr, "CP %s resp %s n=%d\n", time.Now().Format("15:04:05.000"), req.GetTypeUrl(), len(resp.GetResources()))
+		}
+	}, StreamDeltaRequestFunc: func(_ int64, req *discoverygrpc.DeltaDiscoveryRequest) error {
+		if benchVerbose() {
+			fmt.Fprintf(os.Stderr, "CP %s req %s sub=%d nonce=%s\n", time.Now().Format("15:04:05.000"), req.GetTypeUrl(), len(req.GetResourceNamesSubscribe()), req.GetResponseNonce())
+		}
+		return nil
 	}}
 	srv := grpc.NewServer()
 	discoverygrpc.RegisterAggregatedDiscoveryServiceServer(srv, serverv3.NewServer(context.Background(), cache, cb))
@@ -257,7 +281,7 @@ func BenchmarkXDSEndpointChange10k(b *testing.B) {
 	const n = 10000
 	cp := startControlPlaneProcess(b, n, false)
 	dp := node(b)
-	app := &timedApplier{dp: dp, applied: make(chan time.Time, 1)}
+	app := newTimedApplier(dp, n)
 	runClient(b, cp.addr, app)
 	waitServices(b, dp, n)
 	time.Sleep(200 * time.Millisecond) // the initial responses have all been sent
@@ -342,6 +366,9 @@ func report(b *testing.B, name string, d []time.Duration) {
 	q := func(p float64) float64 { return float64(d[int(p*float64(len(d)-1))].Microseconds()) / 1000 }
 	b.ReportMetric(q(0.5), name+"-p50-ms")
 	b.ReportMetric(q(0.99), name+"-p99-ms")
+	if benchVerbose() {
+		fmt.Fprintln(os.Stderr, name, "tail", d[max(0, len(d)-12):])
+	}
 }
 
 // BenchmarkAgentRSS measures the resident memory of the real agent binary
@@ -422,4 +449,17 @@ func procMemory(tb testing.TB, pid int) (rss, hwm, anon float64) {
 		}
 	}
 	return rss, hwm, anon
+}
+
+// benchVerbose reports whether SLUICE_BENCH_LOG is set: the client then
+// logs at debug level, the control plane process logs each request and
+// response with the time, and the latency benchmarks print their slowest
+// samples. All of it goes to stderr.
+func benchVerbose() bool { return os.Getenv("SLUICE_BENCH_LOG") != "" }
+
+func benchLogger() *slog.Logger {
+	if !benchVerbose() {
+		return nil
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }

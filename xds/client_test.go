@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"runtime"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"testing"
@@ -337,5 +339,49 @@ func TestNodeIdentity(t *testing.T) {
 		n.GetLocality().GetRegion() != "eu" || n.GetLocality().GetZone() != "eu-1a" || n.GetLocality().GetSubZone() != "rack4" ||
 		md["node_name"].GetStringValue() != "node-7" || md["agent_version"].GetStringValue() != "v1.2.3" {
 		t.Errorf("node seen by the control plane: %v", n)
+	}
+}
+
+// With CollectWhenIdle, a client that has handled a response and heard
+// nothing more collects the garbage the heap holds; without it, it does
+// not. The runtime's own collections are off, so only the client collects.
+func TestCollectWhenIdle(t *testing.T) {
+	defer debug.SetGCPercent(debug.SetGCPercent(-1))
+	numGC := func() uint32 {
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		return ms.NumGC
+	}
+	for _, idle := range []time.Duration{0, 20 * time.Millisecond} {
+		t.Run(fmt.Sprint("idle=", idle), func(t *testing.T) {
+			cp := newControlPlane(t)
+			v1, v2 := mesh{services: []svc{webV1}}, mesh{services: []svc{webV2}}
+			cp.set("1", v1)
+			rec := &recorder{}
+			startClient(t, cp.addr, xds.ModeDelta, rec, func(o *xds.Options) { o.CollectWhenIdle = idle })
+			waitApplied(t, rec, v1.summary())
+			time.Sleep(100 * time.Millisecond) // any collection of the first sync is over
+			runtime.GC()
+			garbage := make([][]byte, 64)
+			for i := range garbage {
+				garbage[i] = make([]byte, 1<<20)
+			}
+			garbage = nil
+			before := numGC()
+			cp.set("2", v2)
+			waitApplied(t, rec, v2.summary())
+			wait := 300 * time.Millisecond // a collection takes a few ms here
+			if idle > 0 {
+				wait = 5 * time.Second
+			}
+			collected := false
+			for deadline := time.Now().Add(wait); !collected && time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+				collected = numGC() > before
+			}
+			if collected != (idle > 0) {
+				t.Errorf("collected: %v, want %v", collected, idle > 0)
+			}
+			_ = garbage
+		})
 	}
 }

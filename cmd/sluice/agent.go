@@ -100,7 +100,8 @@ func runAgent(ctx context.Context, f agentFlags, log *slog.Logger) error {
 			return err
 		}
 	}
-	opts := xds.Options{Server: server, Node: f.node, Mode: mode, Logger: log.With("component", "xds"), WarmingTimeout: f.warmTimeout}
+	opts := xds.Options{Server: server, Node: f.node, Mode: mode, Logger: log.With("component", "xds"), WarmingTimeout: f.warmTimeout,
+		CollectWhenIdle: xds.IdleCollectAfter}
 	if f.tls.CA != "" {
 		if opts.TLS, err = xds.TLSConfig(f.tls); err != nil {
 			return err
