@@ -148,7 +148,7 @@ func node(tb testing.TB) *dataplane.Dataplane {
 
 func runClient(tb testing.TB, addr string, app xds.Applier) *xds.Client {
 	c, err := xds.New(xds.Options{Server: addr, Node: xds.NodeInfo{ID: "bench"}, Applier: app, Mode: xds.ModeDelta, Logger: benchLogger(),
-		CollectWhenIdle: xds.IdleCollectAfter}) // as the agent
+		CollectWhenIdle: idleFlag()}) // as the agent
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -254,10 +254,7 @@ func runXDSServerProcess() int {
 	for v := 1; sc.Scan(); v++ {
 		var k int
 		if _, err := fmt.Sscanf(sc.Text(), "change %d", &k); err == nil {
-			cla := proto.Clone(res.Endpoints[k]).(*endpointv3.ClusterLoadAssignment)
-			w := cla.Endpoints[0].LbEndpoints[0].LoadBalancingWeight
-			w.Value = 3 - w.Value // alternates between 1 and 2
-			res.Endpoints[k] = cla
+			res.Endpoints[k] = flipWeight(res.Endpoints[k])
 		} else if sc.Text() != "set" {
 			continue
 		}
@@ -381,7 +378,9 @@ func BenchmarkAgentRSS10k(b *testing.B) {
 	}
 	const n = 10000
 	srv := startXDSServer(b)
-	srv.set(b, snapshotOf("1", bigMesh(n, 10).Resources()))
+	res := bigMesh(n, 10).Resources()
+	srv.set(b, snapshotOf("0", res))
+	version := 0
 	for range b.N {
 		cg := testenv.Cgroup(b, "", testenv.UniqueName("sluice-bench-"))
 		pin := testenv.PinDir(b)
@@ -400,6 +399,15 @@ func BenchmarkAgentRSS10k(b *testing.B) {
 		}
 		time.Sleep(time.Second) // let the agent settle (GC) before reading its memory
 		rss, hwm, anon := procMemory(b, agent.Process.Pid)
+		// Then churn: one endpoint weight changes at a time, as fast as
+		// the control plane makes snapshots (a few per second).
+		for k := range churnChanges {
+			version++
+			res.Endpoints[k] = flipWeight(res.Endpoints[k])
+			srv.set(b, snapshotOf(strconv.Itoa(version), res))
+		}
+		time.Sleep(time.Second)
+		churnRSS, _, _ := procMemory(b, agent.Process.Pid)
 		_ = agent.Process.Signal(os.Interrupt)
 		_ = agent.Wait()
 		if err := dataplane.Teardown(pin); err != nil {
@@ -408,6 +416,7 @@ func BenchmarkAgentRSS10k(b *testing.B) {
 		b.ReportMetric(rss, "rss-MiB")
 		b.ReportMetric(hwm, "peak-rss-MiB")
 		b.ReportMetric(anon, "anon-rss-MiB")
+		b.ReportMetric(churnRSS, "churn-rss-MiB")
 	}
 }
 
@@ -462,4 +471,24 @@ func benchLogger() *slog.Logger {
 		return nil
 	}
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+func idleFlag() time.Duration {
+	if os.Getenv("NOIDLE") != "" {
+		return 0
+	}
+	return xds.IdleCollectAfter
+}
+
+// churnChanges is how many one-endpoint changes BenchmarkAgentRSS10k makes
+// before reading the agent's memory again.
+const churnChanges = 40
+
+// flipWeight returns a copy of cla with the weight of its first endpoint
+// changed (it alternates between 1 and 2).
+func flipWeight(cla *endpointv3.ClusterLoadAssignment) *endpointv3.ClusterLoadAssignment {
+	cla = proto.Clone(cla).(*endpointv3.ClusterLoadAssignment)
+	w := cla.Endpoints[0].LbEndpoints[0].LoadBalancingWeight
+	w.Value = 3 - w.Value
+	return cla
 }

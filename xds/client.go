@@ -93,13 +93,14 @@ type Options struct {
 	WarmingTimeout time.Duration // optional: how long to wait for resources a listener needs before applying without them, default 15s
 
 	// CollectWhenIdle, if not zero, makes the client run the garbage
-	// collector once no response has come for this long after the last,
-	// if the heap grew by more than a quarter (and at least 4 MiB) since
-	// the last collection. Each change allocates a new copy of the state's
-	// services (about 1 MB at 10,000 services); collecting while idle
-	// keeps the heap near what the state needs, and keeps the collections
-	// the runtime would start anyway, with their pauses and assists, off
-	// the path of the next change. The agent uses IdleCollectAfter.
+	// collector, and return the memory it frees to the kernel, once no
+	// response has come for this long after the last, if the heap grew by
+	// more than a quarter (and at least 4 MiB) since the last collection.
+	// Each change allocates a new copy of the state's services (about 1 MB
+	// at 10,000 services); collecting while idle keeps the process near
+	// what the state needs, and keeps the collections the runtime would
+	// start anyway, with their pauses and assists, off the path of the
+	// next change. The agent uses IdleCollectAfter.
 	CollectWhenIdle time.Duration
 }
 
@@ -122,7 +123,8 @@ type Client struct {
 	namesGen           map[string]uint64          // per named type: 1 + the generation of the set its names were computed from
 	listenersRequested bool                       // listeners are subscribed on the current stream
 	seen               map[string]bool            // types with an accepted response since start (initial sync)
-	lastApplied        *model.State               // the state last given to the Applier
+	appliedAccepted    bool                       // the Applier holds the translator's last accepted state
+	acceptedServices   []model.Service            // the services of that state (the translator's, valid while it is the last accepted)
 	versions           map[string]string          // SotW: last accepted version_info per type
 	subs               map[string][]string        // subscribed names of non-wildcard types, sorted
 	subSet             map[string]map[string]bool // the same names as sets
@@ -455,10 +457,12 @@ func (c *Client) translateAndApply(synced bool) (translate.Result, error) {
 	if err != nil {
 		return res, err
 	}
-	if err := c.apply(res, synced); err != nil {
+	applied, err := c.apply(res, synced)
+	if err != nil {
 		return res, err
 	}
 	accept()
+	c.appliedAccepted, c.acceptedServices = applied, res.State.Services
 	for t, names := range c.dirty {
 		for name := range names {
 			c.accepted.release(t, name)
@@ -520,29 +524,39 @@ func (c *Client) initialSynced(t string) bool {
 }
 
 // apply gives a translated state to the Applier unless it must wait
-// (initial sync or warming) or is what the Applier already has.
-func (c *Client) apply(res translate.Result, synced bool) error {
+// (initial sync or warming) or is what the Applier already has. It reports
+// whether the Applier has the state when it returns.
+//
+// The Applier has it when it has the last accepted state and the
+// translator found nothing changed: it then hands back the very services
+// of that state. (The translator reuses the arrays of older states, so an
+// older state cannot be kept to compare with.)
+func (c *Client) apply(res translate.Result, synced bool) (bool, error) {
 	now := time.Now()
 	if !synced {
 		c.pending = true
-		return nil
+		return false, nil
 	}
 	c.pending = c.warming(res, now)
 	if c.pending {
 		c.warmTimer.Reset(c.opts.WarmingTimeout - now.Sub(c.warmingSince))
 		c.log.Debug("xds resources warming", "missing", res.Missing)
-		return nil
+		return false, nil
 	}
 	c.warmTimer.Stop()
-	if c.lastApplied != nil && c.lastApplied.Equal(res.State) {
-		return nil
+	if c.appliedAccepted && sameServices(c.acceptedServices, res.State.Services) {
+		return true, nil
 	}
 	if err := c.opts.Applier.Apply(res.State); err != nil {
-		return err
+		return false, err
 	}
-	c.lastApplied = &res.State
 	c.log.Debug("xds state applied", "services", len(res.State.Services))
-	return nil
+	return true, nil
+}
+
+// sameServices reports whether a and b are the same slice of services.
+func sameServices(a, b []model.Service) bool {
+	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
 }
 
 // decode unpacks the resources of u. A resource the client already holds

@@ -1,7 +1,7 @@
 package xds
 
 import (
-	"runtime"
+	"runtime/debug"
 	"runtime/metrics"
 )
 
@@ -20,7 +20,9 @@ var heapSamples = []metrics.Sample{{Name: "/gc/heap/live:bytes"}, {Name: "/memor
 
 // collectIfGrown runs the garbage collector in the background if the heap
 // grew enough since the last collection (Options.CollectWhenIdle) and no
-// collection started this way is still running.
+// collection started this way is still running. It also returns the freed
+// memory to the kernel: the runtime would otherwise keep pages for a heap
+// twice the live one, which the next changes may never need.
 func (c *Client) collectIfGrown() {
 	s := make([]metrics.Sample, len(heapSamples))
 	copy(s, heapSamples)
@@ -33,6 +35,6 @@ func (c *Client) collectIfGrown() {
 	}
 	go func() {
 		defer c.collecting.Store(false)
-		runtime.GC()
+		debug.FreeOSMemory()
 	}()
 }

@@ -17,7 +17,7 @@ import (
 // Translator translates like Translate but remembers what it translated,
 // so translating a set that differs from the previous one in a few resources
 // costs in proportion to the difference (plus a pass over the maps of r to
-// find it, and the copy of State.Services).
+// find it, and a copy of State.Services).
 //
 // It tells resources apart by pointer. A resource held under the same name
 // and pointer as in the last accepted translation is taken to be unchanged
@@ -36,6 +36,14 @@ import (
 // arrays) it had in the previous result, and State.Services, Ignored and
 // Missing are those of the previous result when they did not change.
 // Callers must not modify anything a Result holds.
+//
+// The Translator reuses the backing array of State.Services. A Result's
+// State.Services stays valid until the Translator stages again after a
+// later result was accepted: a result that is not accepted is valid until
+// the next Stage (or Translate, TranslateHint, StagePrepared), an accepted
+// one until the first Stage after the next accept. A caller that keeps a
+// state longer must copy its Services (the services themselves may be kept:
+// their slices are not reused).
 //
 // The maps of Resources are not kept: a caller may change them between
 // calls (but not the messages in them).
@@ -64,6 +72,13 @@ type Translator struct {
 	keys    map[model.ServiceKey]int // services per key, all 1 (what Validate checks across services)
 	missing map[string]int           // per Result.Missing name, how many pools need it
 	last    Result                   // of the last accepted translation
+
+	// spare is the backing array of the Services of the accepted result
+	// before last, which no Result the caller may still use refers to
+	// (see Result): a new state's services are written into it rather
+	// than into a new array, so a change costs no allocation of the size
+	// of the state.
+	spare []model.Service
 }
 
 // memo holds the accepted resources of one type, messages of type M.
@@ -512,6 +527,9 @@ func (t *Translator) stage(li input[listenerv3.Listener], ci input[clusterv3.Clu
 	res = Result{State: model.State{Services: services}, Ignored: out.ignored, Missing: out.missing}
 	return res, func() {
 		t.commit(s, names, order, offsets, out)
+		if prev := t.last.State.Services; cap(prev) > 0 && !shareArray(prev, res.State.Services) {
+			t.spare = prev[:cap(prev)]
+		}
 		t.last = res
 	}, nil
 }
@@ -669,7 +687,8 @@ func (t *Translator) services(s *step, order []*listenerEntry, moved bool) ([]mo
 		patch = len(s.listeners[name].services) == len(t.listeners.get(name).services)
 	}
 	if patch {
-		services := slices.Clone(t.last.State.Services)
+		services := t.buffer(len(t.last.State.Services))
+		copy(services, t.last.State.Services)
 		for name := range s.fresh {
 			i, _ := slices.BinarySearch(t.names, name)
 			copy(services[t.offsets[i]:], s.listeners[name].services)
@@ -686,11 +705,27 @@ func (t *Translator) services(s *step, order []*listenerEntry, moved bool) ([]mo
 	if n == 0 {
 		return nil, offsets
 	}
-	services := make([]model.Service, 0, n)
+	services := t.buffer(n)[:0]
 	for _, e := range order {
 		services = append(services, e.services...)
 	}
 	return services, offsets
+}
+
+// shareArray reports whether a and b start at the same array element.
+func shareArray(a, b []model.Service) bool {
+	return cap(a) > 0 && cap(b) > 0 && &a[:1][0] == &b[:1][0]
+}
+
+// buffer returns a slice of n services to fill: the spare one (see
+// Translator.spare) when it is large enough, else a new one.
+func (t *Translator) buffer(n int) []model.Service {
+	if cap(t.spare) < n {
+		return make([]model.Service, n)
+	}
+	b := t.spare[:n]
+	clear(t.spare[n:cap(t.spare)]) // holds no endpoints of older states alive
+	return b
 }
 
 // valid reports whether model.State.Validate would accept the services

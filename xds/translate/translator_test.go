@@ -676,3 +676,51 @@ func TestTranslatorEmpty(t *testing.T) {
 		t.Errorf("State = %+v, want none", got.State)
 	}
 }
+
+// The Translator writes a new state's services into the array of the
+// accepted state before last, and into no array a caller may still use: an
+// accepted result stays intact until the first Stage after the next
+// accept, whatever is staged in between.
+func TestTranslatorReusesServices(t *testing.T) {
+	r := demo()
+	tr := translate.NewTranslator()
+	first, err := tr.Translate(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kept := slices.Clone(first.State.Services)
+	change := func(port uint32) translate.Resources {
+		r.Endpoints = maps.Clone(r.Endpoints)
+		r.Endpoints["web"] = cla("web", lbEndpoint("10.244.1.5", port))
+		return r
+	}
+	// Staged and dropped, staged and dropped, staged and accepted: first
+	// (the last accepted until the accept) must not change meanwhile.
+	for i, port := range []uint32{9001, 9002, 9003} {
+		res, accept, err := tr.Stage(change(port), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sameArray(res.State.Services, first.State.Services) {
+			t.Fatalf("stage %d: written into the last accepted state's services", i)
+		}
+		if !reflect.DeepEqual(first.State.Services, kept) {
+			t.Fatalf("stage %d: the last accepted state changed:\n%s\nwas %s", i, dump(first.State.Services), dump(kept))
+		}
+		if i == 2 {
+			accept()
+		}
+	}
+	// first is now the accepted state before last: the next change may
+	// use its array.
+	third, err := tr.Translate(change(9004))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !sameArray(third.State.Services, first.State.Services) {
+		t.Errorf("a change allocated new services instead of reusing the array of the state before last")
+	}
+	if err := sameAsTranslate(t, "after reuse", tr, change(9005)); err != nil {
+		t.Fatal(err)
+	}
+}
