@@ -65,7 +65,7 @@ func (t *tally) assignment(name string, a *endpointv3.ClusterLoadAssignment) ([]
 			Region:  lle.GetLocality().GetRegion(),
 			Zone:    lle.GetLocality().GetZone(),
 			SubZone: lle.GetLocality().GetSubZone(),
-		}
+		}.Ref()
 		for j, lbe := range lle.GetLbEndpoints() {
 			ep, err := t.lbEndpoint(lbe)
 			if err != nil {

@@ -313,9 +313,9 @@ func TestTranslateAccepts(t *testing.T) {
 			},
 			want: []model.Service{{Name: "demo/web:80", VIP: ip("10.96.0.10"), Port: 80, Protocol: model.TCP,
 				Endpoints: []model.Endpoint{
-					{Addr: ip("10.0.1.1"), Port: 80, Weight: 5, Locality: model.Locality{Region: "eu", Zone: "eu-1a", SubZone: "rack4"}},
-					{Addr: ip("10.0.1.2"), Port: 80, Locality: model.Locality{Region: "eu", Zone: "eu-1a", SubZone: "rack4"}},
-					{Addr: ip("10.0.2.1"), Port: 80, Priority: 1, Locality: model.Locality{Region: "us"}},
+					{Addr: ip("10.0.1.1"), Port: 80, Weight: 5, Locality: model.Locality{Region: "eu", Zone: "eu-1a", SubZone: "rack4"}.Ref()},
+					{Addr: ip("10.0.1.2"), Port: 80, Locality: model.Locality{Region: "eu", Zone: "eu-1a", SubZone: "rack4"}.Ref()},
+					{Addr: ip("10.0.2.1"), Port: 80, Priority: 1, Locality: model.Locality{Region: "us"}.Ref()},
 				}}},
 			ignored: map[string]int{"TcpProxy.stat_prefix": 1, "LocalityLbEndpoints.load_balancing_weight": 1},
 		},
