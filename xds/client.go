@@ -613,6 +613,20 @@ func (c *Client) decodeOne(u *update, raw rawResource, p *translate.Preparer) de
 			return decoded{name: name, res: prev}
 		}
 	}
+	version := raw.version
+	if raw.name == "" {
+		version = u.version
+	}
+	// Most assignments are prepared straight from their encoding; the
+	// others are decoded, as is every other resource.
+	if t == resourcev3.EndpointType && raw.any.GetTypeUrl() == t {
+		if name, prep, ok := p.AssignmentWire(raw.any.GetValue()); ok {
+			if raw.name != "" && name != raw.name {
+				return decoded{err: fmt.Errorf("%s resource sent as %q is named %q", shortType(t), raw.name, name)}
+			}
+			return decoded{name: name, res: resource{version: version, sum: sum, prep: prep}}
+		}
+	}
 	name, msg, err := decode(t, raw.any)
 	if err != nil {
 		if raw.name != "" {
@@ -622,10 +636,6 @@ func (c *Client) decodeOne(u *update, raw rawResource, p *translate.Preparer) de
 	}
 	if raw.name != "" && name != raw.name {
 		return decoded{err: fmt.Errorf("%s resource sent as %q is named %q", shortType(t), raw.name, name)}
-	}
-	version := raw.version
-	if raw.name == "" {
-		version = u.version
 	}
 	return decoded{name: name, res: resource{version: version, sum: sum, prep: prepare(p, name, msg)}}
 }

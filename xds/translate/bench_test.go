@@ -7,6 +7,7 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/sluice-mesh/sluice/xds/translate"
 )
@@ -164,4 +165,45 @@ func BenchmarkValidate10k(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// BenchmarkPrepareAssignments10k prepares the 10,000 encoded assignments
+// of mesh10k as the xDS client receives them: decoded and prepared with
+// Assignment, and prepared from the encoding with AssignmentWire, in the
+// same run.
+func BenchmarkPrepareAssignments10k(b *testing.B) {
+	var encoded [][]byte
+	for _, a := range mesh10k().Endpoints {
+		e, err := proto.Marshal(a)
+		if err != nil {
+			b.Fatal(err)
+		}
+		encoded = append(encoded, e)
+	}
+	b.Run("decode", func(b *testing.B) {
+		b.ReportAllocs()
+		for range b.N {
+			var p translate.Preparer
+			for _, e := range encoded {
+				a := new(endpointv3.ClusterLoadAssignment)
+				if err := proto.Unmarshal(e, a); err != nil {
+					b.Fatal(err)
+				}
+				if p.Assignment(a.GetClusterName(), a).Err() != nil {
+					b.Fatal("refused")
+				}
+			}
+		}
+	})
+	b.Run("wire", func(b *testing.B) {
+		b.ReportAllocs()
+		for range b.N {
+			var p translate.Preparer
+			for _, e := range encoded {
+				if _, _, ok := p.AssignmentWire(e); !ok {
+					b.Fatal("declined")
+				}
+			}
+		}
+	})
 }
