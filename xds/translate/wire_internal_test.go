@@ -67,25 +67,31 @@ func otherAssignments() map[string]*endpointv3.ClusterLoadAssignment {
 	weightedGroup := group(wireEndpoint("10.0.0.1", 80))
 	weightedGroup.LoadBalancingWeight = wrapperspb.UInt32(3)
 	return map[string]*endpointv3.ClusterLoadAssignment{
-		"no name":            wireCLA("", group(wireEndpoint("10.244.0.1", 8080))),
-		"policy":             {ClusterName: "web", Policy: &endpointv3.ClusterLoadAssignment_Policy{OverprovisioningFactor: wrapperspb.UInt32(140)}},
-		"locality weight":    wireCLA("web", weightedGroup),
-		"metadata":           one(func(e *endpointv3.LbEndpoint) { e.Metadata = &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{workloadKey: md}} }),
-		"hostname":           one(func(e *endpointv3.LbEndpoint) { e.GetEndpoint().Hostname = "web-0" }),
-		"UDP":                one(func(e *endpointv3.LbEndpoint) { socket(e).Protocol = corev3.SocketAddress_UDP }),
-		"named port":         one(func(e *endpointv3.LbEndpoint) { socket(e).PortSpecifier = &corev3.SocketAddress_NamedPort{NamedPort: "http"} }),
-		"resolver":           one(func(e *endpointv3.LbEndpoint) { socket(e).ResolverName = "dns" }),
-		"endpoint name":      wireCLA("web", group(&endpointv3.LbEndpoint{HostIdentifier: &endpointv3.LbEndpoint_EndpointName{EndpointName: "x"}})),
-		"no address":         wireCLA("web", group(&endpointv3.LbEndpoint{HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{}}})),
-		"a name, not an IP":  wireCLA("web", group(wireEndpoint("web.demo", 80))),
-		"IPv4-mapped":        wireCLA("web", group(wireEndpoint("::ffff:10.0.0.1", 80))),
-		"unspecified":        wireCLA("web", group(wireEndpoint("0.0.0.0", 80))),
-		"port 0":             wireCLA("web", group(wireEndpoint("10.0.0.1", 0))),
-		"port 65536":         wireCLA("web", group(wireEndpoint("10.0.0.1", 65536))),
-		"unknown health":     one(func(e *endpointv3.LbEndpoint) { e.HealthStatus = 42 }),
-		"twice the same":     wireCLA("web", group(wireEndpoint("10.0.0.1", 80)), group(wireEndpoint("10.0.0.1", 80))),
-		"ipv4_compat":        one(func(e *endpointv3.LbEndpoint) { socket(e).Ipv4Compat = true }),
-		"health check port":  one(func(e *endpointv3.LbEndpoint) { e.GetEndpoint().HealthCheckConfig = &endpointv3.Endpoint_HealthCheckConfig{PortValue: 9} }),
+		"no name":         wireCLA("", group(wireEndpoint("10.244.0.1", 8080))),
+		"policy":          {ClusterName: "web", Policy: &endpointv3.ClusterLoadAssignment_Policy{OverprovisioningFactor: wrapperspb.UInt32(140)}},
+		"locality weight": wireCLA("web", weightedGroup),
+		"metadata": one(func(e *endpointv3.LbEndpoint) {
+			e.Metadata = &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{workloadKey: md}}
+		}),
+		"hostname": one(func(e *endpointv3.LbEndpoint) { e.GetEndpoint().Hostname = "web-0" }),
+		"UDP":      one(func(e *endpointv3.LbEndpoint) { socket(e).Protocol = corev3.SocketAddress_UDP }),
+		"named port": one(func(e *endpointv3.LbEndpoint) {
+			socket(e).PortSpecifier = &corev3.SocketAddress_NamedPort{NamedPort: "http"}
+		}),
+		"resolver":          one(func(e *endpointv3.LbEndpoint) { socket(e).ResolverName = "dns" }),
+		"endpoint name":     wireCLA("web", group(&endpointv3.LbEndpoint{HostIdentifier: &endpointv3.LbEndpoint_EndpointName{EndpointName: "x"}})),
+		"no address":        wireCLA("web", group(&endpointv3.LbEndpoint{HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{}}})),
+		"a name, not an IP": wireCLA("web", group(wireEndpoint("web.demo", 80))),
+		"IPv4-mapped":       wireCLA("web", group(wireEndpoint("::ffff:10.0.0.1", 80))),
+		"unspecified":       wireCLA("web", group(wireEndpoint("0.0.0.0", 80))),
+		"port 0":            wireCLA("web", group(wireEndpoint("10.0.0.1", 0))),
+		"port 65536":        wireCLA("web", group(wireEndpoint("10.0.0.1", 65536))),
+		"unknown health":    one(func(e *endpointv3.LbEndpoint) { e.HealthStatus = 42 }),
+		"twice the same":    wireCLA("web", group(wireEndpoint("10.0.0.1", 80)), group(wireEndpoint("10.0.0.1", 80))),
+		"ipv4_compat":       one(func(e *endpointv3.LbEndpoint) { socket(e).Ipv4Compat = true }),
+		"health check port": one(func(e *endpointv3.LbEndpoint) {
+			e.GetEndpoint().HealthCheckConfig = &endpointv3.Endpoint_HealthCheckConfig{PortValue: 9}
+		}),
 		"observability name": one(func(e *endpointv3.LbEndpoint) { e.GetEndpoint().ObservabilityName = "w" }),
 	}
 }
