@@ -92,6 +92,10 @@ type Options struct {
 	BackoffMax     time.Duration // optional: largest reconnect delay, default 30s
 	WarmingTimeout time.Duration // optional: how long to wait for resources a listener needs before applying without them, default 15s
 
+	// DialOptions are added to the client's own when it connects (for
+	// example a gRPC stats handler); they must not set credentials.
+	DialOptions []grpc.DialOption
+
 	// CollectWhenIdle, if not zero, makes the client run the garbage
 	// collector, and return the memory it frees to the kernel, once no
 	// response has come for this long after the last, if the heap grew by
@@ -243,12 +247,12 @@ func (c *Client) Run(ctx context.Context) error {
 	if c.opts.TLS != nil {
 		creds = credentials.NewTLS(c.opts.TLS)
 	}
-	conn, err := grpc.NewClient(c.opts.Server,
+	conn, err := grpc.NewClient(c.opts.Server, append([]grpc.DialOption{
 		grpc.WithTransportCredentials(creds),
 		// A mesh's full state can be far larger than gRPC's default 4 MiB.
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxResponseSize)),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
-	)
+	}, c.opts.DialOptions...)...)
 	if err != nil {
 		return fmt.Errorf("xds client for %s: %w", c.opts.Server, err)
 	}

@@ -11,8 +11,12 @@ import (
 	"runtime/debug"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/stats"
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
@@ -385,3 +389,33 @@ func TestCollectWhenIdle(t *testing.T) {
 		})
 	}
 }
+
+// DialOptions reach the connection: a stats handler given there sees the
+// responses.
+func TestDialOptions(t *testing.T) {
+	cp := newControlPlane(t)
+	v1 := mesh{services: []svc{webV1}}
+	cp.set("1", v1)
+	rec := &recorder{}
+	var h countingHandler
+	startClient(t, cp.addr, xds.ModeDelta, rec, func(o *xds.Options) { o.DialOptions = []grpc.DialOption{grpc.WithStatsHandler(&h)} })
+	waitApplied(t, rec, v1.summary())
+	if h.received.Load() == 0 {
+		t.Error("the stats handler given in DialOptions saw no message")
+	}
+}
+
+type countingHandler struct{ received atomic.Int64 }
+
+func (h *countingHandler) HandleRPC(_ context.Context, s stats.RPCStats) {
+	if _, ok := s.(*stats.InPayload); ok {
+		h.received.Add(1)
+	}
+}
+func (h *countingHandler) TagRPC(ctx context.Context, _ *stats.RPCTagInfo) context.Context {
+	return ctx
+}
+func (h *countingHandler) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context {
+	return ctx
+}
+func (h *countingHandler) HandleConn(context.Context, stats.ConnStats) {}
