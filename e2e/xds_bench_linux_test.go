@@ -411,13 +411,17 @@ func BenchmarkAgentRSS10k(b *testing.B) {
 		rss, hwm, anon := procMemory(b, agent.Process.Pid)
 		// Then churn: one endpoint weight changes at a time, as fast as
 		// the control plane makes snapshots (a few per second).
+		// Memory is read right after the last change (churn), and after
+		// two quiet seconds (settled).
 		for k := range churnChanges {
 			version++
 			res.Endpoints[k] = flipWeight(res.Endpoints[k])
 			srv.set(b, snapshotOf(strconv.Itoa(version), res))
 		}
-		time.Sleep(time.Second)
+		time.Sleep(100 * time.Millisecond) // applied
 		churnRSS, _, _ := procMemory(b, agent.Process.Pid)
+		time.Sleep(2 * time.Second)
+		settledRSS, _, _ := procMemory(b, agent.Process.Pid)
 		_ = agent.Process.Signal(os.Interrupt)
 		_ = agent.Wait()
 		if err := dataplane.Teardown(pin); err != nil {
@@ -427,6 +431,7 @@ func BenchmarkAgentRSS10k(b *testing.B) {
 		b.ReportMetric(hwm, "peak-rss-MiB")
 		b.ReportMetric(anon, "anon-rss-MiB")
 		b.ReportMetric(churnRSS, "churn-rss-MiB")
+		b.ReportMetric(settledRSS, "settled-rss-MiB")
 	}
 }
 

@@ -99,12 +99,13 @@ type Options struct {
 	// CollectWhenIdle, if not zero, makes the client run the garbage
 	// collector, and return the memory it frees to the kernel, once no
 	// response has come for this long after the last, if the heap grew by
-	// more than a quarter (and at least 4 MiB) since the last collection.
-	// Each change allocates a new copy of the state's services (about 1 MB
-	// at 10,000 services); collecting while idle keeps the process near
-	// what the state needs, and keeps the collections the runtime would
-	// start anyway, with their pauses and assists, off the path of the
-	// next change. The agent uses IdleCollectAfter.
+	// more than an eighth (and at least 2 MiB) since the last collection;
+	// and once none has come for twenty times as long, if it grew by more
+	// than 1 MiB. Each change allocates a little (about 300 KB at 10,000
+	// services); collecting while idle keeps the collections the runtime
+	// would start anyway, with their pauses and assists, off the path of
+	// the next change, and brings the process back to what the state needs
+	// soon after changes stop. The agent uses IdleCollectAfter.
 	CollectWhenIdle time.Duration
 }
 
@@ -344,9 +345,11 @@ func (c *Client) runStream(ctx context.Context, conn grpc.ClientConnInterface) (
 	// A control plane without clusters may never answer for them.
 	listenersDue := time.NewTimer(listenersAfter)
 	defer listenersDue.Stop()
-	idle := time.NewTimer(time.Hour)
+	idle, settled := time.NewTimer(time.Hour), time.NewTimer(time.Hour)
 	idle.Stop()
+	settled.Stop()
 	defer idle.Stop()
+	defer settled.Stop()
 	c.updateStatus(func(st *Status) { st.Connected = true })
 
 	recv := make(chan received)
@@ -375,7 +378,9 @@ func (c *Client) runStream(ctx context.Context, conn grpc.ClientConnInterface) (
 				return progressed, err
 			}
 		case <-idle.C:
-			c.collectIfGrown()
+			c.collectIfGrown(false)
+		case <-settled.C:
+			c.collectIfGrown(true)
 		case r := <-recv:
 			if r.err != nil {
 				return progressed, r.err
@@ -389,6 +394,7 @@ func (c *Client) runStream(ctx context.Context, conn grpc.ClientConnInterface) (
 			}
 			if c.opts.CollectWhenIdle > 0 {
 				idle.Reset(c.opts.CollectWhenIdle)
+				settled.Reset(settleAfter * c.opts.CollectWhenIdle)
 			}
 		}
 	}

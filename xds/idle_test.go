@@ -10,18 +10,20 @@ import (
 func TestGarbageGrown(t *testing.T) {
 	for _, tc := range []struct {
 		live, objects uint64
-		want          bool
+		settled, want bool
 	}{
-		{0, 0, false},
-		{40 << 20, 40 << 20, false},
-		{40 << 20, 49 << 20, false}, // under a quarter
-		{40 << 20, 51 << 20, true},  // over a quarter
-		{4 << 20, 7 << 20, false},   // a quarter, but under 4 MiB
-		{4 << 20, 9 << 20, true},
-		{40 << 20, 30 << 20, false}, // swept below the last live heap
+		{0, 0, false, false},
+		{40 << 20, 40 << 20, false, false},
+		{40 << 20, 44 << 20, false, false}, // under an eighth
+		{40 << 20, 46 << 20, false, true},  // over an eighth
+		{8 << 20, 9 << 20, false, false},   // an eighth, but under 2 MiB
+		{8 << 20, 11 << 20, false, true},
+		{40 << 20, 30 << 20, false, false}, // swept below the last live heap
+		{40 << 20, 42 << 20, true, true},   // settled: over 1 MiB
+		{40 << 20, 40<<20 + 512<<10, true, false},
 	} {
-		if got := garbageGrown(tc.live, tc.objects); got != tc.want {
-			t.Errorf("garbageGrown(%d MiB live, %d MiB objects) = %v, want %v", tc.live>>20, tc.objects>>20, got, tc.want)
+		if got := garbageGrown(tc.live, tc.objects, tc.settled); got != tc.want {
+			t.Errorf("garbageGrown(%d MiB live, %d KiB objects, settled %v) = %v, want %v", tc.live>>20, tc.objects>>10, tc.settled, got, tc.want)
 		}
 	}
 }
@@ -47,7 +49,7 @@ func TestCollectIfGrown(t *testing.T) {
 	}
 
 	before := numGC()
-	c.collectIfGrown()
+	c.collectIfGrown(false)
 	if waitGC(before, 300*time.Millisecond) {
 		t.Fatal("collected right after a collection")
 	}
@@ -57,9 +59,24 @@ func TestCollectIfGrown(t *testing.T) {
 	}
 	garbage = nil
 	before = numGC()
-	c.collectIfGrown()
+	c.collectIfGrown(false)
 	if !waitGC(before, 5*time.Second) {
 		t.Fatal("64 MiB of garbage were not collected")
+	}
+
+	// 1.5 MiB: too little right after a change, enough once settled.
+	for range 3 {
+		garbage = append(garbage, make([]byte, 512<<10))
+	}
+	garbage = nil
+	before = numGC()
+	c.collectIfGrown(false)
+	if waitGC(before, 300*time.Millisecond) {
+		t.Fatal("1.5 MiB of garbage were collected right after a change")
+	}
+	c.collectIfGrown(true)
+	if !waitGC(before, 5*time.Second) {
+		t.Fatal("1.5 MiB of garbage were not collected once settled")
 	}
 	_ = garbage
 }
