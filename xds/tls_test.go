@@ -1,6 +1,7 @@
 package xds_test
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -15,6 +16,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/sluice-mesh/sluice/identity"
+	"github.com/sluice-mesh/sluice/identity/spiffetest"
 
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"google.golang.org/grpc"
@@ -171,4 +175,79 @@ func TestTLSConfigErrors(t *testing.T) {
 			t.Errorf("%s: no error", tc.name)
 		}
 	}
+}
+
+// mTLS with SPIFFE: the client authenticates with the SVID a Workload API
+// gives it and accepts the control plane by its SPIFFE ID. A rotated SVID
+// does not drop the stream, and is presented at the next handshake.
+func TestSPIFFEControlPlane(t *testing.T) {
+	const agentID, cpID = "spiffe://example.org/ns/sluice/sa/agent", "spiffe://example.org/ns/sluice/sa/controlplane"
+	ca := spiffetest.NewCA(t, "example.org")
+	api := spiffetest.StartWorkloadAPI(t, ca, agentID)
+	var mu sync.Mutex
+	var seen []int64 // client SVID serials, in handshake order
+	serverTLS := ca.ServerTLS(t, cpID, func(c *x509.Certificate) {
+		mu.Lock()
+		seen = append(seen, c.SerialNumber.Int64())
+		mu.Unlock()
+	})
+	last := func() int64 {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(seen) == 0 {
+			return 0
+		}
+		return seen[len(seen)-1]
+	}
+	cp := &controlPlane{t: t, cache: cachev3.NewSnapshotCache(true, anyNode{}, nil),
+		opts: []grpc.ServerOption{grpc.Creds(credentials.NewTLS(serverTLS))}}
+	cp.start("127.0.0.1:0")
+	t.Cleanup(cp.stop)
+	v1 := mesh{services: []svc{webV1}}
+	cp.set("1", v1)
+
+	src, err := identity.OpenSVIDSource(context.Background(), api.Addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	cfg, err := src.ClientTLS(cpID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := &recorder{}
+	c := startClient(t, cp.addr, xds.ModeDelta, rec, func(o *xds.Options) { o.TLS = cfg })
+	waitApplied(t, rec, v1.summary())
+	if first := api.Current().Certificates[0].SerialNumber.Int64(); last() != first {
+		t.Fatalf("client presented serial %d, the Workload API's SVID is %d", last(), first)
+	}
+
+	// Rotation: the stream stays, changes still arrive.
+	rotated := api.Rotate().Certificates[0].SerialNumber.Int64()
+	waitFor(t, "the source to hold the rotated SVID", func() bool {
+		s, err := cfg.GetClientCertificate(&tls.CertificateRequestInfo{})
+		return err == nil && len(s.Certificate) > 0 && mustParse(t, s.Certificate[0]).SerialNumber.Int64() == rotated
+	})
+	v2 := mesh{services: []svc{webV2}}
+	cp.set("2", v2)
+	waitApplied(t, rec, v2.summary())
+	if st := c.Status(); st.Reconnects != 0 {
+		t.Errorf("the rotation cost %d reconnects: %s", st.Reconnects, st.LastError)
+	}
+
+	// The next handshake presents the rotated SVID.
+	cp.restart()
+	cp.set("3", v1)
+	waitApplied(t, rec, v1.summary())
+	if last() != rotated {
+		t.Errorf("after a reconnect the client presented serial %d, want the rotated %d", last(), rotated)
+	}
+}
+
+func mustParse(t *testing.T, der []byte) *x509.Certificate {
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }

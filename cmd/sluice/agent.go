@@ -16,6 +16,7 @@ import (
 
 	"github.com/sluice-mesh/sluice/dataplane"
 	"github.com/sluice-mesh/sluice/dataplane/model"
+	"github.com/sluice-mesh/sluice/identity"
 	"github.com/sluice-mesh/sluice/xds"
 	"github.com/sluice-mesh/sluice/xds/controlplane"
 )
@@ -26,6 +27,7 @@ type agentFlags struct {
 	xdsServer   string
 	xdsMode     string
 	tls         xds.TLSFiles
+	spiffe      spiffeFlags
 	pinDir      string
 	cgroup      string
 	node        xds.NodeInfo
@@ -62,6 +64,9 @@ func newAgentCommand() *cobra.Command {
 	fl.StringVar(&f.tls.Cert, "xds-cert", "", "client certificate (PEM) for mTLS to the control plane")
 	fl.StringVar(&f.tls.Key, "xds-key", "", "client key (PEM) for mTLS to the control plane")
 	fl.StringVar(&f.tls.ServerName, "xds-server-name", "", "name expected in the control plane's certificate (default: its host)")
+	fl.StringVar(&f.spiffe.socket, "xds-spiffe-socket", "", "SPIFFE Workload API socket (path or unix:///path): mTLS to the control plane with the agent's X.509 SVID")
+	fl.StringVar(&f.spiffe.server, "xds-spiffe-id", "", "SPIFFE ID the control plane's SVID must have, or spiffe://<trust-domain> for any of it (with --xds-spiffe-socket)")
+	fl.DurationVar(&f.spiffe.wait, "xds-spiffe-wait", identity.DefaultSVIDWait, "how long to wait at start for an SVID from the Workload API")
 	fl.StringVar(&f.pinDir, "pin-dir", dataplane.DefaultBPFFS+"/sluice", "bpffs directory for the dataplane's pinned programs and maps")
 	fl.StringVar(&f.cgroup, "cgroup", "", "cgroup2 directory whose subtree is routed (default: the cgroup2 root)")
 	fl.StringVar(&f.node.ID, "node-id", host, "xDS node id")
@@ -90,12 +95,12 @@ func runAgent(ctx context.Context, f agentFlags, log *slog.Logger) error {
 	f.node.Version = version()
 
 	// Check the configuration sources before touching the kernel.
+	if err := checkTLSFlags(f); err != nil {
+		return err
+	}
 	server := f.xdsServer
 	var cp *controlplane.Server
 	if f.config != "" {
-		if f.tls.CA != "" {
-			return errors.New("--xds-ca/--xds-cert/--xds-key apply to an external control plane (--xds), not to --config")
-		}
 		if cp, err = controlplane.New(controlplane.Options{ConfigPath: f.config, PollInterval: f.pollEvery, Logger: log.With("component", "controlplane")}); err != nil {
 			return err
 		}
@@ -106,6 +111,18 @@ func runAgent(ctx context.Context, f agentFlags, log *slog.Logger) error {
 		if opts.TLS, err = xds.TLSConfig(f.tls); err != nil {
 			return err
 		}
+	}
+	if f.spiffe.socket != "" {
+		src, err := identity.OpenSVIDSource(ctx, f.spiffe.socket, f.spiffe.wait)
+		if err != nil {
+			return err
+		}
+		defer src.Close()
+		if opts.TLS, err = src.ClientTLS(f.spiffe.server); err != nil {
+			return err
+		}
+		id, _ := src.ID()
+		log.Info("authenticating to the control plane with the SVID from the Workload API", "spiffe_id", id.String(), "control_plane", f.spiffe.server)
 	}
 
 	if f.cgroup == "" {
@@ -154,6 +171,35 @@ func runAgent(ctx context.Context, f agentFlags, log *slog.Logger) error {
 	}
 	log.Info("agent stopped; datapath left in place")
 	return err
+}
+
+// spiffeFlags configure mTLS to the control plane with an SVID from a
+// SPIFFE Workload API.
+type spiffeFlags struct {
+	socket, server string
+	wait           time.Duration
+}
+
+// checkTLSFlags refuses TLS flags that would be ignored or contradict
+// each other.
+func checkTLSFlags(f agentFlags) error {
+	files := f.tls != xds.TLSFiles{}
+	spiffe := f.spiffe.socket != "" || f.spiffe.server != ""
+	switch {
+	case f.config != "" && (files || spiffe):
+		return errors.New("--xds-ca, --xds-cert, --xds-key, --xds-server-name and --xds-spiffe-* apply to an external control plane (--xds), not to --config")
+	case files && spiffe:
+		return errors.New("give either --xds-ca (with --xds-cert and --xds-key for mTLS) or --xds-spiffe-socket and --xds-spiffe-id, not both")
+	case files && f.tls.CA == "":
+		return errors.New("--xds-cert, --xds-key and --xds-server-name need --xds-ca, the CA that signs the control plane's certificate")
+	case spiffe && (f.spiffe.socket == "" || f.spiffe.server == ""):
+		return errors.New("--xds-spiffe-socket and --xds-spiffe-id go together: the agent's SVID comes from the socket, the control plane must have the SPIFFE ID")
+	case spiffe:
+		if _, err := identity.Authorizer(f.spiffe.server); err != nil {
+			return fmt.Errorf("--xds-spiffe-id: %w", err)
+		}
+	}
+	return nil
 }
 
 func newLogger(level string) (*slog.Logger, error) {

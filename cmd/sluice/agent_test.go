@@ -2,12 +2,14 @@ package main
 
 import (
 	"errors"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/sluice-mesh/sluice/dataplane"
 	"github.com/sluice-mesh/sluice/dataplane/model"
+	"github.com/sluice-mesh/sluice/xds"
 )
 
 // fakeDataplane writes as many entries per Apply as it is told to.
@@ -81,4 +83,37 @@ func TestReleaseAfterLargeStates(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitReleased(true)
+}
+
+func TestCheckTLSFlags(t *testing.T) {
+	ext := func(mod func(*agentFlags)) agentFlags {
+		f := agentFlags{xdsServer: "cp:15010"}
+		mod(&f)
+		return f
+	}
+	for _, tc := range []struct {
+		name    string
+		flags   agentFlags
+		mention string // "" for no error
+	}{
+		{"plain", ext(func(*agentFlags) {}), ""},
+		{"TLS files", ext(func(f *agentFlags) { f.tls = xds.TLSFiles{CA: "ca.pem", Cert: "c.pem", Key: "k.pem"} }), ""},
+		{"SPIFFE", ext(func(f *agentFlags) { f.spiffe = spiffeFlags{socket: "/run/spire.sock", server: "spiffe://example.org"} }), ""},
+		{"a certificate without a CA", ext(func(f *agentFlags) { f.tls.Cert, f.tls.Key = "c.pem", "k.pem" }), "need --xds-ca"},
+		{"a server name without a CA", ext(func(f *agentFlags) { f.tls.ServerName = "cp" }), "need --xds-ca"},
+		{"files and SPIFFE", ext(func(f *agentFlags) {
+			f.tls.CA = "ca.pem"
+			f.spiffe = spiffeFlags{socket: "/run/spire.sock", server: "spiffe://example.org"}
+		}), "not both"},
+		{"a socket without an ID", ext(func(f *agentFlags) { f.spiffe.socket = "/run/spire.sock" }), "go together"},
+		{"an ID without a socket", ext(func(f *agentFlags) { f.spiffe.server = "spiffe://example.org" }), "go together"},
+		{"a bad ID", ext(func(f *agentFlags) { f.spiffe = spiffeFlags{socket: "/s", server: "example.org"} }), "--xds-spiffe-id"},
+		{"TLS with --config", agentFlags{config: "mesh.yaml", tls: xds.TLSFiles{CA: "ca.pem"}}, "not to --config"},
+		{"SPIFFE with --config", agentFlags{config: "mesh.yaml", spiffe: spiffeFlags{socket: "/s", server: "spiffe://example.org"}}, "not to --config"},
+	} {
+		err := checkTLSFlags(tc.flags)
+		if tc.mention == "" && err != nil || tc.mention != "" && (err == nil || !strings.Contains(err.Error(), tc.mention)) {
+			t.Errorf("%s: err = %v, want one mentioning %q", tc.name, err, tc.mention)
+		}
+	}
 }
