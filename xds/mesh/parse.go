@@ -14,12 +14,13 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/sluice-mesh/sluice/dataplane/model"
+	"github.com/sluice-mesh/sluice/identity"
 )
 
 // Limits of the file's numeric fields.
 const (
 	maxWeight   = 1_000_000
-	maxIdentity = math.MaxUint32
+	maxIdentity = int64(identity.FirstDerived - 1) // larger ones are derived from SPIFFE IDs
 )
 
 // Parse reads a mesh file, validates it and applies defaults. file names the

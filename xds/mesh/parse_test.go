@@ -113,7 +113,7 @@ func TestParseErrors(t *testing.T) {
 		{"workload bad service account", with("        workload:", "          name: web-1", "          serviceAccount: Web"), 12, "services[0].endpoints[0].workload.serviceAccount", "not a DNS-1123 subdomain"},
 		{"workload bad node", with("        workload: {name: web-1, node: node_1}"), 10, "services[0].endpoints[0].workload.node", "not a DNS-1123 subdomain"},
 		{"identity zero", with("        workload: {name: web-1, identity: 0}"), 10, "services[0].endpoints[0].workload.identity", "0 is not an identity"},
-		{"identity too big", with("        workload: {name: web-1, identity: 4294967296}"), 10, "services[0].endpoints[0].workload.identity", "out of range 0..4294967295"},
+		{"identity too big", with("        workload: {name: web-1, identity: 2147483648}"), 10, "services[0].endpoints[0].workload.identity", "out of range 0..2147483647"},
 		{"identity of two spiffe ids", with(
 			"        workload: {name: web-1, serviceAccount: web, identity: 7}",
 			"      - address: 10.244.0.12",
@@ -251,7 +251,7 @@ func TestParseFull(t *testing.T) {
 		"          namespace: other",
 		"          serviceAccount: web.sa",
 		"          node: node-1.example",
-		"          identity: 4294967295",
+		"          identity: 2147483647",
 		"      - address: 10.244.0.11",
 		"        health: unknown",
 		"      - address: 10.244.0.12",
@@ -289,7 +289,7 @@ func TestParseFull(t *testing.T) {
 					ServiceAccount: "web.sa",
 					Node:           "node-1.example",
 					SPIFFEID:       "spiffe://example.org/ns/other/sa/web.sa",
-					Identity:       4294967295,
+					Identity:       2147483647,
 				},
 			}, {
 				Address: netip.MustParseAddr("10.244.0.11"),

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/sluice-mesh/sluice/dataplane/model"
+	sid "github.com/sluice-mesh/sluice/identity"
 )
 
 // workloadKey is the filter_metadata key under which an endpoint's metadata
@@ -255,16 +256,17 @@ func isWorkloadKey(k string) bool {
 }
 
 // identity reads a numeric identity: a JSON number that is an integer in
-// 0..4294967295 (the dataplane's identities are 32 bits).
+// 0..2147483647; 0 is none, and larger numbers are those Sluice derives
+// from SPIFFE IDs (identity.FirstDerived).
 func identity(v *structpb.Value) (uint32, *fieldError) {
 	nv, ok := v.GetKind().(*structpb.Value_NumberValue)
 	if !ok {
 		return 0, errAt("", "want a number, got %s", kindName(v))
 	}
 	f := nv.NumberValue
-	if f != math.Trunc(f) || f < 0 || f > math.MaxUint32 {
+	if f != math.Trunc(f) || f < 0 || f >= float64(sid.FirstDerived) {
 		// NaN and the infinities fail these tests too.
-		return 0, errAt("", "%s is not an integer in 0..4294967295", formatNumber(f))
+		return 0, errAt("", "%s is not an integer in 0..%d (larger identities are derived from SPIFFE IDs)", formatNumber(f), sid.FirstDerived-1)
 	}
 	return uint32(f), nil
 }

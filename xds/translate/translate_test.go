@@ -329,7 +329,7 @@ func TestTranslateAccepts(t *testing.T) {
 					"service_account": "web",
 					"workload":        "web-7d9f",
 					"node":            "node-a",
-					"identity":        4294967295.0,
+					"identity":        2147483647.0,
 				})
 				full.Metadata.FilterMetadata["other.io/thing"] = &structpb.Struct{}
 				partial := withWorkload(lbEndpoint("10.244.2.7", 8080), map[string]any{"namespace": "demo", "identity": 0.0})
@@ -340,7 +340,7 @@ func TestTranslateAccepts(t *testing.T) {
 				Endpoints: []model.Endpoint{
 					{Addr: ip("10.244.1.5"), Port: 8080, Workload: &model.Workload{
 						Name: "web-7d9f", Namespace: "demo", ServiceAccount: "web", Node: "node-a",
-						SPIFFEID: "spiffe://cluster.local/ns/demo/sa/web", Identity: 4294967295,
+						SPIFFEID: "spiffe://cluster.local/ns/demo/sa/web", Identity: 2147483647,
 					}},
 					{Addr: ip("10.244.2.7"), Port: 8080, Workload: &model.Workload{Namespace: "demo"}},
 				}}},
