@@ -50,10 +50,12 @@ type anyNode struct{}
 
 func (anyNode) ID(*corev3.Node) string { return "mesh" }
 
-func newControlPlane(t testing.TB) *controlPlane { return newControlPlaneAt(t, "127.0.0.1:0") }
+func newControlPlane(t testing.TB, opts ...grpc.ServerOption) *controlPlane {
+	return newControlPlaneAt(t, "127.0.0.1:0", opts...)
+}
 
-func newControlPlaneAt(t testing.TB, addr string) *controlPlane {
-	cp := &controlPlane{t: t, cache: cachev3.NewSnapshotCache(true, anyNode{}, nil)}
+func newControlPlaneAt(t testing.TB, addr string, opts ...grpc.ServerOption) *controlPlane {
+	cp := &controlPlane{t: t, cache: cachev3.NewSnapshotCache(true, anyNode{}, nil), opts: opts}
 	cp.start(addr)
 	t.Cleanup(cp.stop)
 	return cp

@@ -20,7 +20,6 @@ import (
 	"github.com/sluice-mesh/sluice/identity"
 	"github.com/sluice-mesh/sluice/identity/spiffetest"
 
-	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
@@ -109,10 +108,7 @@ func TestMutualTLS(t *testing.T) {
 			return nil
 		},
 	}
-	cp := &controlPlane{t: t, cache: cachev3.NewSnapshotCache(true, anyNode{}, nil),
-		opts: []grpc.ServerOption{grpc.Creds(credentials.NewTLS(serverTLS))}}
-	cp.start("127.0.0.1:0")
-	t.Cleanup(cp.stop)
+	cp := newControlPlane(t, grpc.Creds(credentials.NewTLS(serverTLS)))
 	v1 := mesh{services: []svc{webV1}}
 	cp.set("1", v1)
 
@@ -199,10 +195,7 @@ func TestSPIFFEControlPlane(t *testing.T) {
 		}
 		return seen[len(seen)-1]
 	}
-	cp := &controlPlane{t: t, cache: cachev3.NewSnapshotCache(true, anyNode{}, nil),
-		opts: []grpc.ServerOption{grpc.Creds(credentials.NewTLS(serverTLS))}}
-	cp.start("127.0.0.1:0")
-	t.Cleanup(cp.stop)
+	cp := newControlPlane(t, grpc.Creds(credentials.NewTLS(serverTLS)))
 	v1 := mesh{services: []svc{webV1}}
 	cp.set("1", v1)
 
