@@ -25,7 +25,7 @@ import (
 // A derived number is the first of the ID's probe sequence (SHA-256 of the
 // ID and a counter, folded into the derived range) that no other ID claims
 // at an earlier probe, or at the same probe with a smaller ID. Collisions
-// are rare (about one in a hundred meshes of 10,000 IDs has one), are
+// are rare (a mesh of 10,000 IDs has one with a chance of about 2%), are
 // settled the same way on every node, and only move an ID when a new one
 // collides with it and sorts before it.
 const (

@@ -101,8 +101,8 @@ type Options struct {
 	// response has come for this long after the last, if the heap grew by
 	// more than an eighth (and at least 2 MiB) since the last collection;
 	// and once none has come for twenty times as long, if it grew by more
-	// than 1 MiB. Each change allocates a little (about 300 KB at 10,000
-	// services); collecting while idle keeps the collections the runtime
+	// than 1 MiB. Each change allocates a little (at 10,000 services the
+	// translation 133 KB, the dataplane's plan 83 KB); collecting while idle keeps the collections the runtime
 	// would start anyway, with their pauses and assists, off the path of
 	// the next change, and brings the process back to what the state needs
 	// soon after changes stop. The agent uses IdleCollectAfter.
