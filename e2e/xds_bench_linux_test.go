@@ -89,14 +89,14 @@ type xdsServer struct {
 	cache cachev3.SnapshotCache
 }
 
-func startXDSServer(tb testing.TB) *xdsServer {
+func startXDSServer(tb testing.TB, opts ...grpc.ServerOption) *xdsServer {
 	s := &xdsServer{cache: cachev3.NewSnapshotCache(true, meshHash{}, nil)}
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		tb.Fatal(err)
 	}
 	s.addr = lis.Addr().String()
-	srv := grpc.NewServer()
+	srv := grpc.NewServer(opts...)
 	discoverygrpc.RegisterAggregatedDiscoveryServiceServer(srv, serverv3.NewServer(context.Background(), s.cache, nil))
 	go srv.Serve(lis)
 	tb.Cleanup(srv.Stop)
@@ -382,10 +382,7 @@ func report(b *testing.B, name string, d []time.Duration) {
 // holding 10,000 services × 10 endpoints from an external control plane.
 func BenchmarkAgentRSS10k(b *testing.B) {
 	testenv.RequirePrivileged(b)
-	bin := filepath.Join(b.TempDir(), "sluice")
-	if out, err := exec.Command("go", "build", "-o", bin, "github.com/sluice-mesh/sluice/cmd/sluice").CombinedOutput(); err != nil {
-		b.Fatalf("build: %v\n%s", err, out)
-	}
+	bin := buildSluice(b)
 	const n = 10000
 	srv := startXDSServer(b)
 	res := bigMesh(n, 10).Resources()
@@ -520,3 +517,13 @@ func (r *receiveClock) TagConn(ctx context.Context, _ *stats.ConnTagInfo) contex
 }
 
 func (r *receiveClock) HandleConn(context.Context, stats.ConnStats) {}
+
+// buildSluice builds the sluice binary into a temporary directory.
+func buildSluice(tb testing.TB) string {
+	tb.Helper()
+	bin := filepath.Join(tb.TempDir(), "sluice")
+	if out, err := exec.Command("go", "build", "-o", bin, "github.com/sluice-mesh/sluice/cmd/sluice").CombinedOutput(); err != nil {
+		tb.Fatalf("build: %v\n%s", err, out)
+	}
+	return bin
+}
