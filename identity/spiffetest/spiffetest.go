@@ -43,10 +43,6 @@ type CA struct {
 // NewCA makes a CA for the trust domain td (e.g. "example.org").
 func NewCA(tb testing.TB, td string) *CA {
 	tb.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		tb.Fatal(err)
-	}
 	trust := spiffeid.RequireTrustDomainFromString(td)
 	tmpl := &x509.Certificate{
 		SerialNumber:          big.NewInt(1),
@@ -58,14 +54,7 @@ func NewCA(tb testing.TB, td string) *CA {
 		BasicConstraintsValid: true,
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		tb.Fatal(err)
-	}
+	cert, key := sign(tb, tmpl, nil, nil)
 	ca := &CA{TrustDomain: trust, Cert: cert, key: key}
 	ca.serial.Store(100)
 	return ca
@@ -81,10 +70,6 @@ func (ca *CA) Bundle() *x509bundle.Bundle {
 func (ca *CA) SVID(tb testing.TB, id string) *x509svid.SVID {
 	tb.Helper()
 	sid := spiffeid.RequireFromString(id)
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		tb.Fatal(err)
-	}
 	tmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(ca.serial.Add(1)),
 		URIs:         []*url.URL{sid.URL()},
@@ -93,7 +78,22 @@ func (ca *CA) SVID(tb testing.TB, id string) *x509svid.SVID {
 		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment | x509.KeyUsageKeyAgreement,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, key.Public(), ca.key)
+	cert, key := sign(tb, tmpl, ca.Cert, ca.key)
+	return &x509svid.SVID{ID: sid, Certificates: []*x509.Certificate{cert}, PrivateKey: key}
+}
+
+// sign makes a key and a certificate from tmpl for it, signed by parent
+// (self-signed when parent is nil).
+func sign(tb testing.TB, tmpl, parent *x509.Certificate, parentKey crypto.Signer) (*x509.Certificate, crypto.Signer) {
+	tb.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if parent == nil {
+		parent, parentKey = tmpl, key
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, key.Public(), parentKey)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -101,7 +101,7 @@ func (ca *CA) SVID(tb testing.TB, id string) *x509svid.SVID {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	return &x509svid.SVID{ID: sid, Certificates: []*x509.Certificate{cert}, PrivateKey: key}
+	return cert, key
 }
 
 // ServerTLS is the TLS configuration of a server holding an SVID for id

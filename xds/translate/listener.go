@@ -167,16 +167,26 @@ func (t *tally) tcpListener(l *listenerv3.Listener, p *listenerPlan) *fieldError
 	return nil
 }
 
-func (t *tally) harmlessListenerFilter(lf *listenerv3.ListenerFilter) *fieldError {
+// listenerFilterConfig checks a listener filter's own fields and returns
+// its typed_config, by whose type Sluice knows the filter.
+func (t *tally) listenerFilterConfig(lf *listenerv3.ListenerFilter) (*anypb.Any, *fieldError) {
 	if lf == nil {
-		return errAt("", "missing")
+		return nil, errAt("", "missing")
 	}
 	if err := t.check(lf.ProtoReflect(), listenerFilterPolicy); err != nil {
-		return err
+		return nil, err
 	}
 	tc := lf.GetTypedConfig()
 	if tc == nil {
-		return errAt("typed_config", "missing; Sluice identifies listener filters by the type of typed_config")
+		return nil, errAt("typed_config", "missing; Sluice identifies listener filters by the type of typed_config")
+	}
+	return tc, nil
+}
+
+func (t *tally) harmlessListenerFilter(lf *listenerv3.ListenerFilter) *fieldError {
+	tc, err := t.listenerFilterConfig(lf)
+	if err != nil {
+		return err
 	}
 	name := typeName(tc)
 	newMsg, ok := harmlessListenerFilters[name]
@@ -313,15 +323,9 @@ func (t *tally) udpListener(l *listenerv3.Listener, p *listenerPlan) *fieldError
 }
 
 func (t *tally) udpListenerFilter(lf *listenerv3.ListenerFilter, p *listenerPlan) *fieldError {
-	if lf == nil {
-		return errAt("", "missing")
-	}
-	if err := t.check(lf.ProtoReflect(), listenerFilterPolicy); err != nil {
+	tc, err := t.listenerFilterConfig(lf)
+	if err != nil {
 		return err
-	}
-	tc := lf.GetTypedConfig()
-	if tc == nil {
-		return errAt("typed_config", "missing; Sluice identifies listener filters by the type of typed_config")
 	}
 	if name := typeName(tc); name != typeUDPProxy {
 		return errAt("", "unsupported listener filter type %s on a UDP listener; want %s", typeLabel(name), typeUDPProxy)
