@@ -73,6 +73,8 @@ static __always_inline void count(enum sl_stat stat)
         *v += 1;
 }
 
+#include "policy.h"
+
 static __always_inline __u32 active_gen(void)
 {
     __u32 zero = 0;
@@ -219,6 +221,69 @@ static __always_inline void write_dst6(struct bpf_sock_addr *ctx, const __u32 *a
     ctx->user_port = port;
 }
 
+/* authorize_connect decides a TCP connect from a local client to dst:port
+ * (the backend chosen, or the address dialed when it is not a service) and
+ * records the client's identity on the socket for its SYN's tag. A denied
+ * connect fails with EPERM before any packet is sent. A policy that tests
+ * the source address is left to the destination when the client's address
+ * is not known yet. */
+static __always_inline int authorize_connect(struct bpf_sock_addr *ctx, const __u32 *dst, __u16 port,
+                                             __u8 family)
+{
+    struct sl_cgroup_value *w = local_workload();
+    struct bpf_sock *sk = ctx->sk;
+    __u32 identity = w ? w->identity : 0;
+    __u32 src[4] = {};
+    int src_known = 0;
+
+    if (family == SL_FAMILY_V4) {
+        if (sk && sk->family == 2 /* AF_INET */ && sk->src_ip4) {
+            src[0] = sk->src_ip4;
+            src_known = 1;
+        } else if (w && w->addr4) {
+            src[0] = w->addr4;
+            src_known = 1;
+        }
+    } else if (w && (w->addr6[0] | w->addr6[1] | w->addr6[2] | w->addr6[3])) {
+        __builtin_memcpy(src, w->addr6, sizeof(src));
+        src_known = 1;
+    }
+
+    struct sl_decision d = {};
+    enum decide_result r = decide(dst, port, family, src, src_known, identity, &d);
+    if (identity == 0 && r == DECIDE_NO_POLICY)
+        return SL_ALLOW;
+
+    struct sl_conn *c = NULL;
+    if (sk)
+        c = bpf_sk_storage_get(&sl_conns, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+    if (c) {
+        c->identity = identity;
+        c->flags = SL_CONN_CLIENT | (src_known ? SL_CONN_SRC_KNOWN : 0);
+        __builtin_memcpy(c->dst, dst, sizeof(c->dst));
+        __builtin_memcpy(c->src, src, sizeof(c->src));
+        c->dst_port = port;
+        c->family = family;
+        c->rule = d.v.rule;
+    }
+    if (r != DECIDE_DONE)
+        return SL_ALLOW;
+
+    count_decision(&d, SL_AT_CONNECT);
+    if (d.v.shadow == SL_SHADOW_DENY)
+        emit(SL_EV_SHADOW_DENY_CONNECT, &d, bpf_get_socket_cookie(ctx), bpf_get_netns_cookie(ctx),
+             src, 0, dst, port, family, identity);
+    if (!(d.v.flags & SL_VERDICT_DENY))
+        return SL_ALLOW;
+    count(SL_STAT_DENY_CONNECT);
+    emit(SL_EV_DENY_CONNECT, &d, bpf_get_socket_cookie(ctx), bpf_get_netns_cookie(ctx), src, 0, dst,
+         port, family, identity);
+    if (c)
+        bpf_sk_storage_delete(&sl_conns, sk);
+    bpf_set_retval(-SL_EPERM);
+    return SL_REJECT;
+}
+
 static __always_inline int connect_common(struct bpf_sock_addr *ctx, struct sl_svc_key *key, int v6)
 {
     struct sl_svc_value *svc = NULL;
@@ -227,6 +292,8 @@ static __always_inline int connect_common(struct bpf_sock_addr *ctx, struct sl_s
     switch (route(key, 0, 1, &svc, &be)) {
     case ROUTE_NOT_SERVICE:
         forget_origin(ctx);
+        if (key->proto == IPPROTO_TCP)
+            return authorize_connect(ctx, key->addr, key->port, key->family);
         return SL_ALLOW;
     case ROUTE_NO_BACKEND:
         return refuse(ctx);
@@ -235,6 +302,8 @@ static __always_inline int connect_common(struct bpf_sock_addr *ctx, struct sl_s
     }
     if (be->family != key->family)
         return refuse(ctx);
+    if (key->proto == IPPROTO_TCP && !authorize_connect(ctx, be->addr, be->port, be->family))
+        return SL_REJECT;
     if (v6)
         write_dst6(ctx, be->addr, be->family, be->port);
     else {
@@ -408,6 +477,324 @@ int sl_getpeername6(struct bpf_sock_addr *ctx)
 {
     restore_peer6(ctx, 0);
     return SL_ALLOW;
+}
+
+/* --- TCP identity tags and destination-side policy ----------------------- */
+
+#define SL_AF_INET 2
+#define SL_AF_INET6 10
+#define SL_SOL_TCP 6
+#define SL_TCP_SAVE_SYN 27
+#define SL_TCPHDR_RST 0x04
+#define SL_TCPHDR_SYN 0x02
+#define SL_TCPHDR_ACK 0x10
+
+struct sl_tag {
+    __u8 kind;
+    __u8 len;
+    __be16 exid;
+    __be32 identity;
+} __attribute__((packed));
+
+static __always_inline int is_syn(struct bpf_sock_ops *skops)
+{
+    return (skops->skb_tcp_flags & (SL_TCPHDR_SYN | SL_TCPHDR_ACK)) == SL_TCPHDR_SYN;
+}
+
+static __always_inline struct sl_conn *conn_of(struct bpf_sock_ops *skops)
+{
+    struct bpf_sock *sk = skops->sk;
+    if (!sk)
+        return NULL;
+    return bpf_sk_storage_get(&sl_conns, sk, 0, 0);
+}
+
+/* tag_enable asks for the header-option callbacks on the SYN of a client
+ * whose identity is known. */
+static __always_inline void tag_enable(struct bpf_sock_ops *skops)
+{
+    struct sl_conn *c = conn_of(skops);
+    if (!c || !c->identity)
+        return;
+    bpf_sock_ops_cb_flags_set(skops,
+                              skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG);
+}
+
+static __always_inline void tag_reserve(struct bpf_sock_ops *skops)
+{
+    if (is_syn(skops))
+        bpf_reserve_hdr_opt(skops, SL_TAG_LEN, 0);
+}
+
+static __always_inline void tag_write(struct bpf_sock_ops *skops)
+{
+    if (!is_syn(skops))
+        return;
+    struct sl_conn *c = conn_of(skops);
+    if (!c || !c->identity)
+        return;
+    struct sl_tag tag = {
+        .kind = SL_TAG_KIND,
+        .len = SL_TAG_LEN,
+        .exid = bpf_htons(SL_TAG_EXID),
+        .identity = bpf_htonl(c->identity),
+    };
+    if (bpf_store_hdr_opt(skops, &tag, sizeof(tag), 0) == 0)
+        count(SL_STAT_TAG_SENT);
+}
+
+/* sock_addrs reads a connection's local and remote addresses; a
+ * v4-mapped pair of a dual-stack socket is returned as IPv4. */
+static __always_inline int sock_addrs(struct bpf_sock_ops *skops, __u32 *local, __u32 *remote,
+                                      __u8 *family)
+{
+    if (skops->family == SL_AF_INET) {
+        local[0] = skops->local_ip4;
+        remote[0] = skops->remote_ip4;
+        *family = SL_FAMILY_V4;
+        return 1;
+    }
+    if (skops->family != SL_AF_INET6)
+        return 0;
+    local[0] = skops->local_ip6[0];
+    local[1] = skops->local_ip6[1];
+    local[2] = skops->local_ip6[2];
+    local[3] = skops->local_ip6[3];
+    remote[0] = skops->remote_ip6[0];
+    remote[1] = skops->remote_ip6[1];
+    remote[2] = skops->remote_ip6[2];
+    remote[3] = skops->remote_ip6[3];
+    *family = SL_FAMILY_V6;
+    if (is_v4_mapped(local) && is_v4_mapped(remote)) {
+        local[0] = local[3];
+        remote[0] = remote[3];
+        local[1] = local[2] = local[3] = 0;
+        remote[1] = remote[2] = remote[3] = 0;
+        *family = SL_FAMILY_V4;
+    }
+    return 1;
+}
+
+/* client_established stops the tag callbacks and records the client's
+ * bound address, which the connect hook may not have known. */
+static __always_inline void client_established(struct bpf_sock_ops *skops)
+{
+    bpf_sock_ops_cb_flags_set(skops,
+                              skops->bpf_sock_ops_cb_flags & ~BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG);
+    struct sl_conn *c = conn_of(skops);
+    if (!c)
+        return;
+    __u32 local[4] = {}, remote[4] = {};
+    __u8 family = 0;
+    if (!sock_addrs(skops, local, remote, &family) || family != c->family)
+        return;
+    __builtin_memcpy(c->src, local, sizeof(c->src));
+    c->flags |= SL_CONN_SRC_KNOWN;
+}
+
+/* authorize_ingress decides an accepted connection at its destination.
+ * The source is the identity of its tag if the source address belongs to
+ * that identity, and unknown otherwise. A denied connection is marked:
+ * its packets are dropped from now on and the agent destroys it. */
+static __always_inline void authorize_ingress(struct bpf_sock_ops *skops)
+{
+    __u32 local[4] = {}, remote[4] = {};
+    __u8 family = 0;
+    if (!sock_addrs(skops, local, remote, &family))
+        return;
+    __u16 lport = bpf_htons((__u16)skops->local_port);
+    __u16 rport = bpf_htons((__u16)bpf_ntohl(skops->remote_port));
+
+    __u32 identity = 0, flags = SL_CONN_SERVER | SL_CONN_SRC_KNOWN;
+    struct sl_tag tag = {.kind = SL_TAG_KIND, .len = 4, .exid = bpf_htons(SL_TAG_EXID)};
+    long n = bpf_load_hdr_opt(skops, &tag, sizeof(tag), BPF_LOAD_HDR_OPT_TCP_SYN);
+    if (n == SL_TAG_LEN && tag.len == SL_TAG_LEN) {
+        struct sl_addr_key ak = {.family = family};
+        __builtin_memcpy(ak.addr, remote, sizeof(ak.addr));
+        __u32 *owner = bpf_map_lookup_elem(&sl_addrs, &ak);
+        __u32 claimed = bpf_ntohl(tag.identity);
+        if (owner && claimed && *owner == claimed) {
+            identity = claimed;
+            flags |= SL_CONN_TAGGED;
+            count(SL_STAT_TAG_TRUSTED);
+        } else {
+            count(SL_STAT_TAG_REJECTED);
+        }
+    } else {
+        count(SL_STAT_UNTAGGED);
+    }
+
+    struct sl_decision d = {};
+    enum decide_result r = decide(local, lport, family, remote, 1, identity, &d);
+    struct bpf_sock *sk = skops->sk;
+    struct sl_conn *c = NULL;
+    if (sk)
+        c = bpf_sk_storage_get(&sl_conns, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+    if (c) {
+        c->identity = identity;
+        c->flags = flags;
+        __builtin_memcpy(c->dst, local, sizeof(c->dst));
+        __builtin_memcpy(c->src, remote, sizeof(c->src));
+        c->dst_port = lport;
+        c->family = family;
+        c->rule = d.v.rule;
+    }
+    if (r != DECIDE_DONE)
+        return;
+
+    count_decision(&d, SL_AT_INGRESS);
+    __u64 cookie = bpf_get_socket_cookie(skops), netns = bpf_get_netns_cookie(skops);
+    if (d.v.shadow == SL_SHADOW_DENY)
+        emit(SL_EV_SHADOW_DENY_INGRESS, &d, cookie, netns, remote, rport, local, lport, family,
+             identity);
+    if (!(d.v.flags & SL_VERDICT_DENY))
+        return;
+    if (c)
+        c->flags |= SL_CONN_DENIED;
+    count(SL_STAT_DENY_INGRESS);
+    emit(SL_EV_DENY_INGRESS, &d, cookie, netns, remote, rport, local, lport, family, identity);
+}
+
+SEC("sockops")
+int sl_sockops(struct bpf_sock_ops *skops)
+{
+    int one = 1;
+
+    switch (skops->op) {
+    case BPF_SOCK_OPS_TCP_CONNECT_CB:
+        tag_enable(skops);
+        break;
+    case BPF_SOCK_OPS_HDR_OPT_LEN_CB:
+        tag_reserve(skops);
+        break;
+    case BPF_SOCK_OPS_WRITE_HDR_OPT_CB:
+        tag_write(skops);
+        break;
+    case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+        client_established(skops);
+        break;
+    case BPF_SOCK_OPS_TCP_LISTEN_CB:
+        /* Keep each SYN so the tag can be read once the connection is up. */
+        bpf_setsockopt(skops, SL_SOL_TCP, SL_TCP_SAVE_SYN, &one, sizeof(one));
+        break;
+    case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+        authorize_ingress(skops);
+        break;
+    }
+    return 1;
+}
+
+/* denied_socket reports whether skb belongs to a connection policy denied. */
+static __always_inline int denied_socket(struct __sk_buff *skb)
+{
+    struct bpf_sock *sk = skb->sk;
+    if (!sk)
+        return 0;
+    sk = bpf_sk_fullsock(sk);
+    if (!sk)
+        return 0;
+    struct sl_conn *c = bpf_sk_storage_get(&sl_conns, sk, 0, 0);
+    return c && (c->flags & SL_CONN_DENIED);
+}
+
+/* is_rst reports whether skb (starting at its IP header) is a TCP reset. */
+static __always_inline int is_rst(struct __sk_buff *skb)
+{
+    __u8 b = 0, flags = 0;
+    __u32 off;
+    if (bpf_skb_load_bytes(skb, 0, &b, 1))
+        return 0;
+    if (b >> 4 == 4)
+        off = (b & 0xf) * 4 + 13;
+    else if (b >> 4 == 6)
+        off = 40 + 13;
+    else
+        return 0;
+    if (bpf_skb_load_bytes(skb, off, &flags, 1))
+        return 0;
+    return flags & SL_TCPHDR_RST;
+}
+
+SEC("cgroup_skb/ingress")
+int sl_ingress(struct __sk_buff *skb)
+{
+    if (denied_socket(skb)) {
+        count(SL_STAT_DROPPED);
+        return 0;
+    }
+    return 1;
+}
+
+/* sl_egress drops what the server of a denied connection sends, except
+ * the reset that ends it. */
+SEC("cgroup_skb/egress")
+int sl_egress(struct __sk_buff *skb)
+{
+    if (denied_socket(skb) && !is_rst(skb)) {
+        count(SL_STAT_DROPPED);
+        return 0;
+    }
+    return 1;
+}
+
+/* --- Terminating denied connections -------------------------------------- */
+
+/* Only what is used of these kernel types; CO-RE relocates the accesses. */
+struct sock_common {
+    unsigned short skc_family;
+    volatile unsigned char skc_state;
+} __attribute__((preserve_access_index));
+
+#define SL_TCP_LISTEN 10
+struct tcp_sock;
+struct bpf_iter_meta;
+
+struct bpf_iter__tcp {
+    struct bpf_iter_meta *meta;
+    struct sock_common *sk_common;
+    __u32 uid;
+} __attribute__((preserve_access_index));
+
+extern int bpf_sock_destroy(struct sock_common *sk) __ksym;
+
+/* sl_sweep visits the TCP sockets of the network namespace it is run in.
+ * It destroys (with a reset to the peer) the connections policy denied:
+ * marked at their destination, or denied by a continuous policy since
+ * they opened. And it makes listeners that were listening before the
+ * programs were attached keep their SYNs, as new ones do, so that the tag
+ * can be read. */
+SEC("iter/tcp")
+int sl_sweep(struct bpf_iter__tcp *ctx)
+{
+    struct sock_common *skc = ctx->sk_common;
+    if (!skc)
+        return 0;
+    struct tcp_sock *tp = bpf_skc_to_tcp_sock(skc);
+    if (!tp)
+        return 0;
+    if (skc->skc_state == SL_TCP_LISTEN) {
+        int one = 1;
+        bpf_setsockopt(tp, SL_SOL_TCP, SL_TCP_SAVE_SYN, &one, sizeof(one));
+        return 0;
+    }
+    struct sl_conn *c = bpf_sk_storage_get(&sl_conns, tp, 0, 0);
+    if (!c)
+        return 0;
+    struct sl_decision d = {.v = {.flags = SL_VERDICT_DENY, .rule = c->rule}};
+    if (!(c->flags & SL_CONN_DENIED)) {
+        if (decide(c->dst, c->dst_port, c->family, c->src, c->flags & SL_CONN_SRC_KNOWN,
+                   c->identity, &d) != DECIDE_DONE)
+            return 0;
+        if ((d.v.flags & (SL_VERDICT_DENY | SL_VERDICT_TERMINATE)) !=
+            (SL_VERDICT_DENY | SL_VERDICT_TERMINATE))
+            return 0;
+        c->flags |= SL_CONN_DENIED;
+    }
+    if (bpf_sock_destroy(skc))
+        return 0;
+    count(SL_STAT_TERMINATED);
+    emit(SL_EV_TERMINATED, &d, 0, 0, c->src, 0, c->dst, c->dst_port, c->family, c->identity);
+    return 0;
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -26,7 +26,17 @@ enum sl_stat {
     SL_STAT_TRANSLATED = 0,   /* connect/sendmsg rewritten to a backend */
     SL_STAT_NO_BACKEND = 1,   /* service with no usable endpoint: refused */
     SL_STAT_BACKEND_MISS = 2, /* service entry without its backend entry (must stay 0) */
-    SL_STAT_MAX = 3,
+    SL_STAT_DENY_CONNECT = 3, /* connects refused by policy at the client (EPERM) */
+    SL_STAT_DENY_INGRESS = 4, /* connections denied by policy at the destination */
+    SL_STAT_TAG_SENT = 5,     /* SYNs that carried the client's identity */
+    SL_STAT_TAG_TRUSTED = 6,  /* accepted connections whose tag matched the source address */
+    SL_STAT_TAG_REJECTED = 7, /* accepted connections whose tag did not (treated as unknown) */
+    SL_STAT_UNTAGGED = 8,     /* accepted connections without a tag (unknown source) */
+    SL_STAT_DROPPED = 9,      /* packets dropped to or from a denied connection */
+    SL_STAT_VERDICT_MISS = 10, /* policy set without a verdict entry: denied (must stay 0) */
+    SL_STAT_EVENT_LOST = 11,  /* events the ring buffer had no room for */
+    SL_STAT_TERMINATED = 12,  /* denied connections destroyed */
+    SL_STAT_MAX = 13,
 };
 
 /* sl_active[0]: the generation programs read from. The agent writes the
@@ -99,6 +109,147 @@ struct sl_revnat_value {
     __u32 svc_id;
     __u16 vport;
     __u8 pad[2];
+};
+
+/* --- Identity and policy -------------------------------------------------
+ *
+ * A numeric identity (u32) names a SPIFFE ID; 0 is the unknown source. The
+ * client's identity travels in a TCP option on its SYN: kind 253
+ * (experimental, RFC 6994), length 8, ExID SL_TAG_EXID, the identity in
+ * network byte order. The destination trusts the tag only when the source
+ * address belongs to the same identity (sl_addrs); otherwise the source is
+ * unknown.
+ */
+#define SL_TAG_KIND 253
+#define SL_TAG_LEN 8
+#define SL_TAG_EXID 0x51CE
+
+/* Where a verdict was enforced; indexes sl_rule_stat's arrays. */
+#define SL_AT_CONNECT 0
+#define SL_AT_INGRESS 1
+
+/* Value of sl_cgroups (key: cgroup v2 id): a local workload. */
+struct sl_cgroup_value {
+    __u32 identity;
+    __u32 addr4;    /* the workload's IPv4 address, 0 if none */
+    __u32 addr6[4]; /* its IPv6 address, zero if none */
+};
+
+/* Key of sl_addrs: a workload address; value: its identity (__u32). */
+struct sl_addr_key {
+    __u32 addr[4];
+    __u8 family;
+    __u8 pad[3];
+};
+
+/* sl_policy_active[0]: the policy generation programs read. */
+struct sl_policy_config {
+    __u32 gen;
+    __u32 flags;
+};
+
+/* Key of sl_dests: a destination endpoint address:port within one policy
+ * generation. Only TCP destinations carry policy. */
+struct sl_dest_key {
+    __u32 gen;
+    __u32 addr[4];
+    __u16 port;
+    __u8 family;
+    __u8 pad;
+};
+
+#define SL_DEST_HAS_CIDR 1 /* the set's principals test source addresses */
+
+struct sl_dest_value {
+    __u32 set; /* policy set, keys sl_verdicts and sl_classes */
+    __u32 flags;
+};
+
+/* Key of sl_classes (LPM trie): prefixlen counts the bits after it, so an
+ * entry for a /p CIDR has prefixlen 96 + p. Value: the class (__u32). */
+struct sl_class_key {
+    __u32 prefixlen;
+    __u32 gen;
+    __u32 set;
+    __u32 family;
+    __u32 addr[4];
+};
+
+/* Key of sl_verdicts. A lookup with the source identity that misses falls
+ * back to identity 0: only identities whose verdict differs are stored. */
+struct sl_verdict_key {
+    __u32 gen;
+    __u32 set;
+    __u32 identity;
+    __u32 class;
+};
+
+#define SL_VERDICT_DENY 1      /* deny the connection */
+#define SL_VERDICT_TERMINATE 2 /* terminate existing connections it now denies */
+
+#define SL_SHADOW_NONE 0
+#define SL_SHADOW_ALLOW 1
+#define SL_SHADOW_DENY 2
+
+struct sl_verdict {
+    __u8 flags;  /* SL_VERDICT_* */
+    __u8 shadow; /* SL_SHADOW_*: what the dry-run rules would have done */
+    __u16 pad;
+    __u32 rule;        /* rule that decided, indexes sl_rule_stats; 0: none */
+    __u32 shadow_rule; /* dry-run rule that decided; 0: none */
+};
+
+/* Value of sl_rule_stats (per-CPU array, index: rule): verdicts a rule
+ * decided, at the client (SL_AT_CONNECT) and at the destination. */
+struct sl_rule_stat {
+    __u64 allow[2];
+    __u64 deny[2];
+};
+
+#define SL_CONN_CLIENT 1     /* the client's socket */
+#define SL_CONN_SERVER 2     /* an accepted socket */
+#define SL_CONN_DENIED 4     /* denied: traffic is dropped until it is destroyed */
+#define SL_CONN_TAGGED 8     /* the client's SYN carried a trusted tag */
+#define SL_CONN_SRC_KNOWN 16 /* src holds the source address */
+
+/* Per-socket record (socket-local storage) of a TCP connection's identity
+ * and policy destination, kept for tags and re-evaluation. */
+struct sl_conn {
+    __u32 identity; /* the client's identity */
+    __u32 flags;    /* SL_CONN_* */
+    __u32 dst[4];   /* the policy destination: the backend (client side) or local address */
+    __u32 src[4];   /* the source address, if SL_CONN_SRC_KNOWN */
+    __u32 rule;     /* rule that decided when the connection opened */
+    __u16 dst_port;
+    __u8 family;
+    __u8 pad;
+};
+
+enum sl_event_kind {
+    SL_EV_DENY_CONNECT = 1,        /* a client was refused at connect */
+    SL_EV_DENY_INGRESS = 2,        /* a connection was denied at its destination */
+    SL_EV_SHADOW_DENY_CONNECT = 3, /* dry-run rules would have refused a connect */
+    SL_EV_SHADOW_DENY_INGRESS = 4, /* dry-run rules would have denied at the destination */
+    SL_EV_TERMINATED = 5,          /* a connection the policy now denies was destroyed */
+};
+
+/* A policy event, sent through the sl_events ring buffer. */
+struct sl_event {
+    __u64 time_ns; /* CLOCK_MONOTONIC */
+    __u64 cookie;  /* socket cookie */
+    __u64 netns;   /* network namespace cookie */
+    __u32 src[4];
+    __u32 dst[4]; /* the policy destination */
+    __u32 identity;
+    __u32 rule;
+    __u32 shadow_rule;
+    __u32 set;
+    __u16 src_port;
+    __u16 dst_port;
+    __u8 family;
+    __u8 kind; /* enum sl_event_kind */
+    __u8 flags; /* the verdict's SL_VERDICT_* */
+    __u8 shadow;
 };
 
 #endif /* SLUICE_ABI_H */

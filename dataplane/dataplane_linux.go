@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -48,7 +49,12 @@ type Dataplane struct {
 	epoch       uint64                         // counts plans
 	mirror      chan error                     // reports the end of the standby generation's update; nil if none runs
 	mirrorDirty bool                           // standby generation may differ from the active one
-	closed      bool
+	authz       authz                          // identities and policy
+	iter        *link.Iter                     // terminating iterator; nil until first used
+	// policyChanged is signalled (never blocking) when Apply changes the
+	// policy in force; Enforce then terminates what it now denies.
+	policyChanged chan struct{}
+	closed        bool
 }
 
 // attachment is one cgroup hook: a program, where it goes, its pin name.
@@ -67,6 +73,9 @@ var attachments = []attachment{
 	{"recvmsg6", ebpf.AttachCGroupUDP6Recvmsg, func(o *serviceObjects) *ebpf.Program { return o.SlRecvmsg6 }},
 	{"getpeername4", ebpf.AttachCgroupInet4GetPeername, func(o *serviceObjects) *ebpf.Program { return o.SlGetpeername4 }},
 	{"getpeername6", ebpf.AttachCgroupInet6GetPeername, func(o *serviceObjects) *ebpf.Program { return o.SlGetpeername6 }},
+	{"sockops", ebpf.AttachCGroupSockOps, func(o *serviceObjects) *ebpf.Program { return o.SlSockops }},
+	{"ingress", ebpf.AttachCGroupInetIngress, func(o *serviceObjects) *ebpf.Program { return o.SlIngress }},
+	{"egress", ebpf.AttachCGroupInetEgress, func(o *serviceObjects) *ebpf.Program { return o.SlEgress }},
 }
 
 const linkPinPrefix = "link_"
@@ -106,7 +115,7 @@ func Open(opts Options) (_ *Dataplane, err error) {
 		return nil, err
 	}
 
-	d := &Dataplane{opts: opts, log: log, lock: lock, links: make(map[string]link.Link)}
+	d := &Dataplane{opts: opts, log: log, lock: lock, links: make(map[string]link.Link), policyChanged: make(chan struct{}, 1)}
 	defer func() {
 		if err != nil {
 			d.release()
@@ -140,8 +149,19 @@ func (d *Dataplane) load() error {
 		"sl_services": 2 * c.Services, // two generations
 		"sl_backends": 2 * c.Backends,
 		"sl_revnat":   c.UDPReverse,
+		"sl_cgroups":  c.Workloads,
+		"sl_addrs":    c.Addresses,
+		"sl_dests":    2 * c.PolicyDests,
+		"sl_classes":  2 * c.Classes,
+		"sl_verdicts": 2 * c.Verdicts,
+		// Rule 0 means "no rule" and is never counted.
+		"sl_rule_stats": c.Rules + 1,
+		"sl_events":     c.EventBytes,
 	}
 	for name, m := range spec.Maps {
+		if strings.HasPrefix(name, ".") {
+			continue // global variables: per load, never pinned
+		}
 		if n, ok := sizes[name]; ok {
 			m.MaxEntries = uint32(n)
 		}
@@ -319,10 +339,19 @@ func (d *Dataplane) Apply(s model.State) error {
 	}
 	d.waitMirror()
 
+	ca, err := compileAuthz(s, d.opts.Capacity)
+	if err != nil {
+		return err
+	}
 	d.epoch++
 	p, err := plan(s, d.opts.Capacity, d.current, d.order, d.nextID, d.epoch)
 	if err != nil {
 		return err
+	}
+	// Identities and policy go first: a new endpoint is never reachable
+	// before its policy is in force.
+	if err := d.applyAuthz(ca); err != nil {
+		return fmt.Errorf("apply: %w; previous routing still in force", err)
 	}
 	diff := diffPlanned(d.current, p)
 	commit := func() {
@@ -482,31 +511,47 @@ type Stats struct {
 	Translated  uint64 // connects and datagrams rewritten to a backend
 	NoBackend   uint64 // refused: service without a usable endpoint
 	BackendMiss uint64 // service entry whose backend was missing; stays 0 unless the maps are inconsistent
+
+	DenyConnect uint64 // connects refused by policy at the client (EPERM)
+	DenyIngress uint64 // connections denied by policy at their destination
+	TagSent     uint64 // SYNs that carried the client's identity
+	TagTrusted  uint64 // accepted connections whose tag matched the source address
+	TagRejected uint64 // accepted connections whose tag did not (taken as unknown)
+	Untagged    uint64 // accepted connections without a tag (unknown source)
+	Dropped     uint64 // packets dropped to or from denied connections
+	VerdictMiss uint64 // policy lookups without a verdict, denied; stays 0 unless the maps are inconsistent
+	EventsLost  uint64 // policy events the ring buffer had no room for
+	Terminated  uint64 // denied connections destroyed
 }
 
 // Stats reads the programs' counters.
 func (d *Dataplane) Stats() (Stats, error) {
-	read := func(i serviceSlStat) (uint64, error) {
-		var per []uint64
-		if err := d.objs.SlStats.Lookup(uint32(i), &per); err != nil {
-			return 0, fmt.Errorf("read stat %d: %w", i, err)
-		}
-		var sum uint64
-		for _, v := range per {
-			sum += v
-		}
-		return sum, nil
-	}
 	var s Stats
-	var err error
-	if s.Translated, err = read(serviceSlStatSL_STAT_TRANSLATED); err != nil {
-		return s, err
+	for _, f := range []struct {
+		stat serviceSlStat
+		v    *uint64
+	}{
+		{serviceSlStatSL_STAT_TRANSLATED, &s.Translated},
+		{serviceSlStatSL_STAT_NO_BACKEND, &s.NoBackend},
+		{serviceSlStatSL_STAT_BACKEND_MISS, &s.BackendMiss},
+		{serviceSlStatSL_STAT_DENY_CONNECT, &s.DenyConnect},
+		{serviceSlStatSL_STAT_DENY_INGRESS, &s.DenyIngress},
+		{serviceSlStatSL_STAT_TAG_SENT, &s.TagSent},
+		{serviceSlStatSL_STAT_TAG_TRUSTED, &s.TagTrusted},
+		{serviceSlStatSL_STAT_TAG_REJECTED, &s.TagRejected},
+		{serviceSlStatSL_STAT_UNTAGGED, &s.Untagged},
+		{serviceSlStatSL_STAT_DROPPED, &s.Dropped},
+		{serviceSlStatSL_STAT_VERDICT_MISS, &s.VerdictMiss},
+		{serviceSlStatSL_STAT_EVENT_LOST, &s.EventsLost},
+		{serviceSlStatSL_STAT_TERMINATED, &s.Terminated},
+	} {
+		v, err := d.readStat(f.stat)
+		if err != nil {
+			return s, err
+		}
+		*f.v = v
 	}
-	if s.NoBackend, err = read(serviceSlStatSL_STAT_NO_BACKEND); err != nil {
-		return s, err
-	}
-	s.BackendMiss, err = read(serviceSlStatSL_STAT_BACKEND_MISS)
-	return s, err
+	return s, nil
 }
 
 // Close releases the process's hold on the dataplane. Pins stay, so the
@@ -543,6 +588,10 @@ func (d *Dataplane) Teardown() error {
 }
 
 func (d *Dataplane) release() {
+	if d.iter != nil {
+		d.iter.Close()
+		d.iter = nil
+	}
 	for _, l := range d.links {
 		l.Close()
 	}

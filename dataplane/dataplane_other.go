@@ -5,6 +5,7 @@ package dataplane
 import (
 	"github.com/sluice-mesh/sluice/dataplane/model"
 
+	"context"
 	"errors"
 	"log/slog"
 )
@@ -46,3 +47,20 @@ func Teardown(string) error { return ErrNotSupported }
 
 // Cgroup2Mount fails with ErrNotSupported.
 func Cgroup2Mount() (string, error) { return "", ErrNotSupported }
+
+// CgroupID fails with ErrNotSupported.
+func CgroupID(string) (uint64, error) { return 0, ErrNotSupported }
+
+// NetnsInCgroup fails with ErrNotSupported.
+func NetnsInCgroup(string) ([]string, error) { return nil, ErrNotSupported }
+
+// Enforce fails with ErrNotSupported.
+func (*Dataplane) Enforce(context.Context, func() []string, func(Event)) error {
+	return ErrNotSupported
+}
+
+// RuleStats fails with ErrNotSupported.
+func (*Dataplane) RuleStats() ([]RuleStat, error) { return nil, ErrNotSupported }
+
+// Terminate fails with ErrNotSupported.
+func (*Dataplane) Terminate(...string) (int, error) { return 0, ErrNotSupported }

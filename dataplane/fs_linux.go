@@ -3,6 +3,7 @@ package dataplane
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -20,6 +21,10 @@ func Cgroup2Mount() (string, error) {
 	defer f.Close()
 	return ParseCgroup2Mount(f)
 }
+
+// CgroupID returns the id of a cgroup2 directory: what the kernel reports
+// as a process's cgroup id, and the key of a workload's identity.
+func CgroupID(path string) (uint64, error) { return cgroupID(path) }
 
 // cgroupID returns the id of a cgroup2 directory, as the kernel reports it in
 // link info (the directory's inode number).
@@ -138,4 +143,49 @@ func removeDir(dir string) error {
 		names[i] = e.Name()
 	}
 	return fmt.Errorf("remove pin directory %s (holds objects Sluice did not create: %s): %w", dir, strings.Join(names, ", "), err)
+}
+
+// NetnsInCgroup returns one path (/proc/<pid>/ns/net) for each network
+// namespace that a process of the cgroup subtree at root runs in: where
+// Terminate must look for the subtree's connections. Processes that exit
+// while it looks are skipped.
+func NetnsInCgroup(root string) ([]string, error) {
+	type nsID struct{ dev, ino uint64 }
+	seen := map[nsID]bool{}
+	var out []string
+	err := filepath.WalkDir(root, func(dir string, e fs.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, os.ErrNotExist) && dir != root {
+				return nil // a cgroup removed meanwhile
+			}
+			return err
+		}
+		if !e.IsDir() {
+			return nil
+		}
+		procs, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
+		if err != nil {
+			if errors.Is(err, os.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		for _, pid := range strings.Fields(string(procs)) {
+			path := "/proc/" + pid + "/ns/net"
+			var st unix.Stat_t
+			if unix.Stat(path, &st) != nil {
+				continue // exited
+			}
+			id := nsID{st.Dev, st.Ino}
+			if !seen[id] {
+				seen[id] = true
+				out = append(out, path)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("network namespaces of cgroup %s: %w", root, err)
+	}
+	return out, nil
 }

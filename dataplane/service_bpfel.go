@@ -13,6 +13,13 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type serviceSlAddrKey struct {
+	_      structs.HostLayout
+	Addr   [4]uint32
+	Family uint8
+	Pad    [3]uint8
+}
+
 type serviceSlBeKey struct {
 	_     structs.HostLayout
 	Gen   uint32
@@ -29,10 +36,88 @@ type serviceSlBeValue struct {
 	CumWeight uint32
 }
 
+type serviceSlCgroupValue struct {
+	_        structs.HostLayout
+	Identity uint32
+	Addr4    uint32
+	Addr6    [4]uint32
+}
+
+type serviceSlClassKey struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	Gen       uint32
+	Set       uint32
+	Family    uint32
+	Addr      [4]uint32
+}
+
 type serviceSlConfig struct {
 	_         structs.HostLayout
 	ActiveGen uint32
 	Flags     uint32
+}
+
+type serviceSlConn struct {
+	_        structs.HostLayout
+	Identity uint32
+	Flags    uint32
+	Dst      [4]uint32
+	Src      [4]uint32
+	Rule     uint32
+	DstPort  uint16
+	Family   uint8
+	Pad      uint8
+}
+
+type serviceSlDestKey struct {
+	_      structs.HostLayout
+	Gen    uint32
+	Addr   [4]uint32
+	Port   uint16
+	Family uint8
+	Pad    uint8
+}
+
+type serviceSlDestValue struct {
+	_     structs.HostLayout
+	Set   uint32
+	Flags uint32
+}
+
+type serviceSlEvent struct {
+	_          structs.HostLayout
+	TimeNs     uint64
+	Cookie     uint64
+	Netns      uint64
+	Src        [4]uint32
+	Dst        [4]uint32
+	Identity   uint32
+	Rule       uint32
+	ShadowRule uint32
+	Set        uint32
+	SrcPort    uint16
+	DstPort    uint16
+	Family     uint8
+	Kind       uint8
+	Flags      uint8
+	Shadow     uint8
+}
+
+type serviceSlEventKind uint32
+
+const (
+	serviceSlEventKindSL_EV_DENY_CONNECT        serviceSlEventKind = 1
+	serviceSlEventKindSL_EV_DENY_INGRESS        serviceSlEventKind = 2
+	serviceSlEventKindSL_EV_SHADOW_DENY_CONNECT serviceSlEventKind = 3
+	serviceSlEventKindSL_EV_SHADOW_DENY_INGRESS serviceSlEventKind = 4
+	serviceSlEventKindSL_EV_TERMINATED          serviceSlEventKind = 5
+)
+
+type serviceSlPolicyConfig struct {
+	_     structs.HostLayout
+	Gen   uint32
+	Flags uint32
 }
 
 type serviceSlRevnatKey struct {
@@ -50,6 +135,12 @@ type serviceSlRevnatValue struct {
 	SvcId uint32
 	Vport uint16
 	Pad   [2]uint8
+}
+
+type serviceSlRuleStat struct {
+	_     structs.HostLayout
+	Allow [2]uint64
+	Deny  [2]uint64
 }
 
 type serviceSlSockOrigin struct {
@@ -70,7 +161,17 @@ const (
 	serviceSlStatSL_STAT_TRANSLATED   serviceSlStat = 0
 	serviceSlStatSL_STAT_NO_BACKEND   serviceSlStat = 1
 	serviceSlStatSL_STAT_BACKEND_MISS serviceSlStat = 2
-	serviceSlStatSL_STAT_MAX          serviceSlStat = 3
+	serviceSlStatSL_STAT_DENY_CONNECT serviceSlStat = 3
+	serviceSlStatSL_STAT_DENY_INGRESS serviceSlStat = 4
+	serviceSlStatSL_STAT_TAG_SENT     serviceSlStat = 5
+	serviceSlStatSL_STAT_TAG_TRUSTED  serviceSlStat = 6
+	serviceSlStatSL_STAT_TAG_REJECTED serviceSlStat = 7
+	serviceSlStatSL_STAT_UNTAGGED     serviceSlStat = 8
+	serviceSlStatSL_STAT_DROPPED      serviceSlStat = 9
+	serviceSlStatSL_STAT_VERDICT_MISS serviceSlStat = 10
+	serviceSlStatSL_STAT_EVENT_LOST   serviceSlStat = 11
+	serviceSlStatSL_STAT_TERMINATED   serviceSlStat = 12
+	serviceSlStatSL_STAT_MAX          serviceSlStat = 13
 )
 
 type serviceSlSvcKey struct {
@@ -90,24 +191,56 @@ type serviceSlSvcValue struct {
 	Flags       uint32
 }
 
+type serviceSlVerdict struct {
+	_          structs.HostLayout
+	Flags      uint8
+	Shadow     uint8
+	Pad        uint16
+	Rule       uint32
+	ShadowRule uint32
+}
+
+type serviceSlVerdictKey struct {
+	_        structs.HostLayout
+	Gen      uint32
+	Set      uint32
+	Identity uint32
+	Class    uint32
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	serviceMapSlActive        = "sl_active"
-	serviceMapSlBackends      = "sl_backends"
-	serviceMapSlOrigins       = "sl_origins"
-	serviceMapSlRevnat        = "sl_revnat"
-	serviceMapSlServices      = "sl_services"
-	serviceMapSlStats         = "sl_stats"
-	serviceProgSlConnect4     = "sl_connect4"
-	serviceProgSlConnect6     = "sl_connect6"
-	serviceProgSlGetpeername4 = "sl_getpeername4"
-	serviceProgSlGetpeername6 = "sl_getpeername6"
-	serviceProgSlRecvmsg4     = "sl_recvmsg4"
-	serviceProgSlRecvmsg6     = "sl_recvmsg6"
-	serviceProgSlSendmsg4     = "sl_sendmsg4"
-	serviceProgSlSendmsg6     = "sl_sendmsg6"
+	serviceMapSlActive          = "sl_active"
+	serviceMapSlAddrs           = "sl_addrs"
+	serviceMapSlBackends        = "sl_backends"
+	serviceMapSlCgroups         = "sl_cgroups"
+	serviceMapSlClasses         = "sl_classes"
+	serviceMapSlConns           = "sl_conns"
+	serviceMapSlDests           = "sl_dests"
+	serviceMapSlEvents          = "sl_events"
+	serviceMapSlOrigins         = "sl_origins"
+	serviceMapSlPolicyActive    = "sl_policy_active"
+	serviceMapSlRevnat          = "sl_revnat"
+	serviceMapSlRuleStats       = "sl_rule_stats"
+	serviceMapSlServices        = "sl_services"
+	serviceMapSlStats           = "sl_stats"
+	serviceMapSlVerdicts        = "sl_verdicts"
+	serviceProgSlConnect4       = "sl_connect4"
+	serviceProgSlConnect6       = "sl_connect6"
+	serviceProgSlEgress         = "sl_egress"
+	serviceProgSlGetpeername4   = "sl_getpeername4"
+	serviceProgSlGetpeername6   = "sl_getpeername6"
+	serviceProgSlIngress        = "sl_ingress"
+	serviceProgSlRecvmsg4       = "sl_recvmsg4"
+	serviceProgSlRecvmsg6       = "sl_recvmsg6"
+	serviceProgSlSendmsg4       = "sl_sendmsg4"
+	serviceProgSlSendmsg6       = "sl_sendmsg6"
+	serviceProgSlSockops        = "sl_sockops"
+	serviceProgSlSweep          = "sl_sweep"
+	serviceVarSlUnusedEvent     = "sl_unused_event"
+	serviceVarSlUnusedEventKind = "sl_unused_event_kind"
 )
 
 // loadService returns the embedded CollectionSpec for service.
@@ -154,30 +287,45 @@ type serviceSpecs struct {
 type serviceProgramSpecs struct {
 	SlConnect4     *ebpf.ProgramSpec `ebpf:"sl_connect4"`
 	SlConnect6     *ebpf.ProgramSpec `ebpf:"sl_connect6"`
+	SlEgress       *ebpf.ProgramSpec `ebpf:"sl_egress"`
 	SlGetpeername4 *ebpf.ProgramSpec `ebpf:"sl_getpeername4"`
 	SlGetpeername6 *ebpf.ProgramSpec `ebpf:"sl_getpeername6"`
+	SlIngress      *ebpf.ProgramSpec `ebpf:"sl_ingress"`
 	SlRecvmsg4     *ebpf.ProgramSpec `ebpf:"sl_recvmsg4"`
 	SlRecvmsg6     *ebpf.ProgramSpec `ebpf:"sl_recvmsg6"`
 	SlSendmsg4     *ebpf.ProgramSpec `ebpf:"sl_sendmsg4"`
 	SlSendmsg6     *ebpf.ProgramSpec `ebpf:"sl_sendmsg6"`
+	SlSockops      *ebpf.ProgramSpec `ebpf:"sl_sockops"`
+	SlSweep        *ebpf.ProgramSpec `ebpf:"sl_sweep"`
 }
 
 // serviceMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type serviceMapSpecs struct {
-	SlActive   *ebpf.MapSpec `ebpf:"sl_active"`
-	SlBackends *ebpf.MapSpec `ebpf:"sl_backends"`
-	SlOrigins  *ebpf.MapSpec `ebpf:"sl_origins"`
-	SlRevnat   *ebpf.MapSpec `ebpf:"sl_revnat"`
-	SlServices *ebpf.MapSpec `ebpf:"sl_services"`
-	SlStats    *ebpf.MapSpec `ebpf:"sl_stats"`
+	SlActive       *ebpf.MapSpec `ebpf:"sl_active"`
+	SlAddrs        *ebpf.MapSpec `ebpf:"sl_addrs"`
+	SlBackends     *ebpf.MapSpec `ebpf:"sl_backends"`
+	SlCgroups      *ebpf.MapSpec `ebpf:"sl_cgroups"`
+	SlClasses      *ebpf.MapSpec `ebpf:"sl_classes"`
+	SlConns        *ebpf.MapSpec `ebpf:"sl_conns"`
+	SlDests        *ebpf.MapSpec `ebpf:"sl_dests"`
+	SlEvents       *ebpf.MapSpec `ebpf:"sl_events"`
+	SlOrigins      *ebpf.MapSpec `ebpf:"sl_origins"`
+	SlPolicyActive *ebpf.MapSpec `ebpf:"sl_policy_active"`
+	SlRevnat       *ebpf.MapSpec `ebpf:"sl_revnat"`
+	SlRuleStats    *ebpf.MapSpec `ebpf:"sl_rule_stats"`
+	SlServices     *ebpf.MapSpec `ebpf:"sl_services"`
+	SlStats        *ebpf.MapSpec `ebpf:"sl_stats"`
+	SlVerdicts     *ebpf.MapSpec `ebpf:"sl_verdicts"`
 }
 
 // serviceVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type serviceVariableSpecs struct {
+	SlUnusedEvent     *ebpf.VariableSpec `ebpf:"sl_unused_event"`
+	SlUnusedEventKind *ebpf.VariableSpec `ebpf:"sl_unused_event_kind"`
 }
 
 // serviceObjects contains all objects after they have been loaded into the kernel.
@@ -200,22 +348,40 @@ func (o *serviceObjects) Close() error {
 //
 // It can be passed to loadServiceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type serviceMaps struct {
-	SlActive   *ebpf.Map `ebpf:"sl_active"`
-	SlBackends *ebpf.Map `ebpf:"sl_backends"`
-	SlOrigins  *ebpf.Map `ebpf:"sl_origins"`
-	SlRevnat   *ebpf.Map `ebpf:"sl_revnat"`
-	SlServices *ebpf.Map `ebpf:"sl_services"`
-	SlStats    *ebpf.Map `ebpf:"sl_stats"`
+	SlActive       *ebpf.Map `ebpf:"sl_active"`
+	SlAddrs        *ebpf.Map `ebpf:"sl_addrs"`
+	SlBackends     *ebpf.Map `ebpf:"sl_backends"`
+	SlCgroups      *ebpf.Map `ebpf:"sl_cgroups"`
+	SlClasses      *ebpf.Map `ebpf:"sl_classes"`
+	SlConns        *ebpf.Map `ebpf:"sl_conns"`
+	SlDests        *ebpf.Map `ebpf:"sl_dests"`
+	SlEvents       *ebpf.Map `ebpf:"sl_events"`
+	SlOrigins      *ebpf.Map `ebpf:"sl_origins"`
+	SlPolicyActive *ebpf.Map `ebpf:"sl_policy_active"`
+	SlRevnat       *ebpf.Map `ebpf:"sl_revnat"`
+	SlRuleStats    *ebpf.Map `ebpf:"sl_rule_stats"`
+	SlServices     *ebpf.Map `ebpf:"sl_services"`
+	SlStats        *ebpf.Map `ebpf:"sl_stats"`
+	SlVerdicts     *ebpf.Map `ebpf:"sl_verdicts"`
 }
 
 func (m *serviceMaps) Close() error {
 	return _ServiceClose(
 		m.SlActive,
+		m.SlAddrs,
 		m.SlBackends,
+		m.SlCgroups,
+		m.SlClasses,
+		m.SlConns,
+		m.SlDests,
+		m.SlEvents,
 		m.SlOrigins,
+		m.SlPolicyActive,
 		m.SlRevnat,
+		m.SlRuleStats,
 		m.SlServices,
 		m.SlStats,
+		m.SlVerdicts,
 	)
 }
 
@@ -223,6 +389,8 @@ func (m *serviceMaps) Close() error {
 //
 // It can be passed to loadServiceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type serviceVariables struct {
+	SlUnusedEvent     *ebpf.Variable `ebpf:"sl_unused_event"`
+	SlUnusedEventKind *ebpf.Variable `ebpf:"sl_unused_event_kind"`
 }
 
 // servicePrograms contains all programs after they have been loaded into the kernel.
@@ -231,24 +399,32 @@ type serviceVariables struct {
 type servicePrograms struct {
 	SlConnect4     *ebpf.Program `ebpf:"sl_connect4"`
 	SlConnect6     *ebpf.Program `ebpf:"sl_connect6"`
+	SlEgress       *ebpf.Program `ebpf:"sl_egress"`
 	SlGetpeername4 *ebpf.Program `ebpf:"sl_getpeername4"`
 	SlGetpeername6 *ebpf.Program `ebpf:"sl_getpeername6"`
+	SlIngress      *ebpf.Program `ebpf:"sl_ingress"`
 	SlRecvmsg4     *ebpf.Program `ebpf:"sl_recvmsg4"`
 	SlRecvmsg6     *ebpf.Program `ebpf:"sl_recvmsg6"`
 	SlSendmsg4     *ebpf.Program `ebpf:"sl_sendmsg4"`
 	SlSendmsg6     *ebpf.Program `ebpf:"sl_sendmsg6"`
+	SlSockops      *ebpf.Program `ebpf:"sl_sockops"`
+	SlSweep        *ebpf.Program `ebpf:"sl_sweep"`
 }
 
 func (p *servicePrograms) Close() error {
 	return _ServiceClose(
 		p.SlConnect4,
 		p.SlConnect6,
+		p.SlEgress,
 		p.SlGetpeername4,
 		p.SlGetpeername6,
+		p.SlIngress,
 		p.SlRecvmsg4,
 		p.SlRecvmsg6,
 		p.SlSendmsg4,
 		p.SlSendmsg6,
+		p.SlSockops,
+		p.SlSweep,
 	)
 }
 

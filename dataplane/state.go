@@ -6,13 +6,24 @@ import "errors"
 // DefaultCapacity. Changing a capacity of an installed dataplane requires a
 // teardown, because pinned maps keep the size they were created with.
 type Capacity struct {
-	Services   int // VIP:port/protocol entries
-	Backends   int // backend entries over all services (usable endpoints only)
-	UDPReverse int // reverse-translation entries for unconnected UDP (LRU)
+	Services    int // VIP:port/protocol entries
+	Backends    int // backend entries over all services (usable endpoints only)
+	UDPReverse  int // reverse-translation entries for unconnected UDP (LRU)
+	Workloads   int // local workloads (cgroups)
+	Addresses   int // workload addresses with an identity
+	PolicyDests int // endpoints with a policy
+	Classes     int // source CIDRs over all policy sets
+	Verdicts    int // verdict entries over all policy sets
+	Rules       int // policy rules, each with its own counters
+	EventBytes  int // size of the event ring buffer; a power of two, at least 4096
 }
 
 // DefaultCapacity is used for every zero field of Capacity.
-var DefaultCapacity = Capacity{Services: 16384, Backends: 131072, UDPReverse: 65536}
+var DefaultCapacity = Capacity{
+	Services: 16384, Backends: 131072, UDPReverse: 65536,
+	Workloads: 4096, Addresses: 131072, PolicyDests: 65536, Classes: 16384,
+	Verdicts: 131072, Rules: 16384, EventBytes: 1 << 20,
+}
 
 // WithDefaults returns c with zero fields set from DefaultCapacity.
 func (c Capacity) WithDefaults() Capacity {
@@ -24,6 +35,22 @@ func (c Capacity) WithDefaults() Capacity {
 	}
 	if c.UDPReverse == 0 {
 		c.UDPReverse = DefaultCapacity.UDPReverse
+	}
+	for _, f := range []struct {
+		v *int
+		d int
+	}{
+		{&c.Workloads, DefaultCapacity.Workloads},
+		{&c.Addresses, DefaultCapacity.Addresses},
+		{&c.PolicyDests, DefaultCapacity.PolicyDests},
+		{&c.Classes, DefaultCapacity.Classes},
+		{&c.Verdicts, DefaultCapacity.Verdicts},
+		{&c.Rules, DefaultCapacity.Rules},
+		{&c.EventBytes, DefaultCapacity.EventBytes},
+	} {
+		if *f.v == 0 {
+			*f.v = f.d
+		}
 	}
 	return c
 }

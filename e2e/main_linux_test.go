@@ -6,6 +6,7 @@ import (
 	"os"
 	"testing"
 
+	"github.com/sluice-mesh/sluice/e2e/probe"
 	"github.com/sluice-mesh/sluice/e2e/testenv"
 )
 
@@ -13,5 +14,6 @@ func TestMain(m *testing.M) {
 	if os.Getenv(xdsServerEnv) != "" {
 		os.Exit(runXDSServerProcess())
 	}
+	probe.Run()
 	testenv.Main(m)
 }

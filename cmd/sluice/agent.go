@@ -35,6 +35,7 @@ type agentFlags struct {
 	pollEvery   time.Duration
 	logLevel    string
 	warmTimeout time.Duration
+	workloads   string
 }
 
 func newAgentCommand() *cobra.Command {
@@ -69,6 +70,7 @@ func newAgentCommand() *cobra.Command {
 	fl.DurationVar(&f.spiffe.wait, "xds-spiffe-wait", identity.DefaultSVIDWait, "how long to wait at start for an SVID from the Workload API")
 	fl.StringVar(&f.pinDir, "pin-dir", dataplane.DefaultBPFFS+"/sluice", "bpffs directory for the dataplane's pinned programs and maps")
 	fl.StringVar(&f.cgroup, "cgroup", "", "cgroup2 directory whose subtree is routed (default: the cgroup2 root)")
+	fl.StringVar(&f.workloads, "workloads", "", "file listing this node's workloads: their cgroups and identities (docs/identity.md)")
 	fl.StringVar(&f.node.ID, "node-id", host, "xDS node id")
 	fl.StringVar(&f.node.NodeName, "node-name", host, "this node's name (xDS node metadata node_name)")
 	fl.StringVar(&f.node.Cluster, "cluster", "sluice", "xDS node cluster")
@@ -78,6 +80,11 @@ func newAgentCommand() *cobra.Command {
 	fl.IntVar(&f.capacity.Services, "max-services", dataplane.DefaultCapacity.Services, "service map capacity (VIP:port/protocol entries)")
 	fl.IntVar(&f.capacity.Backends, "max-backends", dataplane.DefaultCapacity.Backends, "backend map capacity (usable endpoints over all services)")
 	fl.IntVar(&f.capacity.UDPReverse, "max-udp-reverse", dataplane.DefaultCapacity.UDPReverse, "UDP reverse-translation map capacity")
+	fl.IntVar(&f.capacity.Workloads, "max-workloads", dataplane.DefaultCapacity.Workloads, "local workload (cgroup) map capacity")
+	fl.IntVar(&f.capacity.Addresses, "max-workload-addresses", dataplane.DefaultCapacity.Addresses, "workload address → identity map capacity")
+	fl.IntVar(&f.capacity.PolicyDests, "max-policy-destinations", dataplane.DefaultCapacity.PolicyDests, "endpoints with a policy")
+	fl.IntVar(&f.capacity.Verdicts, "max-verdicts", dataplane.DefaultCapacity.Verdicts, "policy verdict map capacity")
+	fl.IntVar(&f.capacity.Rules, "max-policy-rules", dataplane.DefaultCapacity.Rules, "policy rules with their own counters")
 	fl.DurationVar(&f.pollEvery, "config-poll", time.Second, "how often the embedded control plane checks the mesh file for edits")
 	fl.DurationVar(&f.warmTimeout, "warming-timeout", 15*time.Second, "how long to wait for resources listeners need before applying without them")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
@@ -125,8 +132,20 @@ func runAgent(ctx context.Context, f agentFlags, log *slog.Logger) error {
 		log.Info("authenticating to the control plane with the SVID from the Workload API", "spiffe_id", id.String(), "control_plane", f.spiffe.server)
 	}
 
+	mount, err := dataplane.Cgroup2Mount()
+	if err != nil {
+		return err
+	}
 	if f.cgroup == "" {
-		if f.cgroup, err = dataplane.Cgroup2Mount(); err != nil {
+		f.cgroup = mount
+	}
+	var workloads []identity.Workload
+	if f.workloads != "" {
+		data, err := os.ReadFile(f.workloads)
+		if err != nil {
+			return fmt.Errorf("--workloads: %w", err)
+		}
+		if workloads, err = identity.ParseWorkloads(f.workloads, data); err != nil {
 			return err
 		}
 	}
@@ -136,7 +155,11 @@ func runAgent(ctx context.Context, f agentFlags, log *slog.Logger) error {
 	}
 	// Closing keeps the pins: routing continues while no agent runs.
 	defer dp.Close()
-	opts.Applier = &releasingApplier{dp: dp, release: debug.FreeOSMemory}
+	opts.Applier = &identityApplier{
+		next:   &releasingApplier{dp: dp, release: debug.FreeOSMemory},
+		locals: func() []identity.Local { return resolveWorkloads(workloads, mount, log) },
+		log:    log.With("component", "identity"),
+	}
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -161,6 +184,12 @@ func runAgent(ctx context.Context, f agentFlags, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	enforceDone := make(chan struct{})
+	go func() {
+		defer close(enforceDone)
+		enforce(ctx, dp, f.cgroup, log.With("component", "policy"))
+	}()
+	defer func() { cancel(); <-enforceDone }()
 	log.Info("agent started", "node", f.node.ID, "cgroup", f.cgroup, "pin_dir", f.pinDir, "xds", opts.Server, "mode", mode)
 	err = client.Run(ctx)
 	cancel()

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"reflect"
 	"slices"
 	"strconv"
 	"unique"
@@ -64,7 +65,8 @@ func (h Health) Usable() bool { return h == HealthUnknown || h == HealthHealthy 
 // State is the complete desired routing state of one node. It replaces the
 // previous state as a whole.
 type State struct {
-	Services []Service
+	Services   []Service
+	Identities Identities // who is who, for policy; the zero value knows no one
 }
 
 // Service is a VIP:port/protocol and the endpoints behind it: either one
@@ -76,6 +78,7 @@ type Service struct {
 	Protocol  Protocol   // required: TCP or UDP
 	Endpoints []Endpoint // optional: none (and no Splits) means connections are refused
 	Splits    []Split    // optional: instead of Endpoints
+	Policies  []Policy   // optional: L4 authorization, TCP only; every policy must allow a connection
 }
 
 // Split is one pool of a service's weighted split (an xDS weighted cluster).
@@ -202,6 +205,7 @@ func Label(i int, s *Service) string {
 func (s *Service) Equal(o *Service) bool {
 	return s.Name == o.Name && s.VIP == o.VIP && s.Port == o.Port && s.Protocol == o.Protocol &&
 		endpointsEqual(s.Endpoints, o.Endpoints) &&
+		(len(s.Policies) == 0 && len(o.Policies) == 0 || reflect.DeepEqual(s.Policies, o.Policies)) &&
 		slices.EqualFunc(s.Splits, o.Splits, func(a, b Split) bool {
 			return a.Name == b.Name && a.Weight == b.Weight && endpointsEqual(a.Endpoints, b.Endpoints)
 		})
@@ -223,9 +227,13 @@ func endpointsEqual(a, b []Endpoint) bool {
 	})
 }
 
-// Equal reports whether two states hold equal services in the same order.
-// States sharing their Services slice compare in constant time.
+// Equal reports whether two states hold equal services in the same order
+// and equal identities. States sharing their Services slice compare their
+// services in constant time.
 func (s State) Equal(o State) bool {
+	if !reflect.DeepEqual(s.Identities, o.Identities) {
+		return false
+	}
 	if len(s.Services) == len(o.Services) && (len(s.Services) == 0 || &s.Services[0] == &o.Services[0]) {
 		return true
 	}

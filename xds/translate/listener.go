@@ -1,6 +1,7 @@
 package translate
 
 import (
+	"fmt"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -11,6 +12,7 @@ import (
 	originaldstv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_dst/v3"
 	tlsinspectorv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/tls_inspector/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	udpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/udp/udp_proxy/v3"
 	"google.golang.org/protobuf/proto"
@@ -42,10 +44,13 @@ var harmlessListenerFilters = map[string]func() proto.Message{
 
 // listenerPlan is what a listener asks for, before clusters are resolved.
 type listenerPlan struct {
-	name     string
-	addrs    []netip.AddrPort // the main address first, then additional_addresses in order
+	name  string
+	addrs []netip.AddrPort // the main address first, then additional_addresses in order
+	pools []pool
+	// policies are the RBAC filters' policies in filter order, nil if
+	// none. Every service of the listener shares the slice.
+	policies []model.Policy
 	proto    model.Protocol
-	pools    []pool
 	weighted bool // pools are weighted_clusters (Splits), not one cluster (Endpoints)
 }
 
@@ -210,47 +215,72 @@ func (t *tally) filterChain(fc *listenerv3.FilterChain, p *listenerPlan) *fieldE
 	if m := fc.GetFilterChainMatch(); !isEmpty(m.ProtoReflect()) {
 		return errAt("filter_chain_match", "filter chain matching is not supported; %s", reasonConnectTime)
 	}
+	// Any number of RBAC filters, then the tcp_proxy, which is terminal:
+	// Envoy refuses a chain in which a filter follows it.
 	filters := fc.GetFilters()
+	proxy := -1
 	for i, f := range filters {
-		if err := t.networkFilter(f, p); err != nil {
+		isProxy, err := t.networkFilter(f, i, p)
+		if err != nil {
 			return err.in(index("filters", i))
 		}
+		if proxy >= 0 {
+			return errAt(index("filters", i), "follows tcp_proxy (filters[%d]), a terminal filter, which must be the last of the chain", proxy)
+		}
+		if isProxy {
+			proxy = i
+		}
 	}
-	if len(filters) != 1 {
-		return errAt("filters", "want exactly one filter (tcp_proxy), got %d", len(filters))
+	switch {
+	case len(filters) == 0:
+		return errAt("filters", "empty; want a tcp_proxy, after any RBAC filters")
+	case proxy < 0:
+		return errAt("filters", "no tcp_proxy; the chain must end with one, after any RBAC filters")
 	}
 	return nil
 }
 
-// networkFilter accepts a tcp_proxy filter and refuses every other kind,
-// naming the type.
-func (t *tally) networkFilter(f *listenerv3.Filter, p *listenerPlan) *fieldError {
+// networkFilter accepts a tcp_proxy filter, reporting true, and an RBAC
+// filter, whose policy it adds to p; it refuses every other kind, naming
+// the type. i is the filter's index in its chain.
+func (t *tally) networkFilter(f *listenerv3.Filter, i int, p *listenerPlan) (bool, *fieldError) {
 	if f == nil {
-		return errAt("", "missing")
+		return false, errAt("", "missing")
 	}
 	if err := t.check(f.ProtoReflect(), filterPolicy); err != nil {
-		return err
+		return false, err
 	}
 	tc := f.GetTypedConfig()
 	if tc == nil {
-		return errAt("typed_config", "missing; Sluice identifies filters by the type of typed_config")
+		return false, errAt("typed_config", "missing; Sluice identifies filters by the type of typed_config")
 	}
 	switch name := typeName(tc); name {
 	case typeTCPProxy:
 		tp := &tcpproxyv3.TcpProxy{}
 		if err := unpack(tc, tp); err != nil {
-			return err.in("typed_config")
+			return false, err.in("typed_config")
 		}
 		if err := t.tcpProxy(tp, p); err != nil {
-			return err.in("typed_config")
+			return false, err.in("typed_config")
 		}
-		return nil
-	case typeHCM:
-		return errAt("", "unsupported filter type %s: L7 services are not supported yet", name)
+		return true, nil
 	case typeRBAC:
-		return errAt("", "unsupported filter type %s: RBAC policy is not supported yet; Sluice refuses it rather than failing open", name)
+		cfg := &rbacv3.RBAC{}
+		if err := unpack(tc, cfg); err != nil {
+			return false, err.in("typed_config")
+		}
+		pol, ok, err := t.rbacFilter(cfg, f.GetName(), i)
+		if err != nil {
+			return false, err.in("typed_config")
+		}
+		if ok {
+			p.policies = append(p.policies, pol)
+		}
+		return false, nil
+	case typeHCM:
+		return false, errAt("", "unsupported filter type %s: L7 services are not supported yet", name)
 	default:
-		return errAt("", "unsupported filter type %s", typeLabel(name))
+		return false, errAt("", "unsupported filter type %s", typeLabel(name))
 	}
 }
 
@@ -308,6 +338,9 @@ func (t *tally) weightedClusters(wc *tcpproxyv3.TcpProxy_WeightedCluster) ([]poo
 
 func (t *tally) udpListener(l *listenerv3.Listener, p *listenerPlan) *fieldError {
 	if n := len(l.GetFilterChains()); n > 0 {
+		if err := noRBAC(l.GetFilterChains()); err != nil {
+			return err
+		}
 		return errAt("filter_chains", "a UDP listener takes no filter chains (got %d); put udp_proxy in listener_filters", n)
 	}
 	lfs := l.GetListenerFilters()
@@ -322,12 +355,31 @@ func (t *tally) udpListener(l *listenerv3.Listener, p *listenerPlan) *fieldError
 	return nil
 }
 
+const reasonRBACUDP = "RBAC is enforced on TCP services only"
+
+// noRBAC refuses an RBAC filter in the filter chains of a UDP listener with
+// the reason a UDP service cannot have one, rather than the filter chain's.
+func noRBAC(chains []*listenerv3.FilterChain) *fieldError {
+	for i, fc := range chains {
+		for j, f := range fc.GetFilters() {
+			if typeName(f.GetTypedConfig()) == typeRBAC {
+				return errAt(fmt.Sprintf("filter_chains[%d].filters[%d]", i, j), "%s: %s", typeRBAC, reasonRBACUDP)
+			}
+		}
+	}
+	return nil
+}
+
 func (t *tally) udpListenerFilter(lf *listenerv3.ListenerFilter, p *listenerPlan) *fieldError {
 	tc, err := t.listenerFilterConfig(lf)
 	if err != nil {
 		return err
 	}
-	if name := typeName(tc); name != typeUDPProxy {
+	switch name := typeName(tc); name {
+	case typeUDPProxy:
+	case typeRBAC:
+		return errAt("", "%s: %s", name, reasonRBACUDP)
+	default:
 		return errAt("", "unsupported listener filter type %s on a UDP listener; want %s", typeLabel(name), typeUDPProxy)
 	}
 	cfg := &udpproxyv3.UdpProxyConfig{}

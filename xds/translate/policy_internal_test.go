@@ -41,6 +41,17 @@ func policies() map[string]*policy {
 		"endpointAddress":   endpointAddressPolicy,
 		"endpointSocket":    endpointSocketPolicy,
 		"endpointMetadata":  endpointMetadataPolicy,
+		"rbacFilter":        rbacFilterPolicy,
+		"rbacRules":         rbacRulesPolicy,
+		"rbacRule":          rbacRulePolicy,
+		"rbacPermission":    rbacPermissionPolicy,
+		"rbacPermissionSet": rbacPermissionSetPolicy,
+		"rbacPrincipal":     rbacPrincipalPolicy,
+		"rbacPrincipalSet":  rbacPrincipalSetPolicy,
+		"rbacAuthenticated": rbacAuthenticatedPolicy,
+		"rbacStringMatcher": rbacStringMatcherPolicy,
+		"rbacCIDR":          rbacCIDRPolicy,
+		"rbacPortRange":     rbacPortRangePolicy,
 	}
 }
 

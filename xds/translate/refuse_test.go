@@ -198,19 +198,15 @@ func TestTranslateRefusesListeners(t *testing.T) {
 		{"TLS termination", changeListener(func(l *listenerv3.Listener) {
 			l.FilterChains[0].TransportSocket = &corev3.TransportSocket{Name: "tls"}
 		}), "Listener", lname, fc0 + ".transport_socket", "TLS termination is not supported"},
-		{"two filters", changeListener(func(l *listenerv3.Listener) {
+		{"two tcp_proxy filters", changeListener(func(l *listenerv3.Listener) {
 			l.FilterChains[0].Filters = append(l.FilterChains[0].Filters, l.FilterChains[0].Filters[0])
-		}), "Listener", lname, fc0 + ".filters", "exactly one filter (tcp_proxy), got 2"},
+		}), "Listener", lname, fc0 + ".filters[1]", "follows tcp_proxy (filters[0]), a terminal filter, which must be the last of the chain"},
 		{"no filter", changeListener(func(l *listenerv3.Listener) { l.FilterChains[0].Filters = nil }),
-			"Listener", lname, fc0 + ".filters", "got 0"},
+			"Listener", lname, fc0 + ".filters", "empty; want a tcp_proxy"},
 		{"HTTP connection manager", setFilter(mustAny(&hcmv3.HttpConnectionManager{})),
 			"Listener", lname, f0, "unsupported filter type envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager: L7 services are not supported yet"},
-		{"network RBAC", setFilter(mustAny(&rbacv3.RBAC{StatPrefix: "rbac"})),
-			"Listener", lname, f0, "unsupported filter type envoy.extensions.filters.network.rbac.v3.RBAC: RBAC policy is not supported yet; Sluice refuses it rather than failing open"},
-		{"RBAC before tcp_proxy names RBAC", changeListener(func(l *listenerv3.Listener) {
-			fs := l.FilterChains[0].Filters
-			l.FilterChains[0].Filters = []*listenerv3.Filter{filter("envoy.filters.network.rbac", &rbacv3.RBAC{}), fs[0]}
-		}), "Listener", lname, f0, "RBAC policy is not supported yet"},
+		{"network RBAC without tcp_proxy", setFilter(mustAny(&rbacv3.RBAC{StatPrefix: "rbac"})),
+			"Listener", lname, fc0 + ".filters", "no tcp_proxy; the chain must end with one"},
 		{"other filter", setFilter(mustAny(&structpb.Struct{})),
 			"Listener", lname, f0, "unsupported filter type google.protobuf.Struct"},
 		{"filter with a malformed type URL", setFilter(&anypb.Any{TypeUrl: "type.googleapis.com/"}),

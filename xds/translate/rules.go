@@ -7,8 +7,12 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	rbacconfigv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
+	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	udpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/udp/udp_proxy/v3"
+	stringmatcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 )
@@ -203,6 +207,102 @@ var (
 	})
 	udpRoutePolicy = newPolicy("Route", &udpproxyv3.Route{}, map[protoreflect.Name]rule{
 		"cluster": honour,
+	})
+)
+
+// Network RBAC: an L4 authorization policy on a TCP service. Nothing in it is
+// ignored: a part of a policy Sluice does not enforce would let through what
+// the control plane meant to block.
+const (
+	reasonCEL      = "CEL conditions are not supported; Sluice refuses a policy it cannot enforce"
+	reasonMetadata = "metadata matching is not supported; Sluice decides at connect time and has no request metadata"
+)
+
+// reasonL7 is why an L4 policy cannot match on what, which only HTTP has.
+func reasonL7(what string) string { return what + " matching is L7; not supported on an L4 policy" }
+
+var (
+	rbacFilterPolicy = newPolicy("RBAC", &rbacv3.RBAC{}, map[protoreflect.Name]rule{
+		"rules":            honour,
+		"shadow_rules":     honour,
+		"stat_prefix":      honour, // the policy's name
+		"enforcement_type": honour,
+		// The model has one name per policy, for enforced and shadow rules
+		// alike; a second prefix would only rename counters.
+		"shadow_rules_stat_prefix": ignore,
+		"matcher":                  refuse("the matcher API is not supported for RBAC; use rules"),
+		"shadow_matcher":           refuse("the matcher API is not supported for RBAC; use shadow_rules"),
+		"delay_deny":               refuse("delaying a denial is not supported; Sluice refuses a denied connection when it connects"),
+	})
+	rbacRulesPolicy = newPolicy("RBAC.rules", &rbacconfigv3.RBAC{}, map[protoreflect.Name]rule{
+		"action":                honour,
+		"policies":              honour,
+		"audit_logging_options": refuse("audit logging is not supported"),
+	})
+	rbacRulePolicy = newPolicy("RBAC.rules.policies", &rbacconfigv3.Policy{}, map[protoreflect.Name]rule{
+		"permissions":       honour,
+		"principals":        honour,
+		"condition":         refuse(reasonCEL),
+		"checked_condition": refuse(reasonCEL),
+		"cel_config":        refuse(reasonCEL),
+	})
+	rbacPermissionPolicy = newPolicy("RBAC.rules.policies.permissions", &rbacconfigv3.Permission{}, map[protoreflect.Name]rule{
+		"any":                    honour,
+		"destination_port":       honour,
+		"destination_port_range": honour,
+		"destination_ip":         honour,
+		"and_rules":              honour,
+		"or_rules":               honour,
+		"not_rule":               honour,
+		"header":                 refuse(reasonL7("header")),
+		"url_path":               refuse(reasonL7("URL path")),
+		"uri_template":           refuse(reasonL7("URI template")),
+		"requested_server_name":  refuse("server name (SNI) matching needs the TLS handshake; " + reasonConnectTime),
+		"metadata":               refuse(reasonMetadata),
+		"sourced_metadata":       refuse(reasonMetadata),
+		"matcher":                refuse("custom permission matchers are not supported"),
+	})
+	rbacPermissionSetPolicy = newPolicy("RBAC.rules.policies.permissions.rules", &rbacconfigv3.Permission_Set{}, map[protoreflect.Name]rule{
+		"rules": honour,
+	})
+	rbacPrincipalPolicy = newPolicy("RBAC.rules.policies.principals", &rbacconfigv3.Principal{}, map[protoreflect.Name]rule{
+		"any":              honour,
+		"authenticated":    honour,
+		"source_ip":        honour,
+		"direct_remote_ip": honour,
+		"remote_ip":        honour,
+		"and_ids":          honour,
+		"or_ids":           honour,
+		"not_id":           honour,
+		"header":           refuse(reasonL7("header")),
+		"url_path":         refuse(reasonL7("URL path")),
+		"metadata":         refuse(reasonMetadata),
+		"sourced_metadata": refuse(reasonMetadata),
+		"filter_state":     refuse("filter state matching is not supported; Sluice has no filter state"),
+		"custom":           refuse("custom principal extensions are not supported"),
+	})
+	rbacPrincipalSetPolicy = newPolicy("RBAC.rules.policies.principals.ids", &rbacconfigv3.Principal_Set{}, map[protoreflect.Name]rule{
+		"ids": honour,
+	})
+	rbacAuthenticatedPolicy = newPolicy("RBAC.rules.policies.principals.authenticated", &rbacconfigv3.Principal_Authenticated{}, map[protoreflect.Name]rule{
+		"principal_name": honour,
+	})
+	rbacStringMatcherPolicy = newPolicy("RBAC.rules.policies.principals.authenticated.principal_name", &stringmatcherv3.StringMatcher{}, map[protoreflect.Name]rule{
+		"exact":       honour,
+		"prefix":      honour,
+		"suffix":      honour,
+		"contains":    honour,
+		"ignore_case": honour,
+		"safe_regex":  refuse("regular expressions are not supported"),
+		"custom":      refuse("custom string matchers are not supported"),
+	})
+	rbacCIDRPolicy = newPolicy("RBAC.rules.policies.cidr", &corev3.CidrRange{}, map[protoreflect.Name]rule{
+		"address_prefix": honour,
+		"prefix_len":     honour,
+	})
+	rbacPortRangePolicy = newPolicy("RBAC.rules.policies.permissions.destination_port_range", &typev3.Int32Range{}, map[protoreflect.Name]rule{
+		"start": honour,
+		"end":   honour,
 	})
 )
 

@@ -589,6 +589,15 @@ func dump(svcs []model.Service) string {
 	var b strings.Builder
 	for _, s := range svcs {
 		fmt.Fprintf(&b, "\n  %s %s eps=%s", s.Name, s.Key(), dumpEndpoints(s.Endpoints))
+		for _, p := range s.Policies {
+			fmt.Fprintf(&b, "\n    policy %q monitor=%v continuous=%v", p.Name, p.Monitor, p.Continuous)
+			if p.Rules != nil {
+				fmt.Fprintf(&b, " rules=%+v", *p.Rules)
+			}
+			if p.Shadow != nil {
+				fmt.Fprintf(&b, " shadow=%+v", *p.Shadow)
+			}
+		}
 		for _, sp := range s.Splits {
 			fmt.Fprintf(&b, "\n    split %s w=%d eps=%s", sp.Name, sp.Weight, dumpEndpoints(sp.Endpoints))
 		}

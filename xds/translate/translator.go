@@ -4,6 +4,7 @@ import (
 	"iter"
 	"maps"
 	"net/netip"
+	"reflect"
 	"slices"
 	"weak"
 
@@ -32,9 +33,10 @@ import (
 // in a Hint need not keep accepted messages at all (see Hint).
 //
 // Results share memory with each other and with the Translator: a service
-// that did not change has the Endpoints and Splits slices (the same backing
-// arrays) it had in the previous result, and State.Services, Ignored and
-// Missing are those of the previous result when they did not change.
+// that did not change has the Endpoints, Splits and Policies slices (the
+// same backing arrays) it had in the previous result, and State.Services,
+// Ignored and Missing are those of the previous result when they did not
+// change.
 // Callers must not modify anything a Result holds.
 //
 // The Translator reuses the backing array of State.Services. A Result's
@@ -1036,15 +1038,26 @@ func sameEndpoints(a, b []model.Endpoint) bool {
 }
 
 // sameServices reports whether a and b are the same services with the same
-// endpoint slices.
+// endpoint slices and equal policies.
 func sameServices(a, b []model.Service) bool {
 	return slices.EqualFunc(a, b, func(x, y model.Service) bool {
 		return x.Name == y.Name && x.VIP == y.VIP && x.Port == y.Port && x.Protocol == y.Protocol &&
+			samePolicies(x.Policies, y.Policies) &&
 			sameSlice(x.Endpoints, y.Endpoints) && (x.Splits == nil) == (y.Splits == nil) &&
 			slices.EqualFunc(x.Splits, y.Splits, func(p, q model.Split) bool {
 				return p.Name == q.Name && p.Weight == q.Weight && sameSlice(p.Endpoints, q.Endpoints)
 			})
 	})
+}
+
+// samePolicies reports whether a and b are equal policies. A listener
+// whose policies did not change shares them with its accepted services, so
+// only a changed listener with policies pays for a deep comparison.
+func samePolicies(a, b []model.Policy) bool {
+	if len(a) != len(b) || (a == nil) != (b == nil) {
+		return false
+	}
+	return len(a) == 0 || &a[0] == &b[0] || reflect.DeepEqual(a, b)
 }
 
 // sameSlice reports whether a and b are the same slice of the same array.

@@ -1,0 +1,267 @@
+package dataplane
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"runtime"
+	"time"
+
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/ringbuf"
+	"golang.org/x/sys/unix"
+)
+
+// EventReader reads the node's policy events. One reader at a time.
+type EventReader struct {
+	d *Dataplane
+	r *ringbuf.Reader
+}
+
+// Events opens the reader of policy events. Events no reader takes in
+// time are dropped by the kernel and counted in Stats.EventsLost.
+func (d *Dataplane) Events() (*EventReader, error) {
+	r, err := ringbuf.NewReader(d.objs.SlEvents)
+	if err != nil {
+		return nil, fmt.Errorf("open policy events: %w", err)
+	}
+	return &EventReader{d: d, r: r}, nil
+}
+
+// ErrClosed is returned by EventReader.Read once the reader is closed.
+var ErrClosed = errors.New("closed")
+
+// Read blocks until an event arrives, the deadline passes
+// (os.ErrDeadlineExceeded) or the reader is closed (ErrClosed).
+func (er *EventReader) Read() (Event, error) {
+	rec, err := er.r.Read()
+	if errors.Is(err, ringbuf.ErrClosed) {
+		return Event{}, ErrClosed
+	}
+	if err != nil {
+		return Event{}, err
+	}
+	var raw serviceSlEvent
+	if err := binary.Read(bytes.NewReader(rec.RawSample), binary.NativeEndian, &raw); err != nil {
+		return Event{}, fmt.Errorf("decode policy event: %w", err)
+	}
+	return er.d.event(&raw), nil
+}
+
+// SetDeadline sets the deadline of Read; the zero time means none.
+func (er *EventReader) SetDeadline(t time.Time) { er.r.SetDeadline(t) }
+
+// Close stops the reader; a blocked Read returns ErrClosed.
+func (er *EventReader) Close() error { return er.r.Close() }
+
+func (d *Dataplane) event(raw *serviceSlEvent) Event {
+	e := Event{
+		Kind:        EventKind(raw.Kind),
+		Time:        time.Duration(raw.TimeNs),
+		Cookie:      raw.Cookie,
+		Netns:       raw.Netns,
+		Source:      netip.AddrPortFrom(addrFromWords(raw.Src, raw.Family), ntohs(raw.SrcPort)),
+		Destination: netip.AddrPortFrom(addrFromWords(raw.Dst, raw.Family), ntohs(raw.DstPort)),
+		Identity:    raw.Identity,
+		Deny:        raw.Flags&1 != 0,
+		ShadowDeny:  raw.Shadow == 2,
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	e.SPIFFEID = d.authz.names[raw.Identity]
+	e.Rule = d.authz.rules[raw.Rule]
+	e.ShadowRule = d.authz.rules[raw.ShadowRule]
+	return e
+}
+
+// RuleStats reads the counters of the rules in force. Counters start at
+// zero when a rule first appears, and when the agent restarts.
+func (d *Dataplane) RuleStats() ([]RuleStat, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make([]RuleStat, 0, len(d.authz.rules))
+	for id, r := range d.authz.rules {
+		var per []serviceSlRuleStat
+		if err := d.objs.SlRuleStats.Lookup(id, &per); err != nil {
+			return nil, fmt.Errorf("read counters of rule %d: %w", id, err)
+		}
+		st := RuleStat{Rule: r}
+		for _, c := range per {
+			st.AllowConnect += c.Allow[0]
+			st.AllowIngress += c.Allow[1]
+			st.DenyConnect += c.Deny[0]
+			st.DenyIngress += c.Deny[1]
+		}
+		out = append(out, st)
+	}
+	return out, nil
+}
+
+// Terminate destroys, in each of the network namespaces at the given paths
+// ("" is the caller's own), the TCP connections that policy denied: those
+// marked at their destination, and those a continuous policy denies since
+// they opened. The peer gets a reset. It returns how many it destroyed.
+// It also makes the namespaces' listeners that were listening before the
+// dataplane was attached keep their SYNs, so that a client's tag can be
+// read on the connections they accept from then on.
+//
+// It needs CAP_SYS_ADMIN to enter the namespaces.
+func (d *Dataplane) Terminate(netns ...string) (int, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return 0, errors.New("terminate: dataplane is closed")
+	}
+	if d.iter == nil {
+		it, err := link.AttachIter(link.IterOptions{Program: d.objs.SlSweep})
+		if err != nil {
+			return 0, fmt.Errorf("attach terminating iterator: %w", err)
+		}
+		d.iter = it
+	}
+	before, err := d.readStat(serviceSlStatSL_STAT_TERMINATED)
+	if err != nil {
+		return 0, err
+	}
+	var errs []error
+	for _, ns := range netns {
+		if err := runIterIn(d.iter, ns); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	after, err := d.readStat(serviceSlStatSL_STAT_TERMINATED)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	return int(after - before), errors.Join(errs...)
+}
+
+// runIterIn runs the iterator once in the network namespace at path. The
+// iterator visits the sockets of the namespace its instance was opened in,
+// so the instance is opened on a thread that entered the namespace.
+func runIterIn(it *link.Iter, path string) error {
+	open := it.Open
+	if path != "" {
+		open = func() (io.ReadCloser, error) { return openIn(it, path) }
+	}
+	r, err := open()
+	if err != nil {
+		return fmt.Errorf("open terminating iterator in %q: %w", path, err)
+	}
+	defer r.Close()
+	if _, err := io.Copy(io.Discard, r); err != nil {
+		return fmt.Errorf("run terminating iterator in %q: %w", path, err)
+	}
+	return nil
+}
+
+func openIn(it *link.Iter, path string) (io.ReadCloser, error) {
+	target, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer target.Close()
+	type result struct {
+		r   io.ReadCloser
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread()
+		// The thread is left locked (and so ends with the goroutine) if
+		// it could not return to its namespace.
+		self, err := os.Open("/proc/thread-self/ns/net")
+		if err != nil {
+			runtime.UnlockOSThread()
+			done <- result{err: err}
+			return
+		}
+		defer self.Close()
+		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
+			done <- result{err: fmt.Errorf("enter network namespace: %w", err)}
+			return
+		}
+		r, err := it.Open()
+		if unix.Setns(int(self.Fd()), unix.CLONE_NEWNET) == nil {
+			runtime.UnlockOSThread()
+		}
+		done <- result{r, err}
+	}()
+	res := <-done
+	return res.r, res.err
+}
+
+func (d *Dataplane) readStat(i serviceSlStat) (uint64, error) {
+	var per []uint64
+	if err := d.objs.SlStats.Lookup(uint32(i), &per); err != nil {
+		return 0, fmt.Errorf("read stat %d: %w", i, err)
+	}
+	var sum uint64
+	for _, v := range per {
+		sum += v
+	}
+	return sum, nil
+}
+
+// Enforce carries out what the kernel cannot do alone, until ctx ends: it
+// reads the policy events, hands each to observe (which may be nil), and
+// destroys denied connections in the network namespaces netns returns (""
+// is the caller's own) — at once when one is denied at its destination,
+// and after each change of policy for continuous policies. It returns
+// ctx's error, or the first error that stops it.
+func (d *Dataplane) Enforce(ctx context.Context, netns func() []string, observe func(Event)) error {
+	er, err := d.Events()
+	if err != nil {
+		return err
+	}
+	events := make(chan Event, 64)
+	readErr := make(chan error, 1)
+	go func() {
+		for {
+			e, err := er.Read()
+			if err != nil {
+				readErr <- err
+				close(events)
+				return
+			}
+			events <- e
+		}
+	}()
+	defer func() {
+		er.Close()
+		for range events { // until the reader goroutine ends
+		}
+	}()
+	terminate := func() {
+		if _, err := d.Terminate(netns()...); err != nil {
+			d.log.Warn("dataplane: could not terminate denied connections", "err", err)
+		}
+	}
+	// Listeners older than the programs are prepared, and connections a
+	// policy in force denies are ended, before waiting for news.
+	terminate()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case e, ok := <-events:
+			if !ok {
+				return <-readErr
+			}
+			if observe != nil {
+				observe(e)
+			}
+			if e.Kind == EventDenyIngress {
+				terminate()
+			}
+		case <-d.policyChanged:
+			terminate()
+		}
+	}
+}

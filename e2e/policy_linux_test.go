@@ -1,0 +1,216 @@
+package e2e_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	rbacconfigv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
+	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
+	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/sluice-mesh/sluice/e2e/cluster"
+	"github.com/sluice-mesh/sluice/e2e/probe"
+	"github.com/sluice-mesh/sluice/e2e/testenv"
+	"github.com/sluice-mesh/sluice/xds/mesh"
+)
+
+// policyMesh: frontend and batch on node a (each behind its own service,
+// so that every node learns their addresses), db on node b.
+const policyMesh = `
+trustDomain: cluster.local
+services:
+  - name: db
+    namespace: shop
+    vips: [10.96.0.20]
+    ports: [{port: 5432, protocol: TCP, targetPort: 5432}]
+    endpoints:
+      - address: 10.244.2.10
+        workload: {name: db, serviceAccount: db, node: b}
+  - name: frontend
+    namespace: shop
+    vips: [10.96.0.30]
+    ports: [{port: 80, protocol: TCP, targetPort: 8080}]
+    endpoints:
+      - address: 10.244.1.10
+        workload: {name: frontend, serviceAccount: frontend, node: a}
+  - name: batch
+    namespace: jobs
+    vips: [10.96.0.31]
+    ports: [{port: 80, protocol: TCP, targetPort: 8080}]
+    endpoints:
+      - address: 10.244.1.11
+        workload: {name: batch, serviceAccount: batch, node: a}
+`
+
+// withRBAC returns the mesh's resources with an RBAC filter that allows
+// only principal on the db listener.
+func withRBAC(t *testing.T, principal *matcherv3.StringMatcher) mesh.Resources {
+	t.Helper()
+	m, err := mesh.Parse("policy", []byte(policyMesh))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := m.Resources()
+	cfg, err := anypb.New(&rbacv3.RBAC{StatPrefix: "db-allow", Rules: &rbacconfigv3.RBAC{
+		Action: rbacconfigv3.RBAC_ALLOW,
+		Policies: map[string]*rbacconfigv3.Policy{"frontend": {
+			Principals: []*rbacconfigv3.Principal{{Identifier: &rbacconfigv3.Principal_Authenticated_{
+				Authenticated: &rbacconfigv3.Principal_Authenticated{PrincipalName: principal},
+			}}},
+			Permissions: []*rbacconfigv3.Permission{{Rule: &rbacconfigv3.Permission_Any{Any: true}}},
+		}},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, l := range r.Listeners {
+		if !strings.HasPrefix(l.Name, "shop/db:") {
+			continue
+		}
+		l = proto.Clone(l).(*listenerv3.Listener)
+		chain := l.FilterChains[0]
+		chain.Filters = append([]*listenerv3.Filter{{Name: "rbac", ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: cfg}}}, chain.Filters...)
+		r.Listeners[i] = l
+	}
+	return r
+}
+
+func exact(s string) *matcherv3.StringMatcher {
+	return &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: s}}
+}
+
+// The agent binary enforces RBAC from an external control plane across two
+// nodes: an allowed client connects, a denied one gets EPERM, and a client
+// on a node without Sluice is reset at the destination. An RBAC the agent
+// cannot enforce is NACKed and the policy in force stays.
+func TestAgentPolicy(t *testing.T) {
+	testenv.RequirePrivileged(t)
+	bin := buildSluice(t)
+	c, err := cluster.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := c.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	pods := map[string]*cluster.Pod{}
+	nodes := map[string]*cluster.Node{}
+	for _, n := range []string{"a", "b", "c"} {
+		if nodes[n], err = c.AddNode(n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, p := range []struct{ node, name, addr string }{
+		{"a", "frontend", "10.244.1.10"}, {"a", "batch", "10.244.1.11"},
+		{"b", "db", "10.244.2.10"}, {"c", "outsider", "10.244.3.10"},
+	} {
+		if pods[p.name], err = nodes[p.node].AddPod(p.name, netip.MustParseAddr(p.addr)); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// The server listens before the agents attach: its listener must be
+	// made to keep SYNs (for tags) after the fact.
+	server := pods["db"].Command(context.Background(), os.Args[0])
+	server.Env = append(os.Environ(), probe.RoleEnv+"=server", probe.ListenEnv+"=0.0.0.0:5432", probe.NameEnv+"=db")
+	if err := pods["db"].Start(server); err != nil {
+		t.Fatal(err)
+	}
+	srv := startXDSServer(t)
+	srv.set(t, snapshotOf("1", withRBAC(t, exact("spiffe://cluster.local/ns/shop/sa/frontend"))))
+
+	workloads := map[string]string{
+		"a": fmt.Sprintf(`workloads:
+  - {name: frontend, namespace: shop, serviceAccount: frontend, cgroup: %s, ips: [10.244.1.10]}
+  - {name: batch, namespace: jobs, serviceAccount: batch, cgroup: %s, ips: [10.244.1.11]}
+`, pods["frontend"].Cgroup, pods["batch"].Cgroup),
+		"b": fmt.Sprintf(`workloads:
+  - {name: db, namespace: shop, serviceAccount: db, cgroup: %s, ips: [10.244.2.10]}
+`, pods["db"].Cgroup),
+	}
+	logs := map[string]*syncBuffer{}
+	for _, n := range []string{"a", "b"} {
+		file := filepath.Join(t.TempDir(), "workloads.yaml")
+		if err := os.WriteFile(file, []byte(workloads[n]), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		agent := exec.Command(bin, "agent", "--xds", srv.addr, "--cgroup", nodes[n].Cgroup, "--pin-dir", nodes[n].PinDir,
+			"--node-id", n, "--workloads", file, "--log-level", "debug")
+		logs[n] = &syncBuffer{}
+		agent.Stderr = logs[n]
+		if err := agent.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			_ = agent.Process.Signal(os.Interrupt)
+			_ = agent.Wait()
+		})
+	}
+
+	dial := func(pod, addr string) probe.Result {
+		t.Helper()
+		cmd := pods[pod].Command(context.Background(), os.Args[0])
+		cmd.Env = append(os.Environ(), probe.RoleEnv+"=client", probe.DialEnv+"="+addr)
+		out, err := pods[pod].Output(cmd)
+		if err != nil {
+			t.Fatalf("client in %s: %v", pod, err)
+		}
+		var r probe.Result
+		if err := json.Unmarshal(out, &r); err != nil {
+			t.Fatalf("client in %s: %v: %q", pod, err, out)
+		}
+		return r
+	}
+	// Wait until both agents enforce: batch is refused at connect, and
+	// frontend gets through (its tag is trusted at node b).
+	eventually := func(what string, ok func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for !ok() {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s; agent logs:\n--- a:\n%s\n--- b:\n%s", what, logs["a"], logs["b"])
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	matrix := func(phase string) {
+		t.Helper()
+		if r := dial("frontend", "10.96.0.20:5432"); r.Result != "ok" || r.Reply != "db" {
+			t.Errorf("%s: frontend → db: %+v, want ok", phase, r)
+		}
+		if r := dial("batch", "10.96.0.20:5432"); r.Result != "eperm" {
+			t.Errorf("%s: batch → db: %+v, want eperm", phase, r)
+		}
+		if r := dial("outsider", "10.244.2.10:5432"); r.Result != "reset" || r.MS > 1000 {
+			t.Errorf("%s: outsider → db: %+v, want a reset within a second", phase, r)
+		}
+	}
+	var last [2]probe.Result
+	eventually("the agents never enforced the policy", func() bool {
+		last = [2]probe.Result{dial("batch", "10.96.0.20:5432"), dial("frontend", "10.96.0.20:5432")}
+		return last[0].Result == "eperm" && last[1].Result == "ok"
+	})
+	matrix("enforced")
+
+	// A regular expression cannot be enforced: NACKed, the policy stays.
+	srv.set(t, snapshotOf("2", withRBAC(t, &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_SafeRegex{
+		SafeRegex: &matcherv3.RegexMatcher{Regex: ".*"},
+	}})))
+	eventually("the agents did not NACK the regular expression", func() bool {
+		return strings.Contains(logs["a"].String(), "safe_regex") && strings.Contains(logs["b"].String(), "safe_regex")
+	})
+	matrix("after the NACK")
+}
