@@ -41,6 +41,9 @@ type Service struct {
 	VIPs      []netip.Addr // one or two, at most one per address family; the first is the listener's address
 	Ports     []Port       // at least one
 	Endpoints []Endpoint   // may be empty: connections are then refused
+	// Policies authorize connections to the service's TCP ports; a
+	// connection must pass every one. In file order; nil if none.
+	Policies []Policy
 }
 
 // Port is one port of a service.
@@ -62,6 +65,75 @@ type Endpoint struct {
 	// derived from the mesh's trust domain, its namespace and service account.
 	Workload *model.Workload
 }
+
+// Policy is an L4 authorization policy of a service, rendered as an RBAC
+// network filter on each of the service's TCP listeners.
+type Policy struct {
+	Name   string // a DNS-1123 label, unique within the service: the filter's stat_prefix
+	Action Action
+	// DryRun: the rules are evaluated and recorded, never enforced (RBAC
+	// shadow_rules). Never set with ActionAudit.
+	DryRun bool
+	// Continuous: a connection the policy comes to deny after an edit is
+	// terminated (RBAC enforcement_type CONTINUOUS). Never set with
+	// ActionAudit.
+	Continuous bool
+	Rules      []Rule // nil if none: an ActionAllow policy then denies every connection
+}
+
+// Action is what a policy does with the connections its rules match.
+type Action uint8
+
+// Policy actions.
+const (
+	ActionAllow Action = iota // a connection no rule matches is denied
+	ActionDeny                // a connection a rule matches is denied
+	ActionAudit               // matches are recorded, nothing is denied (RBAC action LOG)
+)
+
+func (a Action) String() string {
+	switch a {
+	case ActionDeny:
+		return "DENY"
+	case ActionAudit:
+		return "AUDIT"
+	}
+	return "ALLOW"
+}
+
+// Rule matches a connection from one of its sources to one of its ports.
+type Rule struct {
+	Name  string   // a DNS-1123 label, unique within the policy
+	From  []Source // nil: every source, mesh workload or not
+	Ports []uint16 // TCP ports of the service (Port.Port); nil: all of them
+}
+
+// Source matches a connection's source when every field that is set
+// matches: a positive field when one of its values matches, a Not field
+// when none of its values does. At least one field is set.
+type Source struct {
+	Principals      []string         // SPIFFE IDs, matched exactly; AnyPrincipal matches every mesh workload
+	Namespaces      []string         // every mesh workload of the mesh's trust domain in these namespaces
+	ServiceAccounts []ServiceAccount // the mesh workloads of the mesh's trust domain running as these
+	IPBlocks        []netip.Prefix   // source addresses, masked
+
+	NotPrincipals      []string
+	NotNamespaces      []string
+	NotServiceAccounts []ServiceAccount
+	NotIPBlocks        []netip.Prefix
+}
+
+// AnyPrincipal, as a Source's principal, matches every source with a mesh
+// identity, of any trust domain.
+const AnyPrincipal = "*"
+
+// ServiceAccount names a Kubernetes service account.
+type ServiceAccount struct {
+	Namespace string // a DNS-1123 label
+	Name      string // a DNS-1123 subdomain
+}
+
+func (sa ServiceAccount) String() string { return sa.Namespace + "/" + sa.Name }
 
 // ResourceName returns the name of the listener, cluster and cluster load
 // assignment rendered for port p of s: "<namespace>/<name>:<port>" for TCP

@@ -153,7 +153,7 @@ func (p *parser) mesh(root *yaml.Node) (*Mesh, error) {
 
 func (p *parser) service(n *yaml.Node, path string) (Service, error) {
 	var s Service
-	f, err := p.fields(n, path, "name", "namespace", "vips", "ports", "endpoints")
+	f, err := p.fields(n, path, "name", "namespace", "vips", "ports", "endpoints", "policies")
 	if err != nil {
 		return s, err
 	}
@@ -193,6 +193,11 @@ func (p *parser) service(n *yaml.Node, path string) (Service, error) {
 			}
 			seen[ep.Address] = i
 			s.Endpoints = append(s.Endpoints, ep)
+		}
+	}
+	if n := f.get("policies"); n != nil {
+		if err := p.policies(n, f.path("policies"), &s); err != nil {
+			return s, err
 		}
 	}
 	return s, nil

@@ -137,23 +137,28 @@ func TestParseErrors(t *testing.T) {
 			"        workload: {name: web-2, serviceAccount: web, identity: 7}"), 12, "services[0].endpoints[1].workload.identity",
 			"has no identity at services[0].endpoints[0].workload"},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			m, err := mesh.Parse("mesh.yaml", tc.yaml)
-			if err == nil {
-				t.Fatalf("Parse succeeded: %+v", m)
-			}
-			if !errors.Is(err, mesh.ErrInvalid) {
-				t.Errorf("errors.Is(%v, ErrInvalid) = false", err)
-			}
-			var e *mesh.Error
-			if !errors.As(err, &e) {
-				t.Fatalf("error %v is a %T, not a *mesh.Error", err, err)
-			}
-			if e.File != "mesh.yaml" || e.Line != tc.line || e.Field != tc.field || !strings.Contains(e.Reason, tc.reason) {
-				t.Errorf("error %q\n got file %q line %d field %q reason %q\nwant file %q line %d field %q reason containing %q",
-					err, e.File, e.Line, e.Field, e.Reason, "mesh.yaml", tc.line, tc.field, tc.reason)
-			}
-		})
+		t.Run(tc.name, func(t *testing.T) { wantError(t, tc.yaml, tc.line, tc.field, tc.reason) })
+	}
+}
+
+// wantError checks that Parse refuses data with a *mesh.Error at line and
+// field whose reason contains reason.
+func wantError(t *testing.T, data []byte, line int, field, reason string) {
+	t.Helper()
+	m, err := mesh.Parse("mesh.yaml", data)
+	if err == nil {
+		t.Fatalf("Parse succeeded: %+v", m)
+	}
+	if !errors.Is(err, mesh.ErrInvalid) {
+		t.Errorf("errors.Is(%v, ErrInvalid) = false", err)
+	}
+	var e *mesh.Error
+	if !errors.As(err, &e) {
+		t.Fatalf("error %v is a %T, not a *mesh.Error", err, err)
+	}
+	if e.File != "mesh.yaml" || e.Line != line || e.Field != field || !strings.Contains(e.Reason, reason) {
+		t.Errorf("error %q\n got file %q line %d field %q reason %q\nwant file %q line %d field %q reason containing %q",
+			err, e.File, e.Line, e.Field, e.Reason, "mesh.yaml", line, field, reason)
 	}
 }
 
@@ -406,14 +411,15 @@ func TestExampleParses(t *testing.T) {
 	}
 }
 
-// FuzzParse checks that no input makes Parse panic and that every error is
-// a *mesh.Error.
+// FuzzParse checks that no input makes Parse panic, that every error is a
+// *mesh.Error, and that Sluice's translator accepts every mesh Parse does.
 func FuzzParse(f *testing.F) {
 	f.Add(with())
 	f.Add(with("        workload: {name: a, identity: 1}", "        locality: {region: r}"))
 	f.Add([]byte("services: [{name: a, vips: [\"fd00::1\"], ports: [{port: 1, protocol: UDP}]}]"))
 	f.Add([]byte("x: &a [*a, *a]\n"))
 	f.Add([]byte("---\n---\n"))
+	f.Add(policyFile)
 	f.Fuzz(func(t *testing.T, data []byte) {
 		m, err := mesh.Parse("fuzz.yaml", data)
 		if err != nil {
@@ -423,6 +429,7 @@ func FuzzParse(f *testing.F) {
 			}
 			return
 		}
-		m.Resources()
+		// Whatever Parse accepts renders to resources Sluice accepts.
+		translated(t, m)
 	})
 }

@@ -12,8 +12,11 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	rbacconfigv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
+	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	udpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/udp/udp_proxy/v3"
+	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -27,6 +30,9 @@ import (
 const (
 	// TCPProxyFilter is the network filter of a TCP service's listener.
 	TCPProxyFilter = "envoy.filters.network.tcp_proxy"
+	// RBACFilter is the network filter of a service's policy, before the
+	// tcp_proxy of each of its TCP listeners.
+	RBACFilter = "envoy.filters.network.rbac"
 	// UDPProxyFilter is the listener filter of a UDP service's listener.
 	UDPProxyFilter = "envoy.filters.udp_listener.udp_proxy"
 	// UDPRouteAction is the name of the matcher action that sends every
@@ -43,7 +49,9 @@ const ConnectTimeout = time.Second
 
 // Resources are the Envoy v3 resources a mesh renders to: for every port of
 // every service, a listener, a cluster and a cluster load assignment sharing
-// one name (see Service.ResourceName). Each slice is sorted by name.
+// one name (see Service.ResourceName). Each slice is sorted by name. The
+// listener of a TCP port carries the service's policies, one RBAC filter
+// each, in file order, before its tcp_proxy.
 type Resources struct {
 	Listeners []*listenerv3.Listener
 	Clusters  []*clusterv3.Cluster
@@ -60,7 +68,7 @@ func (m *Mesh) Resources() Resources {
 		s := &m.Services[i]
 		for _, p := range s.Ports {
 			name := s.ResourceName(p)
-			r.Listeners = append(r.Listeners, listener(name, s.VIPs, p))
+			r.Listeners = append(r.Listeners, listener(name, s.VIPs, p, m.TrustDomain, s.Policies))
 			r.Clusters = append(r.Clusters, cluster(name))
 			r.Endpoints = append(r.Endpoints, assignment(name, s.Endpoints, p))
 		}
@@ -73,7 +81,9 @@ func (m *Mesh) Resources() Resources {
 	return r
 }
 
-func listener(name string, vips []netip.Addr, p Port) *listenerv3.Listener {
+// listener renders the listener of port p; policies apply to TCP ports
+// only, and trustDomain is that of their namespaces and service accounts.
+func listener(name string, vips []netip.Addr, p Port, trustDomain string, policies []Policy) *listenerv3.Listener {
 	l := &listenerv3.Listener{Name: name}
 	if len(vips) > 0 {
 		l.Address = socketAddress(vips[0], p.Port, p.Protocol)
@@ -98,16 +108,167 @@ func listener(name string, vips []netip.Addr, p Port) *listenerv3.Listener {
 		}}
 		return l
 	}
-	l.FilterChains = []*listenerv3.FilterChain{{
-		Filters: []*listenerv3.Filter{{
-			Name: TCPProxyFilter,
-			ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(&tcpproxyv3.TcpProxy{
-				StatPrefix:       name,
-				ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: name},
-			})},
-		}},
-	}}
+	filters := make([]*listenerv3.Filter, 0, len(policies)+1)
+	for i := range policies {
+		filters = append(filters, rbacFilter(trustDomain, &policies[i]))
+	}
+	filters = append(filters, &listenerv3.Filter{
+		Name: TCPProxyFilter,
+		ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(&tcpproxyv3.TcpProxy{
+			StatPrefix:       name,
+			ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: name},
+		})},
+	})
+	l.FilterChains = []*listenerv3.FilterChain{{Filters: filters}}
 	return l
+}
+
+// rbacFilter renders pol as a network RBAC filter named after it: its rules
+// are enforced, or only recorded as shadow_rules in a dry run.
+func rbacFilter(trustDomain string, pol *Policy) *listenerv3.Filter {
+	rules := &rbacconfigv3.RBAC{Action: rbacAction(pol.Action)}
+	for _, r := range pol.Rules {
+		if rules.Policies == nil {
+			rules.Policies = make(map[string]*rbacconfigv3.Policy, len(pol.Rules))
+		}
+		rules.Policies[r.Name] = rbacPolicy(trustDomain, &r)
+	}
+	cfg := &rbacv3.RBAC{StatPrefix: pol.Name}
+	if pol.DryRun {
+		cfg.ShadowRules = rules
+	} else {
+		cfg.Rules = rules
+	}
+	if pol.Continuous {
+		cfg.EnforcementType = rbacv3.RBAC_CONTINUOUS
+	}
+	return &listenerv3.Filter{
+		Name:       RBACFilter,
+		ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(cfg)},
+	}
+}
+
+func rbacAction(a Action) rbacconfigv3.RBAC_Action {
+	switch a {
+	case ActionDeny:
+		return rbacconfigv3.RBAC_DENY
+	case ActionAudit:
+		return rbacconfigv3.RBAC_LOG
+	}
+	return rbacconfigv3.RBAC_ALLOW
+}
+
+// rbacPolicy renders r: any of its sources, to any of its ports. A port is
+// matched against the listener's own, so on the listener of a port r does
+// not list, r matches nothing.
+func rbacPolicy(trustDomain string, r *Rule) *rbacconfigv3.Policy {
+	p := &rbacconfigv3.Policy{}
+	for _, port := range r.Ports {
+		p.Permissions = append(p.Permissions, &rbacconfigv3.Permission{
+			Rule: &rbacconfigv3.Permission_DestinationPort{DestinationPort: uint32(port)},
+		})
+	}
+	if p.Permissions == nil {
+		p.Permissions = []*rbacconfigv3.Permission{{Rule: &rbacconfigv3.Permission_Any{Any: true}}}
+	}
+	for i := range r.From {
+		p.Principals = append(p.Principals, sourcePrincipal(trustDomain, &r.From[i]))
+	}
+	if p.Principals == nil {
+		p.Principals = []*rbacconfigv3.Principal{{Identifier: &rbacconfigv3.Principal_Any{Any: true}}}
+	}
+	return p
+}
+
+// sourcePrincipal renders src as the AND of its fields, each the OR of its
+// values, negated for a Not field. A single term is rendered without an AND
+// or OR around it.
+func sourcePrincipal(trustDomain string, src *Source) *rbacconfigv3.Principal {
+	var all []*rbacconfigv3.Principal
+	add := func(ids []*rbacconfigv3.Principal, negate bool) {
+		if len(ids) == 0 {
+			return
+		}
+		id := ids[0]
+		if len(ids) > 1 {
+			id = &rbacconfigv3.Principal{Identifier: &rbacconfigv3.Principal_OrIds{
+				OrIds: &rbacconfigv3.Principal_Set{Ids: ids},
+			}}
+		}
+		if negate {
+			id = &rbacconfigv3.Principal{Identifier: &rbacconfigv3.Principal_NotId{NotId: id}}
+		}
+		all = append(all, id)
+	}
+	add(principals(src.Principals), false)
+	add(namespaces(trustDomain, src.Namespaces), false)
+	add(serviceAccounts(trustDomain, src.ServiceAccounts), false)
+	add(ipBlocks(src.IPBlocks), false)
+	add(principals(src.NotPrincipals), true)
+	add(namespaces(trustDomain, src.NotNamespaces), true)
+	add(serviceAccounts(trustDomain, src.NotServiceAccounts), true)
+	add(ipBlocks(src.NotIPBlocks), true)
+	if len(all) == 1 {
+		return all[0]
+	}
+	return &rbacconfigv3.Principal{Identifier: &rbacconfigv3.Principal_AndIds{
+		AndIds: &rbacconfigv3.Principal_Set{Ids: all},
+	}}
+}
+
+func principals(ids []string) []*rbacconfigv3.Principal {
+	out := make([]*rbacconfigv3.Principal, len(ids))
+	for i, id := range ids {
+		if id == AnyPrincipal {
+			out[i] = authenticated(nil)
+		} else {
+			out[i] = authenticated(&matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: id}})
+		}
+	}
+	return out
+}
+
+// namespaces matches the SPIFFE IDs of a namespace's workloads by their
+// prefix, "spiffe://<trust domain>/ns/<namespace>/sa/".
+func namespaces(trustDomain string, nss []string) []*rbacconfigv3.Principal {
+	out := make([]*rbacconfigv3.Principal, len(nss))
+	for i, ns := range nss {
+		out[i] = authenticated(&matcherv3.StringMatcher{
+			MatchPattern: &matcherv3.StringMatcher_Prefix{Prefix: SPIFFEID(trustDomain, ns, "")},
+		})
+	}
+	return out
+}
+
+func serviceAccounts(trustDomain string, sas []ServiceAccount) []*rbacconfigv3.Principal {
+	out := make([]*rbacconfigv3.Principal, len(sas))
+	for i, sa := range sas {
+		out[i] = authenticated(&matcherv3.StringMatcher{
+			MatchPattern: &matcherv3.StringMatcher_Exact{Exact: SPIFFEID(trustDomain, sa.Namespace, sa.Name)},
+		})
+	}
+	return out
+}
+
+// authenticated matches a source with a mesh identity whose SPIFFE ID
+// name matches; any mesh identity if name is nil.
+func authenticated(name *matcherv3.StringMatcher) *rbacconfigv3.Principal {
+	return &rbacconfigv3.Principal{Identifier: &rbacconfigv3.Principal_Authenticated_{
+		Authenticated: &rbacconfigv3.Principal_Authenticated{PrincipalName: name},
+	}}
+}
+
+func ipBlocks(blocks []netip.Prefix) []*rbacconfigv3.Principal {
+	out := make([]*rbacconfigv3.Principal, len(blocks))
+	for i, b := range blocks {
+		out[i] = &rbacconfigv3.Principal{Identifier: &rbacconfigv3.Principal_DirectRemoteIp{
+			DirectRemoteIp: &corev3.CidrRange{
+				AddressPrefix: b.Addr().String(),
+				PrefixLen:     wrapperspb.UInt32(uint32(b.Bits())),
+			},
+		}}
+	}
+	return out
 }
 
 func cluster(name string) *clusterv3.Cluster {

@@ -23,6 +23,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/sluice-mesh/sluice/xds/mesh"
+	"github.com/sluice-mesh/sluice/xds/translate"
 )
 
 // renderFile is a dual-stack TCP+UDP service with endpoints in two
@@ -379,7 +380,7 @@ func toTypes(r mesh.Resources) map[resource.Type][]types.Resource {
 }
 
 func TestRenderSnapshotConsistent(t *testing.T) {
-	for name, data := range map[string][]byte{"render file": renderFile, "web": with()} {
+	for name, data := range map[string][]byte{"render file": renderFile, "web": with(), "policies": policyFile} {
 		t.Run(name, func(t *testing.T) {
 			r := mustParse(t, data).Resources()
 			snap, err := cache.NewSnapshot("1", toTypes(r))
@@ -398,4 +399,32 @@ func TestRenderSnapshotConsistent(t *testing.T) {
 			}
 		})
 	}
+}
+
+// translated runs the rendering of m through Sluice's translator.
+func translated(t *testing.T, m *mesh.Mesh) translate.Result {
+	t.Helper()
+	r := m.Resources()
+	in := translate.Resources{
+		Listeners: map[string]*listenerv3.Listener{},
+		Clusters:  map[string]*clusterv3.Cluster{},
+		Endpoints: map[string]*endpointv3.ClusterLoadAssignment{},
+	}
+	for _, l := range r.Listeners {
+		in.Listeners[l.Name] = l
+	}
+	for _, c := range r.Clusters {
+		in.Clusters[c.Name] = c
+	}
+	for _, e := range r.Endpoints {
+		in.Endpoints[e.ClusterName] = e
+	}
+	res, err := translate.Translate(in)
+	if err != nil {
+		t.Fatalf("Translate refuses the rendering: %v", err)
+	}
+	if len(res.Missing) != 0 {
+		t.Errorf("Translate misses %q", res.Missing)
+	}
+	return res
 }
