@@ -254,10 +254,21 @@ func (d *Dataplane) Enforce(ctx context.Context, netns func() []string, observe 
 			if !ok {
 				return <-readErr
 			}
-			if observe != nil {
-				observe(e)
+			// One sweep serves every denial already waiting: a burst of
+			// denied connections (a scan) costs one sweep, not one each.
+			sweep := false
+			for more := true; more; {
+				if observe != nil {
+					observe(e)
+				}
+				sweep = sweep || e.Kind == EventDenyIngress
+				select {
+				case e, more = <-events:
+				default:
+					more = false
+				}
 			}
-			if e.Kind == EventDenyIngress {
+			if sweep {
 				terminate()
 			}
 		case <-d.policyChanged:
