@@ -345,7 +345,7 @@ func TestPolicyAcrossNodes(t *testing.T) {
 	m.pod("b", "frontend-b", "10.244.2.11")
 	m.pod("c", "outsider", "10.244.3.10")
 	m.pod("r", "rogue", "10.244.4.10")
-	m.serve("db", "5432", "6379")
+	m.serve("db", "5432", "6379", "7000")
 
 	locals := map[string]uint32{"frontend": idFrontend, "batch": idBatch, "db": idDB, "frontend-b": idFrontend}
 	addrs := map[string]uint32{"frontend": idFrontend, "batch": idBatch, "db": idDB, "frontend-b": idFrontend}
@@ -363,9 +363,19 @@ func TestPolicyAcrossNodes(t *testing.T) {
 			model.Principal{Kind: model.PrincipalAuthenticated},
 			model.Principal{Kind: model.PrincipalSourceIP, CIDR: netip.MustParsePrefix("10.244.3.0/24")}),
 	}
+	// admin: frontend on the service's port; a rule for another port
+	// never matches.
+	port := func(p uint16) []model.Permission {
+		return []model.Permission{{Kind: model.PermissionPort, Port: p, PortEnd: p}}
+	}
+	adminPolicy := model.Policy{Name: "admin-allow", Rules: &model.RuleSet{Action: model.Allow, Rules: []model.Rule{
+		{Name: "anyone-on-7001", Principals: []model.Principal{{Kind: model.PrincipalAny}}, Permissions: port(7001)},
+		{Name: "frontend-on-7000", Principals: []model.Principal{authenticated(testNames[idFrontend])}, Permissions: port(7000)},
+	}}}
 	services := []model.Service{
 		tcpService("db", "10.96.0.20", 5432, db, 5432, dbPolicy),
 		tcpService("cache", "10.96.0.21", 6379, db, 6379, cachePolicies...),
+		tcpService("admin", "10.96.0.22", 7000, db, 7000, adminPolicy),
 	}
 	for _, node := range []string{"a", "b"} {
 		m.apply(node, model.State{Services: services, Identities: m.identities(node, locals, addrs)})
@@ -450,6 +460,11 @@ func TestPolicyAcrossNodes(t *testing.T) {
 		if e.Rule.Policy != "cache-deny" || e.Rule.Rule != "no-jobs" {
 			t.Errorf("deny decided by %+v, want cache-deny/no-jobs", e.Rule)
 		}
+	})
+	t.Run("destination port", func(t *testing.T) {
+		m.expect("frontend", "10.96.0.22:7000", "ok")
+		m.expect("batch", "10.96.0.22:7000", "eperm")
+		m.expect("outsider", "10.244.2.10:7000", "reset")
 	})
 	t.Run("source CIDR", func(t *testing.T) {
 		m.expect("outsider", "10.244.2.10:6379", "ok")
