@@ -136,6 +136,7 @@ func TestParseWorkloadsErrors(t *testing.T) {
 		{"name is a list", lines("workloads:", "  - name: [frontend]"), 2, "workloads[0].name", "must be a string, not a list"},
 		{"namespace with a dot", lines("workloads:", "  - name: a", "    namespace: shop.eu"), 3, "workloads[0].namespace", `"shop.eu" is not a DNS-1123 label`},
 		{"namespace too long", lines("workloads:", "  - name: a", "    namespace: "+strings.Repeat("n", 64)), 3, "workloads[0].namespace", "is not a DNS-1123 label"},
+		{"service account label too long", lines("workloads:", "  - name: a", "    namespace: shop", "    serviceAccount: web."+strings.Repeat("a", 64)), 4, "workloads[0].serviceAccount", "is not a DNS-1123 subdomain"},
 		{"bad service account", lines("workloads:", "  - name: a", "    namespace: shop", "    serviceAccount: web_admin"), 4, "workloads[0].serviceAccount", `"web_admin" is not a DNS-1123 subdomain`},
 		{"duplicate name in namespace", with("  - name: frontend", "    namespace: shop", "    serviceAccount: a", "    cgroup: b"), 7, "workloads[1].name", "workload shop/frontend is already workloads[0] (shop/frontend)"},
 

@@ -10,6 +10,7 @@ import (
 	"strconv"
 
 	"github.com/sluice-mesh/sluice/dataplane/model"
+	"github.com/sluice-mesh/sluice/identity/yamlfile"
 )
 
 // DefaultTrustDomain is the SPIFFE trust domain of a mesh file that does not
@@ -157,25 +158,7 @@ func SPIFFEID(trustDomain, namespace, serviceAccount string) string {
 var ErrInvalid = errors.New("invalid mesh file")
 
 // Error is a problem found in a mesh file. It names the place in the file so
-// that the file's author can find it.
-type Error struct {
-	File   string // the file name given to Parse
-	Line   int    // 1-based; 0 when the problem is not at one line
-	Field  string // path of the field, e.g. "services[0].endpoints[1].address"; empty for the whole file
-	Reason string
-}
-
-// Error formats e as "file:line: field: reason", leaving out what is unknown.
-func (e *Error) Error() string {
-	s := e.File
-	if e.Line > 0 {
-		s += ":" + strconv.Itoa(e.Line)
-	}
-	if e.Field != "" {
-		s += ": " + e.Field
-	}
-	return s + ": " + e.Reason
-}
-
-// Unwrap makes errors.Is(err, ErrInvalid) true.
-func (e *Error) Unwrap() error { return ErrInvalid }
+// that the file's author can find it; File is the file name given to Parse,
+// Field a path such as "services[0].endpoints[1].address", and Class is
+// ErrInvalid, making errors.Is(err, ErrInvalid) true.
+type Error = yamlfile.Error

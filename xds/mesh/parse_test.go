@@ -182,18 +182,6 @@ func TestErrorString(t *testing.T) {
 	if err == nil || err.Error() != want {
 		t.Errorf("Parse error = %v, want %s", err, want)
 	}
-	for _, tc := range []struct {
-		err  mesh.Error
-		want string
-	}{
-		{mesh.Error{File: "m.yaml", Line: 3, Field: "services", Reason: "must be a list"}, "m.yaml:3: services: must be a list"},
-		{mesh.Error{File: "m.yaml", Reason: "invalid YAML: x"}, "m.yaml: invalid YAML: x"},
-		{mesh.Error{File: "m.yaml", Line: 2, Reason: "invalid YAML: x"}, "m.yaml:2: invalid YAML: x"},
-	} {
-		if got := tc.err.Error(); got != tc.want {
-			t.Errorf("Error() = %q, want %q", got, tc.want)
-		}
-	}
 }
 
 func TestParseDefaults(t *testing.T) {

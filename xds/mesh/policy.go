@@ -10,6 +10,7 @@ import (
 
 	"github.com/sluice-mesh/sluice/dataplane/model"
 	"github.com/sluice-mesh/sluice/identity"
+	"github.com/sluice-mesh/sluice/identity/yamlfile"
 )
 
 // sourceFields are the fields of a rule's source, in the order errors list
@@ -21,7 +22,7 @@ var sourceFields = []string{
 
 // policies parses the policies of s, whose ports have been parsed.
 func (p *parser) policies(n *yaml.Node, path string, s *Service) error {
-	items, err := p.seq(n, path)
+	items, err := p.Seq(n, path)
 	if err != nil {
 		return err
 	}
@@ -35,7 +36,7 @@ func (p *parser) policies(n *yaml.Node, path string, s *Service) error {
 		}
 	}
 	if len(tcp) == 0 {
-		return p.errorf(n, path, "service %s/%s has no TCP port; policies apply to TCP ports only", s.Namespace, s.Name)
+		return p.Errorf(n, path, "service %s/%s has no TCP port; policies apply to TCP ports only", s.Namespace, s.Name)
 	}
 	names := map[string]string{}
 	for i, item := range items {
@@ -52,15 +53,15 @@ func (p *parser) policies(n *yaml.Node, path string, s *Service) error {
 // before it to their field paths.
 func (p *parser) policy(n *yaml.Node, path string, s *Service, tcp map[uint16]bool, names map[string]string) (Policy, error) {
 	var pol Policy
-	f, err := p.fields(n, path, "name", "action", "dryRun", "continuous", "rules")
+	f, err := p.Fields(n, path, "name", "action", "dryRun", "continuous", "rules")
 	if err != nil {
 		return pol, err
 	}
 	if pol.Name, err = p.uniqueLabel(f, names, "policy %q is already %s; policies of a service are counted by name"); err != nil {
 		return pol, err
 	}
-	if n := f.get("action"); n != nil {
-		a, err := p.str(n, f.path("action"))
+	if n := f.Get("action"); n != nil {
+		a, err := p.Str(n, f.Path("action"))
 		if err != nil {
 			return pol, err
 		}
@@ -71,34 +72,34 @@ func (p *parser) policy(n *yaml.Node, path string, s *Service, tcp map[uint16]bo
 		case "AUDIT":
 			pol.Action = ActionAudit
 		default:
-			return pol, p.errorf(n, f.path("action"), "%q is not an action; use ALLOW, DENY or AUDIT", a)
+			return pol, p.Errorf(n, f.Path("action"), "%q is not an action; use ALLOW, DENY or AUDIT", a)
 		}
 	}
 	for _, x := range []struct {
 		key string
 		dst *bool
 	}{{"dryRun", &pol.DryRun}, {"continuous", &pol.Continuous}} {
-		n := f.get(x.key)
+		n := f.Get(x.key)
 		if n == nil {
 			continue
 		}
-		if *x.dst, err = p.boolean(n, f.path(x.key)); err != nil {
+		if *x.dst, err = p.boolean(n, f.Path(x.key)); err != nil {
 			return pol, err
 		}
 		// An audit policy never blocks: a dry run of it, or terminating
 		// the connections it denies, would mean nothing.
 		if *x.dst && pol.Action == ActionAudit {
-			return pol, p.errorf(n, f.path(x.key), "an AUDIT policy only records, never blocks; drop %s or use ALLOW or DENY", x.key)
+			return pol, p.Errorf(n, f.Path(x.key), "an AUDIT policy only records, never blocks; drop %s or use ALLOW or DENY", x.key)
 		}
 	}
-	if n := f.get("rules"); n != nil {
-		items, err := p.seq(n, f.path("rules"))
+	if n := f.Get("rules"); n != nil {
+		items, err := p.Seq(n, f.Path("rules"))
 		if err != nil {
 			return pol, err
 		}
 		names := map[string]string{}
 		for i, item := range items {
-			r, err := p.rule(item, fmt.Sprintf("%s[%d]", f.path("rules"), i), s, tcp, names)
+			r, err := p.rule(item, fmt.Sprintf("%s[%d]", f.Path("rules"), i), s, tcp, names)
 			if err != nil {
 				return pol, err
 			}
@@ -112,34 +113,34 @@ func (p *parser) policy(n *yaml.Node, path string, s *Service, tcp map[uint16]bo
 // before it to their field paths.
 func (p *parser) rule(n *yaml.Node, path string, s *Service, tcp map[uint16]bool, names map[string]string) (Rule, error) {
 	var r Rule
-	f, err := p.fields(n, path, "name", "from", "ports")
+	f, err := p.Fields(n, path, "name", "from", "ports")
 	if err != nil {
 		return r, err
 	}
 	if r.Name, err = p.uniqueLabel(f, names, "rule %q is already %s; rules of a policy are counted by name"); err != nil {
 		return r, err
 	}
-	if n := f.get("from"); n != nil {
-		items, err := p.nonEmptySeq(n, f.path("from"), "leave from out to match every source")
+	if n := f.Get("from"); n != nil {
+		items, err := p.nonEmptySeq(n, f.Path("from"), "leave from out to match every source")
 		if err != nil {
 			return r, err
 		}
 		for i, item := range items {
-			src, err := p.source(item, fmt.Sprintf("%s[%d]", f.path("from"), i), s.Namespace)
+			src, err := p.source(item, fmt.Sprintf("%s[%d]", f.Path("from"), i), s.Namespace)
 			if err != nil {
 				return r, err
 			}
 			r.From = append(r.From, src)
 		}
 	}
-	if n := f.get("ports"); n != nil {
-		items, err := p.nonEmptySeq(n, f.path("ports"), "leave ports out to cover every TCP port of the service")
+	if n := f.Get("ports"); n != nil {
+		items, err := p.nonEmptySeq(n, f.Path("ports"), "leave ports out to cover every TCP port of the service")
 		if err != nil {
 			return r, err
 		}
 		seen := map[uint16]int{}
 		for i, item := range items {
-			ipath := fmt.Sprintf("%s[%d]", f.path("ports"), i)
+			ipath := fmt.Sprintf("%s[%d]", f.Path("ports"), i)
 			v, err := p.integer(item, ipath, 1, math.MaxUint16)
 			if err != nil {
 				return r, err
@@ -147,12 +148,12 @@ func (p *parser) rule(n *yaml.Node, path string, s *Service, tcp map[uint16]bool
 			port := uint16(v)
 			if !tcp[port] {
 				if hasPort(s, port) {
-					return r, p.errorf(item, ipath, "port %d of service %s/%s is UDP; policies apply to TCP ports only", port, s.Namespace, s.Name)
+					return r, p.Errorf(item, ipath, "port %d of service %s/%s is UDP; policies apply to TCP ports only", port, s.Namespace, s.Name)
 				}
-				return r, p.errorf(item, ipath, "service %s/%s has no port %d; list ports clients dial (port, not targetPort)", s.Namespace, s.Name, port)
+				return r, p.Errorf(item, ipath, "service %s/%s has no port %d; list ports clients dial (port, not targetPort)", s.Namespace, s.Name, port)
 			}
 			if j, ok := seen[port]; ok {
-				return r, p.errorf(item, ipath, "port %d is already ports[%d]", port, j)
+				return r, p.Errorf(item, ipath, "port %d is already ports[%d]", port, j)
 			}
 			seen[port] = i
 			r.Ports = append(r.Ports, port)
@@ -164,15 +165,15 @@ func (p *parser) rule(n *yaml.Node, path string, s *Service, tcp map[uint16]bool
 // uniqueLabel returns the required DNS-1123 label field "name" of f, which
 // must not be a key of names, and adds it. format, given the name and the
 // path of the first, says why it must be unique.
-func (p *parser) uniqueLabel(f fields, names map[string]string, format string) (string, error) {
+func (p *parser) uniqueLabel(f yamlfile.Fields, names map[string]string, format string) (string, error) {
 	name, err := p.label(f, "name", "")
 	if err != nil {
 		return "", err
 	}
 	if first, ok := names[name]; ok {
-		return "", p.errorf(f.get("name"), f.path("name"), format, name, first)
+		return "", p.Errorf(f.Get("name"), f.Path("name"), format, name, first)
 	}
-	names[name] = f.at
+	names[name] = f.At()
 	return name, nil
 }
 
@@ -189,12 +190,12 @@ func hasPort(s *Service, port uint16) bool {
 // namespace of a service account written without one.
 func (p *parser) source(n *yaml.Node, path, namespace string) (Source, error) {
 	var src Source
-	f, err := p.fields(n, path, sourceFields...)
+	f, err := p.Fields(n, path, sourceFields...)
 	if err != nil {
 		return src, err
 	}
-	if len(f.vals) == 0 {
-		return src, p.errorf(n, path, "empty source; set at least one of %s, or leave from out to match every source",
+	if f.Len() == 0 {
+		return src, p.Errorf(n, path, "empty source; set at least one of %s, or leave from out to match every source",
 			strings.Join(sourceFields, ", "))
 	}
 	serviceAccount := func(n *yaml.Node, path string) (ServiceAccount, error) {
@@ -229,25 +230,25 @@ func (p *parser) source(n *yaml.Node, path, namespace string) (Source, error) {
 
 // values parses the list field key of f, nil if absent, with parse. The
 // list may not be empty nor hold a value twice.
-func values[T comparable](p *parser, f fields, key string, parse func(*yaml.Node, string) (T, error)) ([]T, error) {
-	n := f.get(key)
+func values[T comparable](p *parser, f yamlfile.Fields, key string, parse func(*yaml.Node, string) (T, error)) ([]T, error) {
+	n := f.Get(key)
 	if n == nil {
 		return nil, nil
 	}
-	items, err := p.nonEmptySeq(n, f.path(key), "list at least one value or leave "+key+" out")
+	items, err := p.nonEmptySeq(n, f.Path(key), "list at least one value or leave "+key+" out")
 	if err != nil {
 		return nil, err
 	}
 	out := make([]T, 0, len(items))
 	seen := map[T]int{}
 	for i, item := range items {
-		path := fmt.Sprintf("%s[%d]", f.path(key), i)
+		path := fmt.Sprintf("%s[%d]", f.Path(key), i)
 		v, err := parse(item, path)
 		if err != nil {
 			return nil, err
 		}
 		if j, ok := seen[v]; ok {
-			return nil, p.errorf(item, path, "%v is already %s[%d]", v, key, j)
+			return nil, p.Errorf(item, path, "%v is already %s[%d]", v, key, j)
 		}
 		seen[v] = i
 		out = append(out, v)
@@ -255,15 +256,15 @@ func values[T comparable](p *parser, f fields, key string, parse func(*yaml.Node
 	return out, nil
 }
 
-// nonEmptySeq is seq refusing an empty list, which is most likely a
+// nonEmptySeq is Seq refusing an empty list, which is most likely a
 // mistake: hint says what to write instead.
 func (p *parser) nonEmptySeq(n *yaml.Node, path, hint string) ([]*yaml.Node, error) {
-	items, err := p.seq(n, path)
+	items, err := p.Seq(n, path)
 	if err != nil {
 		return nil, err
 	}
 	if len(items) == 0 {
-		return nil, p.errorf(n, path, "empty list; %s", hint)
+		return nil, p.Errorf(n, path, "empty list; %s", hint)
 	}
 	return items, nil
 }
@@ -271,7 +272,7 @@ func (p *parser) nonEmptySeq(n *yaml.Node, path, hint string) ([]*yaml.Node, err
 // principal parses a workload SPIFFE ID, of any trust domain (a local
 // workload's may differ from the mesh's), or AnyPrincipal.
 func (p *parser) principal(n *yaml.Node, path string) (string, error) {
-	s, err := p.str(n, path)
+	s, err := p.Str(n, path)
 	if err != nil {
 		return "", err
 	}
@@ -281,52 +282,52 @@ func (p *parser) principal(n *yaml.Node, path string) (string, error) {
 	const form = "spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>"
 	id, err := identity.ParseWorkloadID(s)
 	if err != nil {
-		return "", p.errorf(n, path, "%q is not a workload SPIFFE ID (%s); use namespaces to match a whole namespace", s, form)
+		return "", p.Errorf(n, path, "%q is not a workload SPIFFE ID (%s); use namespaces to match a whole namespace", s, form)
 	}
-	if reason := checkTrustDomain(id.TrustDomain); reason != "" {
-		return "", p.errorf(n, path, "%q: trust domain %q %s", s, id.TrustDomain, reason)
+	if reason := yamlfile.CheckTrustDomain(id.TrustDomain); reason != "" {
+		return "", p.Errorf(n, path, "%q: trust domain %q %s", s, id.TrustDomain, reason)
 	}
-	if reason := checkLabel(id.Namespace); reason != "" {
-		return "", p.errorf(n, path, "%q: namespace %q %s", s, id.Namespace, reason)
+	if reason := yamlfile.CheckLabel(id.Namespace); reason != "" {
+		return "", p.Errorf(n, path, "%q: namespace %q %s", s, id.Namespace, reason)
 	}
-	if reason := checkSubdomain(id.ServiceAccount); reason != "" {
-		return "", p.errorf(n, path, "%q: service account %q %s", s, id.ServiceAccount, reason)
+	if reason := yamlfile.CheckSubdomain(id.ServiceAccount); reason != "" {
+		return "", p.Errorf(n, path, "%q: service account %q %s", s, id.ServiceAccount, reason)
 	}
 	return s, nil
 }
 
 func (p *parser) namespace(n *yaml.Node, path string) (string, error) {
-	s, err := p.str(n, path)
+	s, err := p.Str(n, path)
 	if err != nil {
 		return "", err
 	}
 	if s == AnyPrincipal {
-		return "", p.errorf(n, path, `"*" is not a namespace; to match every mesh workload, use principals: ["*"]`)
+		return "", p.Errorf(n, path, `"*" is not a namespace; to match every mesh workload, use principals: ["*"]`)
 	}
-	if reason := checkLabel(s); reason != "" {
-		return "", p.errorf(n, path, "%q %s", s, reason)
+	if reason := yamlfile.CheckLabel(s); reason != "" {
+		return "", p.Errorf(n, path, "%q %s", s, reason)
 	}
 	return s, nil
 }
 
 // serviceAccount parses "<namespace>/<name>", or "<name>" in namespace.
 func (p *parser) serviceAccount(n *yaml.Node, path, namespace string) (ServiceAccount, error) {
-	s, err := p.str(n, path)
+	s, err := p.Str(n, path)
 	if err != nil {
 		return ServiceAccount{}, err
 	}
 	sa := ServiceAccount{Namespace: namespace, Name: s}
 	if ns, name, ok := strings.Cut(s, "/"); ok {
 		sa = ServiceAccount{Namespace: ns, Name: name}
-		if reason := checkLabel(ns); reason != "" {
-			return sa, p.errorf(n, path, "%q: namespace %q %s", s, ns, reason)
+		if reason := yamlfile.CheckLabel(ns); reason != "" {
+			return sa, p.Errorf(n, path, "%q: namespace %q %s", s, ns, reason)
 		}
 	}
 	if sa.Name == AnyPrincipal {
-		return sa, p.errorf(n, path, `%q: "*" is not a service account; to match a whole namespace, use namespaces`, s)
+		return sa, p.Errorf(n, path, `%q: "*" is not a service account; to match a whole namespace, use namespaces`, s)
 	}
-	if reason := checkSubdomain(sa.Name); reason != "" {
-		return sa, p.errorf(n, path, "%q: service account %q %s", s, sa.Name, reason)
+	if reason := yamlfile.CheckSubdomain(sa.Name); reason != "" {
+		return sa, p.Errorf(n, path, "%q: service account %q %s", s, sa.Name, reason)
 	}
 	return sa, nil
 }
@@ -334,7 +335,7 @@ func (p *parser) serviceAccount(n *yaml.Node, path, namespace string) (ServiceAc
 // ipBlock parses a CIDR range, or an IP address as the range of that one
 // address.
 func (p *parser) ipBlock(n *yaml.Node, path string) (netip.Prefix, error) {
-	s, err := p.str(n, path)
+	s, err := p.Str(n, path)
 	if err != nil {
 		return netip.Prefix{}, err
 	}
@@ -342,29 +343,29 @@ func (p *parser) ipBlock(n *yaml.Node, path string) (netip.Prefix, error) {
 	if err != nil {
 		a, aerr := netip.ParseAddr(s)
 		if aerr != nil {
-			return netip.Prefix{}, p.errorf(n, path, "%q is not a CIDR range (10.244.0.0/16) or an IP address", s)
+			return netip.Prefix{}, p.Errorf(n, path, "%q is not a CIDR range (10.244.0.0/16) or an IP address", s)
 		}
 		if a.Zone() != "" {
-			return netip.Prefix{}, p.errorf(n, path, "%s has a zone; a source address block cannot", a)
+			return netip.Prefix{}, p.Errorf(n, path, "%s has a zone; a source address block cannot", a)
 		}
 		pfx = netip.PrefixFrom(a, a.BitLen())
 	}
 	if pfx.Addr().Is4In6() {
-		return netip.Prefix{}, p.errorf(n, path, "%s is IPv4-mapped IPv6; write the IPv4 range", s)
+		return netip.Prefix{}, p.Errorf(n, path, "%s is IPv4-mapped IPv6; write the IPv4 range", s)
 	}
 	if m := pfx.Masked(); m != pfx {
-		return netip.Prefix{}, p.errorf(n, path, "%s has bits set past the /%d prefix; write %s", s, pfx.Bits(), m)
+		return netip.Prefix{}, p.Errorf(n, path, "%s has bits set past the /%d prefix; write %s", s, pfx.Bits(), m)
 	}
 	return pfx, nil
 }
 
 func (p *parser) boolean(n *yaml.Node, path string) (bool, error) {
 	if n.Kind != yaml.ScalarNode || n.ShortTag() != "!!bool" {
-		return false, p.errorf(n, path, "%s is not a boolean; use true or false", describe(n))
+		return false, p.Errorf(n, path, "%s is not a boolean; use true or false", yamlfile.Describe(n))
 	}
 	var v bool
 	if err := n.Decode(&v); err != nil {
-		return false, p.errorf(n, path, "%s is not a boolean; use true or false", describe(n))
+		return false, p.Errorf(n, path, "%s is not a boolean; use true or false", yamlfile.Describe(n))
 	}
 	return v, nil
 }
