@@ -193,18 +193,11 @@ func (m *mesh) received(server, from string, n int) []string {
 // dial runs the client role in a pod against addr.
 func (m *mesh) dial(pod, addr string) probe.Result {
 	m.t.Helper()
-	p := m.pods[pod]
-	cmd := p.Command(context.Background(), os.Args[0])
-	cmd.Env = append(os.Environ(), probe.RoleEnv+"=client", probe.DialEnv+"="+addr)
-	out, err := p.Output(cmd)
+	r, err := probe.Dial(m.pods[pod], addr)
 	if err != nil {
-		m.t.Fatalf("client in %s: %v", pod, err)
+		m.t.Fatal(err)
 	}
-	var pr probe.Result
-	if err := json.Unmarshal(out, &pr); err != nil {
-		m.t.Fatalf("client in %s: %v: %q", pod, err, out)
-	}
-	return pr
+	return r
 }
 
 // hold opens a connection from pod to addr and keeps it; the returned

@@ -46,11 +46,6 @@ func compileAuthz(s model.State, c Capacity) (*compiledAuthz, error) {
 	bad := func(entry, reason string, class error) error {
 		return &model.EntryError{Entry: entry, Reason: reason, Class: class}
 	}
-	for id := range ids.Names {
-		if id == 0 {
-			return nil, bad("identity 0", "0 is the unknown identity and names no SPIFFE ID", model.ErrInvalidState)
-		}
-	}
 	for i, cg := range ids.Cgroups {
 		entry := fmt.Sprintf("workload cgroup %d (%s)", i, cg.Path)
 		if cg.CgroupID == 0 {

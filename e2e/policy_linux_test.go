@@ -2,7 +2,6 @@ package e2e_test
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/netip"
 	"os"
@@ -162,15 +161,9 @@ func TestAgentPolicy(t *testing.T) {
 
 	dial := func(pod, addr string) probe.Result {
 		t.Helper()
-		cmd := pods[pod].Command(context.Background(), os.Args[0])
-		cmd.Env = append(os.Environ(), probe.RoleEnv+"=client", probe.DialEnv+"="+addr)
-		out, err := pods[pod].Output(cmd)
+		r, err := probe.Dial(pods[pod], addr)
 		if err != nil {
-			t.Fatalf("client in %s: %v", pod, err)
-		}
-		var r probe.Result
-		if err := json.Unmarshal(out, &r); err != nil {
-			t.Fatalf("client in %s: %v: %q", pod, err, out)
+			t.Fatal(err)
 		}
 		return r
 	}
