@@ -75,6 +75,34 @@ struct {
     __type(value, struct sl_conn);
 } sl_conns SEC(".maps");
 
+/* Handshakes in progress to a destination with a policy, by 4-tuple: the
+ * tag their SYN carried. A segment with payload that completes the
+ * handshake is judged with it (see sl_ingress). Least recently used
+ * entries give way; a missing entry counts as "no tag", which can only
+ * deny more, never allow more. */
+#define SL_MAX_HANDSHAKES 16384
+
+struct sl_handshake_key {
+    __u32 src[4];
+    __u32 dst[4];
+    __u16 src_port; /* network byte order, as dst_port */
+    __u16 dst_port;
+    __u8 family;
+    __u8 pad[3];
+};
+
+struct sl_handshake {
+    __u32 tag;    /* the identity the SYN's tag claims; 0: none, or SYNs disagreed */
+    __u32 denied; /* the SYN was denied by the policy in force when it came */
+};
+
+struct {
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __uint(max_entries, SL_MAX_HANDSHAKES);
+    __type(key, struct sl_handshake_key);
+    __type(value, struct sl_handshake);
+} sl_handshakes SEC(".maps");
+
 struct {
     __uint(type, BPF_MAP_TYPE_RINGBUF);
     __uint(max_entries, 1 << 18);
@@ -167,6 +195,18 @@ static __always_inline enum decide_result decide(const __u32 *dst, __u16 port, _
     }
     d->v = *v;
     return DECIDE_DONE;
+}
+
+/* trusted_identity returns claimed if the source address belongs to it,
+ * and 0 (unknown) otherwise. */
+static __always_inline __u32 trusted_identity(const __u32 *src, __u8 family, __u32 claimed)
+{
+    if (!claimed)
+        return 0;
+    struct sl_addr_key ak = {.family = family};
+    __builtin_memcpy(ak.addr, src, sizeof(ak.addr));
+    __u32 *owner = bpf_map_lookup_elem(&sl_addrs, &ak);
+    return owner && *owner == claimed ? claimed : 0;
 }
 
 static __always_inline void count_rule(__u32 rule, int deny, int at)

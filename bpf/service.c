@@ -60,7 +60,7 @@ struct {
 
 struct {
     __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-    __uint(max_entries, SL_STAT_MAX);
+    __uint(max_entries, SL_STAT_SLOTS);
     __type(key, enum sl_stat);
     __type(value, __u64);
 } sl_stats SEC(".maps");
@@ -605,16 +605,17 @@ static __always_inline void authorize_ingress(struct bpf_sock_ops *skops)
     __u16 lport = bpf_htons((__u16)skops->local_port);
     __u16 rport = bpf_htons((__u16)bpf_ntohl(skops->remote_port));
 
+    struct sl_handshake_key hk = {.src_port = rport, .dst_port = lport, .family = family};
+    __builtin_memcpy(hk.src, remote, sizeof(hk.src));
+    __builtin_memcpy(hk.dst, local, sizeof(hk.dst));
+    bpf_map_delete_elem(&sl_handshakes, &hk);
+
     __u32 identity = 0, flags = SL_CONN_SERVER | SL_CONN_SRC_KNOWN;
     struct sl_tag tag = {.kind = SL_TAG_KIND, .len = 4, .exid = bpf_htons(SL_TAG_EXID)};
     long n = bpf_load_hdr_opt(skops, &tag, sizeof(tag), BPF_LOAD_HDR_OPT_TCP_SYN);
     if (n == SL_TAG_LEN && tag.len == SL_TAG_LEN) {
-        struct sl_addr_key ak = {.family = family};
-        __builtin_memcpy(ak.addr, remote, sizeof(ak.addr));
-        __u32 *owner = bpf_map_lookup_elem(&sl_addrs, &ak);
-        __u32 claimed = bpf_ntohl(tag.identity);
-        if (owner && claimed && *owner == claimed) {
-            identity = claimed;
+        identity = trusted_identity(remote, family, bpf_ntohl(tag.identity));
+        if (identity) {
             flags |= SL_CONN_TAGGED;
             count(SL_STAT_TAG_TRUSTED);
         } else {
@@ -655,6 +656,232 @@ static __always_inline void authorize_ingress(struct bpf_sock_ops *skops)
     emit(SL_EV_DENY_INGRESS, &d, cookie, netns, remote, rport, local, lport, family, identity);
 }
 
+/* --- Segments to a listener ---------------------------------------------- */
+
+#define SL_IPPROTO_TCP 6
+#define SL_TCP_LISTEN 10
+#define SL_TCP_MAX_OPTIONS 40
+
+/* A TCP segment as the listener filter needs it. */
+struct sl_segment {
+    struct sl_handshake_key key;
+    __u32 tcp_off;   /* offset of the TCP header in skb */
+    __u32 payload;   /* payload bytes; 1 if it could not be told */
+    __u8 flags;      /* TCP flags */
+    __u8 doff;       /* TCP header length, in bytes */
+};
+
+/* ipv6_skip skips the IPv6 extension headers a TCP segment may follow;
+ * it returns the TCP header's offset, or 0 if it cannot tell. */
+static __always_inline __u32 ipv6_skip(struct __sk_buff *skb, __u8 next, __u32 off)
+{
+    for (int i = 0; i < 4; i++) {
+        if (next == SL_IPPROTO_TCP)
+            return off;
+        __u8 h[2];
+        if (bpf_skb_load_bytes(skb, off, h, 2))
+            return 0;
+        switch (next) {
+        case 0:  /* hop-by-hop options */
+        case 43: /* routing */
+        case 60: /* destination options */
+            off += ((__u32)h[1] + 1) * 8;
+            break;
+        case 51: /* authentication header */
+            off += ((__u32)h[1] + 2) * 4;
+            break;
+        default:
+            return 0;
+        }
+        next = h[0];
+    }
+    return next == SL_IPPROTO_TCP ? off : 0;
+}
+
+/* parse_segment reads the addresses, ports, flags and payload length of a
+ * TCP segment (skb starts at its IP header). */
+static __always_inline int parse_segment(struct __sk_buff *skb, struct sl_segment *seg)
+{
+    __u8 b = 0;
+    __u32 ip_len = 0;
+    if (bpf_skb_load_bytes(skb, 0, &b, 1))
+        return 0;
+    if (b >> 4 == 4) {
+        __u8 h[20];
+        if (bpf_skb_load_bytes(skb, 0, h, sizeof(h)) || h[9] != SL_IPPROTO_TCP)
+            return 0;
+        seg->tcp_off = (b & 0xf) * 4;
+        ip_len = ((__u32)h[2] << 8) | h[3];
+        __builtin_memcpy(&seg->key.src[0], &h[12], 4);
+        __builtin_memcpy(&seg->key.dst[0], &h[16], 4);
+        seg->key.family = SL_FAMILY_V4;
+    } else if (b >> 4 == 6) {
+        __u8 h[40];
+        if (bpf_skb_load_bytes(skb, 0, h, sizeof(h)))
+            return 0;
+        seg->tcp_off = ipv6_skip(skb, h[6], 40);
+        if (!seg->tcp_off)
+            return 0;
+        ip_len = 40 + (((__u32)h[4] << 8) | h[5]);
+        __builtin_memcpy(seg->key.src, &h[8], 16);
+        __builtin_memcpy(seg->key.dst, &h[24], 16);
+        seg->key.family = SL_FAMILY_V6;
+        if (is_v4_mapped(seg->key.src) && is_v4_mapped(seg->key.dst)) {
+            seg->key.src[0] = seg->key.src[3];
+            seg->key.dst[0] = seg->key.dst[3];
+            seg->key.src[1] = seg->key.src[2] = seg->key.src[3] = 0;
+            seg->key.dst[1] = seg->key.dst[2] = seg->key.dst[3] = 0;
+            seg->key.family = SL_FAMILY_V4;
+        }
+    } else {
+        return 0;
+    }
+    __u8 t[14];
+    if (bpf_skb_load_bytes(skb, seg->tcp_off, t, sizeof(t)))
+        return 0;
+    __builtin_memcpy(&seg->key.src_port, &t[0], 2);
+    __builtin_memcpy(&seg->key.dst_port, &t[2], 2);
+    seg->doff = (t[12] >> 4) * 4;
+    seg->flags = t[13];
+    __u32 headers = seg->tcp_off + seg->doff;
+    seg->payload = ip_len > headers ? ip_len - headers : 0;
+    return seg->doff >= 20;
+}
+
+/* The walk over a SYN's options, one option per step of bpf_loop (which
+ * the verifier checks once, whatever the number of steps). */
+struct sl_option_walk {
+    __u8 opt[64]; /* options are at most 40 bytes; indexes are masked to 64 */
+    __u32 len;
+    __u32 at;
+    __u32 tag;
+};
+
+static long option_step(__u64 step, void *ctx)
+{
+    struct sl_option_walk *w = ctx;
+    __u32 i = w->at;
+    if (i >= w->len || i >= SL_TCP_MAX_OPTIONS)
+        return 1;
+    __u8 kind = w->opt[i & 63];
+    if (kind == 0) /* end of options */
+        return 1;
+    if (kind == 1) { /* no-op */
+        w->at = i + 1;
+        return 0;
+    }
+    __u8 olen = w->opt[(i + 1) & 63];
+    if (olen < 2 || i + olen > w->len)
+        return 1;
+    if (kind == SL_TAG_KIND && olen == SL_TAG_LEN &&
+        (((__u16)w->opt[(i + 2) & 63] << 8) | w->opt[(i + 3) & 63]) == SL_TAG_EXID) {
+        w->tag = ((__u32)w->opt[(i + 4) & 63] << 24) | ((__u32)w->opt[(i + 5) & 63] << 16) |
+                 ((__u32)w->opt[(i + 6) & 63] << 8) | w->opt[(i + 7) & 63];
+        return 1;
+    }
+    w->at = i + olen;
+    return 0;
+}
+
+/* syn_tag returns the identity a SYN's tag claims, or 0. */
+static __always_inline __u32 syn_tag(struct __sk_buff *skb, const struct sl_segment *seg)
+{
+    struct sl_option_walk w = {};
+    w.len = seg->doff - 20;
+    if (w.len == 0 || w.len > SL_TCP_MAX_OPTIONS)
+        return 0;
+    if (bpf_skb_load_bytes(skb, seg->tcp_off + 20, w.opt, w.len))
+        return 0;
+    bpf_loop(SL_TCP_MAX_OPTIONS, option_step, &w, 0);
+    return w.tag;
+}
+
+/* judge_handshake decides, from what the handshake's SYN showed, whether
+ * a connection from seg's source would be denied. */
+static __always_inline int judge_handshake(const struct sl_segment *seg, __u32 tag)
+{
+    __u32 identity = trusted_identity(seg->key.src, seg->key.family, tag);
+    struct sl_decision d = {};
+    if (decide(seg->key.dst, seg->key.dst_port, seg->key.family, seg->key.src, 1, identity, &d) !=
+        DECIDE_DONE)
+        return 0;
+    return d.v.flags & SL_VERDICT_DENY;
+}
+
+/* listener_filter guards a listening socket. The segment that completes a
+ * handshake may carry payload, which the kernel queues to the new
+ * connection before its policy is decided; if the connection will be
+ * denied, that segment is dropped here. The client retransmits it, and
+ * the listener its SYN-ACK, sooner than usual for a denied handshake
+ * (sl_sockops, TIMEOUT_INIT): the client's answer to that completes the
+ * handshake without payload, and the connection is refused as any other.
+ * To judge the segment, the tag of each SYN to a destination with a
+ * policy is kept until the handshake ends. */
+static __always_inline int listener_filter(struct __sk_buff *skb)
+{
+    struct sl_segment seg = {};
+    if (!parse_segment(skb, &seg))
+        return 1;
+    __u8 flags = seg.flags & (SL_TCPHDR_SYN | SL_TCPHDR_ACK | SL_TCPHDR_RST);
+    if (flags == SL_TCPHDR_SYN) {
+        struct sl_dest_key dk = {.gen = policy_gen(), .port = seg.key.dst_port, .family = seg.key.family};
+        __builtin_memcpy(dk.addr, seg.key.dst, sizeof(dk.addr));
+        if (!bpf_map_lookup_elem(&sl_dests, &dk))
+            return 1;
+        struct sl_handshake h = {.tag = syn_tag(skb, &seg)};
+        struct sl_handshake *seen = bpf_map_lookup_elem(&sl_handshakes, &seg.key);
+        if (seen && seen->tag != h.tag)
+            h.tag = 0; /* SYNs that disagree: no tag */
+        h.denied = judge_handshake(&seg, h.tag);
+        bpf_map_update_elem(&sl_handshakes, &seg.key, &h, BPF_ANY);
+        /* Payload on a SYN (fast open) is judged below, as any. */
+    }
+    if (!seg.payload || (seg.flags & SL_TCPHDR_RST))
+        return 1;
+    __u32 tag = 0;
+    struct sl_handshake *seen = bpf_map_lookup_elem(&sl_handshakes, &seg.key);
+    if (seen)
+        tag = seen->tag;
+    if (!judge_handshake(&seg, tag))
+        return 1;
+    count(SL_STAT_EARLY_DATA);
+    return 0;
+}
+
+/* SYN-ACK retransmission timeout of a denied handshake, in jiffies: 50 is
+ * 50 to 500 ms, as the kernel's HZ is 1000 to 100 (the default is 1 s). */
+#define SL_DENIED_SYNACK_RTO 50
+
+/* synack_timeout shortens the SYN-ACK timeout of a handshake its SYN
+ * showed to be denied (skops is the request socket). */
+static __always_inline void synack_timeout(struct bpf_sock_ops *skops)
+{
+    __u32 local[4] = {}, remote[4] = {};
+    __u8 family = 0;
+    if (!sock_addrs(skops, local, remote, &family))
+        return;
+    struct sl_handshake_key hk = {
+        .src_port = bpf_htons((__u16)bpf_ntohl(skops->remote_port)),
+        .dst_port = bpf_htons((__u16)skops->local_port),
+        .family = family,
+    };
+    __builtin_memcpy(hk.src, remote, sizeof(hk.src));
+    __builtin_memcpy(hk.dst, local, sizeof(hk.dst));
+    struct sl_handshake *h = bpf_map_lookup_elem(&sl_handshakes, &hk);
+    if (h && h->denied)
+        skops->reply = SL_DENIED_SYNACK_RTO;
+}
+
+/* listening reports whether skb is delivered to a listening socket. */
+static __always_inline int listening(struct __sk_buff *skb)
+{
+    struct bpf_sock *sk = skb->sk;
+    if (!sk)
+        return 0;
+    sk = bpf_sk_fullsock(sk);
+    return sk && sk->state == SL_TCP_LISTEN && sk->protocol == SL_IPPROTO_TCP;
+}
+
 SEC("sockops")
 int sl_sockops(struct bpf_sock_ops *skops)
 {
@@ -679,6 +906,9 @@ int sl_sockops(struct bpf_sock_ops *skops)
         break;
     case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
         authorize_ingress(skops);
+        break;
+    case BPF_SOCK_OPS_TIMEOUT_INIT:
+        synack_timeout(skops);
         break;
     }
     return 1;
@@ -722,6 +952,8 @@ int sl_ingress(struct __sk_buff *skb)
         count(SL_STAT_DROPPED);
         return 0;
     }
+    if (listening(skb))
+        return listener_filter(skb);
     return 1;
 }
 
@@ -745,7 +977,6 @@ struct sock_common {
     volatile unsigned char skc_state;
 } __attribute__((preserve_access_index));
 
-#define SL_TCP_LISTEN 10
 struct tcp_sock;
 struct bpf_iter_meta;
 

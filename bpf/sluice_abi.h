@@ -36,8 +36,13 @@ enum sl_stat {
     SL_STAT_VERDICT_MISS = 10, /* policy set without a verdict entry: denied (must stay 0) */
     SL_STAT_EVENT_LOST = 11,  /* events the ring buffer had no room for */
     SL_STAT_TERMINATED = 12,  /* denied connections destroyed */
-    SL_STAT_MAX = 13,
+    SL_STAT_EARLY_DATA = 13,  /* payload dropped at a listener: it would open a denied connection */
+    SL_STAT_MAX = 14,
 };
+
+/* Slots in sl_stats: more than the counters, so that adding one keeps the
+ * pinned map compatible. */
+#define SL_STAT_SLOTS 32
 
 /* sl_active[0]: the generation programs read from. The agent writes the
  * inactive generation, then flips active_gen with one store. */

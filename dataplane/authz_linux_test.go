@@ -192,8 +192,12 @@ func (m *mesh) received(server, from string, n int) []string {
 
 // dial runs the client role in a pod against addr.
 func (m *mesh) dial(pod, addr string) probe.Result {
+	return m.dialAs("client", pod, addr)
+}
+
+func (m *mesh) dialAs(role, pod, addr string) probe.Result {
 	m.t.Helper()
-	r, err := probe.Dial(m.pods[pod], addr)
+	r, err := probe.DialAs(m.pods[pod], role, addr)
 	if err != nil {
 		m.t.Fatal(err)
 	}
@@ -232,6 +236,11 @@ func (m *mesh) hold(pod, addr string) func() probe.Result {
 // that waitEvent sees this dial's.
 func (m *mesh) expect(pod, addr, want string) probe.Result {
 	m.t.Helper()
+	return m.expectAs("client", pod, addr, want)
+}
+
+func (m *mesh) expectAs(role, pod, addr, want string) probe.Result {
+	m.t.Helper()
 	for _, n := range m.nodes {
 	drain:
 		for {
@@ -242,8 +251,8 @@ func (m *mesh) expect(pod, addr, want string) probe.Result {
 			}
 		}
 	}
-	pr := m.dial(pod, addr)
-	m.t.Logf("%s → %s: %s in %.2f ms", pod, addr, pr.Result, pr.MS)
+	pr := m.dialAs(role, pod, addr)
+	m.t.Logf("%s %s → %s: %s in %.2f ms", role, pod, addr, pr.Result, pr.MS)
 	if pr.Result != want {
 		m.t.Errorf("%s → %s: %s (%s, reply %q, %.1f ms), want %s", pod, addr, pr.Result, pr.Err, pr.Reply, pr.MS, want)
 	}
@@ -430,6 +439,36 @@ func TestPolicyAcrossNodes(t *testing.T) {
 		}
 		if got := m.received("db", "outsider", 1); len(got) != 1 || got[0] != "0" {
 			t.Errorf("server application received %v bytes from the denied client, want one connection with 0", got)
+		}
+	})
+	t.Run("payload on the handshake's last ACK", func(t *testing.T) {
+		// The client sends its first bytes with the ACK that completes
+		// the handshake: they reach the server before the connection
+		// exists to be decided, unless they are stopped at the listener.
+		before := m.stats("b")
+		pr := m.expectAs("piggyback", "outsider", "10.244.2.10:5432", "reset")
+		if pr.MS > 1000 {
+			t.Errorf("reset took %.1f ms, want under a second", pr.MS)
+		}
+		if got := m.received("db", "outsider", 2); len(got) != 2 || got[1] != "0" {
+			t.Errorf("server application received %v bytes from the denied clients, want 0 from the second", got)
+		}
+		// The client did send its payload on the handshake's last ACK,
+		// and it was stopped at the listener.
+		if after := m.stats("b"); after.EarlyData == before.EarlyData {
+			t.Errorf("no payload dropped at the listener: the client did not send it with the handshake")
+		}
+		// Allowed clients that do the same are neither dropped nor
+		// slowed: an allowed mesh identity (judged by its SYN's tag),
+		// and an unknown source that a CIDR allows.
+		before = m.stats("b")
+		for _, c := range []struct{ pod, addr string }{{"frontend", "10.244.2.10:5432"}, {"outsider", "10.244.2.10:6379"}} {
+			if pr := m.expectAs("piggyback", c.pod, c.addr, "ok"); pr.MS > 150 {
+				t.Errorf("%s → %s took %.1f ms: its first segment was dropped", c.pod, c.addr, pr.MS)
+			}
+		}
+		if after := m.stats("b"); after.EarlyData != before.EarlyData {
+			t.Errorf("payload of allowed clients dropped at the listener: %d → %d", before.EarlyData, after.EarlyData)
 		}
 	})
 	t.Run("forged tag is unknown", func(t *testing.T) {

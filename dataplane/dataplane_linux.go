@@ -522,6 +522,7 @@ type Stats struct {
 	VerdictMiss uint64 // policy lookups without a verdict, denied; stays 0 unless the maps are inconsistent
 	EventsLost  uint64 // policy events the ring buffer had no room for
 	Terminated  uint64 // denied connections destroyed
+	EarlyData   uint64 // segments with payload dropped at a listener: they would open a denied connection
 }
 
 // Stats reads the programs' counters.
@@ -544,6 +545,7 @@ func (d *Dataplane) Stats() (Stats, error) {
 		{serviceSlStatSL_STAT_VERDICT_MISS, &s.VerdictMiss},
 		{serviceSlStatSL_STAT_EVENT_LOST, &s.EventsLost},
 		{serviceSlStatSL_STAT_TERMINATED, &s.Terminated},
+		{serviceSlStatSL_STAT_EARLY_DATA, &s.EarlyData},
 	} {
 		v, err := d.readStat(f.stat)
 		if err != nil {

@@ -114,6 +114,22 @@ const (
 	serviceSlEventKindSL_EV_TERMINATED          serviceSlEventKind = 5
 )
 
+type serviceSlHandshake struct {
+	_      structs.HostLayout
+	Tag    uint32
+	Denied uint32
+}
+
+type serviceSlHandshakeKey struct {
+	_       structs.HostLayout
+	Src     [4]uint32
+	Dst     [4]uint32
+	SrcPort uint16
+	DstPort uint16
+	Family  uint8
+	Pad     [3]uint8
+}
+
 type serviceSlPolicyConfig struct {
 	_     structs.HostLayout
 	Gen   uint32
@@ -171,7 +187,8 @@ const (
 	serviceSlStatSL_STAT_VERDICT_MISS serviceSlStat = 10
 	serviceSlStatSL_STAT_EVENT_LOST   serviceSlStat = 11
 	serviceSlStatSL_STAT_TERMINATED   serviceSlStat = 12
-	serviceSlStatSL_STAT_MAX          serviceSlStat = 13
+	serviceSlStatSL_STAT_EARLY_DATA   serviceSlStat = 13
+	serviceSlStatSL_STAT_MAX          serviceSlStat = 14
 )
 
 type serviceSlSvcKey struct {
@@ -220,6 +237,7 @@ const (
 	serviceMapSlConns           = "sl_conns"
 	serviceMapSlDests           = "sl_dests"
 	serviceMapSlEvents          = "sl_events"
+	serviceMapSlHandshakes      = "sl_handshakes"
 	serviceMapSlOrigins         = "sl_origins"
 	serviceMapSlPolicyActive    = "sl_policy_active"
 	serviceMapSlRevnat          = "sl_revnat"
@@ -311,6 +329,7 @@ type serviceMapSpecs struct {
 	SlConns        *ebpf.MapSpec `ebpf:"sl_conns"`
 	SlDests        *ebpf.MapSpec `ebpf:"sl_dests"`
 	SlEvents       *ebpf.MapSpec `ebpf:"sl_events"`
+	SlHandshakes   *ebpf.MapSpec `ebpf:"sl_handshakes"`
 	SlOrigins      *ebpf.MapSpec `ebpf:"sl_origins"`
 	SlPolicyActive *ebpf.MapSpec `ebpf:"sl_policy_active"`
 	SlRevnat       *ebpf.MapSpec `ebpf:"sl_revnat"`
@@ -356,6 +375,7 @@ type serviceMaps struct {
 	SlConns        *ebpf.Map `ebpf:"sl_conns"`
 	SlDests        *ebpf.Map `ebpf:"sl_dests"`
 	SlEvents       *ebpf.Map `ebpf:"sl_events"`
+	SlHandshakes   *ebpf.Map `ebpf:"sl_handshakes"`
 	SlOrigins      *ebpf.Map `ebpf:"sl_origins"`
 	SlPolicyActive *ebpf.Map `ebpf:"sl_policy_active"`
 	SlRevnat       *ebpf.Map `ebpf:"sl_revnat"`
@@ -375,6 +395,7 @@ func (m *serviceMaps) Close() error {
 		m.SlConns,
 		m.SlDests,
 		m.SlEvents,
+		m.SlHandshakes,
 		m.SlOrigins,
 		m.SlPolicyActive,
 		m.SlRevnat,

@@ -20,7 +20,7 @@ import (
 
 // Environment variables that select and configure a role.
 const (
-	RoleEnv   = "SLUICE_TEST_ROLE"   // server, client or hold
+	RoleEnv   = "SLUICE_TEST_ROLE"   // server, client, piggyback or hold
 	ListenEnv = "SLUICE_TEST_LISTEN" // server: comma-separated listen addresses
 	NameEnv   = "SLUICE_TEST_NAME"   // server: its answer
 	DialEnv   = "SLUICE_TEST_DIAL"   // client, hold: address to dial
@@ -39,9 +39,11 @@ func run(role string) int {
 	case "server":
 		return serveRole()
 	case "client":
-		return clientRole(false)
+		return clientRole(false, false)
+	case "piggyback":
+		return clientRole(false, true)
 	case "hold":
-		return clientRole(true)
+		return clientRole(true, false)
 	}
 	fmt.Fprintln(os.Stderr, "unknown role", role)
 	return 2
@@ -93,6 +95,9 @@ func serveRole() int {
 	select {}
 }
 
+// Line is what a client sends.
+const Line = "ping\n"
+
 // Result is what a client saw, printed as JSON.
 type Result struct {
 	Result string  // ok, eperm, reset, refused, timeout or other
@@ -104,14 +109,21 @@ type Result struct {
 // clientRole dials, sends a line and reads the answer; it prints a Result
 // as JSON. With hold, it prints "open" after the answer and keeps the
 // connection until it fails (or 15 s pass), and the Result reports that.
-func clientRole(hold bool) int {
+// With piggyback, the kernel holds back the ACK that completes the
+// handshake and sends it with the line: the first segment the server sees
+// after its SYN-ACK carries payload.
+func clientRole(hold, piggyback bool) int {
 	start := time.Now()
 	p := Result{}
-	c, err := net.DialTimeout("tcp", os.Getenv(DialEnv), 5*time.Second)
+	d := net.Dialer{Timeout: 5 * time.Second}
+	if piggyback {
+		d.Control = delayHandshakeACK
+	}
+	c, err := d.Dial("tcp", os.Getenv(DialEnv))
 	if err == nil {
 		_ = c.SetDeadline(time.Now().Add(3 * time.Second))
 		r := bufio.NewReader(c)
-		if _, err = io.WriteString(c, "ping\n"); err == nil {
+		if _, err = io.WriteString(c, Line); err == nil {
 			var line string
 			line, err = r.ReadString('\n')
 			p.Reply = strings.TrimSpace(line)

@@ -12,8 +12,13 @@ import (
 // Dial runs the client role in pod p against addr, from the current test
 // binary, and returns what it saw.
 func Dial(p *cluster.Pod, addr string) (Result, error) {
+	return DialAs(p, "client", addr)
+}
+
+// DialAs is Dial with another client role (client or piggyback).
+func DialAs(p *cluster.Pod, role, addr string) (Result, error) {
 	cmd := p.Command(context.Background(), os.Args[0])
-	cmd.Env = append(os.Environ(), RoleEnv+"=client", DialEnv+"="+addr)
+	cmd.Env = append(os.Environ(), RoleEnv+"="+role, DialEnv+"="+addr)
 	out, err := p.Output(cmd)
 	if err != nil {
 		return Result{}, fmt.Errorf("client in %s: %w", p.Name, err)
