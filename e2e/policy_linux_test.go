@@ -207,3 +207,132 @@ func TestAgentPolicy(t *testing.T) {
 	})
 	matrix("after the NACK")
 }
+
+// TestAgentMeshFileWorkloads runs two agents in standalone mode, each fed
+// from the same mesh file, whose workloads section places the workloads on
+// nodes. A client that is no service's endpoint is known at the other
+// node by its listed address; a workload whose cgroup appears after the
+// agent started, and an edit of the workloads section alone (no resource
+// changes), take effect without a restart.
+func TestAgentMeshFileWorkloads(t *testing.T) {
+	testenv.RequirePrivileged(t)
+	bin := buildSluice(t)
+	c, err := cluster.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := c.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	nodes := map[string]*cluster.Node{}
+	for _, n := range []string{"a", "b"} {
+		if nodes[n], err = c.AddNode(n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pods := map[string]*cluster.Pod{}
+	for _, p := range []struct{ node, name, addr string }{
+		{"a", "frontend", "10.244.1.10"}, {"a", "batch", "10.244.1.11"}, {"b", "db", "10.244.2.10"},
+	} {
+		if pods[p.name], err = nodes[p.node].AddPod(p.name, netip.MustParseAddr(p.addr)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	server := pods["db"].Command(context.Background(), os.Args[0])
+	server.Env = append(os.Environ(), probe.RoleEnv+"=server", probe.ListenEnv+"=0.0.0.0:5432", probe.NameEnv+"=db")
+	if err := pods["db"].Start(server); err != nil {
+		t.Fatal(err)
+	}
+
+	// late's cgroup does not exist yet: the pod is added below.
+	lateCgroup := filepath.Join(nodes["a"].Cgroup, "late")
+	meshFile := filepath.Join(t.TempDir(), "mesh.yaml")
+	write := func(batchNamespace, batchAccount string) {
+		t.Helper()
+		data := fmt.Sprintf(`workloads:
+  - {name: frontend, namespace: shop, serviceAccount: frontend, node: a, cgroup: %s, ips: [10.244.1.10]}
+  - {name: batch, namespace: %s, serviceAccount: %s, node: a, cgroup: %s, ips: [10.244.1.11]}
+  - {name: late, namespace: shop, serviceAccount: frontend, node: a, cgroup: %s, ips: [10.244.1.12]}
+  - {name: db, namespace: shop, serviceAccount: db, node: b, cgroup: %s, ips: [10.244.2.10]}
+services:
+  - name: db
+    namespace: shop
+    vips: [10.96.0.20]
+    ports: [{port: 5432}]
+    endpoints: [{address: 10.244.2.10}]
+    policies:
+      - name: only-frontend
+        action: ALLOW
+        rules: [{name: frontend, from: [{serviceAccounts: [frontend]}]}]
+`, pods["frontend"].Cgroup, batchNamespace, batchAccount, pods["batch"].Cgroup, lateCgroup, pods["db"].Cgroup)
+		// Replaced by a rename, as editors do.
+		tmp := meshFile + ".tmp"
+		if err := os.WriteFile(tmp, []byte(data), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, meshFile); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("jobs", "batch")
+
+	logs := map[string]*syncBuffer{}
+	for _, n := range []string{"a", "b"} {
+		agent := exec.Command(bin, "agent", "--config", meshFile, "--cgroup", nodes[n].Cgroup, "--pin-dir", nodes[n].PinDir,
+			"--node-id", n, "--node-name", n, "--config-poll", "200ms", "--log-level", "debug")
+		logs[n] = &syncBuffer{}
+		agent.Stderr = logs[n]
+		if err := agent.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			_ = agent.Process.Signal(os.Interrupt)
+			_ = agent.Wait()
+		})
+	}
+	dial := func(pod string) probe.Result {
+		t.Helper()
+		r, err := probe.Dial(pods[pod], "10.96.0.20:5432")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	eventually := func(what string, ok func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for !ok() {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s; agent logs:\n--- a:\n%s\n--- b:\n%s", what, logs["a"], logs["b"])
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	// frontend is no endpoint: node b trusts its tag because the mesh
+	// file lists its address.
+	eventually("frontend was never let through, batch never refused", func() bool {
+		return dial("batch").Result == "eperm" && dial("frontend").Result == "ok"
+	})
+
+	// late's cgroup appears: its connections carry its identity.
+	if pods["late"], err = nodes["a"].AddPod("late", netip.MustParseAddr("10.244.1.12")); err != nil {
+		t.Fatal(err)
+	}
+	if pods["late"].Cgroup != lateCgroup {
+		t.Fatalf("late's cgroup is %s, want %s", pods["late"].Cgroup, lateCgroup)
+	}
+	start := time.Now()
+	eventually("late's connections were never identified", func() bool { return dial("late").Result == "ok" })
+	t.Logf("a workload whose cgroup appeared was identified within %v", time.Since(start).Round(10*time.Millisecond))
+
+	// batch becomes a frontend: only the workloads section changes.
+	write("shop", "frontend")
+	start = time.Now()
+	eventually("the edit of the workloads section never took effect", func() bool { return dial("batch").Result == "ok" })
+	t.Logf("an edit of the workloads section took effect within %v", time.Since(start).Round(10*time.Millisecond))
+	if r := dial("frontend"); r.Result != "ok" {
+		t.Errorf("frontend after the edit: %+v", r)
+	}
+}

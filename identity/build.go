@@ -52,7 +52,16 @@ var ErrInvalidIdentities = errors.New("invalid identities")
 // reflect.DeepEqual results, which share no memory with the inputs but
 // strings.
 func Build(services []model.Service, locals []Local) (model.Identities, Stats, error) {
-	b := builder{services: services, locals: locals, index: map[string]int32{}}
+	return BuildListed(services, locals, nil)
+}
+
+// BuildListed is Build with the workloads a node is told of besides
+// endpoints: the mesh file's workloads section, every node's. Each
+// listed workload claims its addresses for its SPIFFE ID as an endpoint's
+// workload does (with no number of its own, as a local workload), so that
+// a client that is no service's endpoint is still known at other nodes.
+func BuildListed(services []model.Service, locals []Local, listed []Workload) (model.Identities, Stats, error) {
+	b := builder{services: services, locals: locals, listed: listed, index: map[string]int32{}}
 	if err := b.collect(); err != nil {
 		return model.Identities{}, Stats{}, err
 	}
@@ -91,6 +100,7 @@ func Build(services []model.Service, locals []Local) (model.Identities, Stats, e
 type builder struct {
 	services []model.Service
 	locals   []Local
+	listed   []Workload
 	ids      []seenID
 	index    map[string]int32 // SPIFFE ID → its position in ids
 	claims   []claim
@@ -105,9 +115,10 @@ type seenID struct {
 }
 
 // origin is an endpoint (services[svc], split pool, or -1 for the
-// service's Endpoints, endpoint ep) or, if local, locals[ep].
+// service's Endpoints, endpoint ep) or, if local, locals[ep], or, if
+// listed, listed[ep].
 type origin struct {
-	local         bool
+	local, listed bool
 	svc, pool, ep int
 }
 
@@ -129,6 +140,9 @@ func (b *builder) collect() error {
 	for i := range b.locals {
 		n += len(b.locals[i].Workload.Addrs)
 	}
+	for i := range b.listed {
+		n += len(b.listed[i].Addrs)
+	}
 	b.claims = make([]claim, 0, n)
 	for i := range b.services {
 		s := &b.services[i]
@@ -144,7 +158,32 @@ func (b *builder) collect() error {
 			}
 		}
 	}
-	return b.collectLocals()
+	if err := b.collectLocals(); err != nil {
+		return err
+	}
+	return b.collectListed()
+}
+
+func (b *builder) collectListed() error {
+	for i := range b.listed {
+		w := &b.listed[i]
+		if w.SPIFFEID == "" {
+			return &buildError{msg: fmt.Sprintf("identity: %s has no SPIFFE ID", b.describe(origin{listed: true, ep: i}))}
+		}
+		id, ok := b.index[w.SPIFFEID]
+		if !ok {
+			var err error
+			if id, err = b.see(w.SPIFFEID, Unknown, origin{listed: true, ep: i}); err != nil {
+				return err
+			}
+		}
+		for _, a := range w.Addrs {
+			if a.IsValid() {
+				b.claims = append(b.claims, claim{addr: a, id: id})
+			}
+		}
+	}
+	return nil
 }
 
 func (b *builder) endpoints(eps []model.Endpoint, svc, pool int) error {
@@ -296,6 +335,10 @@ func (b *builder) addrs(numbers []uint32) (bound []model.AddrIdentity, ambiguous
 
 // describe names an origin for errors.
 func (b *builder) describe(o origin) string {
+	if o.listed {
+		w := &b.listed[o.ep]
+		return fmt.Sprintf("listed workload %s/%s", w.Namespace, w.Name)
+	}
 	if o.local {
 		l := &b.locals[o.ep]
 		return fmt.Sprintf("local workload %s/%s (cgroup %s)", l.Workload.Namespace, l.Workload.Name, cgroupPath(l))

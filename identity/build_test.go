@@ -347,3 +347,44 @@ func BenchmarkBuild(b *testing.B) {
 		})
 	}
 }
+
+// TestBuildListed checks that a listed workload that is no endpoint (a
+// client only) is known by its address on every node, with the same
+// number whichever node runs it.
+func TestBuildListed(t *testing.T) {
+	services := []model.Service{svc("db", "10.96.0.2", ep("10.244.2.10", db))}
+	batch := local("jobs", "batch", "batch", 300, "10.244.1.11")
+	listed := []identity.Workload{batch.Workload}
+	onA, _, err := identity.BuildListed(services, []identity.Local{batch}, listed) // batch's node
+	if err != nil {
+		t.Fatal(err)
+	}
+	onB, _, err := identity.BuildListed(services, nil, listed) // db's node
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := derivedNumbers(t, batch.Workload.SPIFFEID)[batch.Workload.SPIFFEID]
+	if len(onA.Cgroups) != 1 || onA.Cgroups[0].Identity != want {
+		t.Fatalf("batch's cgroup on its node: %+v, want identity %d", onA.Cgroups, want)
+	}
+	for node, ids := range map[string]model.Identities{"a": onA, "b": onB} {
+		found := false
+		for _, a := range ids.Addrs {
+			if a.Addr == addr("10.244.1.11") {
+				found = a.Identity == want
+			}
+		}
+		if !found || ids.Names[want] != batch.Workload.SPIFFEID {
+			t.Errorf("node %s: batch's address %v and names %v, want 10.244.1.11 → %d", node, ids.Addrs, ids.Names, want)
+		}
+	}
+	// Without the listing, db's node does not know batch at all.
+	if alone, _, _ := identity.Build(services, nil); len(alone.Addrs) != 1 {
+		t.Errorf("db's node without the listing knows %v", alone.Addrs)
+	}
+	// A listed workload without a SPIFFE ID is an error naming it.
+	_, _, err = identity.BuildListed(nil, nil, []identity.Workload{{Name: "x", Namespace: "shop"}})
+	if err == nil || !strings.Contains(err.Error(), "listed workload shop/x has no SPIFFE ID") {
+		t.Errorf("error %v", err)
+	}
+}

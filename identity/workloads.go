@@ -26,7 +26,14 @@ type Workload struct {
 	Cgroup string
 	Labels map[string]string // nil if none
 	Addrs  []netip.Addr      // its IP addresses, at most one per family
+	// Node is the node the workload runs on; "" if the file does not say
+	// (a workloads file describes one node; a mesh file's workload without
+	// a node is on every node that runs an agent with that mesh file).
+	Node string
 }
+
+// OnNode reports whether w runs on the node named node.
+func (w *Workload) OnNode(node string) bool { return w.Node == "" || w.Node == node }
 
 // DefaultTrustDomain is the trust domain of a workloads file that names
 // none, as in Kubernetes clusters.
@@ -56,7 +63,7 @@ func ParseWorkloads(file string, data []byte) ([]Workload, error) {
 	p := &workloadsParser{
 		File:    yamlfile.File{Name: file, Kind: "workloads file", Class: ErrInvalidWorkloads},
 		names:   map[string]string{},
-		cgroups: map[string]string{},
+		cgroups: map[string][]cgroupUse{},
 		addrs:   map[netip.Addr]string{},
 	}
 	root, err := p.Decode(data)
@@ -72,10 +79,13 @@ func ParseWorkloads(file string, data []byte) ([]Workload, error) {
 type workloadsParser struct {
 	yamlfile.File
 	trustDomain string
-	names       map[string]string     // "namespace/name"
-	cgroups     map[string]string     // cgroup path
-	addrs       map[netip.Addr]string // IP address
+	names       map[string]string      // "namespace/name"
+	cgroups     map[string][]cgroupUse // by cgroup path
+	addrs       map[netip.Addr]string  // IP address
 }
+
+// cgroupUse is a workload's use of a cgroup path.
+type cgroupUse struct{ node, owner string }
 
 func (p *workloadsParser) root(root *yaml.Node) ([]Workload, error) {
 	p.trustDomain = DefaultTrustDomain
@@ -94,13 +104,33 @@ func (p *workloadsParser) root(root *yaml.Node) ([]Workload, error) {
 	if n == nil {
 		return nil, nil
 	}
-	items, err := p.Seq(n, "workloads")
+	return p.list(n, "workloads")
+}
+
+// ParseWorkloadList reads a list of workloads that is part of another
+// file: the workloads section of a mesh file. f is that file, n the list's
+// node, at its field path ("workloads"), trustDomain the file's. The
+// workloads are checked as ParseWorkloads checks them; the errors are of
+// f's class.
+func ParseWorkloadList(f yamlfile.File, n *yaml.Node, at, trustDomain string) ([]Workload, error) {
+	p := &workloadsParser{
+		File:        f,
+		trustDomain: trustDomain,
+		names:       map[string]string{},
+		cgroups:     map[string][]cgroupUse{},
+		addrs:       map[netip.Addr]string{},
+	}
+	return p.list(n, at)
+}
+
+func (p *workloadsParser) list(n *yaml.Node, at string) ([]Workload, error) {
+	items, err := p.Seq(n, at)
 	if err != nil {
 		return nil, err
 	}
 	var out []Workload
 	for i, item := range items {
-		w, err := p.workload(item, fmt.Sprintf("workloads[%d]", i))
+		w, err := p.workload(item, fmt.Sprintf("%s[%d]", at, i))
 		if err != nil {
 			return nil, err
 		}
@@ -111,7 +141,7 @@ func (p *workloadsParser) root(root *yaml.Node) ([]Workload, error) {
 
 func (p *workloadsParser) workload(n *yaml.Node, at string) (Workload, error) {
 	var w Workload
-	f, err := p.Fields(n, at, "name", "namespace", "serviceAccount", "spiffeId", "cgroup", "ips", "labels")
+	f, err := p.Fields(n, at, "name", "namespace", "serviceAccount", "spiffeId", "node", "cgroup", "ips", "labels")
 	if err != nil {
 		return w, err
 	}
@@ -135,6 +165,11 @@ func (p *workloadsParser) workload(n *yaml.Node, at string) (Workload, error) {
 		return w, err
 	}
 
+	if f.Get("node") != nil {
+		if w.Node, err = f.Name("node", "", checkSubdomain); err != nil {
+			return w, err
+		}
+	}
 	cn := f.Get("cgroup")
 	if cn == nil {
 		return w, f.Missing("cgroup")
@@ -145,10 +180,10 @@ func (p *workloadsParser) workload(n *yaml.Node, at string) (Workload, error) {
 	if reason := checkCgroup(w.Cgroup); reason != "" {
 		return w, p.Errorf(cn, f.Path("cgroup"), "%q %s", w.Cgroup, reason)
 	}
-	if first, ok := p.cgroups[w.Cgroup]; ok {
+	if first := p.cgroupOwner(w.Node, w.Cgroup); first != "" {
 		return w, p.Errorf(cn, f.Path("cgroup"), "%s is already the cgroup of %s", w.Cgroup, first)
 	}
-	p.cgroups[w.Cgroup] = self
+	p.cgroups[w.Cgroup] = append(p.cgroups[w.Cgroup], cgroupUse{node: w.Node, owner: self})
 
 	if n := f.Get("ips"); n != nil {
 		if w.Addrs, err = p.ips(n, f.Path("ips"), self); err != nil {
@@ -187,6 +222,18 @@ func (p *workloadsParser) spiffeID(f yamlfile.Fields, w *Workload) error {
 	}
 	w.SPIFFEID = s
 	return nil
+}
+
+// cgroupOwner returns the workload before that has cgroup cg on node, or
+// "". Nodes have their own cgroups, so the same path on two nodes is two
+// cgroups; a workload without a node is on every node.
+func (p *workloadsParser) cgroupOwner(node, cg string) string {
+	for _, u := range p.cgroups[cg] {
+		if u.node == node || u.node == "" || node == "" {
+			return u.owner
+		}
+	}
+	return ""
 }
 
 func (p *workloadsParser) ips(n *yaml.Node, at, self string) ([]netip.Addr, error) {

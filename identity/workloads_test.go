@@ -124,7 +124,7 @@ func TestParseWorkloadsErrors(t *testing.T) {
 		{"empty list item", lines("workloads:", "  -"), 2, "workloads[0]", "empty list item"},
 
 		// Fields of a workload.
-		{"unknown workload field", with("    ip: 10.244.1.6"), 7, "workloads[0].ip", "unknown field; known fields are name, namespace, serviceAccount, spiffeId, cgroup, ips, labels"},
+		{"unknown workload field", with("    ip: 10.244.1.6"), 7, "workloads[0].ip", "unknown field; known fields are name, namespace, serviceAccount, spiffeId, node, cgroup, ips, labels"},
 		{"field twice", with("    cgroup: other"), 7, "workloads[0].cgroup", "field given twice"},
 		{"merge key", lines("workloads:", "  - <<: {name: frontend}"), 2, "workloads[0].<<", "merge keys"},
 		{"missing name", lines("workloads:", "  - namespace: shop", "    serviceAccount: a", "    cgroup: a"), 2, "workloads[0].name", "required field is missing"},
@@ -159,6 +159,15 @@ func TestParseWorkloadsErrors(t *testing.T) {
 		{"cgroup a mapping", lines("workloads:", "  - name: a", "    namespace: shop", "    serviceAccount: a", "    cgroup: {path: a}"), 5, "workloads[0].cgroup", "must be a string, not a mapping"},
 		{"duplicate cgroup", with("  - name: backend", "    namespace: shop", "    serviceAccount: backend", "    cgroup: sluice/node-1/frontend"), 10, "workloads[1].cgroup",
 			"sluice/node-1/frontend is already the cgroup of workloads[0] (shop/frontend)"},
+		{"same cgroup on one node", lines("workloads:",
+			"  - {name: a, namespace: shop, serviceAccount: a, node: node-1, cgroup: web}",
+			"  - {name: b, namespace: shop, serviceAccount: b, node: node-1, cgroup: web}"), 3, "workloads[1].cgroup",
+			"web is already the cgroup of workloads[0] (shop/a)"},
+		{"same cgroup as a workload of every node", lines("workloads:",
+			"  - {name: a, namespace: shop, serviceAccount: a, cgroup: web}",
+			"  - {name: b, namespace: shop, serviceAccount: b, node: node-2, cgroup: web}"), 3, "workloads[1].cgroup",
+			"web is already the cgroup of workloads[0] (shop/a)"},
+		{"bad node", with("    node: Node_1"), 7, "workloads[0].node", `"Node_1" is not a DNS-1123 subdomain`},
 
 		// ips.
 		{"ips not a list", lines("workloads:", "  - name: a", "    namespace: shop", "    serviceAccount: a", "    cgroup: a", "    ips: 10.0.0.1"), 6, "workloads[0].ips", `must be a list, not "10.0.0.1"`},
@@ -206,6 +215,27 @@ func TestParseWorkloadsErrors(t *testing.T) {
 				t.Errorf("error %q does not start with %q", err, prefix)
 			}
 		})
+	}
+}
+
+// TestWorkloadNodes checks that each node has its own cgroups, and which
+// workloads a node runs.
+func TestWorkloadNodes(t *testing.T) {
+	ws, err := identity.ParseWorkloads("mesh.yaml", lines("workloads:",
+		"  - {name: a, namespace: shop, serviceAccount: a, node: node-1, cgroup: web}",
+		"  - {name: b, namespace: shop, serviceAccount: b, node: node-2, cgroup: web}",
+		"  - {name: c, namespace: shop, serviceAccount: c, cgroup: tools}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var on1 []string
+	for _, w := range ws {
+		if w.OnNode("node-1") {
+			on1 = append(on1, w.Name)
+		}
+	}
+	if strings.Join(on1, ",") != "a,c" || ws[1].Node != "node-2" {
+		t.Errorf("node-1 runs %v (nodes %q %q %q), want a and c", on1, ws[0].Node, ws[1].Node, ws[2].Node)
 	}
 }
 

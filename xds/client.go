@@ -136,6 +136,7 @@ type Client struct {
 	pending            bool                       // accepted resources not applied yet (warming)
 	warmingSince       time.Time                  // when resources first went missing; zero if none
 	warmTimer          *time.Timer                // fires when warming gives up
+	reapply            chan struct{}              // Reapply was called
 
 	collecting atomic.Bool // a collection started by collectIfGrown runs
 
@@ -213,8 +214,32 @@ func New(opts Options) (*Client, error) {
 		subs:       map[string][]string{},
 		subSet:     map[string]map[string]bool{},
 		status:     Status{Server: opts.Server, Mode: opts.Mode},
+		reapply:    make(chan struct{}, 1),
 	}
 	return c, nil
+}
+
+// Reapply asks Run to give the Applier the state it holds once more, soon,
+// whether or not the control plane is reachable: for an Applier that adds
+// to each state something that has changed since (the node's own
+// workloads). It does not wait. Nothing happens if the Applier holds no
+// state yet.
+func (c *Client) Reapply() {
+	select {
+	case c.reapply <- struct{}{}:
+	default:
+	}
+}
+
+// reapplyNow is Reapply's work, done on Run's goroutine, where the state
+// the Applier holds stays valid.
+func (c *Client) reapplyNow() {
+	if !c.appliedAccepted {
+		return
+	}
+	if err := c.opts.Applier.Apply(model.State{Services: c.acceptedServices}); err != nil {
+		c.log.Error("xds: the state could not be applied again; the Applier keeps what it had", "err", err)
+	}
 }
 
 // Status returns a snapshot of the client's status.
@@ -284,10 +309,17 @@ func (c *Client) Run(ctx context.Context) error {
 		delay := c.backoff(failures)
 		failures++
 		c.log.Warn("xds stream ended; reconnecting", "err", err, "in", delay.Round(time.Millisecond))
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(delay):
+		wait := time.NewTimer(delay)
+		for waiting := true; waiting; {
+			select {
+			case <-ctx.Done():
+				wait.Stop()
+				return nil
+			case <-c.reapply:
+				c.reapplyNow()
+			case <-wait.C:
+				waiting = false
+			}
 		}
 	}
 }
@@ -381,6 +413,8 @@ func (c *Client) runStream(ctx context.Context, conn grpc.ClientConnInterface) (
 			c.collectIfGrown(false)
 		case <-settled.C:
 			c.collectIfGrown(true)
+		case <-c.reapply:
+			c.reapplyNow()
 		case r := <-recv:
 			if r.err != nil {
 				return progressed, r.err

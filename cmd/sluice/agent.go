@@ -70,7 +70,7 @@ func newAgentCommand() *cobra.Command {
 	fl.DurationVar(&f.spiffe.wait, "xds-spiffe-wait", identity.DefaultSVIDWait, "how long to wait at start for an SVID from the Workload API")
 	fl.StringVar(&f.pinDir, "pin-dir", dataplane.DefaultBPFFS+"/sluice", "bpffs directory for the dataplane's pinned programs and maps")
 	fl.StringVar(&f.cgroup, "cgroup", "", "cgroup2 directory whose subtree is routed (default: the cgroup2 root)")
-	fl.StringVar(&f.workloads, "workloads", "", "file listing this node's workloads: their cgroups and identities (docs/identity.md)")
+	fl.StringVar(&f.workloads, "workloads", "", "with --xds: file listing this node's workloads, their cgroups and identities (docs/identity.md); with --config they are in the mesh file")
 	fl.StringVar(&f.node.ID, "node-id", host, "xDS node id")
 	fl.StringVar(&f.node.NodeName, "node-name", host, "this node's name (xDS node metadata node_name)")
 	fl.StringVar(&f.node.Cluster, "cluster", "sluice", "xDS node cluster")
@@ -85,7 +85,7 @@ func newAgentCommand() *cobra.Command {
 	fl.IntVar(&f.capacity.PolicyDests, "max-policy-destinations", dataplane.DefaultCapacity.PolicyDests, "endpoints with a policy")
 	fl.IntVar(&f.capacity.Verdicts, "max-verdicts", dataplane.DefaultCapacity.Verdicts, "policy verdict map capacity")
 	fl.IntVar(&f.capacity.Rules, "max-policy-rules", dataplane.DefaultCapacity.Rules, "policy rules with their own counters")
-	fl.DurationVar(&f.pollEvery, "config-poll", time.Second, "how often the embedded control plane checks the mesh file for edits")
+	fl.DurationVar(&f.pollEvery, "config-poll", time.Second, "how often the mesh file is checked for edits, and local workloads' cgroups for changes")
 	fl.DurationVar(&f.warmTimeout, "warming-timeout", 15*time.Second, "how long to wait for resources listeners need before applying without them")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	return cmd
@@ -94,6 +94,12 @@ func newAgentCommand() *cobra.Command {
 func runAgent(ctx context.Context, f agentFlags, log *slog.Logger) error {
 	if (f.config == "") == (f.xdsServer == "") {
 		return errors.New("give exactly one of --config (embedded control plane fed from a mesh file) or --xds (external control plane)")
+	}
+	if f.config != "" && f.workloads != "" {
+		return errors.New("--workloads is for an external control plane; with --config, list the workloads in the mesh file's workloads section")
+	}
+	if f.pollEvery <= 0 {
+		return fmt.Errorf("--config-poll %v: give a positive interval", f.pollEvery)
 	}
 	mode, err := xds.ParseMode(f.xdsMode)
 	if err != nil {
@@ -139,15 +145,20 @@ func runAgent(ctx context.Context, f agentFlags, log *slog.Logger) error {
 	if f.cgroup == "" {
 		f.cgroup = mount
 	}
-	var workloads []identity.Workload
+	workloads := func() []identity.Workload { return nil }
 	if f.workloads != "" {
 		data, err := os.ReadFile(f.workloads)
 		if err != nil {
 			return fmt.Errorf("--workloads: %w", err)
 		}
-		if workloads, err = identity.ParseWorkloads(f.workloads, data); err != nil {
+		ws, err := identity.ParseWorkloads(f.workloads, data)
+		if err != nil {
 			return err
 		}
+		workloads = func() []identity.Workload { return ws }
+	}
+	if cp != nil {
+		workloads = cp.Workloads
 	}
 	dp, err := dataplane.Open(dataplane.Options{PinDir: f.pinDir, Cgroup: f.cgroup, Capacity: f.capacity, Logger: log.With("component", "dataplane")})
 	if err != nil {
@@ -155,11 +166,18 @@ func runAgent(ctx context.Context, f agentFlags, log *slog.Logger) error {
 	}
 	// Closing keeps the pins: routing continues while no agent runs.
 	defer dp.Close()
-	opts.Applier = &identityApplier{
+	listed := func() []identity.Workload { return nil }
+	if cp != nil {
+		// Every agent fed from the file knows every node's workloads.
+		listed = cp.Workloads
+	}
+	ids := &identityApplier{
 		next:   &releasingApplier{dp: dp, release: debug.FreeOSMemory},
-		locals: func() []identity.Local { return resolveWorkloads(workloads, mount, log) },
+		locals: func() []identity.Local { return resolveWorkloads(workloads(), f.node.NodeName, mount, log) },
+		listed: listed,
 		log:    log.With("component", "identity"),
 	}
+	opts.Applier = ids
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -189,7 +207,23 @@ func runAgent(ctx context.Context, f agentFlags, log *slog.Logger) error {
 		defer close(enforceDone)
 		enforce(ctx, dp, f.cgroup, log.With("component", "policy"))
 	}()
-	defer func() { cancel(); <-enforceDone }()
+	refreshDone := make(chan struct{})
+	go func() {
+		defer close(refreshDone)
+		t := time.NewTicker(f.pollEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if ids.Changed() {
+					client.Reapply()
+				}
+			}
+		}
+	}()
+	defer func() { cancel(); <-enforceDone; <-refreshDone }()
 	log.Info("agent started", "node", f.node.ID, "cgroup", f.cgroup, "pin_dir", f.pinDir, "xds", opts.Server, "mode", mode)
 	err = client.Run(ctx)
 	cancel()

@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"log/slog"
 	"strings"
 	"sync"
 	"testing"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/sluice-mesh/sluice/dataplane"
 	"github.com/sluice-mesh/sluice/dataplane/model"
+	"github.com/sluice-mesh/sluice/identity"
 	"github.com/sluice-mesh/sluice/xds"
 )
 
@@ -115,5 +117,59 @@ func TestCheckTLSFlags(t *testing.T) {
 		if tc.mention == "" && err != nil || tc.mention != "" && (err == nil || !strings.Contains(err.Error(), tc.mention)) {
 			t.Errorf("%s: err = %v, want one mentioning %q", tc.name, err, tc.mention)
 		}
+	}
+}
+
+// The agent refuses conflicting workload sources before touching anything.
+func TestAgentWorkloadFlags(t *testing.T) {
+	for _, tc := range []struct {
+		f    agentFlags
+		want string
+	}{
+		{agentFlags{config: "mesh.yaml", workloads: "node.yaml", pollEvery: time.Second}, "with --config, list the workloads in the mesh file's workloads section"},
+		{agentFlags{config: "mesh.yaml", pollEvery: 0}, "--config-poll 0s: give a positive interval"},
+	} {
+		err := runAgent(t.Context(), tc.f, nil)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("runAgent(%+v) = %v, want an error containing %q", tc.f, err, tc.want)
+		}
+	}
+}
+
+// Changed tells when the state in force was built with other workloads
+// than the node has now: not before a state is applied, not when nothing
+// changed, and when a local workload appears or the listed ones are
+// replaced.
+func TestIdentityApplierChanged(t *testing.T) {
+	var locals []identity.Local
+	listed := []identity.Workload{{Name: "a"}}
+	a := &identityApplier{
+		next:   &fakeDataplane{},
+		locals: func() []identity.Local { return locals },
+		listed: func() []identity.Workload { return listed },
+		log:    slog.New(slog.DiscardHandler),
+	}
+	if a.Changed() {
+		t.Error("changed before any state was applied")
+	}
+	if err := a.Apply(model.State{}); err != nil {
+		t.Fatal(err)
+	}
+	if a.Changed() {
+		t.Error("changed right after Apply")
+	}
+	locals = []identity.Local{{Workload: identity.Workload{SPIFFEID: "spiffe://td/ns/a/sa/b"}, CgroupID: 7}}
+	if !a.Changed() {
+		t.Error("a new local workload is not a change")
+	}
+	if err := a.Apply(model.State{}); err != nil {
+		t.Fatal(err)
+	}
+	if a.Changed() {
+		t.Error("changed after the state was applied with the new workload")
+	}
+	listed = []identity.Workload{{Name: "a"}} // equal, but a new listing
+	if !a.Changed() {
+		t.Error("a new listing is not a change")
 	}
 }

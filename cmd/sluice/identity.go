@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
+	"sync"
 
 	"github.com/sluice-mesh/sluice/dataplane"
 	"github.com/sluice-mesh/sluice/dataplane/model"
@@ -16,15 +18,31 @@ import (
 // it is applied: who each local cgroup and each workload address is. They
 // matter only to policy, so a mesh without any policy skips the work
 // (about 20 ms at 100,000 endpoints).
+//
+// Local workloads change without a new state: a workload's cgroup is
+// created after the state that names it, or the mesh file's workloads
+// section is edited. Changed calls, made periodically, tell when the state
+// must be applied again (xds.Client.Reapply).
 type identityApplier struct {
 	next   interface{ Apply(model.State) error }
 	locals func() []identity.Local
+	// listed returns the workloads of every node the agent is told of
+	// besides endpoints (the mesh file's workloads section); the slice
+	// is replaced, never modified, when they change.
+	listed func() []identity.Workload
 	log    *slog.Logger
+
+	mu         sync.Mutex
+	applied    bool                // a state is in force
+	used       []identity.Local    // the local workloads it was applied with
+	usedListed []identity.Workload // and the listed ones
+	reported   []identity.Local    // what Changed last reported as changed
 }
 
 func (a *identityApplier) Apply(s model.State) error {
+	locals, listed := a.locals(), a.listed()
 	if hasPolicy(s.Services) {
-		ids, st, err := identity.Build(s.Services, a.locals())
+		ids, st, err := identity.BuildListed(s.Services, locals, listed)
 		if err != nil {
 			return err
 		}
@@ -34,7 +52,43 @@ func (a *identityApplier) Apply(s model.State) error {
 		}
 		s.Identities = ids
 	}
-	return a.next.Apply(s)
+	if err := a.next.Apply(s); err != nil {
+		return err
+	}
+	a.mu.Lock()
+	a.applied, a.used, a.usedListed = true, locals, listed
+	a.mu.Unlock()
+	return nil
+}
+
+// Changed reports whether the local or listed workloads differ from those
+// the state in force was applied with.
+func (a *identityApplier) Changed() bool {
+	locals, listed := a.locals(), a.listed()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if !a.applied || (sameLocals(locals, a.used) && sameSlice(listed, a.usedListed)) {
+		return false
+	}
+	if !sameLocals(locals, a.reported) {
+		a.log.Info("local workloads changed; applying the state again", "workloads", len(locals), "before", len(a.used))
+		a.reported = locals
+	}
+	return true
+}
+
+// sameSlice reports whether a and b are the same slice (not only equal).
+func sameSlice[T any](a, b []T) bool {
+	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
+}
+
+// sameLocals reports whether two lists of local workloads give the same
+// identities: the same cgroups with the same SPIFFE IDs and addresses.
+func sameLocals(a, b []identity.Local) bool {
+	return slices.EqualFunc(a, b, func(x, y identity.Local) bool {
+		return x.CgroupID == y.CgroupID && x.Workload.SPIFFEID == y.Workload.SPIFFEID &&
+			slices.Equal(x.Workload.Addrs, y.Workload.Addrs)
+	})
 }
 
 func hasPolicy(services []model.Service) bool {
@@ -46,12 +100,15 @@ func hasPolicy(services []model.Service) bool {
 	return false
 }
 
-// resolveWorkloads finds the cgroup id of each workload of the workloads
-// file. A workload whose cgroup does not exist (yet) is left out: it runs
-// nothing that could connect.
-func resolveWorkloads(ws []identity.Workload, mount string, log *slog.Logger) []identity.Local {
+// resolveWorkloads finds the cgroup id of each workload that runs on node.
+// A workload whose cgroup does not exist (yet) is left out: it runs nothing
+// that could connect (Refresh picks it up once it exists).
+func resolveWorkloads(ws []identity.Workload, node, mount string, log *slog.Logger) []identity.Local {
 	out := make([]identity.Local, 0, len(ws))
 	for _, w := range ws {
+		if !w.OnNode(node) {
+			continue
+		}
 		path := w.Cgroup
 		if !filepath.IsAbs(path) {
 			path = filepath.Join(mount, path)

@@ -17,6 +17,7 @@ import (
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 
+	"github.com/sluice-mesh/sluice/identity"
 	"github.com/sluice-mesh/sluice/xds/mesh"
 )
 
@@ -57,9 +58,10 @@ type Server struct {
 	seen    [sha256.Size]byte // what the previous check found: the content's hash, zero if unreadable
 	handled [sha256.Size]byte // what was last acted on, in the same terms
 
-	mu      sync.Mutex
-	version string // guarded by mu: version of the snapshot being served
-	lastErr error  // guarded by mu: why the file's current content is not served
+	mu        sync.Mutex
+	version   string              // guarded by mu: version of the snapshot being served
+	lastErr   error               // guarded by mu: why the file's current content is not served
+	workloads []identity.Workload // guarded by mu: the served file's workloads section; never modified
 }
 
 // New loads and validates the mesh file and prepares the snapshot to serve.
@@ -110,6 +112,14 @@ func (s *Server) Version() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.version
+}
+
+// Workloads returns the workloads section of the mesh file being served.
+// The caller must not modify the slice.
+func (s *Server) Workloads() []identity.Workload {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.workloads
 }
 
 // LastError returns why the mesh file's current content is not being

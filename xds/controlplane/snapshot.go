@@ -38,6 +38,10 @@ func (s *Server) apply(ctx context.Context, m *mesh.Mesh) (bool, error) {
 		return false, err
 	}
 	if version == s.Version() {
+		// The workloads section is not part of the resources.
+		s.mu.Lock()
+		s.workloads = m.Workloads
+		s.mu.Unlock()
 		return false, nil
 	}
 	snap, err := cache.NewSnapshot(version, byType)
@@ -50,9 +54,9 @@ func (s *Server) apply(ctx context.Context, m *mesh.Mesh) (bool, error) {
 	if err := snap.Consistent(); err != nil {
 		return false, fmt.Errorf("snapshot of %s is inconsistent: %w", s.path, err)
 	}
-	// Version, LastError and the log change before clients are told, so
-	// that a client holding the new version never sees them report the old
-	// state.
+	// Version, LastError, Workloads and the log change before clients are
+	// told, so that a client holding the new version never sees them
+	// report the old state.
 	endpoints := 0
 	for _, svc := range m.Services {
 		endpoints += len(svc.Endpoints)
@@ -62,6 +66,7 @@ func (s *Server) apply(ctx context.Context, m *mesh.Mesh) (bool, error) {
 	s.mu.Lock()
 	s.version = version
 	s.lastErr = nil
+	s.workloads = m.Workloads
 	s.mu.Unlock()
 	// The cache stores the snapshot before notifying watches; an error here
 	// only means that ctx ended while notifying.

@@ -10,6 +10,7 @@ import (
 	"strconv"
 
 	"github.com/sluice-mesh/sluice/dataplane/model"
+	"github.com/sluice-mesh/sluice/identity"
 	"github.com/sluice-mesh/sluice/identity/yamlfile"
 )
 
@@ -32,6 +33,10 @@ type Mesh struct {
 	TrustDomain string
 	// Services are in file order.
 	Services []Service
+	// Workloads are the workloads the file places on nodes, with their
+	// cgroups: an agent fed from the file identifies its own workloads'
+	// connections with them. In file order; nil if none.
+	Workloads []identity.Workload
 }
 
 // Service is a set of VIPs and ports and the endpoints behind them. Every

@@ -46,6 +46,17 @@ type parser struct {
 	addrs       map[model.ServiceKey]owner // every VIP:port/protocol → the service using it
 	identities  map[uint32]seenIdentity    // numeric identity → first workload using it
 	spiffeIDs   map[string]seenIdentity    // SPIFFE ID → first workload using it
+	// The workloads section, by "namespace/name" and by address, and the
+	// endpoints whose workload is taken from it.
+	listed   map[string]listedWorkload
+	listedAt map[netip.Addr]listedWorkload
+	implicit []*model.Workload
+}
+
+// listedWorkload is a workload of the workloads section.
+type listedWorkload struct {
+	w    *identity.Workload
+	path string // "workloads[i] (namespace/name)"
 }
 
 // owner names the service that uses a service address.
@@ -71,7 +82,7 @@ func (p *parser) mesh(root *yaml.Node) (*Mesh, error) {
 	if root == nil || yamlfile.IsNull(root) {
 		return m, nil
 	}
-	f, err := p.Fields(root, "", "trustDomain", "services")
+	f, err := p.Fields(root, "", "trustDomain", "workloads", "services")
 	if err != nil {
 		return nil, err
 	}
@@ -79,6 +90,21 @@ func (p *parser) mesh(root *yaml.Node) (*Mesh, error) {
 		return nil, err
 	}
 	p.trustDomain = m.TrustDomain
+	p.listed = map[string]listedWorkload{}
+	p.listedAt = map[netip.Addr]listedWorkload{}
+	if n := f.Get("workloads"); n != nil {
+		if m.Workloads, err = identity.ParseWorkloadList(p.File, n, "workloads", p.trustDomain); err != nil {
+			return nil, err
+		}
+		for i := range m.Workloads {
+			w := &m.Workloads[i]
+			lw := listedWorkload{w: w, path: fmt.Sprintf("workloads[%d] (%s/%s)", i, w.Namespace, w.Name)}
+			p.listed[w.Namespace+"/"+w.Name] = lw
+			for _, a := range w.Addrs {
+				p.listedAt[a] = lw
+			}
+		}
+	}
 	if n := f.Get("services"); n != nil {
 		items, err := p.Seq(n, "services")
 		if err != nil {
@@ -91,6 +117,11 @@ func (p *parser) mesh(root *yaml.Node) (*Mesh, error) {
 			}
 			m.Services = append(m.Services, s)
 		}
+	}
+	// An endpoint whose workload comes from the workloads section has the
+	// numeric identity other endpoints give its SPIFFE ID, if any.
+	for _, w := range p.implicit {
+		w.Identity = p.spiffeIDs[w.SPIFFEID].identity
 	}
 	return m, nil
 }
@@ -324,12 +355,49 @@ func (p *parser) endpoint(n *yaml.Node, path string, s *Service) (Endpoint, erro
 			}
 		}
 	}
+	listed, isListed := p.listedAt[ep.Address]
 	if n := f.Get("workload"); n != nil {
 		if ep.Workload, err = p.workload(n, f.Path("workload"), s.Namespace); err != nil {
 			return ep, err
 		}
+		if err := p.agrees(n, f.Path("workload"), ep, listed, isListed); err != nil {
+			return ep, err
+		}
+	} else if isListed {
+		// The workload section says who runs at this address.
+		lw := listed.w
+		ep.Workload = &model.Workload{Name: lw.Name, Namespace: lw.Namespace, ServiceAccount: lw.ServiceAccount,
+			Node: lw.Node, SPIFFEID: lw.SPIFFEID}
+		p.implicit = append(p.implicit, ep.Workload)
 	}
 	return ep, nil
+}
+
+// agrees checks an endpoint's workload against the workloads section: the
+// workload the section lists at the endpoint's address, and the one it
+// lists under the same name, must be the endpoint's workload as described.
+func (p *parser) agrees(n *yaml.Node, path string, ep Endpoint, atAddr listedWorkload, isListed bool) error {
+	w := ep.Workload
+	key := w.Namespace + "/" + w.Name
+	if isListed && atAddr.w.Namespace+"/"+atAddr.w.Name != key {
+		return p.Errorf(n, path, "workload %s at %s, but %s is %s's address", key, ep.Address, ep.Address, atAddr.path)
+	}
+	lw, ok := p.listed[key]
+	if !ok {
+		return nil
+	}
+	switch {
+	case lw.w.SPIFFEID != w.SPIFFEID:
+		return p.Errorf(n, path, "workload %s is %s here but %s at %s", key, w.SPIFFEID, lw.w.SPIFFEID, lw.path)
+	case lw.w.Node != "" && w.Node != "" && lw.w.Node != w.Node:
+		return p.Errorf(n, path, "workload %s is on node %s here but on node %s at %s", key, w.Node, lw.w.Node, lw.path)
+	case len(lw.w.Addrs) > 0 && !isListed:
+		return p.Errorf(n, path, "workload %s at %s, but %s lists its addresses without %s", key, ep.Address, lw.path, ep.Address)
+	}
+	if w.Node == "" {
+		w.Node = lw.w.Node
+	}
+	return nil
 }
 
 func (p *parser) workload(n *yaml.Node, path, namespace string) (*model.Workload, error) {

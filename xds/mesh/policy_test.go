@@ -500,6 +500,13 @@ func TestExamplePoliciesParses(t *testing.T) {
 	if !reflect.DeepEqual(counts, want) {
 		t.Errorf("policies per service = %v, want %v", counts, want)
 	}
+	var nodes []string
+	for _, w := range m.Workloads {
+		nodes = append(nodes, w.Name+"@"+w.Node)
+	}
+	if want := []string{"db-0@node-1", "frontend-0@node-1", "scraper-0@node-2"}; !reflect.DeepEqual(nodes, want) {
+		t.Errorf("example workloads %v, want %v", nodes, want)
+	}
 }
 
 // Rules are rendered by name, so their order in the file does not change
