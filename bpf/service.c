@@ -699,7 +699,9 @@ static __always_inline __u32 ipv6_skip(struct __sk_buff *skb, __u8 next, __u32 o
 }
 
 /* parse_segment reads the addresses, ports, flags and payload length of a
- * TCP segment (skb starts at its IP header). */
+ * TCP segment (skb starts at its IP header). It returns 1 if it did, 0 if
+ * skb is no TCP segment it can read, and -1 for an IPv6 packet whose
+ * extension headers hide the TCP header. */
 static __always_inline int parse_segment(struct __sk_buff *skb, struct sl_segment *seg)
 {
     __u8 b = 0;
@@ -721,7 +723,7 @@ static __always_inline int parse_segment(struct __sk_buff *skb, struct sl_segmen
             return 0;
         seg->tcp_off = ipv6_skip(skb, h[6], 40);
         if (!seg->tcp_off)
-            return 0;
+            return -1;
         ip_len = 40 + (((__u32)h[4] << 8) | h[5]);
         __builtin_memcpy(seg->key.src, &h[8], 16);
         __builtin_memcpy(seg->key.dst, &h[24], 16);
@@ -820,7 +822,13 @@ static __always_inline int judge_handshake(const struct sl_segment *seg, __u32 t
 static __always_inline int listener_filter(struct __sk_buff *skb)
 {
     struct sl_segment seg = {};
-    if (!parse_segment(skb, &seg))
+    int parsed = parse_segment(skb, &seg);
+    if (parsed < 0) {
+        /* It cannot be judged, so it could carry payload past a policy. */
+        count(SL_STAT_DROPPED);
+        return 0;
+    }
+    if (!parsed)
         return 1;
     __u8 flags = seg.flags & (SL_TCPHDR_SYN | SL_TCPHDR_ACK | SL_TCPHDR_RST);
     if (flags == SL_TCPHDR_SYN) {

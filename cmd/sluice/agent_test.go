@@ -172,4 +172,16 @@ func TestIdentityApplierChanged(t *testing.T) {
 	if !a.Changed() {
 		t.Error("a new listing is not a change")
 	}
+	// Workloads a state failed with are not tried again every poll.
+	a.next = &fakeDataplane{fail: errors.New("map full")}
+	if err := a.Apply(model.State{}); err == nil {
+		t.Fatal("the failing dataplane did not fail")
+	}
+	if a.Changed() {
+		t.Error("the workloads that just failed are a change to apply again")
+	}
+	locals = nil
+	if !a.Changed() {
+		t.Error("workloads other than the failed ones are not a change")
+	}
 }

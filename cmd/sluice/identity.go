@@ -37,10 +37,28 @@ type identityApplier struct {
 	used       []identity.Local    // the local workloads it was applied with
 	usedListed []identity.Workload // and the listed ones
 	reported   []identity.Local    // what Changed last reported as changed
+	// The workloads an Apply last failed with: not tried again until they
+	// change (or a new state comes).
+	failed       []identity.Local
+	failedListed []identity.Workload
+	hasFailed    bool
 }
 
 func (a *identityApplier) Apply(s model.State) error {
 	locals, listed := a.locals(), a.listed()
+	err := a.apply(s, locals, listed)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if err != nil {
+		a.failed, a.failedListed, a.hasFailed = locals, listed, true
+		return err
+	}
+	a.applied, a.used, a.usedListed = true, locals, listed
+	a.failed, a.failedListed, a.hasFailed = nil, nil, false
+	return nil
+}
+
+func (a *identityApplier) apply(s model.State, locals []identity.Local, listed []identity.Workload) error {
 	if hasPolicy(s.Services) {
 		ids, st, err := identity.BuildListed(s.Services, locals, listed)
 		if err != nil {
@@ -52,13 +70,7 @@ func (a *identityApplier) Apply(s model.State) error {
 		}
 		s.Identities = ids
 	}
-	if err := a.next.Apply(s); err != nil {
-		return err
-	}
-	a.mu.Lock()
-	a.applied, a.used, a.usedListed = true, locals, listed
-	a.mu.Unlock()
-	return nil
+	return a.next.Apply(s)
 }
 
 // Changed reports whether the local or listed workloads differ from those
@@ -67,7 +79,8 @@ func (a *identityApplier) Changed() bool {
 	locals, listed := a.locals(), a.listed()
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if !a.applied || (sameLocals(locals, a.used) && sameSlice(listed, a.usedListed)) {
+	if !a.applied || (sameLocals(locals, a.used) && sameSlice(listed, a.usedListed)) ||
+		(a.hasFailed && sameLocals(locals, a.failed) && sameSlice(listed, a.failedListed)) {
 		return false
 	}
 	if !sameLocals(locals, a.reported) {
