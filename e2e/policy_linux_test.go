@@ -96,38 +96,13 @@ func exact(s string) *matcherv3.StringMatcher {
 func TestAgentPolicy(t *testing.T) {
 	testenv.RequirePrivileged(t)
 	bin := buildSluice(t)
-	c, err := cluster.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := c.Close(); err != nil {
-			t.Error(err)
-		}
-	})
-	pods := map[string]*cluster.Pod{}
-	nodes := map[string]*cluster.Node{}
-	for _, n := range []string{"a", "b", "c"} {
-		if nodes[n], err = c.AddNode(n); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for _, p := range []struct{ node, name, addr string }{
+	nodes, pods := policyCluster(t, []podSpec{
 		{"a", "frontend", "10.244.1.10"}, {"a", "batch", "10.244.1.11"},
 		{"b", "db", "10.244.2.10"}, {"c", "outsider", "10.244.3.10"},
-	} {
-		if pods[p.name], err = nodes[p.node].AddPod(p.name, netip.MustParseAddr(p.addr)); err != nil {
-			t.Fatal(err)
-		}
-	}
-
+	})
 	// The server listens before the agents attach: its listener must be
 	// made to keep SYNs (for tags) after the fact.
-	server := pods["db"].Command(context.Background(), os.Args[0])
-	server.Env = append(os.Environ(), probe.RoleEnv+"=server", probe.ListenEnv+"=0.0.0.0:5432", probe.NameEnv+"=db")
-	if err := pods["db"].Start(server); err != nil {
-		t.Fatal(err)
-	}
+	serveDB(t, pods["db"])
 	srv := startXDSServer(t)
 	srv.set(t, snapshotOf("1", withRBAC(t, exact("spiffe://cluster.local/ns/shop/sa/frontend"))))
 
@@ -146,17 +121,7 @@ func TestAgentPolicy(t *testing.T) {
 		if err := os.WriteFile(file, []byte(workloads[n]), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		agent := exec.Command(bin, "agent", "--xds", srv.addr, "--cgroup", nodes[n].Cgroup, "--pin-dir", nodes[n].PinDir,
-			"--node-id", n, "--workloads", file, "--log-level", "debug")
-		logs[n] = &syncBuffer{}
-		agent.Stderr = logs[n]
-		if err := agent.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			_ = agent.Process.Signal(os.Interrupt)
-			_ = agent.Wait()
-		})
+		logs[n] = startAgent(t, bin, nodes[n], n, "--xds", srv.addr, "--workloads", file)
 	}
 
 	dial := func(pod, addr string) probe.Result {
@@ -169,16 +134,7 @@ func TestAgentPolicy(t *testing.T) {
 	}
 	// Wait until both agents enforce: batch is refused at connect, and
 	// frontend gets through (its tag is trusted at node b).
-	eventually := func(what string, ok func() bool) {
-		t.Helper()
-		deadline := time.Now().Add(30 * time.Second)
-		for !ok() {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s; agent logs:\n--- a:\n%s\n--- b:\n%s", what, logs["a"], logs["b"])
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
-	}
+	eventually := func(what string, ok func() bool) { t.Helper(); waitFor(t, logs, what, ok) }
 	matrix := func(phase string) {
 		t.Helper()
 		if r := dial("frontend", "10.96.0.20:5432"); r.Result != "ok" || r.Reply != "db" {
@@ -217,34 +173,10 @@ func TestAgentPolicy(t *testing.T) {
 func TestAgentMeshFileWorkloads(t *testing.T) {
 	testenv.RequirePrivileged(t)
 	bin := buildSluice(t)
-	c, err := cluster.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := c.Close(); err != nil {
-			t.Error(err)
-		}
-	})
-	nodes := map[string]*cluster.Node{}
-	for _, n := range []string{"a", "b"} {
-		if nodes[n], err = c.AddNode(n); err != nil {
-			t.Fatal(err)
-		}
-	}
-	pods := map[string]*cluster.Pod{}
-	for _, p := range []struct{ node, name, addr string }{
+	nodes, pods := policyCluster(t, []podSpec{
 		{"a", "frontend", "10.244.1.10"}, {"a", "batch", "10.244.1.11"}, {"b", "db", "10.244.2.10"},
-	} {
-		if pods[p.name], err = nodes[p.node].AddPod(p.name, netip.MustParseAddr(p.addr)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	server := pods["db"].Command(context.Background(), os.Args[0])
-	server.Env = append(os.Environ(), probe.RoleEnv+"=server", probe.ListenEnv+"=0.0.0.0:5432", probe.NameEnv+"=db")
-	if err := pods["db"].Start(server); err != nil {
-		t.Fatal(err)
-	}
+	})
+	serveDB(t, pods["db"])
 
 	// late's cgroup does not exist yet: the pod is added below.
 	lateCgroup := filepath.Join(nodes["a"].Cgroup, "late")
@@ -280,17 +212,7 @@ services:
 
 	logs := map[string]*syncBuffer{}
 	for _, n := range []string{"a", "b"} {
-		agent := exec.Command(bin, "agent", "--config", meshFile, "--cgroup", nodes[n].Cgroup, "--pin-dir", nodes[n].PinDir,
-			"--node-id", n, "--node-name", n, "--config-poll", "200ms", "--log-level", "debug")
-		logs[n] = &syncBuffer{}
-		agent.Stderr = logs[n]
-		if err := agent.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			_ = agent.Process.Signal(os.Interrupt)
-			_ = agent.Wait()
-		})
+		logs[n] = startAgent(t, bin, nodes[n], n, "--config", meshFile, "--config-poll", "200ms")
 	}
 	dial := func(pod string) probe.Result {
 		t.Helper()
@@ -300,16 +222,7 @@ services:
 		}
 		return r
 	}
-	eventually := func(what string, ok func() bool) {
-		t.Helper()
-		deadline := time.Now().Add(30 * time.Second)
-		for !ok() {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s; agent logs:\n--- a:\n%s\n--- b:\n%s", what, logs["a"], logs["b"])
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
-	}
+	eventually := func(what string, ok func() bool) { t.Helper(); waitFor(t, logs, what, ok) }
 	// frontend is no endpoint: node b trusts its tag because the mesh
 	// file lists its address.
 	eventually("frontend was never let through, batch never refused", func() bool {
@@ -317,11 +230,13 @@ services:
 	})
 
 	// late's cgroup appears: its connections carry its identity.
-	if pods["late"], err = nodes["a"].AddPod("late", netip.MustParseAddr("10.244.1.12")); err != nil {
+	late, err := nodes["a"].AddPod("late", netip.MustParseAddr("10.244.1.12"))
+	if err != nil {
 		t.Fatal(err)
 	}
-	if pods["late"].Cgroup != lateCgroup {
-		t.Fatalf("late's cgroup is %s, want %s", pods["late"].Cgroup, lateCgroup)
+	pods["late"] = late
+	if late.Cgroup != lateCgroup {
+		t.Fatalf("late's cgroup is %s, want %s", late.Cgroup, lateCgroup)
 	}
 	start := time.Now()
 	eventually("late's connections were never identified", func() bool { return dial("late").Result == "ok" })
@@ -334,5 +249,80 @@ services:
 	t.Logf("an edit of the workloads section took effect within %v", time.Since(start).Round(10*time.Millisecond))
 	if r := dial("frontend"); r.Result != "ok" {
 		t.Errorf("frontend after the edit: %+v", r)
+	}
+}
+
+// podSpec places a pod: its node, name and address.
+type podSpec struct{ node, name, addr string }
+
+// policyCluster makes a simulated cluster with the nodes and pods given,
+// removed when the test ends.
+func policyCluster(t *testing.T, specs []podSpec) (map[string]*cluster.Node, map[string]*cluster.Pod) {
+	t.Helper()
+	c, err := cluster.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := c.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	nodes, pods := map[string]*cluster.Node{}, map[string]*cluster.Pod{}
+	for _, p := range specs {
+		if nodes[p.node] == nil {
+			if nodes[p.node], err = c.AddNode(p.node); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if pods[p.name], err = nodes[p.node].AddPod(p.name, netip.MustParseAddr(p.addr)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return nodes, pods
+}
+
+// serveDB runs the probe server in pod, answering "db" on port 5432.
+func serveDB(t *testing.T, pod *cluster.Pod) {
+	t.Helper()
+	server := pod.Command(context.Background(), os.Args[0])
+	server.Env = append(os.Environ(), probe.RoleEnv+"=server", probe.ListenEnv+"=0.0.0.0:5432", probe.NameEnv+"=db")
+	if err := pod.Start(server); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// startAgent runs an agent for node, named name, with args added; it is
+// stopped when the test ends. It returns the agent's log.
+func startAgent(t *testing.T, bin string, node *cluster.Node, name string, args ...string) *syncBuffer {
+	t.Helper()
+	agent := exec.Command(bin, append([]string{"agent", "--cgroup", node.Cgroup, "--pin-dir", node.PinDir,
+		"--node-id", name, "--node-name", name, "--log-level", "debug"}, args...)...)
+	log := &syncBuffer{}
+	agent.Stderr = log
+	if err := agent.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = agent.Process.Signal(os.Interrupt)
+		_ = agent.Wait()
+	})
+	return log
+}
+
+// waitFor polls ok for up to 30 s, and fails the test with the agents'
+// logs if it never holds.
+func waitFor(t *testing.T, logs map[string]*syncBuffer, what string, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !ok() {
+		if time.Now().After(deadline) {
+			var b strings.Builder
+			for name, l := range logs {
+				fmt.Fprintf(&b, "\n--- %s:\n%s", name, l)
+			}
+			t.Fatalf("%s; agent logs:%s", what, b.String())
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }

@@ -1,9 +1,9 @@
 package demo_test
 
 import (
-	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -24,7 +24,6 @@ func TestDemoRunsAndCleansUp(t *testing.T) {
 	if out, err := exec.Command("go", "build", "-o", bin, "github.com/sluice-mesh/sluice/cmd/sluice").CombinedOutput(); err != nil {
 		t.Fatalf("build sluice: %v\n%s", err, out)
 	}
-	before := leftovers(t)
 
 	out, err := exec.Command(bin, "demo", "--requests", "30", "--mesh", "../../examples/mesh.yaml").CombinedOutput()
 	if err != nil {
@@ -44,29 +43,38 @@ func TestDemoRunsAndCleansUp(t *testing.T) {
 			t.Errorf("demo output lacks %q:\n%s", want, out)
 		}
 	}
-	if after := leftovers(t); after != before {
-		t.Errorf("demo left objects behind:\nbefore: %s\nafter:  %s", before, after)
+	// Other packages' tests make clusters of their own alongside: only
+	// the demo's, named by its cluster id, must be gone.
+	m := regexp.MustCompile(`Simulated cluster ([0-9a-f]+),`).FindSubmatch(out)
+	if m == nil {
+		t.Fatalf("demo output names no simulated cluster:\n%s", out)
+	}
+	if left := leftovers(t, string(m[1])); left != "" {
+		t.Errorf("demo left objects of its cluster %s behind: %s", m[1], left)
 	}
 }
 
-// leftovers lists the demo's kinds of objects that exist now.
-func leftovers(t *testing.T) string {
+// leftovers lists the objects of the simulated cluster id that exist now:
+// pins, network namespaces, links and the cgroup.
+func leftovers(t *testing.T, id string) string {
 	t.Helper()
-	var found []string
-	for _, dir := range []string{"/sys/fs/bpf", "/run/netns", "/sys/class/net"} {
-		entries, _ := os.ReadDir(dir)
-		for _, e := range entries {
-			// Only the demo's own names: other packages' tests run alongside.
-			if strings.HasPrefix(e.Name(), "sluice-sim-") || strings.HasPrefix(e.Name(), "slbr") || strings.HasPrefix(e.Name(), "slv") {
-				found = append(found, filepath.Join(dir, e.Name()))
-			}
-		}
-	}
 	mount, err := dataplane.Cgroup2Mount()
 	if err != nil {
 		t.Fatal(err)
 	}
-	cgroups, _ := filepath.Glob(filepath.Join(mount, "sluice-sim-*"))
-	found = append(found, cgroups...)
+	var found []string
+	for _, pattern := range []string{
+		filepath.Join("/sys/fs/bpf", "sluice-sim-"+id+"-*"),
+		filepath.Join("/run/netns", "sluice-"+id+"-*"),
+		filepath.Join("/sys/class/net", "slbr"+id),
+		filepath.Join("/sys/class/net", "slv"+id[:min(6, len(id))]+"*"),
+		filepath.Join(mount, "sluice-sim-"+id),
+	} {
+		m, err := filepath.Glob(pattern)
+		if err != nil {
+			t.Fatal(err)
+		}
+		found = append(found, m...)
+	}
 	return strings.Join(found, " ")
 }
