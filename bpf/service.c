@@ -153,6 +153,19 @@ static __always_inline int is_v4_mapped(const __u32 *a)
     return a[0] == 0 && a[1] == 0 && a[2] == bpf_htonl(0x0000ffff);
 }
 
+/* unmap_pair turns a pair of IPv6 addresses that are both v4-mapped (a
+ * dual-stack socket's IPv4 connection) into the IPv4 pair. */
+static __always_inline void unmap_pair(__u32 *a, __u32 *b, __u8 *family)
+{
+    if (!is_v4_mapped(a) || !is_v4_mapped(b))
+        return;
+    a[0] = a[3];
+    b[0] = b[3];
+    a[1] = a[2] = a[3] = 0;
+    b[1] = b[2] = b[3] = 0;
+    *family = SL_FAMILY_V4;
+}
+
 /* remember_origin records the dialed VIP and chosen backend on the socket. */
 static __always_inline void remember_origin(struct bpf_sock_addr *ctx, const struct sl_svc_key *key,
                                             const struct sl_svc_value *svc,
@@ -565,13 +578,18 @@ static __always_inline int sock_addrs(struct bpf_sock_ops *skops, __u32 *local, 
     remote[2] = skops->remote_ip6[2];
     remote[3] = skops->remote_ip6[3];
     *family = SL_FAMILY_V6;
-    if (is_v4_mapped(local) && is_v4_mapped(remote)) {
-        local[0] = local[3];
-        remote[0] = remote[3];
-        local[1] = local[2] = local[3] = 0;
-        remote[1] = remote[2] = remote[3] = 0;
-        *family = SL_FAMILY_V4;
-    }
+    unmap_pair(local, remote, family);
+    return 1;
+}
+
+/* handshake_key returns the key of skops's connection in sl_handshakes:
+ * from the remote end (the client) to the local one. */
+static __always_inline int handshake_key(struct bpf_sock_ops *skops, struct sl_handshake_key *hk)
+{
+    if (!sock_addrs(skops, hk->dst, hk->src, &hk->family))
+        return 0;
+    hk->src_port = bpf_htons((__u16)bpf_ntohl(skops->remote_port));
+    hk->dst_port = bpf_htons((__u16)skops->local_port);
     return 1;
 }
 
@@ -605,10 +623,9 @@ static __always_inline void authorize_ingress(struct bpf_sock_ops *skops)
     __u16 lport = bpf_htons((__u16)skops->local_port);
     __u16 rport = bpf_htons((__u16)bpf_ntohl(skops->remote_port));
 
-    struct sl_handshake_key hk = {.src_port = rport, .dst_port = lport, .family = family};
-    __builtin_memcpy(hk.src, remote, sizeof(hk.src));
-    __builtin_memcpy(hk.dst, local, sizeof(hk.dst));
-    bpf_map_delete_elem(&sl_handshakes, &hk);
+    struct sl_handshake_key hk = {};
+    if (handshake_key(skops, &hk))
+        bpf_map_delete_elem(&sl_handshakes, &hk);
 
     __u32 identity = 0, flags = SL_CONN_SERVER | SL_CONN_SRC_KNOWN;
     struct sl_tag tag = {.kind = SL_TAG_KIND, .len = 4, .exid = bpf_htons(SL_TAG_EXID)};
@@ -666,7 +683,7 @@ static __always_inline void authorize_ingress(struct bpf_sock_ops *skops)
 struct sl_segment {
     struct sl_handshake_key key;
     __u32 tcp_off;   /* offset of the TCP header in skb */
-    __u32 payload;   /* payload bytes; 1 if it could not be told */
+    __u32 payload;   /* payload bytes */
     __u8 flags;      /* TCP flags */
     __u8 doff;       /* TCP header length, in bytes */
 };
@@ -728,13 +745,7 @@ static __always_inline int parse_segment(struct __sk_buff *skb, struct sl_segmen
         __builtin_memcpy(seg->key.src, &h[8], 16);
         __builtin_memcpy(seg->key.dst, &h[24], 16);
         seg->key.family = SL_FAMILY_V6;
-        if (is_v4_mapped(seg->key.src) && is_v4_mapped(seg->key.dst)) {
-            seg->key.src[0] = seg->key.src[3];
-            seg->key.dst[0] = seg->key.dst[3];
-            seg->key.src[1] = seg->key.src[2] = seg->key.src[3] = 0;
-            seg->key.dst[1] = seg->key.dst[2] = seg->key.dst[3] = 0;
-            seg->key.family = SL_FAMILY_V4;
-        }
+        unmap_pair(seg->key.src, seg->key.dst, &seg->key.family);
     } else {
         return 0;
     }
@@ -864,17 +875,9 @@ static __always_inline int listener_filter(struct __sk_buff *skb)
  * showed to be denied (skops is the request socket). */
 static __always_inline void synack_timeout(struct bpf_sock_ops *skops)
 {
-    __u32 local[4] = {}, remote[4] = {};
-    __u8 family = 0;
-    if (!sock_addrs(skops, local, remote, &family))
+    struct sl_handshake_key hk = {};
+    if (!handshake_key(skops, &hk))
         return;
-    struct sl_handshake_key hk = {
-        .src_port = bpf_htons((__u16)bpf_ntohl(skops->remote_port)),
-        .dst_port = bpf_htons((__u16)skops->local_port),
-        .family = family,
-    };
-    __builtin_memcpy(hk.src, remote, sizeof(hk.src));
-    __builtin_memcpy(hk.dst, local, sizeof(hk.dst));
     struct sl_handshake *h = bpf_map_lookup_elem(&sl_handshakes, &hk);
     if (h && h->denied)
         skops->reply = SL_DENIED_SYNACK_RTO;

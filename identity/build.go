@@ -170,17 +170,8 @@ func (b *builder) collectListed() error {
 		if w.SPIFFEID == "" {
 			return &buildError{msg: fmt.Sprintf("identity: %s has no SPIFFE ID", b.describe(origin{listed: true, ep: i}))}
 		}
-		id, ok := b.index[w.SPIFFEID]
-		if !ok {
-			var err error
-			if id, err = b.see(w.SPIFFEID, Unknown, origin{listed: true, ep: i}); err != nil {
-				return err
-			}
-		}
-		for _, a := range w.Addrs {
-			if a.IsValid() {
-				b.claims = append(b.claims, claim{addr: a, id: id})
-			}
+		if _, err := b.unnumbered(w.SPIFFEID, w.Addrs, origin{listed: true, ep: i}); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -227,23 +218,33 @@ func (b *builder) collectLocals() error {
 				b.describe(origin{local: true, ep: j}), b.describe(origin{local: true, ep: i}), l.CgroupID)}
 		}
 		cgroups[l.CgroupID] = i
-		id, ok := b.index[l.Workload.SPIFFEID]
-		if !ok {
-			// A local workload has no number of its own: it takes what
-			// its endpoints are given, or a derived one.
-			var err error
-			if id, err = b.see(l.Workload.SPIFFEID, Unknown, origin{local: true, ep: i}); err != nil {
-				return err
-			}
+		id, err := b.unnumbered(l.Workload.SPIFFEID, l.Workload.Addrs, origin{local: true, ep: i})
+		if err != nil {
+			return err
 		}
 		b.localIDs[i] = id
-		for _, a := range l.Workload.Addrs {
-			if a.IsValid() {
-				b.claims = append(b.claims, claim{addr: a, id: id})
-			}
-		}
 	}
 	return nil
+}
+
+// unnumbered records a workload that has no number of its own (a local
+// or listed one): it takes what its endpoints are given, or a derived
+// one. Its addresses claim its SPIFFE ID. It returns the ID's position in
+// b.ids.
+func (b *builder) unnumbered(spiffeID string, addrs []netip.Addr, from origin) (int32, error) {
+	id, ok := b.index[spiffeID]
+	if !ok {
+		var err error
+		if id, err = b.see(spiffeID, Unknown, from); err != nil {
+			return 0, err
+		}
+	}
+	for _, a := range addrs {
+		if a.IsValid() {
+			b.claims = append(b.claims, claim{addr: a, id: id})
+		}
+	}
+	return id, nil
 }
 
 // see records that spiffeID was given the number given at from, and returns

@@ -145,7 +145,10 @@ func runAgent(ctx context.Context, f agentFlags, log *slog.Logger) error {
 	if f.cgroup == "" {
 		f.cgroup = mount
 	}
+	// workloads lists this node's workloads among others; listed, the
+	// workloads of every node the agent knows of besides endpoints.
 	workloads := func() []identity.Workload { return nil }
+	listed := workloads
 	if f.workloads != "" {
 		data, err := os.ReadFile(f.workloads)
 		if err != nil {
@@ -158,7 +161,8 @@ func runAgent(ctx context.Context, f agentFlags, log *slog.Logger) error {
 		workloads = func() []identity.Workload { return ws }
 	}
 	if cp != nil {
-		workloads = cp.Workloads
+		// Every agent fed from the file knows every node's workloads.
+		workloads, listed = cp.Workloads, cp.Workloads
 	}
 	dp, err := dataplane.Open(dataplane.Options{PinDir: f.pinDir, Cgroup: f.cgroup, Capacity: f.capacity, Logger: log.With("component", "dataplane")})
 	if err != nil {
@@ -166,11 +170,6 @@ func runAgent(ctx context.Context, f agentFlags, log *slog.Logger) error {
 	}
 	// Closing keeps the pins: routing continues while no agent runs.
 	defer dp.Close()
-	listed := func() []identity.Workload { return nil }
-	if cp != nil {
-		// Every agent fed from the file knows every node's workloads.
-		listed = cp.Workloads
-	}
 	ids := &identityApplier{
 		next:   &releasingApplier{dp: dp, release: debug.FreeOSMemory},
 		locals: func() []identity.Local { return resolveWorkloads(workloads(), f.node.NodeName, mount, log) },

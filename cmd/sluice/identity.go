@@ -32,29 +32,28 @@ type identityApplier struct {
 	listed func() []identity.Workload
 	log    *slog.Logger
 
-	mu         sync.Mutex
-	applied    bool                // a state is in force
-	used       []identity.Local    // the local workloads it was applied with
-	usedListed []identity.Workload // and the listed ones
-	reported   []identity.Local    // what Changed last reported as changed
-	// The workloads an Apply last failed with: not tried again until they
-	// change (or a new state comes).
-	failed       []identity.Local
-	failedListed []identity.Workload
-	hasFailed    bool
+	mu      sync.Mutex
+	applied bool // a state is in force
+	// The workloads of the last Apply, whether it succeeded or not: those
+	// it failed with are not tried again until they change.
+	lastLocals []identity.Local
+	lastListed []identity.Workload
 }
 
 func (a *identityApplier) Apply(s model.State) error {
 	locals, listed := a.locals(), a.listed()
-	err := a.apply(s, locals, listed)
 	a.mu.Lock()
-	defer a.mu.Unlock()
-	if err != nil {
-		a.failed, a.failedListed, a.hasFailed = locals, listed, true
+	if a.applied && !a.same(locals, listed) {
+		a.log.Info("local workloads changed", "workloads", len(locals), "before", len(a.lastLocals))
+	}
+	a.lastLocals, a.lastListed = locals, listed
+	a.mu.Unlock()
+	if err := a.apply(s, locals, listed); err != nil {
 		return err
 	}
-	a.applied, a.used, a.usedListed = true, locals, listed
-	a.failed, a.failedListed, a.hasFailed = nil, nil, false
+	a.mu.Lock()
+	a.applied = true
+	a.mu.Unlock()
 	return nil
 }
 
@@ -73,21 +72,18 @@ func (a *identityApplier) apply(s model.State, locals []identity.Local, listed [
 	return a.next.Apply(s)
 }
 
-// Changed reports whether the local or listed workloads differ from those
-// the state in force was applied with.
+// Changed reports whether a state is in force and the local or listed
+// workloads differ from those of the last Apply.
 func (a *identityApplier) Changed() bool {
 	locals, listed := a.locals(), a.listed()
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if !a.applied || (sameLocals(locals, a.used) && sameSlice(listed, a.usedListed)) ||
-		(a.hasFailed && sameLocals(locals, a.failed) && sameSlice(listed, a.failedListed)) {
-		return false
-	}
-	if !sameLocals(locals, a.reported) {
-		a.log.Info("local workloads changed; applying the state again", "workloads", len(locals), "before", len(a.used))
-		a.reported = locals
-	}
-	return true
+	return a.applied && !a.same(locals, listed)
+}
+
+// same reports whether locals and listed are those of the last Apply.
+func (a *identityApplier) same(locals []identity.Local, listed []identity.Workload) bool {
+	return sameLocals(locals, a.lastLocals) && sameSlice(listed, a.lastListed)
 }
 
 // sameSlice reports whether a and b are the same slice (not only equal).
@@ -115,7 +111,7 @@ func hasPolicy(services []model.Service) bool {
 
 // resolveWorkloads finds the cgroup id of each workload that runs on node.
 // A workload whose cgroup does not exist (yet) is left out: it runs nothing
-// that could connect (Refresh picks it up once it exists).
+// that could connect (identityApplier.Changed sees it once it exists).
 func resolveWorkloads(ws []identity.Workload, node, mount string, log *slog.Logger) []identity.Local {
 	out := make([]identity.Local, 0, len(ws))
 	for _, w := range ws {
