@@ -1,0 +1,67 @@
+// Package observe is the agent's local API: flows and status served over
+// a unix socket only root can open, and the client `sluice observe` and
+// `sluice status` use.
+package observe
+
+import "time"
+
+// Status is the agent's health at a glance. Its JSON form is what
+// `sluice status -o json` prints; fields are added, never renamed.
+type Status struct {
+	Node      string    `json:"node"`
+	Version   string    `json:"version"`
+	Started   time.Time `json:"started"`
+	XDS       XDS       `json:"xds"`
+	Workloads int       `json:"workloads"` // local workloads with a cgroup
+	Services  int       `json:"services"`  // service VIP:port entries in force
+	Backends  int       `json:"backends"`  // usable endpoints over all services
+	Policies  int       `json:"policies"`  // policy rules in force
+	Maps      []MapFill `json:"maps"`
+	Flows     Flows     `json:"flows"`
+	FastPath  FastPath  `json:"fast_path"`
+}
+
+// XDS is the state of the agent's xDS stream.
+type XDS struct {
+	Server    string            `json:"server"`
+	Mode      string            `json:"mode"` // "delta" or "sotw"
+	Connected bool              `json:"connected"`
+	Since     time.Time         `json:"since"`   // when Connected last changed
+	Applied   map[string]string `json:"applied"` // type URL → version last applied
+	LastNACK  *NACK             `json:"last_nack,omitempty"`
+}
+
+// NACK is the last response the agent refused.
+type NACK struct {
+	TypeURL string    `json:"type_url"`
+	Version string    `json:"version"`
+	Error   string    `json:"error"`
+	Time    time.Time `json:"time"`
+}
+
+// MapFill is how full one BPF map is.
+type MapFill struct {
+	Name     string `json:"name"`
+	Entries  int    `json:"entries"`
+	Capacity int    `json:"capacity"`
+}
+
+// Flows counts flow records and the events lost on their way.
+type Flows struct {
+	Stored          int    `json:"stored"`           // records held in memory now
+	Capacity        int    `json:"capacity"`         // the most the agent holds
+	Total           uint64 `json:"total"`            // records made since the agent started
+	LostKernel      uint64 `json:"lost_kernel"`      // events the ring buffer had no room for
+	LostSubscribers uint64 `json:"lost_subscribers"` // records slow `observe --follow` clients missed
+}
+
+// FastPath counts the same-node fast path's work.
+type FastPath struct {
+	Default        string `json:"default"`         // the node's default: "on" or "off"
+	Registered     uint64 `json:"registered"`      // sockets put on the fast path
+	Active         int    `json:"active"`          // sockets on it now
+	Redirected     uint64 `json:"redirected"`      // bytes it carried
+	Full           uint64 `json:"full"`            // sockets left on the normal path: the map was full
+	Fallbacks      uint64 `json:"fallbacks"`       // connections left on the normal path: their peer was not ready
+	SpliceExcluded uint64 `json:"splice_excluded"` // connections left on the normal path: a workload reads with splice(2)
+}
