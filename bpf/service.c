@@ -73,6 +73,14 @@ static __always_inline void count(enum sl_stat stat)
         *v += 1;
 }
 
+static __always_inline void count_n(enum sl_stat stat, __u64 n)
+{
+    __u32 idx = stat;
+    __u64 *v = bpf_map_lookup_elem(&sl_stats, &idx);
+    if (v)
+        *v += n;
+}
+
 #include "policy.h"
 
 static __always_inline __u32 active_gen(void)
@@ -241,7 +249,7 @@ static __always_inline void write_dst6(struct bpf_sock_addr *ctx, const __u32 *a
  * the source address is left to the destination when the client's address
  * is not known yet. */
 static __always_inline int authorize_connect(struct bpf_sock_addr *ctx, const __u32 *dst, __u16 port,
-                                             __u8 family)
+                                             __u8 family, int routed)
 {
     struct sl_cgroup_value *w = local_workload();
     struct bpf_sock *sk = ctx->sk;
@@ -264,7 +272,9 @@ static __always_inline int authorize_connect(struct bpf_sock_addr *ctx, const __
 
     struct sl_decision d = {};
     enum decide_result r = decide(dst, port, family, src, src_known, identity, &d);
-    if (identity == 0 && r == DECIDE_NO_POLICY)
+    /* A connection is a flow if a local workload opens it or it goes to
+     * a service; otherwise it needs a record only for policy. */
+    if (identity == 0 && !routed && r == DECIDE_NO_POLICY)
         return SL_ALLOW;
 
     struct sl_conn *c = NULL;
@@ -272,7 +282,8 @@ static __always_inline int authorize_connect(struct bpf_sock_addr *ctx, const __
         c = bpf_sk_storage_get(&sl_conns, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
     if (c) {
         c->identity = identity;
-        c->flags = SL_CONN_CLIENT | (src_known ? SL_CONN_SRC_KNOWN : 0);
+        c->flags = SL_CONN_CLIENT | (src_known ? SL_CONN_SRC_KNOWN : 0) |
+                   (identity || routed ? SL_CONN_TRACKED : 0);
         __builtin_memcpy(c->dst, dst, sizeof(c->dst));
         __builtin_memcpy(c->src, src, sizeof(c->src));
         c->dst_port = port;
@@ -306,7 +317,7 @@ static __always_inline int connect_common(struct bpf_sock_addr *ctx, struct sl_s
     case ROUTE_NOT_SERVICE:
         forget_origin(ctx);
         if (key->proto == IPPROTO_TCP)
-            return authorize_connect(ctx, key->addr, key->port, key->family);
+            return authorize_connect(ctx, key->addr, key->port, key->family, 0);
         return SL_ALLOW;
     case ROUTE_NO_BACKEND:
         return refuse(ctx);
@@ -315,7 +326,7 @@ static __always_inline int connect_common(struct bpf_sock_addr *ctx, struct sl_s
     }
     if (be->family != key->family)
         return refuse(ctx);
-    if (key->proto == IPPROTO_TCP && !authorize_connect(ctx, be->addr, be->port, be->family))
+    if (key->proto == IPPROTO_TCP && !authorize_connect(ctx, be->addr, be->port, be->family, 1))
         return SL_REJECT;
     if (v6)
         write_dst6(ctx, be->addr, be->family, be->port);
@@ -627,7 +638,7 @@ static __always_inline void authorize_ingress(struct bpf_sock_ops *skops)
     if (handshake_key(skops, &hk))
         bpf_map_delete_elem(&sl_handshakes, &hk);
 
-    __u32 identity = 0, flags = SL_CONN_SERVER | SL_CONN_SRC_KNOWN;
+    __u32 identity = 0, flags = SL_CONN_SERVER | SL_CONN_SRC_KNOWN | SL_CONN_TRACKED;
     struct sl_tag tag = {.kind = SL_TAG_KIND, .len = 4, .exid = bpf_htons(SL_TAG_EXID)};
     long n = bpf_load_hdr_opt(skops, &tag, sizeof(tag), BPF_LOAD_HDR_OPT_TCP_SYN);
     if (n == SL_TAG_LEN && tag.len == SL_TAG_LEN) {
@@ -893,6 +904,246 @@ static __always_inline int listening(struct __sk_buff *skb)
     return sk && sk->state == SL_TCP_LISTEN && sk->protocol == SL_IPPROTO_TCP;
 }
 
+/* --- Flows and the same-node fast path ------------------------------------ */
+
+#define SL_TCP_FIN_WAIT2 5
+#define SL_TCP_CLOSE 7
+#define SL_TCP_LAST_ACK 9
+#define SL_TCP_CLOSING 11
+#define SL_RCV_SHUTDOWN 1
+
+struct {
+    __uint(type, BPF_MAP_TYPE_SOCKHASH);
+    __uint(max_entries, 2);
+    __type(key, struct sl_fast_key);
+    __type(value, __u64);
+} sl_fast SEC(".maps");
+
+/* The bytes each fast-path connection carried, by its client's key. */
+struct {
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __uint(max_entries, 2);
+    __type(key, struct sl_fast_key);
+    __type(value, struct sl_fast_count);
+} sl_fast_bytes SEC(".maps");
+
+/* Addresses of this node's workloads whose fast path is on; value unused. */
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 2);
+    __type(key, struct sl_addr_key);
+    __type(value, __u32);
+} sl_fast_addrs SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, struct sl_node_config);
+} sl_settings SEC(".maps");
+
+/* Only what is used of these kernel types; CO-RE relocates the accesses. */
+struct sock {
+    unsigned char sk_shutdown;
+} __attribute__((preserve_access_index));
+
+static __always_inline int flows_on(void)
+{
+    __u32 zero = 0;
+    struct sl_node_config *s = bpf_map_lookup_elem(&sl_settings, &zero);
+    return s && (s->flags & SL_SET_FLOWS);
+}
+
+/* fast_key fills k with skops's own 4-tuple; it reports whether both ends
+ * are this node's workloads with the fast path on. */
+static __always_inline int fast_key(struct bpf_sock_ops *skops, struct sl_fast_key *k)
+{
+    if (!sock_addrs(skops, k->local, k->remote, &k->family))
+        return 0;
+    k->lport = bpf_htons((__u16)skops->local_port);
+    k->rport = bpf_htons((__u16)bpf_ntohl(skops->remote_port));
+    struct sl_addr_key a = {.family = k->family};
+    __builtin_memcpy(a.addr, k->local, sizeof(a.addr));
+    if (!bpf_map_lookup_elem(&sl_fast_addrs, &a))
+        return 0;
+    __builtin_memcpy(a.addr, k->remote, sizeof(a.addr));
+    return bpf_map_lookup_elem(&sl_fast_addrs, &a) != NULL;
+}
+
+static __always_inline void reverse_key(const struct sl_fast_key *k, struct sl_fast_key *r)
+{
+    __builtin_memcpy(r->local, k->remote, sizeof(r->local));
+    __builtin_memcpy(r->remote, k->local, sizeof(r->remote));
+    r->lport = k->rport;
+    r->rport = k->lport;
+    r->family = k->family;
+}
+
+/* client_key fills k with the key of c's connection in sl_fast_bytes:
+ * the client's 4-tuple. */
+static __always_inline int client_key(struct bpf_sock_ops *skops, const struct sl_conn *c,
+                                      struct sl_fast_key *k)
+{
+    struct sl_fast_key own = {};
+    if (!sock_addrs(skops, own.local, own.remote, &own.family))
+        return 0;
+    own.lport = bpf_htons((__u16)skops->local_port);
+    own.rport = bpf_htons((__u16)bpf_ntohl(skops->remote_port));
+    if (c->flags & SL_CONN_SERVER)
+        reverse_key(&own, k);
+    else
+        *k = own;
+    return 1;
+}
+
+/* flow_emit sends a flow's open or close event for the socket skops. */
+static __always_inline void flow_emit(struct bpf_sock_ops *skops, const struct sl_conn *c, __u8 kind,
+                                      __u64 sent, __u64 recv)
+{
+    __u32 local[4] = {}, remote[4] = {};
+    __u8 family = 0;
+    if (!sock_addrs(skops, local, remote, &family))
+        return;
+    struct sl_event *e = bpf_ringbuf_reserve(&sl_events, sizeof(*e), 0);
+    if (!e) {
+        count(SL_STAT_EVENT_LOST);
+        return;
+    }
+    __builtin_memset(e, 0, sizeof(*e));
+    __u64 now = bpf_ktime_get_ns();
+    __u16 lport = bpf_htons((__u16)skops->local_port);
+    __u16 rport = bpf_htons((__u16)bpf_ntohl(skops->remote_port));
+    e->time_ns = now;
+    e->cookie = bpf_get_socket_cookie(skops);
+    e->netns = bpf_get_netns_cookie(skops);
+    if (c->flags & SL_CONN_SERVER) {
+        __builtin_memcpy(e->src, remote, sizeof(e->src));
+        __builtin_memcpy(e->dst, local, sizeof(e->dst));
+        e->src_port = rport;
+        e->dst_port = lport;
+        e->side = SL_SIDE_SERVER;
+    } else {
+        __builtin_memcpy(e->src, local, sizeof(e->src));
+        __builtin_memcpy(e->dst, remote, sizeof(e->dst));
+        e->src_port = lport;
+        e->dst_port = rport;
+        e->side = SL_SIDE_CLIENT;
+        struct bpf_sock *sk = skops->sk;
+        struct sl_sock_origin *o = sk ? bpf_sk_storage_get(&sl_origins, sk, 0, 0) : NULL;
+        if (o) {
+            __builtin_memcpy(e->vip, o->vip, sizeof(e->vip));
+            e->vport = o->vport;
+        }
+    }
+    e->family = family;
+    e->kind = kind;
+    e->identity = c->identity;
+    e->rule = c->rule;
+    e->fast = (c->flags & SL_CONN_FAST) && !(c->flags & SL_CONN_NORMAL);
+    e->rtt_us = skops->srtt_us >> 3;
+    e->retrans = skops->total_retrans;
+    if (kind == SL_EV_CLOSE) {
+        e->duration_ns = now - c->opened_ns;
+        /* Bytes go from the client to the server and back. */
+        if (c->flags & SL_CONN_SERVER) {
+            e->bytes_sent = recv;
+            e->bytes_recv = sent;
+        } else {
+            e->bytes_sent = sent;
+            e->bytes_recv = recv;
+        }
+    }
+    bpf_ringbuf_submit(e, 0);
+}
+
+/* flow_open starts the accounting of an established connection and asks
+ * for the state callbacks that end it. */
+static __always_inline void flow_open(struct bpf_sock_ops *skops, struct sl_conn *c)
+{
+    c->opened_ns = bpf_ktime_get_ns();
+    c->base_acked = skops->bytes_acked;
+    c->base_recv = skops->bytes_received;
+    bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+    if ((c->flags & SL_CONN_TRACKED) && flows_on())
+        flow_emit(skops, c, SL_EV_OPEN, 0, 0);
+}
+
+/* flow_close sends a closing connection's totals: TCP's payload counts
+ * (the SYN and FINs excluded) plus what the fast path carried. */
+static __always_inline void flow_close(struct bpf_sock_ops *skops, struct sl_conn *c, __u32 old)
+{
+    __u64 sent = skops->bytes_acked - c->base_acked;
+    __u64 recv = skops->bytes_received - c->base_recv;
+    /* Our FIN was acknowledged if we closed through these states with
+     * nothing outstanding. */
+    if ((old == SL_TCP_FIN_WAIT2 || old == SL_TCP_LAST_ACK || old == SL_TCP_CLOSING) &&
+        skops->snd_una == skops->snd_nxt && sent > 0)
+        sent--;
+    struct bpf_sock *sk = skops->sk;
+    struct tcp_sock *tp = sk ? bpf_skc_to_tcp_sock(sk) : NULL;
+    if (tp && (((struct sock *)tp)->sk_shutdown & SL_RCV_SHUTDOWN) && recv > 0)
+        recv--; /* the peer's FIN */
+    if (c->flags & SL_CONN_FAST) {
+        struct sl_fast_key k = {};
+        if (client_key(skops, c, &k)) {
+            struct sl_fast_count *b = bpf_map_lookup_elem(&sl_fast_bytes, &k);
+            if (b) {
+                int server = c->flags & SL_CONN_SERVER;
+                sent += server ? b->to_client : b->to_server;
+                recv += server ? b->to_server : b->to_client;
+                if (__sync_fetch_and_add(&b->refs, -1) == 1)
+                    bpf_map_delete_elem(&sl_fast_bytes, &k);
+            }
+        }
+    }
+    if ((c->flags & SL_CONN_TRACKED) && flows_on())
+        flow_emit(skops, c, SL_EV_CLOSE, sent, recv);
+}
+
+/* fast_register puts an established socket on the fast path. The client
+ * goes first (its handshake completes first) and opens the connection's
+ * byte counts; the server follows only if they are there, so a connection
+ * is on it at both ends or at none. A failure leaves the connection on the
+ * normal path, counted. */
+static __always_inline void fast_register(struct bpf_sock_ops *skops, struct sl_conn *c)
+{
+    struct sl_fast_key k = {}, ck = {};
+    if (!fast_key(skops, &k))
+        return;
+    struct sl_fast_count first = {.refs = 1};
+    struct sl_fast_count *b = NULL;
+    if (c->flags & SL_CONN_SERVER) {
+        reverse_key(&k, &ck);
+        b = bpf_map_lookup_elem(&sl_fast_bytes, &ck);
+        if (!b)
+            return;
+    } else if (bpf_map_update_elem(&sl_fast_bytes, &k, &first, BPF_ANY)) {
+        count(SL_STAT_FAST_FULL);
+        return;
+    }
+    if (bpf_sock_hash_update(skops, &sl_fast, &k, BPF_NOEXIST)) {
+        count(SL_STAT_FAST_FULL);
+        if (!b)
+            bpf_map_delete_elem(&sl_fast_bytes, &k);
+        return;
+    }
+    if (b)
+        __sync_fetch_and_add(&b->refs, 1);
+    c->flags |= SL_CONN_FAST;
+    count(SL_STAT_FAST_REGISTERED);
+}
+
+/* established runs at both ends once a connection is up (not denied). */
+static __always_inline void established(struct bpf_sock_ops *skops)
+{
+    struct sl_conn *c = conn_of(skops);
+    if (!c || (c->flags & SL_CONN_DENIED))
+        return;
+    fast_register(skops, c);
+    if (c->flags & (SL_CONN_TRACKED | SL_CONN_FAST))
+        flow_open(skops, c);
+}
+
 SEC("sockops")
 int sl_sockops(struct bpf_sock_ops *skops)
 {
@@ -910,6 +1161,7 @@ int sl_sockops(struct bpf_sock_ops *skops)
         break;
     case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
         client_established(skops);
+        established(skops);
         break;
     case BPF_SOCK_OPS_TCP_LISTEN_CB:
         /* Keep each SYN so the tag can be read once the connection is up. */
@@ -917,12 +1169,79 @@ int sl_sockops(struct bpf_sock_ops *skops)
         break;
     case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
         authorize_ingress(skops);
+        established(skops);
+        break;
+    case BPF_SOCK_OPS_STATE_CB:
+        if (skops->args[1] == SL_TCP_CLOSE) {
+            struct sl_conn *c = conn_of(skops);
+            if (c && (c->flags & (SL_CONN_TRACKED | SL_CONN_FAST)))
+                flow_close(skops, c, skops->args[0]);
+        }
         break;
     case BPF_SOCK_OPS_TIMEOUT_INIT:
         synack_timeout(skops);
         break;
     }
     return 1;
+}
+
+/* sl_msg redirects each message a fast-path socket sends into its peer's
+ * receive queue. A socket whose peer is not on the fast path when it first
+ * sends stays on the normal path for good: its bytes must never overtake
+ * bytes already in flight. */
+SEC("sk_msg")
+int sl_msg(struct sk_msg_md *msg)
+{
+    struct bpf_sock *sk = msg->sk;
+    if (!sk)
+        return SK_PASS;
+    struct sl_conn *c = bpf_sk_storage_get(&sl_conns, sk, 0, 0);
+    if (!c || !(c->flags & SL_CONN_FAST) || (c->flags & SL_CONN_NORMAL))
+        return SK_PASS;
+
+    /* peer: the receiving socket's own key, the reverse of this one's. */
+    struct sl_fast_key peer = {};
+    if (msg->family == SL_AF_INET) {
+        peer.local[0] = msg->remote_ip4;
+        peer.remote[0] = msg->local_ip4;
+        peer.family = SL_FAMILY_V4;
+    } else {
+        peer.local[0] = msg->remote_ip6[0];
+        peer.local[1] = msg->remote_ip6[1];
+        peer.local[2] = msg->remote_ip6[2];
+        peer.local[3] = msg->remote_ip6[3];
+        peer.remote[0] = msg->local_ip6[0];
+        peer.remote[1] = msg->local_ip6[1];
+        peer.remote[2] = msg->local_ip6[2];
+        peer.remote[3] = msg->local_ip6[3];
+        peer.family = SL_FAMILY_V6;
+        unmap_pair(peer.local, peer.remote, &peer.family);
+    }
+    peer.lport = bpf_htons((__u16)bpf_ntohl(msg->remote_port));
+    peer.rport = bpf_htons((__u16)msg->local_port);
+
+    if (bpf_msg_redirect_hash(msg, &sl_fast, &peer, BPF_F_INGRESS) != SK_PASS) {
+        c->flags |= SL_CONN_NORMAL;
+        count(SL_STAT_FAST_FALLBACK);
+        return SK_PASS;
+    }
+    __u32 n = msg->size;
+    int server = c->flags & SL_CONN_SERVER;
+    struct sl_fast_key ck = {};
+    if (server) {
+        ck = peer;
+    } else {
+        reverse_key(&peer, &ck);
+    }
+    struct sl_fast_count *b = bpf_map_lookup_elem(&sl_fast_bytes, &ck);
+    if (b) {
+        if (server)
+            __sync_fetch_and_add(&b->to_client, n);
+        else
+            __sync_fetch_and_add(&b->to_server, n);
+    }
+    count_n(SL_STAT_FAST_BYTES, n);
+    return SK_PASS;
 }
 
 /* denied_socket reports whether skb belongs to a connection policy denied. */

@@ -37,7 +37,11 @@ enum sl_stat {
     SL_STAT_EVENT_LOST = 11,  /* events the ring buffer had no room for */
     SL_STAT_TERMINATED = 12,  /* denied connections destroyed */
     SL_STAT_EARLY_DATA = 13,  /* payload dropped at a listener: it would open a denied connection */
-    SL_STAT_MAX = 14,
+    SL_STAT_FAST_REGISTERED = 14, /* sockets put on the same-node fast path */
+    SL_STAT_FAST_FULL = 15,       /* sockets left off it: sl_fast was full or refused them */
+    SL_STAT_FAST_FALLBACK = 16,   /* connections left off it: the peer was not on it in time */
+    SL_STAT_FAST_BYTES = 17,      /* bytes the fast path carried */
+    SL_STAT_MAX = 18,
 };
 
 /* Slots in sl_stats: more than the counters, so that adding one keeps the
@@ -216,6 +220,9 @@ struct sl_rule_stat {
 #define SL_CONN_DENIED 4     /* denied: traffic is dropped until it is destroyed */
 #define SL_CONN_TAGGED 8     /* the client's SYN carried a trusted tag */
 #define SL_CONN_SRC_KNOWN 16 /* src holds the source address */
+#define SL_CONN_TRACKED 32   /* a flow: open and close events are sent */
+#define SL_CONN_FAST 64      /* registered in sl_fast */
+#define SL_CONN_NORMAL 128   /* its messages take the normal path for good */
 
 /* Per-socket record (socket-local storage) of a TCP connection's identity
  * and policy destination, kept for tags and re-evaluation. */
@@ -228,6 +235,10 @@ struct sl_conn {
     __u16 dst_port;
     __u8 family;
     __u8 pad;
+    /* Flow accounting, if SL_CONN_TRACKED. */
+    __u64 opened_ns;  /* CLOCK_MONOTONIC at establishment */
+    __u64 base_acked; /* bytes_acked at establishment (the SYN) */
+    __u64 base_recv;  /* bytes_received at establishment */
 };
 
 enum sl_event_kind {
@@ -236,9 +247,15 @@ enum sl_event_kind {
     SL_EV_SHADOW_DENY_CONNECT = 3, /* dry-run rules would have refused a connect */
     SL_EV_SHADOW_DENY_INGRESS = 4, /* dry-run rules would have denied at the destination */
     SL_EV_TERMINATED = 5,          /* a connection the policy now denies was destroyed */
+    SL_EV_OPEN = 6,                /* a tracked connection was established */
+    SL_EV_CLOSE = 7,               /* a tracked connection closed */
 };
 
-/* A policy event, sent through the sl_events ring buffer. */
+#define SL_SIDE_CLIENT 1 /* the event's socket is the client's */
+#define SL_SIDE_SERVER 2 /* the event's socket is the server's */
+
+/* An event, sent through the sl_events ring buffer: a policy event, or a
+ * flow's open or close. src is always the client's end. */
 struct sl_event {
     __u64 time_ns; /* CLOCK_MONOTONIC */
     __u64 cookie;  /* socket cookie */
@@ -255,6 +272,52 @@ struct sl_event {
     __u8 kind; /* enum sl_event_kind */
     __u8 flags; /* the verdict's SL_VERDICT_* */
     __u8 shadow;
+    /* Flow events (SL_EV_OPEN, SL_EV_CLOSE). Bytes are payload: on a
+     * close, client to server (sent) and back (recv), fast path included. */
+    __u64 bytes_sent;
+    __u64 bytes_recv;
+    __u64 duration_ns;
+    __u32 vip[4]; /* the service the client dialed, if known (vport != 0) */
+    __u32 rtt_us; /* smoothed RTT */
+    __u32 retrans;
+    __u16 vport;
+    __u8 side; /* SL_SIDE_* */
+    __u8 fast; /* the fast path carried the socket's messages */
+    __u32 pad2;
+};
+
+/* --- Same-node fast path ---------------------------------------------------
+ *
+ * Both sockets of an established TCP connection between two local workloads
+ * whose fast path is on are kept in sl_fast (a sockhash), keyed by their
+ * own 4-tuple. An sk_msg program redirects each message a socket sends into
+ * the receive queue of its peer, found by the reversed tuple.
+ */
+struct sl_fast_key {
+    __u32 local[4];
+    __u32 remote[4];
+    __u16 lport; /* network byte order */
+    __u16 rport;
+    __u8 family;
+    __u8 pad[3];
+};
+
+/* Value of sl_fast_bytes (key: the client's sl_fast_key): the bytes the
+ * fast path carried each way, and how many of the connection's sockets
+ * are on it and not closed; the last to close deletes the entry. */
+struct sl_fast_count {
+    __u64 to_server;
+    __u64 to_client;
+    __s32 refs;
+    __u32 pad;
+};
+
+/* sl_settings[0]: node settings the agent sets. */
+#define SL_SET_FLOWS 1 /* send flow open and close events */
+
+struct sl_node_config {
+    __u32 flags;
+    __u32 pad;
 };
 
 #endif /* SLUICE_ABI_H */

@@ -67,18 +67,22 @@ func newMesh(t *testing.T) *mesh {
 
 // node adds a node; with sluice, it gets a dataplane and an enforcement
 // loop, as the agent runs them.
-func (m *mesh) node(name string, sluice bool) *meshNode {
+func (m *mesh) node(name string, sluice bool, caps ...dataplane.Capacity) *meshNode {
 	m.t.Helper()
 	n, err := m.c.AddNode(name)
 	if err != nil {
 		m.t.Fatal(err)
 	}
-	mn := &meshNode{n: n, events: make(chan dataplane.Event, 256)}
+	mn := &meshNode{n: n, events: make(chan dataplane.Event, 8192)}
 	m.nodes[name] = mn
 	if !sluice {
 		return mn
 	}
-	dp, err := dataplane.Open(dataplane.Options{PinDir: n.PinDir, Cgroup: n.Cgroup})
+	var c dataplane.Capacity
+	if len(caps) > 0 {
+		c = caps[0]
+	}
+	dp, err := dataplane.Open(dataplane.Options{PinDir: n.PinDir, Cgroup: n.Cgroup, Capacity: c})
 	if err != nil {
 		m.t.Fatalf("open dataplane of %s: %v", name, err)
 	}

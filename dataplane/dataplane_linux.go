@@ -157,6 +157,9 @@ func (d *Dataplane) load() error {
 		// Rule 0 means "no rule" and is never counted.
 		"sl_rule_stats": c.Rules + 1,
 		"sl_events":     c.EventBytes,
+		"sl_fast":       c.FastPath,
+		"sl_fast_bytes": c.FastPath,
+		"sl_fast_addrs": 2 * c.Workloads, // one address per family
 	}
 	for name, m := range spec.Maps {
 		if strings.HasPrefix(name, ".") {
@@ -210,6 +213,14 @@ func (d *Dataplane) attach(cgroupID uint64) error {
 			return fmt.Errorf("load pinned link %s: %w", pin, err)
 		}
 		d.links[a.name] = l
+	}
+	// The fast path's message program belongs to its sockhash, which holds
+	// it as long as the map lives (pinned); attaching again replaces it.
+	// Sockets already on the fast path keep the program they started with.
+	if err := link.RawAttachProgram(link.RawAttachProgramOptions{
+		Target: d.objs.SlFast.FD(), Program: d.objs.SlMsg, Attach: ebpf.AttachSkMsgVerdict,
+	}); err != nil {
+		return fmt.Errorf("attach the fast path's sk_msg program: %w", err)
 	}
 	return nil
 }
@@ -502,6 +513,35 @@ func (d *Dataplane) Status() Status {
 	return st
 }
 
+// SetFlows turns the flow events (EventOpen, EventClose) of the node's
+// programs on or off. They are off until turned on; the setting lives in
+// the pinned maps, so it outlasts the process.
+func (d *Dataplane) SetFlows(on bool) error {
+	var cfg serviceSlNodeConfig
+	if on {
+		cfg.Flags |= 1 // SL_SET_FLOWS
+	}
+	if err := d.objs.SlSettings.Put(uint32(0), cfg); err != nil {
+		return fmt.Errorf("set flow events: %w", err)
+	}
+	return nil
+}
+
+// FastPathSockets counts the sockets on the same-node fast path now.
+func (d *Dataplane) FastPathSockets() (int, error) {
+	var k serviceSlFastKey
+	var cookie uint64
+	n := 0
+	it := d.objs.SlFast.Iterate()
+	for it.Next(&k, &cookie) {
+		n++
+	}
+	if err := it.Err(); err != nil {
+		return n, fmt.Errorf("count fast-path sockets: %w", err)
+	}
+	return n, nil
+}
+
 // EntriesWritten is Status().EntriesWritten without waiting: it may not
 // count yet the standby generation's update of the last Apply.
 func (d *Dataplane) EntriesWritten() uint64 { return d.written.Load() }
@@ -520,9 +560,14 @@ type Stats struct {
 	Untagged    uint64 // accepted connections without a tag (unknown source)
 	Dropped     uint64 // packets dropped to or from denied connections
 	VerdictMiss uint64 // policy lookups without a verdict, denied; stays 0 unless the maps are inconsistent
-	EventsLost  uint64 // policy events the ring buffer had no room for
+	EventsLost  uint64 // events the ring buffer had no room for
 	Terminated  uint64 // denied connections destroyed
 	EarlyData   uint64 // segments with payload dropped at a listener: they would open a denied connection
+
+	FastRegistered uint64 // sockets put on the same-node fast path
+	FastFull       uint64 // sockets left off it because its maps were full
+	FastFallback   uint64 // connections whose sender found its peer off the fast path: normal path for good
+	FastBytes      uint64 // bytes the fast path carried
 }
 
 // Stats reads the programs' counters.
@@ -546,6 +591,10 @@ func (d *Dataplane) Stats() (Stats, error) {
 		{serviceSlStatSL_STAT_EVENT_LOST, &s.EventsLost},
 		{serviceSlStatSL_STAT_TERMINATED, &s.Terminated},
 		{serviceSlStatSL_STAT_EARLY_DATA, &s.EarlyData},
+		{serviceSlStatSL_STAT_FAST_REGISTERED, &s.FastRegistered},
+		{serviceSlStatSL_STAT_FAST_FULL, &s.FastFull},
+		{serviceSlStatSL_STAT_FAST_FALLBACK, &s.FastFallback},
+		{serviceSlStatSL_STAT_FAST_BYTES, &s.FastBytes},
 	} {
 		v, err := d.readStat(f.stat)
 		if err != nil {

@@ -18,6 +18,8 @@ const (
 	EventShadowDenyConnect EventKind = 3 // dry-run rules would have refused a local client
 	EventShadowDenyIngress EventKind = 4 // dry-run rules would have denied a connection here
 	EventTerminated        EventKind = 5 // a denied connection was destroyed
+	EventOpen              EventKind = 6 // a flow was established (with SetFlows on)
+	EventClose             EventKind = 7 // a flow closed (with SetFlows on)
 )
 
 func (k EventKind) String() string {
@@ -32,11 +34,16 @@ func (k EventKind) String() string {
 		return "shadow-deny-ingress"
 	case EventTerminated:
 		return "terminated"
+	case EventOpen:
+		return "open"
+	case EventClose:
+		return "close"
 	}
 	return fmt.Sprintf("event(%d)", uint8(k))
 }
 
-// Event is one policy event of the node's programs.
+// Event is one event of the node's programs: a policy event, or a flow's
+// open or close.
 type Event struct {
 	Kind        EventKind
 	Time        time.Duration  // CLOCK_MONOTONIC
@@ -50,6 +57,17 @@ type Event struct {
 	ShadowRule  policy.Rule    // the dry-run rule that decided (zero if none)
 	Deny        bool           // the enforced verdict
 	ShadowDeny  bool           // the dry-run verdict was deny
+
+	// Flow events (EventOpen, EventClose). Source is the client's end at
+	// both ends of a connection.
+	Server      bool           // the socket is the server's (accepted here); else the client's
+	Service     netip.AddrPort // the service VIP:port the client dialed; invalid if unknown
+	BytesSent   uint64         // payload client → server, at close
+	BytesRecv   uint64         // payload server → client, at close
+	Duration    time.Duration  // established to closed, at close
+	RTT         time.Duration  // smoothed round-trip time
+	Retransmits uint32         // segments retransmitted
+	FastPath    bool           // the socket was on the same-node fast path
 }
 
 // RuleStat is the verdicts one rule decided: at connect on this node's

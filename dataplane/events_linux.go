@@ -70,6 +70,16 @@ func (d *Dataplane) event(raw *serviceSlEvent) Event {
 		Identity:    raw.Identity,
 		Deny:        raw.Flags&1 != 0,
 		ShadowDeny:  raw.Shadow == 2,
+		Server:      raw.Side == 2,
+		BytesSent:   raw.BytesSent,
+		BytesRecv:   raw.BytesRecv,
+		Duration:    time.Duration(raw.DurationNs),
+		RTT:         time.Duration(raw.RttUs) * time.Microsecond,
+		Retransmits: raw.Retrans,
+		FastPath:    raw.Fast != 0,
+	}
+	if raw.Vport != 0 {
+		e.Service = netip.AddrPortFrom(addrFromWords(raw.Vip, raw.Family), ntohs(raw.Vport))
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()

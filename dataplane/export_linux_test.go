@@ -89,3 +89,21 @@ func StraysForTest(pinDir string) (int, error) {
 	}
 	return n, it.Err()
 }
+
+// FastCountsForTest counts the entries of the fast path's byte counts
+// pinned under pinDir.
+func FastCountsForTest(pinDir string) (int, error) {
+	m, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, "sl_fast_bytes"), nil)
+	if err != nil {
+		return 0, err
+	}
+	defer m.Close()
+	var k serviceSlFastKey
+	var v serviceSlFastCount
+	n := 0
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		n++
+	}
+	return n, it.Err()
+}

@@ -16,6 +16,7 @@ import (
 // Guarded by Dataplane.mu.
 type authz struct {
 	cgroups map[uint64]serviceSlCgroupValue // sl_cgroups as written; nil until read back
+	fast    map[serviceSlAddrKey]uint32     // sl_fast_addrs as written
 	addrs   map[serviceSlAddrKey]uint32     // sl_addrs as written; nil until read back
 	gen     uint32                          // policy generation the programs read
 	tables  *policy.Tables                  // compiled tables in force; nil after adoption
@@ -30,6 +31,7 @@ type authz struct {
 type compiledAuthz struct {
 	cgroups map[uint64]serviceSlCgroupValue
 	addrs   map[serviceSlAddrKey]uint32
+	fast    map[serviceSlAddrKey]uint32 // addresses of local workloads on the fast path
 	tables  *policy.Tables
 	names   map[uint32]string
 }
@@ -41,6 +43,7 @@ func compileAuthz(s model.State, c Capacity) (*compiledAuthz, error) {
 	out := &compiledAuthz{
 		cgroups: make(map[uint64]serviceSlCgroupValue, len(ids.Cgroups)),
 		addrs:   make(map[serviceSlAddrKey]uint32, len(ids.Addrs)),
+		fast:    map[serviceSlAddrKey]uint32{},
 		names:   ids.Names,
 	}
 	bad := func(entry, reason string, class error) error {
@@ -67,6 +70,12 @@ func compileAuthz(s model.State, c Capacity) (*compiledAuthz, error) {
 			default:
 				return nil, bad(entry, "address "+a.String()+": at most one address per family, not v4-mapped", model.ErrInvalidState)
 			}
+			if cg.FastPath {
+				out.fast[addrKey(a)] = cg.Identity
+			}
+		}
+		if cg.FastPath && len(cg.Addrs) == 0 {
+			return nil, bad(entry, "fast path on but no address: the fast path finds workloads by address", model.ErrInvalidState)
 		}
 		out.cgroups[cg.CgroupID] = v
 	}
@@ -97,6 +106,7 @@ func compileAuthz(s model.State, c Capacity) (*compiledAuthz, error) {
 	return out, errors.Join(
 		over("workload cgroups", len(out.cgroups), c.Workloads),
 		over("workload addresses", len(out.addrs), c.Addresses),
+		over("fast-path addresses", len(out.fast), 2*c.Workloads),
 		over("policy destinations", len(tables.Dests), c.PolicyDests),
 		over("policy source classes", len(tables.Classes), c.Classes),
 		over("policy verdicts", len(tables.Verdicts), c.Verdicts),
@@ -124,6 +134,9 @@ func (d *Dataplane) applyAuthz(ca *compiledAuthz) error {
 	if err := syncMap(d, d.objs.SlAddrs, a.addrs, ca.addrs, false); err != nil {
 		return fmt.Errorf("write workload addresses: %w", err)
 	}
+	if err := syncMap(d, d.objs.SlFastAddrs, a.fast, ca.fast, false); err != nil {
+		return fmt.Errorf("write fast-path addresses: %w", err)
+	}
 	if err := d.applyPolicy(ca.tables); err != nil {
 		return err
 	}
@@ -133,6 +146,9 @@ func (d *Dataplane) applyAuthz(ca *compiledAuthz) error {
 	}
 	if err := syncMap(d, d.objs.SlAddrs, a.addrs, ca.addrs, true); err != nil {
 		return fmt.Errorf("remove workload addresses: %w", err)
+	}
+	if err := syncMap(d, d.objs.SlFastAddrs, a.fast, ca.fast, true); err != nil {
+		return fmt.Errorf("remove fast-path addresses: %w", err)
 	}
 	return nil
 }
@@ -151,11 +167,15 @@ func (a *authz) readBack(objs *serviceObjects) error {
 	if err != nil {
 		return fmt.Errorf("read workload addresses: %w", err)
 	}
+	fast, err := readMap[serviceSlAddrKey, uint32](objs.SlFastAddrs)
+	if err != nil {
+		return fmt.Errorf("read fast-path addresses: %w", err)
+	}
 	var cfg serviceSlPolicyConfig
 	if err := objs.SlPolicyActive.Lookup(uint32(0), &cfg); err != nil {
 		return fmt.Errorf("read policy generation: %w", err)
 	}
-	a.cgroups, a.addrs, a.gen, a.dirty = cgroups, addrs, cfg.Gen&1, true
+	a.cgroups, a.addrs, a.fast, a.gen, a.dirty = cgroups, addrs, fast, cfg.Gen&1, true
 	a.ruleIDs = map[string]uint32{}
 	a.rules = map[uint32]policy.Rule{}
 	return nil

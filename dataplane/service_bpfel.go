@@ -59,15 +59,18 @@ type serviceSlConfig struct {
 }
 
 type serviceSlConn struct {
-	_        structs.HostLayout
-	Identity uint32
-	Flags    uint32
-	Dst      [4]uint32
-	Src      [4]uint32
-	Rule     uint32
-	DstPort  uint16
-	Family   uint8
-	Pad      uint8
+	_         structs.HostLayout
+	Identity  uint32
+	Flags     uint32
+	Dst       [4]uint32
+	Src       [4]uint32
+	Rule      uint32
+	DstPort   uint16
+	Family    uint8
+	Pad       uint8
+	OpenedNs  uint64
+	BaseAcked uint64
+	BaseRecv  uint64
 }
 
 type serviceSlDestKey struct {
@@ -102,6 +105,16 @@ type serviceSlEvent struct {
 	Kind       uint8
 	Flags      uint8
 	Shadow     uint8
+	BytesSent  uint64
+	BytesRecv  uint64
+	DurationNs uint64
+	Vip        [4]uint32
+	RttUs      uint32
+	Retrans    uint32
+	Vport      uint16
+	Side       uint8
+	Fast       uint8
+	Pad2       uint32
 }
 
 type serviceSlEventKind uint32
@@ -112,7 +125,27 @@ const (
 	serviceSlEventKindSL_EV_SHADOW_DENY_CONNECT serviceSlEventKind = 3
 	serviceSlEventKindSL_EV_SHADOW_DENY_INGRESS serviceSlEventKind = 4
 	serviceSlEventKindSL_EV_TERMINATED          serviceSlEventKind = 5
+	serviceSlEventKindSL_EV_OPEN                serviceSlEventKind = 6
+	serviceSlEventKindSL_EV_CLOSE               serviceSlEventKind = 7
 )
+
+type serviceSlFastCount struct {
+	_        structs.HostLayout
+	ToServer uint64
+	ToClient uint64
+	Refs     int32
+	Pad      uint32
+}
+
+type serviceSlFastKey struct {
+	_      structs.HostLayout
+	Local  [4]uint32
+	Remote [4]uint32
+	Lport  uint16
+	Rport  uint16
+	Family uint8
+	Pad    [3]uint8
+}
 
 type serviceSlHandshake struct {
 	_      structs.HostLayout
@@ -128,6 +161,12 @@ type serviceSlHandshakeKey struct {
 	DstPort uint16
 	Family  uint8
 	Pad     [3]uint8
+}
+
+type serviceSlNodeConfig struct {
+	_     structs.HostLayout
+	Flags uint32
+	Pad   uint32
 }
 
 type serviceSlPolicyConfig struct {
@@ -174,21 +213,25 @@ type serviceSlSockOrigin struct {
 type serviceSlStat uint32
 
 const (
-	serviceSlStatSL_STAT_TRANSLATED   serviceSlStat = 0
-	serviceSlStatSL_STAT_NO_BACKEND   serviceSlStat = 1
-	serviceSlStatSL_STAT_BACKEND_MISS serviceSlStat = 2
-	serviceSlStatSL_STAT_DENY_CONNECT serviceSlStat = 3
-	serviceSlStatSL_STAT_DENY_INGRESS serviceSlStat = 4
-	serviceSlStatSL_STAT_TAG_SENT     serviceSlStat = 5
-	serviceSlStatSL_STAT_TAG_TRUSTED  serviceSlStat = 6
-	serviceSlStatSL_STAT_TAG_REJECTED serviceSlStat = 7
-	serviceSlStatSL_STAT_UNTAGGED     serviceSlStat = 8
-	serviceSlStatSL_STAT_DROPPED      serviceSlStat = 9
-	serviceSlStatSL_STAT_VERDICT_MISS serviceSlStat = 10
-	serviceSlStatSL_STAT_EVENT_LOST   serviceSlStat = 11
-	serviceSlStatSL_STAT_TERMINATED   serviceSlStat = 12
-	serviceSlStatSL_STAT_EARLY_DATA   serviceSlStat = 13
-	serviceSlStatSL_STAT_MAX          serviceSlStat = 14
+	serviceSlStatSL_STAT_TRANSLATED      serviceSlStat = 0
+	serviceSlStatSL_STAT_NO_BACKEND      serviceSlStat = 1
+	serviceSlStatSL_STAT_BACKEND_MISS    serviceSlStat = 2
+	serviceSlStatSL_STAT_DENY_CONNECT    serviceSlStat = 3
+	serviceSlStatSL_STAT_DENY_INGRESS    serviceSlStat = 4
+	serviceSlStatSL_STAT_TAG_SENT        serviceSlStat = 5
+	serviceSlStatSL_STAT_TAG_TRUSTED     serviceSlStat = 6
+	serviceSlStatSL_STAT_TAG_REJECTED    serviceSlStat = 7
+	serviceSlStatSL_STAT_UNTAGGED        serviceSlStat = 8
+	serviceSlStatSL_STAT_DROPPED         serviceSlStat = 9
+	serviceSlStatSL_STAT_VERDICT_MISS    serviceSlStat = 10
+	serviceSlStatSL_STAT_EVENT_LOST      serviceSlStat = 11
+	serviceSlStatSL_STAT_TERMINATED      serviceSlStat = 12
+	serviceSlStatSL_STAT_EARLY_DATA      serviceSlStat = 13
+	serviceSlStatSL_STAT_FAST_REGISTERED serviceSlStat = 14
+	serviceSlStatSL_STAT_FAST_FULL       serviceSlStat = 15
+	serviceSlStatSL_STAT_FAST_FALLBACK   serviceSlStat = 16
+	serviceSlStatSL_STAT_FAST_BYTES      serviceSlStat = 17
+	serviceSlStatSL_STAT_MAX             serviceSlStat = 18
 )
 
 type serviceSlSvcKey struct {
@@ -237,12 +280,16 @@ const (
 	serviceMapSlConns           = "sl_conns"
 	serviceMapSlDests           = "sl_dests"
 	serviceMapSlEvents          = "sl_events"
+	serviceMapSlFast            = "sl_fast"
+	serviceMapSlFastAddrs       = "sl_fast_addrs"
+	serviceMapSlFastBytes       = "sl_fast_bytes"
 	serviceMapSlHandshakes      = "sl_handshakes"
 	serviceMapSlOrigins         = "sl_origins"
 	serviceMapSlPolicyActive    = "sl_policy_active"
 	serviceMapSlRevnat          = "sl_revnat"
 	serviceMapSlRuleStats       = "sl_rule_stats"
 	serviceMapSlServices        = "sl_services"
+	serviceMapSlSettings        = "sl_settings"
 	serviceMapSlStats           = "sl_stats"
 	serviceMapSlVerdicts        = "sl_verdicts"
 	serviceProgSlConnect4       = "sl_connect4"
@@ -251,6 +298,7 @@ const (
 	serviceProgSlGetpeername4   = "sl_getpeername4"
 	serviceProgSlGetpeername6   = "sl_getpeername6"
 	serviceProgSlIngress        = "sl_ingress"
+	serviceProgSlMsg            = "sl_msg"
 	serviceProgSlRecvmsg4       = "sl_recvmsg4"
 	serviceProgSlRecvmsg6       = "sl_recvmsg6"
 	serviceProgSlSendmsg4       = "sl_sendmsg4"
@@ -309,6 +357,7 @@ type serviceProgramSpecs struct {
 	SlGetpeername4 *ebpf.ProgramSpec `ebpf:"sl_getpeername4"`
 	SlGetpeername6 *ebpf.ProgramSpec `ebpf:"sl_getpeername6"`
 	SlIngress      *ebpf.ProgramSpec `ebpf:"sl_ingress"`
+	SlMsg          *ebpf.ProgramSpec `ebpf:"sl_msg"`
 	SlRecvmsg4     *ebpf.ProgramSpec `ebpf:"sl_recvmsg4"`
 	SlRecvmsg6     *ebpf.ProgramSpec `ebpf:"sl_recvmsg6"`
 	SlSendmsg4     *ebpf.ProgramSpec `ebpf:"sl_sendmsg4"`
@@ -329,12 +378,16 @@ type serviceMapSpecs struct {
 	SlConns        *ebpf.MapSpec `ebpf:"sl_conns"`
 	SlDests        *ebpf.MapSpec `ebpf:"sl_dests"`
 	SlEvents       *ebpf.MapSpec `ebpf:"sl_events"`
+	SlFast         *ebpf.MapSpec `ebpf:"sl_fast"`
+	SlFastAddrs    *ebpf.MapSpec `ebpf:"sl_fast_addrs"`
+	SlFastBytes    *ebpf.MapSpec `ebpf:"sl_fast_bytes"`
 	SlHandshakes   *ebpf.MapSpec `ebpf:"sl_handshakes"`
 	SlOrigins      *ebpf.MapSpec `ebpf:"sl_origins"`
 	SlPolicyActive *ebpf.MapSpec `ebpf:"sl_policy_active"`
 	SlRevnat       *ebpf.MapSpec `ebpf:"sl_revnat"`
 	SlRuleStats    *ebpf.MapSpec `ebpf:"sl_rule_stats"`
 	SlServices     *ebpf.MapSpec `ebpf:"sl_services"`
+	SlSettings     *ebpf.MapSpec `ebpf:"sl_settings"`
 	SlStats        *ebpf.MapSpec `ebpf:"sl_stats"`
 	SlVerdicts     *ebpf.MapSpec `ebpf:"sl_verdicts"`
 }
@@ -375,12 +428,16 @@ type serviceMaps struct {
 	SlConns        *ebpf.Map `ebpf:"sl_conns"`
 	SlDests        *ebpf.Map `ebpf:"sl_dests"`
 	SlEvents       *ebpf.Map `ebpf:"sl_events"`
+	SlFast         *ebpf.Map `ebpf:"sl_fast"`
+	SlFastAddrs    *ebpf.Map `ebpf:"sl_fast_addrs"`
+	SlFastBytes    *ebpf.Map `ebpf:"sl_fast_bytes"`
 	SlHandshakes   *ebpf.Map `ebpf:"sl_handshakes"`
 	SlOrigins      *ebpf.Map `ebpf:"sl_origins"`
 	SlPolicyActive *ebpf.Map `ebpf:"sl_policy_active"`
 	SlRevnat       *ebpf.Map `ebpf:"sl_revnat"`
 	SlRuleStats    *ebpf.Map `ebpf:"sl_rule_stats"`
 	SlServices     *ebpf.Map `ebpf:"sl_services"`
+	SlSettings     *ebpf.Map `ebpf:"sl_settings"`
 	SlStats        *ebpf.Map `ebpf:"sl_stats"`
 	SlVerdicts     *ebpf.Map `ebpf:"sl_verdicts"`
 }
@@ -395,12 +452,16 @@ func (m *serviceMaps) Close() error {
 		m.SlConns,
 		m.SlDests,
 		m.SlEvents,
+		m.SlFast,
+		m.SlFastAddrs,
+		m.SlFastBytes,
 		m.SlHandshakes,
 		m.SlOrigins,
 		m.SlPolicyActive,
 		m.SlRevnat,
 		m.SlRuleStats,
 		m.SlServices,
+		m.SlSettings,
 		m.SlStats,
 		m.SlVerdicts,
 	)
@@ -424,6 +485,7 @@ type servicePrograms struct {
 	SlGetpeername4 *ebpf.Program `ebpf:"sl_getpeername4"`
 	SlGetpeername6 *ebpf.Program `ebpf:"sl_getpeername6"`
 	SlIngress      *ebpf.Program `ebpf:"sl_ingress"`
+	SlMsg          *ebpf.Program `ebpf:"sl_msg"`
 	SlRecvmsg4     *ebpf.Program `ebpf:"sl_recvmsg4"`
 	SlRecvmsg6     *ebpf.Program `ebpf:"sl_recvmsg6"`
 	SlSendmsg4     *ebpf.Program `ebpf:"sl_sendmsg4"`
@@ -440,6 +502,7 @@ func (p *servicePrograms) Close() error {
 		p.SlGetpeername4,
 		p.SlGetpeername6,
 		p.SlIngress,
+		p.SlMsg,
 		p.SlRecvmsg4,
 		p.SlRecvmsg6,
 		p.SlSendmsg4,

@@ -16,13 +16,14 @@ type Capacity struct {
 	Verdicts    int // verdict entries over all policy sets
 	Rules       int // policy rules, each with its own counters
 	EventBytes  int // size of the event ring buffer; a power of two, at least 4096
+	FastPath    int // sockets on the same-node fast path (two per connection)
 }
 
 // DefaultCapacity is used for every zero field of Capacity.
 var DefaultCapacity = Capacity{
 	Services: 16384, Backends: 131072, UDPReverse: 65536,
 	Workloads: 4096, Addresses: 131072, PolicyDests: 65536, Classes: 16384,
-	Verdicts: 131072, Rules: 16384, EventBytes: 1 << 20,
+	Verdicts: 131072, Rules: 16384, EventBytes: 1 << 22, FastPath: 65536,
 }
 
 // WithDefaults returns c with zero fields set from DefaultCapacity.
@@ -47,6 +48,7 @@ func (c Capacity) WithDefaults() Capacity {
 		{&c.Verdicts, DefaultCapacity.Verdicts},
 		{&c.Rules, DefaultCapacity.Rules},
 		{&c.EventBytes, DefaultCapacity.EventBytes},
+		{&c.FastPath, DefaultCapacity.FastPath},
 	} {
 		if *f.v == 0 {
 			*f.v = f.d

@@ -155,6 +155,10 @@ type CgroupIdentity struct {
 	Path     string       // optional: for errors and logs
 	Identity uint32       // required: a key of Identities.Names
 	Addrs    []netip.Addr // optional: the workload's addresses, one per family, for CIDR principals at connect
+	// FastPath puts the workload's TCP connections with other local
+	// workloads whose fast path is on through the same-node fast path
+	// (docs/fastpath.md). It needs Addrs.
+	FastPath bool
 }
 
 // AddrIdentity binds a workload address to its identity. A connection

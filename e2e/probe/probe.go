@@ -44,6 +44,10 @@ func run(role string) int {
 		return clientRole(false, true)
 	case "hold":
 		return clientRole(true, false)
+	case "echo":
+		return echoRole()
+	case "exchange":
+		return exchangeRole()
 	}
 	fmt.Fprintln(os.Stderr, "unknown role", role)
 	return 2

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"strconv"
+	"strings"
 
 	"github.com/sluice-mesh/sluice/e2e/cluster"
 )
@@ -26,6 +28,27 @@ func DialAs(p *cluster.Pod, role, addr string) (Result, error) {
 	var r Result
 	if err := json.Unmarshal(out, &r); err != nil {
 		return Result{}, fmt.Errorf("client in %s: %w: %q", p.Name, err, out)
+	}
+	return r, nil
+}
+
+// Exchanges runs the exchange role in pod p: conns concurrent connections
+// to addr, each sending its share of sizes and reading the echo back.
+func Exchanges(p *cluster.Pod, addr string, conns int, sizes ...int) (Exchange, error) {
+	var s []string
+	for _, n := range sizes {
+		s = append(s, strconv.Itoa(n))
+	}
+	cmd := p.Command(context.Background(), os.Args[0])
+	cmd.Env = append(os.Environ(), RoleEnv+"=exchange", DialEnv+"="+addr,
+		ConnsEnv+"="+strconv.Itoa(conns), SizesEnv+"="+strings.Join(s, ","))
+	out, err := p.Output(cmd)
+	if err != nil {
+		return Exchange{}, fmt.Errorf("exchange in %s: %w", p.Name, err)
+	}
+	var r Exchange
+	if err := json.Unmarshal(out, &r); err != nil {
+		return Exchange{}, fmt.Errorf("exchange in %s: %w: %q", p.Name, err, out)
 	}
 	return r, nil
 }

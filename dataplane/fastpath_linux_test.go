@@ -1,0 +1,296 @@
+package dataplane_test
+
+import (
+	"bufio"
+	"context"
+	"net/netip"
+	"os"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/sluice-mesh/sluice/dataplane"
+	"github.com/sluice-mesh/sluice/dataplane/model"
+	"github.com/sluice-mesh/sluice/e2e/probe"
+)
+
+// echo runs the echo role in a pod: mode read, splice or relay (to upstream).
+func (m *mesh) echo(pod, mode, upstream string) {
+	m.t.Helper()
+	p := m.pods[pod]
+	cmd := p.Command(context.Background(), os.Args[0])
+	cmd.Env = append(os.Environ(), probe.RoleEnv+"=echo", probe.ListenEnv+"=0.0.0.0:7000",
+		probe.EchoModeEnv+"="+mode, probe.UpstreamEnv+"="+upstream)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		m.t.Fatal(err)
+	}
+	if err := p.Start(cmd); err != nil {
+		m.t.Fatal(err)
+	}
+	ready := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(out)
+		if sc.Scan() && sc.Text() == "ready" {
+			close(ready)
+		}
+		for sc.Scan() {
+		}
+	}()
+	select {
+	case <-ready:
+	case <-time.After(10 * time.Second):
+		m.t.Fatalf("echo in %s did not start", pod)
+	}
+}
+
+// exchange runs the exchange role in pod and fails the test unless it
+// returns; the caller judges the result.
+func (m *mesh) exchange(pod, addr string, conns int, sizes ...int) probe.Exchange {
+	m.t.Helper()
+	r, err := probe.Exchanges(m.pods[pod], addr, conns, sizes...)
+	if err != nil {
+		m.t.Fatal(err)
+	}
+	return r
+}
+
+// closes collects the close events of the connections from the given
+// client addresses, both ends', waiting until there are two per client.
+func (m *mesh) closes(t *testing.T, node string, locals []string) map[string][]dataplane.Event {
+	t.Helper()
+	want := map[string][]dataplane.Event{}
+	for _, l := range locals {
+		want[l] = nil
+	}
+	missing := 2 * len(locals)
+	deadline := time.After(10 * time.Second)
+	for missing > 0 {
+		select {
+		case e := <-m.nodes[node].events:
+			if e.Kind != dataplane.EventClose {
+				continue
+			}
+			got, ok := want[e.Source.String()]
+			if !ok {
+				continue
+			}
+			want[e.Source.String()] = append(got, e)
+			missing--
+		case <-deadline:
+			sides := map[bool]int{}
+			for _, es := range want {
+				for _, e := range es {
+					sides[e.Server]++
+				}
+			}
+			t.Fatalf("%d close events missing; got %d client-side, %d server-side", missing, sides[false], sides[true])
+		}
+	}
+	return want
+}
+
+func drain(ch chan dataplane.Event) {
+	for {
+		select {
+		case <-ch:
+		default:
+			return
+		}
+	}
+}
+
+// TestFastPath checks the same-node fast path on real sockets: delivery
+// is byte-exact, flow records count every byte, what is off stays off,
+// a full map degrades to the normal path, and nothing stays behind.
+func TestFastPath(t *testing.T) {
+	m := newMesh(t)
+	m.node("a", true)
+	m.node("f", true, dataplane.Capacity{FastPath: 4})
+	m.pod("a", "client", "10.244.1.10")
+	m.pod("a", "echo", "10.244.1.11")
+	m.pod("a", "plain", "10.244.1.12")
+	m.pod("a", "relay", "10.244.1.13")
+	m.pod("a", "splicer", "10.244.1.14")
+	m.pod("f", "client-f", "10.244.2.10")
+	m.pod("f", "echo-f", "10.244.2.11")
+	m.echo("echo", "read", "")
+	m.echo("plain", "read", "")
+	m.echo("relay", "relay", "10.244.1.11:7000")
+	m.echo("splicer", "splice", "")
+	m.echo("echo-f", "read", "")
+
+	// fast lists the pods whose fast path is on.
+	state := func(node string, fast ...string) model.State {
+		ids := map[string]uint32{}
+		for _, p := range m.nodes[node].pods {
+			ids[p.Name] = idFrontend
+		}
+		s := model.State{Identities: m.identities(node, ids, ids)}
+		for i := range s.Identities.Cgroups {
+			cg := &s.Identities.Cgroups[i]
+			for _, p := range fast {
+				if m.pods[p].Cgroup == cg.Path {
+					cg.FastPath = true
+				}
+			}
+		}
+		for i, p := range []string{"echo", "plain", "relay", "splicer", "echo-f"} {
+			s.Services = append(s.Services, tcpService(p, "10.96.1."+string(rune('1'+i)), 80, m.pods[p], 7000))
+		}
+		return s
+	}
+	dp := m.nodes["a"].dp
+	if err := dp.SetFlows(true); err != nil {
+		t.Fatal(err)
+	}
+	m.apply("a", state("a", "client", "echo", "splicer"))
+	sizes := []int{1, 100, 4 << 10, 64 << 10, 1 << 20, 4<<20 + 3}
+
+	t.Run("byte-exact on the fast path, with flow records", func(t *testing.T) {
+		before := m.stats("a")
+		drain(m.nodes["a"].events)
+		const conns = 24
+		r := m.exchange("client", "10.96.1.1:80", conns, sizes...)
+		if r.OK != conns {
+			t.Fatalf("%d of %d exchanges ok: %v", r.OK, conns, r.Failures)
+		}
+		after := m.stats("a")
+		if got := after.FastRegistered - before.FastRegistered; got != 2*conns {
+			t.Errorf("%d sockets registered, want %d (both ends of each connection)", got, 2*conns)
+		}
+		// The echo's bytes always take the fast path (its socket is on it
+		// before it can send); the client's do unless it sent first.
+		fb := after.FastBytes - before.FastBytes
+		if fb < uint64(r.Received) || fb > uint64(r.Sent+r.Received) {
+			t.Errorf("fast path carried %d bytes; want between %d and %d", fb, r.Received, r.Sent+r.Received)
+		}
+		t.Logf("fallbacks (client wrote before the server was on the fast path): %d of %d", after.FastFallback-before.FastFallback, conns)
+		checkFlows(t, m.closes(t, "a", r.Locals), r, sizes, true, netip.MustParseAddrPort("10.96.1.1:80"))
+	})
+	t.Run("workload with the fast path off: normal path, exact byte counts", func(t *testing.T) {
+		before := m.stats("a")
+		drain(m.nodes["a"].events)
+		const conns = 12
+		r := m.exchange("client", "10.96.1.2:80", conns, sizes...)
+		if r.OK != conns {
+			t.Fatalf("%d of %d exchanges ok: %v", r.OK, conns, r.Failures)
+		}
+		if got := m.stats("a").FastRegistered - before.FastRegistered; got != 0 {
+			t.Errorf("%d sockets registered, want none", got)
+		}
+		checkFlows(t, m.closes(t, "a", r.Locals), r, sizes, false, netip.MustParseAddrPort("10.96.1.2:80"))
+	})
+	t.Run("Go relay reading with splice, fast path off by default: no hang", func(t *testing.T) {
+		before := m.stats("a")
+		r := m.exchange("client", "10.96.1.3:80", 8, sizes...)
+		if r.OK != 8 {
+			t.Fatalf("%d of 8 exchanges through the relay ok: %v", r.OK, r.Failures)
+		}
+		if got := m.stats("a").FastRegistered - before.FastRegistered; got != 0 {
+			t.Errorf("%d sockets of the relay's connections registered, want none", got)
+		}
+	})
+	t.Run("splice reader with the fast path on: the trade-off docs/fastpath.md states", func(t *testing.T) {
+		r := m.exchange("client", "10.96.1.4:80", 1, 100)
+		t.Logf("splice reader on the fast path: %d ok, %v", r.OK, r.Failures)
+		if r.OK != 0 {
+			t.Errorf("a splice(2) reader on the fast path got its bytes: this kernel serves splice on sockmap sockets; revisit the default and docs/fastpath.md")
+		}
+	})
+	t.Run("full map: normal path, counted", func(t *testing.T) {
+		m.apply("f", state("f", "client-f", "echo-f"))
+		before := m.stats("f")
+		const conns = 16
+		r := m.exchange("client-f", "10.96.1.5:80", conns, 1000, 1<<20)
+		if r.OK != conns {
+			t.Fatalf("%d of %d exchanges ok with a full fast-path map: %v", r.OK, conns, r.Failures)
+		}
+		after := m.stats("f")
+		if after.FastFull == before.FastFull {
+			t.Errorf("no socket counted as left off a map of 4 with %d connections", conns)
+		}
+		if reg := after.FastRegistered - before.FastRegistered; reg == 0 || reg > 4+conns {
+			t.Errorf("%d sockets registered", reg)
+		}
+	})
+	t.Run("entries leave with their sockets", func(t *testing.T) {
+		r := m.exchange("client", "10.96.1.1:80", 500, 10)
+		if r.OK != 500 {
+			t.Fatalf("%d of 500 ok: %v", r.OK, r.Failures[:min(3, len(r.Failures))])
+		}
+		for _, node := range []string{"a", "f"} {
+			deadline := time.Now().Add(5 * time.Second)
+			for {
+				n, err := m.nodes[node].dp.FastPathSockets()
+				if err != nil {
+					t.Fatal(err)
+				}
+				counts, err := dataplane.FastCountsForTest(m.nodes[node].n.PinDir)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if n == 0 && counts == 0 {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("node %s: %d sockets and %d byte counts left on the fast path", node, n, counts)
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+		}
+	})
+}
+
+// checkFlows checks the close records of an exchange's connections: both
+// ends report the bytes each way the client sent and got back.
+func checkFlows(t *testing.T, closes map[string][]dataplane.Event, r probe.Exchange, sizes []int, fast bool, vip netip.AddrPort) {
+	t.Helper()
+	var total uint64
+	for local, es := range closes {
+		sides := []bool{}
+		for _, e := range es {
+			sides = append(sides, e.Server)
+			total += e.BytesSent
+			if e.BytesSent != e.BytesRecv {
+				t.Errorf("%s (server side %v): %d bytes sent, %d received; the echo returns every byte", local, e.Server, e.BytesSent, e.BytesRecv)
+			}
+			if !slices.Contains(sizesU(sizes), e.BytesSent) {
+				t.Errorf("%s (server side %v): %d bytes, not one of the sizes sent %v", local, e.Server, e.BytesSent, sizes)
+			}
+			if e.FastPath != fast {
+				t.Errorf("%s (server side %v): fast path %v, want %v", local, e.Server, e.FastPath, fast)
+			}
+			if !e.Server && e.Service != vip {
+				t.Errorf("%s: service %v, want %v", local, e.Service, vip)
+			}
+			if e.Duration <= 0 || e.Identity != idFrontend {
+				t.Errorf("%s: duration %v, identity %d", local, e.Duration, e.Identity)
+			}
+		}
+		slices.SortFunc(sides, func(a, b bool) int {
+			if a == b {
+				return 0
+			}
+			if a {
+				return 1
+			}
+			return -1
+		})
+		if !slices.Equal(sides, []bool{false, true}) {
+			t.Errorf("%s: close records of sides %v, want one client and one server", local, sides)
+		}
+	}
+	// Both ends reported the same connections: twice the bytes sent.
+	if total != 2*uint64(r.Sent) {
+		t.Errorf("flow records count %d bytes sent over both ends, want 2×%d", total, r.Sent)
+	}
+}
+
+func sizesU(sizes []int) []uint64 {
+	out := make([]uint64, len(sizes))
+	for i, s := range sizes {
+		out[i] = uint64(s)
+	}
+	return out
+}
