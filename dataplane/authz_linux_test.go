@@ -8,6 +8,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -22,7 +23,7 @@ import (
 // dataplanes (and one without), pods, and servers whose applications
 // report every byte they receive.
 type mesh struct {
-	t       *testing.T
+	t       testing.TB
 	c       *cluster.Cluster
 	nodes   map[string]*meshNode
 	pods    map[string]*cluster.Pod
@@ -35,6 +36,7 @@ type meshNode struct {
 	dp     *dataplane.Dataplane // nil on a node without Sluice
 	pods   []*cluster.Pod
 	events chan dataplane.Event
+	flows  atomic.Uint64 // flow events (open, close) read, none dropped
 }
 
 // Identities of the tests, as a control plane would number them.
@@ -50,7 +52,7 @@ var testNames = map[uint32]string{
 	idDB:       "spiffe://cluster.local/ns/shop/sa/db",
 }
 
-func newMesh(t *testing.T) *mesh {
+func newMesh(t testing.TB) *mesh {
 	testenv.RequirePrivileged(t)
 	c, err := cluster.New()
 	if err != nil {
@@ -99,6 +101,9 @@ func (m *mesh) node(name string, sluice bool, caps ...dataplane.Capacity) *meshN
 			return out
 		}
 		_ = dp.Enforce(ctx, netns, func(e dataplane.Event) {
+			if e.Kind == dataplane.EventOpen || e.Kind == dataplane.EventClose {
+				mn.flows.Add(1)
+			}
 			select {
 			case mn.events <- e:
 			default:

@@ -64,3 +64,12 @@ func (*Dataplane) RuleStats() ([]RuleStat, error) { return nil, ErrNotSupported 
 
 // Terminate fails with ErrNotSupported.
 func (*Dataplane) Terminate(...string) (int, error) { return 0, ErrNotSupported }
+
+// Stats is not supported on this system.
+func (*Dataplane) Stats() (Stats, error) { return Stats{}, ErrNotSupported }
+
+// SetFlows is not supported on this system.
+func (*Dataplane) SetFlows(bool) error { return ErrNotSupported }
+
+// FastPathSockets is not supported on this system.
+func (*Dataplane) FastPathSockets() (int, error) { return 0, ErrNotSupported }

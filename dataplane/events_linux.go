@@ -1,9 +1,7 @@
 package dataplane
 
 import (
-	"bytes"
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -11,6 +9,7 @@ import (
 	"os"
 	"runtime"
 	"time"
+	"unsafe"
 
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
@@ -37,7 +36,10 @@ func (d *Dataplane) Events() (*EventReader, error) {
 var ErrClosed = errors.New("closed")
 
 // Read blocks until an event arrives, the deadline passes
-// (os.ErrDeadlineExceeded) or the reader is closed (ErrClosed).
+// (os.ErrDeadlineExceeded) or the reader is closed (ErrClosed). Flow
+// events do not wake a blocked Read until many have gathered: a reader
+// that wants them soon sets a deadline, after which Read returns any
+// event waiting before reporting the deadline.
 func (er *EventReader) Read() (Event, error) {
 	rec, err := er.r.Read()
 	if errors.Is(err, ringbuf.ErrClosed) {
@@ -46,10 +48,12 @@ func (er *EventReader) Read() (Event, error) {
 	if err != nil {
 		return Event{}, err
 	}
-	var raw serviceSlEvent
-	if err := binary.Read(bytes.NewReader(rec.RawSample), binary.NativeEndian, &raw); err != nil {
-		return Event{}, fmt.Errorf("decode policy event: %w", err)
+	// The record has the layout of serviceSlEvent in native byte order:
+	// both come from the same BTF.
+	if len(rec.RawSample) < int(unsafe.Sizeof(serviceSlEvent{})) {
+		return Event{}, fmt.Errorf("decode event: %d bytes, want %d", len(rec.RawSample), unsafe.Sizeof(serviceSlEvent{}))
 	}
+	raw := *(*serviceSlEvent)(unsafe.Pointer(&rec.RawSample[0]))
 	return er.d.event(&raw), nil
 }
 
@@ -219,6 +223,9 @@ func (d *Dataplane) readStat(i serviceSlStat) (uint64, error) {
 	return sum, nil
 }
 
+// flowLatency bounds how long a flow event waits to be read.
+const flowLatency = 100 * time.Millisecond
+
 // Enforce carries out what the kernel cannot do alone, until ctx ends: it
 // reads the policy events, hands each to observe (which may be nil), and
 // destroys denied connections in the network namespaces netns returns (""
@@ -234,7 +241,13 @@ func (d *Dataplane) Enforce(ctx context.Context, netns func() []string, observe 
 	readErr := make(chan error, 1)
 	go func() {
 		for {
+			// Flow events wake the reader in batches; the deadline
+			// bounds how long one waits to be read.
+			er.SetDeadline(time.Now().Add(flowLatency))
 			e, err := er.Read()
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				continue
+			}
 			if err != nil {
 				readErr <- err
 				close(events)

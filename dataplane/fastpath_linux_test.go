@@ -14,12 +14,16 @@ import (
 	"github.com/sluice-mesh/sluice/e2e/probe"
 )
 
-// echo runs the echo role in a pod: mode read, splice or relay (to upstream).
-func (m *mesh) echo(pod, mode, upstream string) {
+// echo runs the echo role in a pod on port 7000: mode read, splice or
+// relay (to upstream).
+func (m *mesh) echo(pod, mode, upstream string) { m.echoOn(pod, "0.0.0.0:7000", mode, upstream) }
+
+// echoOn is echo on another address, and with the modes sink and oneshot.
+func (m *mesh) echoOn(pod, listen, mode, upstream string) {
 	m.t.Helper()
 	p := m.pods[pod]
 	cmd := p.Command(context.Background(), os.Args[0])
-	cmd.Env = append(os.Environ(), probe.RoleEnv+"=echo", probe.ListenEnv+"=0.0.0.0:7000",
+	cmd.Env = append(os.Environ(), probe.RoleEnv+"=echo", probe.ListenEnv+"="+listen,
 		probe.EchoModeEnv+"="+mode, probe.UpstreamEnv+"="+upstream)
 	out, err := cmd.StdoutPipe()
 	if err != nil {

@@ -77,3 +77,27 @@ type Status struct {
 	Backends       int    // backend entries in force
 	EntriesWritten uint64 // map entries written or deleted by this process (churn)
 }
+
+// Stats are the programs' counters, summed over CPUs.
+type Stats struct {
+	Translated  uint64 // connects and datagrams rewritten to a backend
+	NoBackend   uint64 // refused: service without a usable endpoint
+	BackendMiss uint64 // service entry whose backend was missing; stays 0 unless the maps are inconsistent
+
+	DenyConnect uint64 // connects refused by policy at the client (EPERM)
+	DenyIngress uint64 // connections denied by policy at their destination
+	TagSent     uint64 // SYNs that carried the client's identity
+	TagTrusted  uint64 // accepted connections whose tag matched the source address
+	TagRejected uint64 // accepted connections whose tag did not (taken as unknown)
+	Untagged    uint64 // accepted connections without a tag (unknown source)
+	Dropped     uint64 // packets dropped to or from denied connections
+	VerdictMiss uint64 // policy lookups without a verdict, denied; stays 0 unless the maps are inconsistent
+	EventsLost  uint64 // events the ring buffer had no room for
+	Terminated  uint64 // denied connections destroyed
+	EarlyData   uint64 // segments with payload dropped at a listener: they would open a denied connection
+
+	FastRegistered uint64 // sockets put on the same-node fast path
+	FastFull       uint64 // sockets left off it because its maps were full
+	FastFallback   uint64 // connections whose sender found its peer off the fast path: normal path for good
+	FastBytes      uint64 // bytes the fast path carried
+}

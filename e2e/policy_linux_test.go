@@ -297,7 +297,8 @@ func serveDB(t *testing.T, pod *cluster.Pod) {
 func startAgent(t *testing.T, bin string, node *cluster.Node, name string, args ...string) *syncBuffer {
 	t.Helper()
 	agent := exec.Command(bin, append([]string{"agent", "--cgroup", node.Cgroup, "--pin-dir", node.PinDir,
-		"--node-id", name, "--node-name", name, "--log-level", "debug"}, args...)...)
+		"--node-id", name, "--node-name", name, "--log-level", "debug",
+		"--socket", filepath.Join(t.TempDir(), "agent.sock"), "--metrics-addr", ""}, args...)...)
 	log := &syncBuffer{}
 	agent.Stderr = log
 	if err := agent.Start(); err != nil {

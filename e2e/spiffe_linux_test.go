@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -35,7 +36,8 @@ func TestAgentSPIFFEControlPlane(t *testing.T) {
 		cg := testenv.Cgroup(t, "", testenv.UniqueName("sluice-spiffe-"))
 		pin = testenv.PinDir(t)
 		agent := exec.Command(bin, "agent", "--xds", srv.addr, "--xds-spiffe-socket", api.Addr, "--xds-spiffe-id", expect,
-			"--cgroup", cg, "--pin-dir", pin, "--node-id", "spiffe", "--log-level", "warn")
+			"--cgroup", cg, "--pin-dir", pin, "--node-id", "spiffe", "--log-level", "warn",
+			"--socket", filepath.Join(t.TempDir(), "agent.sock"), "--metrics-addr", "")
 		log = &syncBuffer{}
 		agent.Stderr = log
 		if err := agent.Start(); err != nil {

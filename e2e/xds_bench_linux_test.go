@@ -391,7 +391,8 @@ func BenchmarkAgentRSS10k(b *testing.B) {
 	for range b.N {
 		cg := testenv.Cgroup(b, "", testenv.UniqueName("sluice-bench-"))
 		pin := testenv.PinDir(b)
-		agent := exec.Command(bin, "agent", "--xds", srv.addr, "--cgroup", cg, "--pin-dir", pin, "--node-id", "rss", "--log-level", "warn")
+		agent := exec.Command(bin, "agent", "--xds", srv.addr, "--cgroup", cg, "--pin-dir", pin, "--node-id", "rss", "--log-level", "warn",
+			"--socket", filepath.Join(b.TempDir(), "agent.sock"), "--metrics-addr", "")
 		agent.Stderr = os.Stderr
 		if err := agent.Start(); err != nil {
 			b.Fatal(err)

@@ -15,6 +15,7 @@ type Local struct {
 	Workload   Workload // required: its SPIFFEID set, as ParseWorkloads sets it
 	CgroupID   uint64   // required: the cgroup v2 id (inode number of its directory)
 	CgroupPath string   // optional: the resolved path, for errors and logs; Workload.Cgroup if empty
+	FastPath   bool     // optional: its connections with other local workloads take the fast path
 }
 
 // Stats describes what Build made of its input, for logs and metrics.
@@ -88,6 +89,7 @@ func BuildListed(services []model.Service, locals []Local, listed []Workload) (m
 			Path:     cgroupPath(&l),
 			Identity: numbers[b.localIDs[i]],
 			Addrs:    slices.Clone(l.Workload.Addrs),
+			FastPath: l.FastPath && len(l.Workload.Addrs) > 0,
 		})
 	}
 	slices.SortFunc(ids.Cgroups, func(a, b model.CgroupIdentity) int { return cmp.Compare(a.CgroupID, b.CgroupID) })

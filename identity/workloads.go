@@ -30,6 +30,10 @@ type Workload struct {
 	// (a workloads file describes one node; a mesh file's workload without
 	// a node is on every node that runs an agent with that mesh file).
 	Node string
+	// FastPath puts the workload's connections with other local workloads
+	// on the same-node fast path: true, false, or nil for the node's
+	// default (docs/fastpath.md).
+	FastPath *bool
 }
 
 // OnNode reports whether w runs on the node named node.
@@ -141,7 +145,7 @@ func (p *workloadsParser) list(n *yaml.Node, at string) ([]Workload, error) {
 
 func (p *workloadsParser) workload(n *yaml.Node, at string) (Workload, error) {
 	var w Workload
-	f, err := p.Fields(n, at, "name", "namespace", "serviceAccount", "spiffeId", "node", "cgroup", "ips", "labels")
+	f, err := p.Fields(n, at, "name", "namespace", "serviceAccount", "spiffeId", "node", "cgroup", "ips", "labels", "fastPath")
 	if err != nil {
 		return w, err
 	}
@@ -194,6 +198,16 @@ func (p *workloadsParser) workload(n *yaml.Node, at string) (Workload, error) {
 		if w.Labels, err = p.labels(n, f.Path("labels")); err != nil {
 			return w, err
 		}
+	}
+	if n := f.Get("fastPath"); n != nil {
+		on, err := p.Bool(n, f.Path("fastPath"))
+		if err != nil {
+			return w, err
+		}
+		if on && len(w.Addrs) == 0 {
+			return w, p.Errorf(n, f.Path("fastPath"), "needs the workload's ips: the fast path finds workloads by address")
+		}
+		w.FastPath = &on
 	}
 	return w, nil
 }

@@ -94,6 +94,27 @@ func TestParseWorkloadsDefaults(t *testing.T) {
 	}
 }
 
+func TestParseWorkloadsFastPath(t *testing.T) {
+	for _, tc := range []struct {
+		line string
+		want *bool
+	}{{"", nil}, {"    fastPath: true", ptr(true)}, {"    fastPath: false", ptr(false)}} {
+		extra := []string{}
+		if tc.line != "" {
+			extra = append(extra, tc.line)
+		}
+		got, err := identity.ParseWorkloads("", with(extra...))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(got[0].FastPath, tc.want) {
+			t.Errorf("%q: fast path %v, want %v", tc.line, got[0].FastPath, tc.want)
+		}
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
+
 func TestParseWorkloadsEmpty(t *testing.T) {
 	for _, data := range []string{"", "# nothing yet\n", "---\n", "workloads: []\n", "workloads:\n", "trustDomain: example.org\n", "~\n"} {
 		got, err := identity.ParseWorkloads("w.yaml", []byte(data))
@@ -124,7 +145,9 @@ func TestParseWorkloadsErrors(t *testing.T) {
 		{"empty list item", lines("workloads:", "  -"), 2, "workloads[0]", "empty list item"},
 
 		// Fields of a workload.
-		{"unknown workload field", with("    ip: 10.244.1.6"), 7, "workloads[0].ip", "unknown field; known fields are name, namespace, serviceAccount, spiffeId, node, cgroup, ips, labels"},
+		{"unknown workload field", with("    ip: 10.244.1.6"), 7, "workloads[0].ip", "unknown field; known fields are name, namespace, serviceAccount, spiffeId, node, cgroup, ips, labels, fastPath"},
+		{"fast path not a boolean", with("    fastPath: yes"), 7, "workloads[0].fastPath", `must be true or false, not "yes"`},
+		{"fast path without ips", lines("workloads:", "  - {name: a, namespace: shop, serviceAccount: a, cgroup: a, fastPath: true}"), 2, "workloads[0].fastPath", "needs the workload's ips"},
 		{"field twice", with("    cgroup: other"), 7, "workloads[0].cgroup", "field given twice"},
 		{"merge key", lines("workloads:", "  - <<: {name: frontend}"), 2, "workloads[0].<<", "merge keys"},
 		{"missing name", lines("workloads:", "  - namespace: shop", "    serviceAccount: a", "    cgroup: a"), 2, "workloads[0].name", "required field is missing"},

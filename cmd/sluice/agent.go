@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -17,6 +18,10 @@ import (
 	"github.com/sluice-mesh/sluice/dataplane"
 	"github.com/sluice-mesh/sluice/dataplane/model"
 	"github.com/sluice-mesh/sluice/identity"
+	"github.com/sluice-mesh/sluice/sockops"
+	"github.com/sluice-mesh/sluice/sockops/flow"
+	"github.com/sluice-mesh/sluice/sockops/metrics"
+	"github.com/sluice-mesh/sluice/sockops/observe"
 	"github.com/sluice-mesh/sluice/xds"
 	"github.com/sluice-mesh/sluice/xds/controlplane"
 )
@@ -36,6 +41,11 @@ type agentFlags struct {
 	logLevel    string
 	warmTimeout time.Duration
 	workloads   string
+	fastPath    bool
+	flows       bool
+	flowBuffer  int
+	metricsAddr string
+	socket      string
 }
 
 func newAgentCommand() *cobra.Command {
@@ -85,6 +95,12 @@ func newAgentCommand() *cobra.Command {
 	fl.IntVar(&f.capacity.PolicyDests, "max-policy-destinations", dataplane.DefaultCapacity.PolicyDests, "endpoints with a policy")
 	fl.IntVar(&f.capacity.Verdicts, "max-verdicts", dataplane.DefaultCapacity.Verdicts, "policy verdict map capacity")
 	fl.IntVar(&f.capacity.Rules, "max-policy-rules", dataplane.DefaultCapacity.Rules, "policy rules with their own counters")
+	fl.IntVar(&f.capacity.FastPath, "max-fast-path", dataplane.DefaultCapacity.FastPath, "sockets the same-node fast path can hold (two per connection)")
+	fl.BoolVar(&f.fastPath, "fast-path", false, "put connections between this node's workloads on the same-node fast path unless a workload says otherwise (docs/fastpath.md: not for workloads that read sockets with splice(2))")
+	fl.BoolVar(&f.flows, "flows", true, "record connection open and close flows (deny flows are always recorded)")
+	fl.IntVar(&f.flowBuffer, "flow-buffer", 8192, "most recent flows kept in memory for `sluice observe`")
+	fl.StringVar(&f.metricsAddr, "metrics-addr", "127.0.0.1:9464", "address for /metrics, /healthz and /readyz; empty for none")
+	fl.StringVar(&f.socket, "socket", observe.DefaultSocket, "unix socket of the local API (`sluice observe`, `sluice status`), readable by root only")
 	fl.DurationVar(&f.pollEvery, "config-poll", time.Second, "how often the mesh file is checked for edits, and local workloads' cgroups for changes")
 	fl.DurationVar(&f.warmTimeout, "warming-timeout", 15*time.Second, "how long to wait for resources listeners need before applying without them")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
@@ -100,6 +116,9 @@ func runAgent(ctx context.Context, f agentFlags, log *slog.Logger) error {
 	}
 	if f.pollEvery <= 0 {
 		return fmt.Errorf("--config-poll %v: give a positive interval", f.pollEvery)
+	}
+	if f.flowBuffer <= 0 {
+		return fmt.Errorf("--flow-buffer %d: give a positive number of flows", f.flowBuffer)
 	}
 	mode, err := xds.ParseMode(f.xdsMode)
 	if err != nil {
@@ -171,12 +190,30 @@ func runAgent(ctx context.Context, f agentFlags, log *slog.Logger) error {
 	// Closing keeps the pins: routing continues while no agent runs.
 	defer dp.Close()
 	ids := &identityApplier{
-		next:   &releasingApplier{dp: dp, release: debug.FreeOSMemory},
-		locals: func() []identity.Local { return resolveWorkloads(workloads(), f.node.NodeName, mount, log) },
+		next: &releasingApplier{dp: dp, release: debug.FreeOSMemory},
+		locals: func() []identity.Local {
+			return resolveWorkloads(workloads(), f.node.NodeName, mount, f.fastPath, log)
+		},
 		listed: listed,
 		log:    log.With("component", "identity"),
 	}
 	opts.Applier = ids
+	if err := dp.SetFlows(f.flows); err != nil {
+		return err
+	}
+	enricher := sockops.NewEnricher(f.node.NodeName, monoToWall)
+	ids.onApplied = func(s model.State, locals []identity.Local, listed []identity.Workload) {
+		ws := slices.Clone(listed)
+		for _, l := range locals {
+			ws = append(ws, l.Workload)
+		}
+		enricher.SetState(s.Services, ws)
+	}
+	store := flow.NewStore(f.flowBuffer)
+	src := &statusSource{node: f.node.NodeName, started: time.Now(), fastPath: f.fastPath,
+		capacity: f.capacity.WithDefaults(), dp: dp, store: store, ids: ids, log: log}
+	mets := metrics.New(f.node.NodeName, src.status)
+	sink := &flowSink{enricher: enricher, store: store, metrics: mets, log: log.With("component", "policy")}
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -201,10 +238,17 @@ func runAgent(ctx context.Context, f agentFlags, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	src.client = client
+	ready := func() bool { return client.Status().Applied }
+	waitLocal, err := serveLocal(ctx, f.socket, f.metricsAddr, observe.NewServer(store, src.status, log.With("component", "observe")), mets, ready, log)
+	if err != nil {
+		return err
+	}
+	defer waitLocal()
 	enforceDone := make(chan struct{})
 	go func() {
 		defer close(enforceDone)
-		enforce(ctx, dp, f.cgroup, log.With("component", "policy"))
+		enforce(ctx, dp, f.cgroup, sink.observe, log.With("component", "policy"))
 	}()
 	refreshDone := make(chan struct{})
 	go func() {

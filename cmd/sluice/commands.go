@@ -18,7 +18,7 @@ func newRootCommand() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newAgentCommand(), newControlPlaneCommand(), newDemoCommand(), newDemoBackendCommand(), newUninstallCommand(), newVersionCommand())
+	root.AddCommand(newAgentCommand(), newControlPlaneCommand(), newDemoCommand(), newDemoBackendCommand(), newUninstallCommand(), newVersionCommand(), newObserveCommand(), newStatusCommand())
 	return root
 }
 

@@ -31,9 +31,14 @@ type identityApplier struct {
 	// is replaced, never modified, when they change.
 	listed func() []identity.Workload
 	log    *slog.Logger
+	// applied, if set, learns of each state applied and the workloads it
+	// was applied with (flow records name them).
+	onApplied func(s model.State, locals []identity.Local, listed []identity.Workload)
 
 	mu      sync.Mutex
 	applied bool // a state is in force
+	// Counts of the state in force, for status.
+	workloads, rules int
 	// The workloads of the last Apply, whether it succeeded or not: those
 	// it failed with are not tried again until they change.
 	lastLocals []identity.Local
@@ -51,14 +56,30 @@ func (a *identityApplier) Apply(s model.State) error {
 	if err := a.apply(s, locals, listed); err != nil {
 		return err
 	}
+	if a.onApplied != nil {
+		a.onApplied(s, locals, listed)
+	}
+	rules := 0
+	for i := range s.Services {
+		rules += len(s.Services[i].Policies)
+	}
 	a.mu.Lock()
 	a.applied = true
+	a.workloads, a.rules = len(locals), rules
 	a.mu.Unlock()
 	return nil
 }
 
+// counts returns the local workloads and the policies of the state in force.
+func (a *identityApplier) counts() (workloads, policies int) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.workloads, a.rules
+}
+
 func (a *identityApplier) apply(s model.State, locals []identity.Local, listed []identity.Workload) error {
-	if hasPolicy(s.Services) {
+	switch {
+	case hasPolicy(s.Services):
 		ids, st, err := identity.BuildListed(s.Services, locals, listed)
 		if err != nil {
 			return err
@@ -66,6 +87,15 @@ func (a *identityApplier) apply(s model.State, locals []identity.Local, listed [
 		if len(st.AmbiguousAddrs) > 0 {
 			a.log.Warn("addresses claimed by several identities are treated as unknown sources",
 				"count", len(st.AmbiguousAddrs), "first", st.AmbiguousAddrs[0])
+		}
+		s.Identities = ids
+	case len(locals) > 0:
+		// Without policy, only the node's own workloads matter (flows and
+		// the fast path), and their numbers need not agree with other
+		// nodes': no tag is judged.
+		ids, _, err := identity.BuildListed(nil, locals, nil)
+		if err != nil {
+			return err
 		}
 		s.Identities = ids
 	}
@@ -96,7 +126,7 @@ func sameSlice[T any](a, b []T) bool {
 func sameLocals(a, b []identity.Local) bool {
 	return slices.EqualFunc(a, b, func(x, y identity.Local) bool {
 		return x.CgroupID == y.CgroupID && x.Workload.SPIFFEID == y.Workload.SPIFFEID &&
-			slices.Equal(x.Workload.Addrs, y.Workload.Addrs)
+			slices.Equal(x.Workload.Addrs, y.Workload.Addrs) && x.FastPath == y.FastPath
 	})
 }
 
@@ -112,7 +142,9 @@ func hasPolicy(services []model.Service) bool {
 // resolveWorkloads finds the cgroup id of each workload that runs on node.
 // A workload whose cgroup does not exist (yet) is left out: it runs nothing
 // that could connect (identityApplier.Changed sees it once it exists).
-func resolveWorkloads(ws []identity.Workload, node, mount string, log *slog.Logger) []identity.Local {
+// A workload takes the fast path if it says so, or by fastPath if it says
+// nothing.
+func resolveWorkloads(ws []identity.Workload, node, mount string, fastPath bool, log *slog.Logger) []identity.Local {
 	out := make([]identity.Local, 0, len(ws))
 	for _, w := range ws {
 		if !w.OnNode(node) {
@@ -129,24 +161,24 @@ func resolveWorkloads(ws []identity.Workload, node, mount string, log *slog.Logg
 			}
 			continue
 		}
-		out = append(out, identity.Local{Workload: w, CgroupID: id, CgroupPath: path})
+		fast := fastPath
+		if w.FastPath != nil {
+			fast = *w.FastPath
+		}
+		out = append(out, identity.Local{Workload: w, CgroupID: id, CgroupPath: path, FastPath: fast})
 	}
 	return out
 }
 
 // enforce runs the dataplane's enforcement loop over the network
 // namespaces of the routed cgroup subtree until ctx ends.
-func enforce(ctx context.Context, dp *dataplane.Dataplane, cgroup string, log *slog.Logger) {
+func enforce(ctx context.Context, dp *dataplane.Dataplane, cgroup string, observe func(dataplane.Event), log *slog.Logger) {
 	netns := func() []string {
 		ns, err := dataplane.NetnsInCgroup(cgroup)
 		if err != nil {
 			log.Warn("could not list network namespaces to terminate denied connections in", "err", err)
 		}
 		return ns
-	}
-	observe := func(e dataplane.Event) {
-		log.Debug("policy event", "kind", e.Kind, "source", e.Source, "identity", e.SPIFFEID,
-			"destination", e.Destination, "policy", e.Rule.Policy, "rule", e.Rule.Rule)
 	}
 	if err := dp.Enforce(ctx, netns, observe); err != nil && !errors.Is(err, context.Canceled) {
 		log.Error("policy enforcement stopped: denied connections at this node's servers are no longer reset", "err", err)

@@ -138,7 +138,8 @@ func (d *demo) startAgent(ctx context.Context, dir string) error {
 	}
 	d.agent = exec.Command(d.opts.Self, "agent", "--config", d.mesh.path,
 		"--cgroup", d.node.Cgroup, "--pin-dir", d.node.PinDir,
-		"--node-id", "node-1", "--node-name", "node-1", "--config-poll", "100ms")
+		"--node-id", "node-1", "--node-name", "node-1", "--config-poll", "100ms",
+		"--socket", filepath.Join(dir, "agent.sock"), "--metrics-addr", "")
 	d.agent.Stdout, d.agent.Stderr = logFile, logFile
 	d.agent.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	start := time.Now()

@@ -48,6 +48,8 @@ func run(role string) int {
 		return echoRole()
 	case "exchange":
 		return exchangeRole()
+	case "load":
+		return loadRole()
 	}
 	fmt.Fprintln(os.Stderr, "unknown role", role)
 	return 2

@@ -52,3 +52,19 @@ func Exchanges(p *cluster.Pod, addr string, conns int, sizes ...int) (Exchange, 
 	}
 	return r, nil
 }
+
+// RunLoad runs the load role in pod p: kind rr, bulk or connect, count
+// round trips, MiB or connections, against addr.
+func RunLoad(p *cluster.Pod, kind, addr string, count int) (Load, error) {
+	cmd := p.Command(context.Background(), os.Args[0])
+	cmd.Env = append(os.Environ(), RoleEnv+"=load", LoadEnv+"="+kind, DialEnv+"="+addr, CountEnv+"="+strconv.Itoa(count))
+	out, err := p.Output(cmd)
+	if err != nil {
+		return Load{}, fmt.Errorf("%s load in %s: %w", kind, p.Name, err)
+	}
+	var r Load
+	if err := json.Unmarshal(out, &r); err != nil {
+		return Load{}, fmt.Errorf("%s load in %s: %w: %q", kind, p.Name, err, out)
+	}
+	return r, nil
+}

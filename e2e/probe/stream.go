@@ -45,6 +45,16 @@ func echoRole() int {
 			defer c.Close()
 			tc := c.(*net.TCPConn)
 			switch mode {
+			case "sink":
+				_, _ = io.CopyBuffer(io.Discard, struct{ io.Reader }{tc}, make([]byte, 64<<10))
+			case "oneshot":
+				// One request, one answer, and the server closes first
+				// (TIME_WAIT stays on the server's side).
+				buf := make([]byte, 64)
+				if n, err := tc.Read(buf); err == nil {
+					_, _ = tc.Write(buf[:n])
+				}
+				return
 			case "splice":
 				_, _ = io.Copy(tc, tc)
 			case "relay":
@@ -184,4 +194,131 @@ func exchangeOne(addr string, data []byte) (local string, sent, got int64, err e
 		return local, sent, int64(back.Len()), fmt.Errorf("echo differs: %d bytes back, %d sent", back.Len(), len(data))
 	}
 	return local, sent, int64(back.Len()), nil
+}
+
+// Environment variables of the load role.
+const (
+	LoadEnv  = "SLUICE_TEST_LOAD"  // load: rr, bulk or connect
+	CountEnv = "SLUICE_TEST_COUNT" // load: round trips, connections, or MiB
+)
+
+// Load is what the load role measured, printed as JSON.
+type Load struct {
+	Ops     int
+	Seconds float64
+	Errors  int
+}
+
+// loadRole measures, against DialEnv: rr, CountEnv round trips of 64-byte
+// messages on one connection (an echo server); bulk, CountEnv MiB written
+// on one connection (a sink), until the server has read it all; connect,
+// CountEnv connections, each with one 64-byte request and its answer (a
+// oneshot server), two at a time.
+func loadRole() int {
+	n, _ := strconv.Atoi(os.Getenv(CountEnv))
+	addr := os.Getenv(DialEnv)
+	var res Load
+	var err error
+	switch os.Getenv(LoadEnv) {
+	case "rr":
+		res, err = roundTrips(addr, n)
+	case "bulk":
+		res, err = bulk(addr, n)
+	case "connect":
+		res = connects(addr, n)
+	default:
+		err = fmt.Errorf("unknown load %q", os.Getenv(LoadEnv))
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	_ = json.NewEncoder(os.Stdout).Encode(res)
+	return 0
+}
+
+func roundTrips(addr string, n int) (Load, error) {
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		return Load{}, err
+	}
+	defer c.Close()
+	msg, back := make([]byte, 64), make([]byte, 64)
+	for range 1000 { // warm-up
+		if _, err := c.Write(msg); err != nil {
+			return Load{}, err
+		}
+		if _, err := io.ReadFull(c, back); err != nil {
+			return Load{}, err
+		}
+	}
+	start := time.Now()
+	for range n {
+		if _, err := c.Write(msg); err != nil {
+			return Load{}, err
+		}
+		if _, err := io.ReadFull(c, back); err != nil {
+			return Load{}, err
+		}
+	}
+	return Load{Ops: n, Seconds: time.Since(start).Seconds()}, nil
+}
+
+func bulk(addr string, mib int) (Load, error) {
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		return Load{}, err
+	}
+	defer c.Close()
+	buf := make([]byte, 1<<20)
+	start := time.Now()
+	for range mib {
+		if _, err := c.Write(buf); err != nil {
+			return Load{}, err
+		}
+	}
+	_ = c.(*net.TCPConn).CloseWrite()
+	_, _ = c.Read(buf[:1]) // EOF: the sink read everything
+	return Load{Ops: mib, Seconds: time.Since(start).Seconds()}, nil
+}
+
+func connects(addr string, n int) Load {
+	var mu sync.Mutex
+	res := Load{Ops: n}
+	start := time.Now()
+	var wg sync.WaitGroup
+	next := make(chan struct{}, n)
+	for range n {
+		next <- struct{}{}
+	}
+	close(next)
+	for range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			msg, back := make([]byte, 64), make([]byte, 64)
+			for range next {
+				err := func() error {
+					c, err := net.Dial("tcp", addr)
+					if err != nil {
+						return err
+					}
+					defer c.Close()
+					if _, err := c.Write(msg); err != nil {
+						return err
+					}
+					_, err = io.ReadFull(c, back)
+					return err
+				}()
+				if err != nil {
+					mu.Lock()
+					res.Errors++
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	res.Seconds = time.Since(start).Seconds()
+	return res
 }

@@ -122,6 +122,20 @@ func (f *File) Str(n *yaml.Node, at string) (string, error) {
 	return n.Value, nil
 }
 
+// Bool returns the value of boolean scalar n at field path at: true or
+// false, as YAML 1.2 spells them.
+func (f *File) Bool(n *yaml.Node, at string) (bool, error) {
+	if n.Kind == yaml.ScalarNode && n.ShortTag() == "!!bool" {
+		switch n.Value {
+		case "true", "True", "TRUE":
+			return true, nil
+		case "false", "False", "FALSE":
+			return false, nil
+		}
+	}
+	return false, f.Errorf(n, at, "must be true or false, not %s", Describe(n))
+}
+
 // Resolve follows an alias to the node it names. Errors inside an aliased
 // node report the line of the anchor.
 func Resolve(n *yaml.Node) *yaml.Node {

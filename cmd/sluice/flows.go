@@ -1,0 +1,144 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/sluice-mesh/sluice/dataplane"
+	"github.com/sluice-mesh/sluice/sockops"
+	"github.com/sluice-mesh/sluice/sockops/flow"
+	"github.com/sluice-mesh/sluice/sockops/metrics"
+	"github.com/sluice-mesh/sluice/sockops/observe"
+	"github.com/sluice-mesh/sluice/xds"
+)
+
+// monoToWall converts a CLOCK_MONOTONIC time, as BPF programs read it, to
+// wall time.
+func monoToWall(mono time.Duration) time.Time {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		return time.Now()
+	}
+	return time.Now().Add(mono - time.Duration(ts.Nano()))
+}
+
+// flowSink takes the dataplane's events to the flow store and the metrics.
+type flowSink struct {
+	enricher *sockops.Enricher
+	store    *flow.Store
+	metrics  *metrics.Metrics
+	log      *slog.Logger
+}
+
+func (s *flowSink) observe(e dataplane.Event) {
+	if e.Kind != dataplane.EventOpen && e.Kind != dataplane.EventClose {
+		s.log.Debug("policy event", "kind", e.Kind, "source", e.Source, "identity", e.SPIFFEID,
+			"destination", e.Destination, "policy", e.Rule.Policy, "rule", e.Rule.Rule)
+	}
+	f := s.store.Add(s.enricher.Flow(e))
+	s.metrics.Observe(f)
+}
+
+// statusSource assembles the agent's status from its parts.
+type statusSource struct {
+	node     string
+	started  time.Time
+	fastPath bool
+	capacity dataplane.Capacity
+	dp       *dataplane.Dataplane
+	client   *xds.Client
+	store    *flow.Store
+	ids      *identityApplier
+	log      *slog.Logger
+}
+
+func (s *statusSource) status() observe.Status {
+	st := observe.Status{Node: s.node, Version: version(), Started: s.started}
+	if s.client != nil {
+		xs := s.client.Status()
+		st.XDS = observe.XDS{Server: xs.Server, Mode: string(xs.Mode), Connected: xs.Connected, Applied: xs.Versions}
+		if xs.Applied {
+			st.XDS.Since = xs.AppliedAt
+		}
+		if n := xs.LastNACK; n != nil {
+			st.XDS.LastNACK = &observe.NACK{TypeURL: n.Type, Error: n.Error, Time: n.At}
+		}
+	}
+	ds := s.dp.Status()
+	st.Services, st.Backends = ds.Services, ds.Backends
+	st.Workloads, st.Policies = s.ids.counts()
+	fast, err := s.dp.FastPathSockets()
+	if err != nil {
+		s.log.Warn("status: could not count fast-path sockets", "err", err)
+	}
+	st.Maps = []observe.MapFill{
+		{Name: "services", Entries: ds.Services, Capacity: s.capacity.Services},
+		{Name: "backends", Entries: ds.Backends, Capacity: s.capacity.Backends},
+		{Name: "workloads", Entries: st.Workloads, Capacity: s.capacity.Workloads},
+		{Name: "fast_path", Entries: fast, Capacity: s.capacity.FastPath},
+	}
+	fs := s.store.Stats()
+	st.Flows = observe.Flows{Stored: fs.Stored, Capacity: fs.Capacity, Total: fs.Total, LostSubscribers: fs.LostSubscribers}
+	st.FastPath = observe.FastPath{Default: "off", Active: fast}
+	if s.fastPath {
+		st.FastPath.Default = "on"
+	}
+	if ks, err := s.dp.Stats(); err == nil {
+		st.Flows.LostKernel = ks.EventsLost
+		st.FastPath.Registered = ks.FastRegistered
+		st.FastPath.Redirected = ks.FastBytes
+		st.FastPath.Full = ks.FastFull
+		st.FastPath.Fallbacks = ks.FastFallback
+	} else {
+		s.log.Warn("status: could not read the dataplane's counters", "err", err)
+	}
+	return st
+}
+
+// serveLocal serves the local API on socket and the metrics on addr (if
+// not empty) until ctx ends. A failure to start either is returned at
+// once; one that happens later is logged.
+func serveLocal(ctx context.Context, socket, addr string, api *observe.Server, m *metrics.Metrics, ready func() bool, log *slog.Logger) (wait func(), err error) {
+	var mln net.Listener
+	if addr != "" {
+		var lc net.ListenConfig
+		if mln, err = lc.Listen(ctx, "tcp", addr); err != nil {
+			return nil, fmt.Errorf("--metrics-addr %q (want a free host:port, or \"\" for none): %w", addr, err)
+		}
+	}
+	lis, err := observe.Listen(socket)
+	if err != nil {
+		if mln != nil {
+			mln.Close()
+		}
+		return nil, fmt.Errorf("--socket: %w", err)
+	}
+	done := make(chan struct{}, 2)
+	go func() {
+		defer func() { done <- struct{}{} }()
+		if err := api.Serve(ctx, lis); err != nil && !errors.Is(err, context.Canceled) {
+			log.Error("local API stopped", "socket", socket, "err", err)
+		}
+	}()
+	n := 1
+	if addr != "" {
+		n++
+		go func() {
+			defer func() { done <- struct{}{} }()
+			if err := m.ServeListener(ctx, mln, ready); err != nil {
+				log.Error("metrics and health endpoints stopped", "addr", addr, "err", err)
+			}
+		}()
+	}
+	return func() {
+		for range n {
+			<-done
+		}
+	}, nil
+}
