@@ -146,21 +146,24 @@ type Client struct {
 
 // Status is what the client reports about itself.
 type Status struct {
-	Server     string
-	Mode       Mode
-	Connected  bool              // a stream is open
-	Applied    bool              // a state from the control plane is in force
-	AppliedAt  time.Time         // when the last state was applied
-	Versions   map[string]string // last accepted version per type (LDS, CDS, EDS, RDS)
-	Resources  map[string]int    // accepted resources per type
-	Services   int               // services in the applied state
-	Warming    bool              // accepted resources wait for others before being applied
-	Missing    []string          // resources listeners need that have not arrived
-	Ignored    map[string]int    // fields set but not acted upon, per field path
-	LastNACK   *NACK             // the last rejected response, if any
-	NACKs      int               // responses rejected since start
-	Reconnects int               // streams opened after the first
-	LastError  string            // why the last stream ended
+	Server    string
+	Mode      Mode
+	Connected bool // a stream is open
+	// ConnectedSince is when Connected last changed; zero until the
+	// first stream opens.
+	ConnectedSince time.Time
+	Applied        bool              // a state from the control plane is in force
+	AppliedAt      time.Time         // when the last state was applied
+	Versions       map[string]string // last accepted version per type (LDS, CDS, EDS, RDS)
+	Resources      map[string]int    // accepted resources per type
+	Services       int               // services in the applied state
+	Warming        bool              // accepted resources wait for others before being applied
+	Missing        []string          // resources listeners need that have not arrived
+	Ignored        map[string]int    // fields set but not acted upon, per field path
+	LastNACK       *NACK             // the last rejected response, if any
+	NACKs          int               // responses rejected since start
+	Reconnects     int               // streams opened after the first
+	LastError      string            // why the last stream ended
 }
 
 // NACK records a rejected response.
@@ -295,7 +298,9 @@ func (c *Client) Run(ctx context.Context) error {
 		}
 		progressed, err := c.runStream(ctx, conn)
 		c.updateStatus(func(s *Status) {
-			s.Connected = false
+			if s.Connected {
+				s.Connected, s.ConnectedSince = false, time.Now()
+			}
 			if err != nil {
 				s.LastError = err.Error()
 			}
@@ -382,7 +387,7 @@ func (c *Client) runStream(ctx context.Context, conn grpc.ClientConnInterface) (
 	settled.Stop()
 	defer idle.Stop()
 	defer settled.Stop()
-	c.updateStatus(func(st *Status) { st.Connected = true })
+	c.updateStatus(func(st *Status) { st.Connected, st.ConnectedSince = true, time.Now() })
 
 	recv := make(chan received)
 	go func() {

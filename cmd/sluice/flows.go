@@ -62,10 +62,8 @@ func (s *statusSource) status() observe.Status {
 	st := observe.Status{Node: s.node, Version: version(), Started: s.started}
 	if s.client != nil {
 		xs := s.client.Status()
-		st.XDS = observe.XDS{Server: xs.Server, Mode: string(xs.Mode), Connected: xs.Connected, Applied: xs.Versions}
-		if xs.Applied {
-			st.XDS.Since = xs.AppliedAt
-		}
+		st.XDS = observe.XDS{Server: xs.Server, Mode: string(xs.Mode), Connected: xs.Connected,
+			Since: xs.ConnectedSince, Applied: xs.Versions}
 		if n := xs.LastNACK; n != nil {
 			st.XDS.LastNACK = &observe.NACK{TypeURL: n.Type, Error: n.Error, Time: n.At}
 		}
