@@ -180,7 +180,18 @@ services:
 		}
 	})
 	t.Run("cross-node flow is not on the fast path", func(t *testing.T) {
-		flows := observeJSON(t, bin, socket, "--last", "1000", "--to-workload", "shop/db", "--verdict", "allowed")
+		var flows []flow.Flow
+		// The close record comes once both ends have closed, and the
+		// agent reads flow events in batches (at most 100 ms apart).
+		waitFor(t, logs, "the close of client → db", func() bool {
+			flows = observeJSON(t, bin, socket, "--last", "1000", "--to-workload", "shop/db", "--verdict", "allowed")
+			for _, f := range flows {
+				if f.Event == flow.EventClose {
+					return true
+				}
+			}
+			return false
+		})
 		closes := 0
 		for _, f := range flows {
 			if f.Destination.Workload != "db" || f.Verdict != flow.VerdictAllowed {
