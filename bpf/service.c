@@ -956,14 +956,21 @@ static __always_inline int flows_on(void)
     return s && (s->flags & SL_SET_FLOWS);
 }
 
-/* fast_key fills k with skops's own 4-tuple; it reports whether both ends
- * are this node's workloads with the fast path on. */
-static __always_inline int fast_key(struct bpf_sock_ops *skops, struct sl_fast_key *k)
+/* own_key fills k with skops's own 4-tuple; fast_key also reports whether
+ * both ends are this node's workloads with the fast path on. */
+static __always_inline int own_key(struct bpf_sock_ops *skops, struct sl_fast_key *k)
 {
     if (!sock_addrs(skops, k->local, k->remote, &k->family))
         return 0;
     k->lport = bpf_htons((__u16)skops->local_port);
     k->rport = bpf_htons((__u16)bpf_ntohl(skops->remote_port));
+    return 1;
+}
+
+static __always_inline int fast_key(struct bpf_sock_ops *skops, struct sl_fast_key *k)
+{
+    if (!own_key(skops, k))
+        return 0;
     struct sl_addr_key a = {.family = k->family};
     __builtin_memcpy(a.addr, k->local, sizeof(a.addr));
     if (!bpf_map_lookup_elem(&sl_fast_addrs, &a))
@@ -987,10 +994,8 @@ static __always_inline int client_key(struct bpf_sock_ops *skops, const struct s
                                       struct sl_fast_key *k)
 {
     struct sl_fast_key own = {};
-    if (!sock_addrs(skops, own.local, own.remote, &own.family))
+    if (!own_key(skops, &own))
         return 0;
-    own.lport = bpf_htons((__u16)skops->local_port);
-    own.rport = bpf_htons((__u16)bpf_ntohl(skops->remote_port));
     if (c->flags & SL_CONN_SERVER)
         reverse_key(&own, k);
     else

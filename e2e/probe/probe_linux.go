@@ -11,6 +11,21 @@ import (
 	"github.com/sluice-mesh/sluice/e2e/cluster"
 )
 
+// runRole runs role in pod p, from the current test binary, with the
+// environment variables env added, and decodes the JSON it prints into out.
+func runRole(p *cluster.Pod, role string, out any, env ...string) error {
+	cmd := p.Command(context.Background(), os.Args[0])
+	cmd.Env = append(append(os.Environ(), RoleEnv+"="+role), env...)
+	b, err := p.Output(cmd)
+	if err != nil {
+		return fmt.Errorf("%s in %s: %w", role, p.Name, err)
+	}
+	if err := json.Unmarshal(b, out); err != nil {
+		return fmt.Errorf("%s in %s: %w: %q", role, p.Name, err, b)
+	}
+	return nil
+}
+
 // Dial runs the client role in pod p against addr, from the current test
 // binary, and returns what it saw.
 func Dial(p *cluster.Pod, addr string) (Result, error) {
@@ -19,17 +34,9 @@ func Dial(p *cluster.Pod, addr string) (Result, error) {
 
 // DialAs is Dial with another client role (client or piggyback).
 func DialAs(p *cluster.Pod, role, addr string) (Result, error) {
-	cmd := p.Command(context.Background(), os.Args[0])
-	cmd.Env = append(os.Environ(), RoleEnv+"="+role, DialEnv+"="+addr)
-	out, err := p.Output(cmd)
-	if err != nil {
-		return Result{}, fmt.Errorf("client in %s: %w", p.Name, err)
-	}
 	var r Result
-	if err := json.Unmarshal(out, &r); err != nil {
-		return Result{}, fmt.Errorf("client in %s: %w: %q", p.Name, err, out)
-	}
-	return r, nil
+	err := runRole(p, role, &r, DialEnv+"="+addr)
+	return r, err
 }
 
 // Exchanges runs the exchange role in pod p: conns concurrent connections
@@ -39,32 +46,15 @@ func Exchanges(p *cluster.Pod, addr string, conns int, sizes ...int) (Exchange, 
 	for _, n := range sizes {
 		s = append(s, strconv.Itoa(n))
 	}
-	cmd := p.Command(context.Background(), os.Args[0])
-	cmd.Env = append(os.Environ(), RoleEnv+"=exchange", DialEnv+"="+addr,
-		ConnsEnv+"="+strconv.Itoa(conns), SizesEnv+"="+strings.Join(s, ","))
-	out, err := p.Output(cmd)
-	if err != nil {
-		return Exchange{}, fmt.Errorf("exchange in %s: %w", p.Name, err)
-	}
 	var r Exchange
-	if err := json.Unmarshal(out, &r); err != nil {
-		return Exchange{}, fmt.Errorf("exchange in %s: %w: %q", p.Name, err, out)
-	}
-	return r, nil
+	err := runRole(p, "exchange", &r, DialEnv+"="+addr, ConnsEnv+"="+strconv.Itoa(conns), SizesEnv+"="+strings.Join(s, ","))
+	return r, err
 }
 
 // RunLoad runs the load role in pod p: kind rr, bulk or connect, count
 // round trips, MiB or connections, against addr.
 func RunLoad(p *cluster.Pod, kind, addr string, count int) (Load, error) {
-	cmd := p.Command(context.Background(), os.Args[0])
-	cmd.Env = append(os.Environ(), RoleEnv+"=load", LoadEnv+"="+kind, DialEnv+"="+addr, CountEnv+"="+strconv.Itoa(count))
-	out, err := p.Output(cmd)
-	if err != nil {
-		return Load{}, fmt.Errorf("%s load in %s: %w", kind, p.Name, err)
-	}
 	var r Load
-	if err := json.Unmarshal(out, &r); err != nil {
-		return Load{}, fmt.Errorf("%s load in %s: %w: %q", kind, p.Name, err, out)
-	}
-	return r, nil
+	err := runRole(p, "load", &r, LoadEnv+"="+kind, DialEnv+"="+addr, CountEnv+"="+strconv.Itoa(count))
+	return r, err
 }

@@ -73,7 +73,7 @@ func serve(t *testing.T, m *metrics.Metrics, ready func() bool) string {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- metrics.ServeOn(m, ctx, ln, ready) }()
+	go func() { done <- m.ServeListener(ctx, ln, ready) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
