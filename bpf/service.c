@@ -192,6 +192,7 @@ static __always_inline void remember_origin(struct bpf_sock_addr *ctx, const str
     o->be_port = be->port;
     o->family = key->family;
     o->proto = key->proto;
+    o->fast = svc->flags & SL_SVC_FAST_MASK;
 }
 
 /* forget_origin drops a stale record when a socket (re)connects elsewhere. */
@@ -929,7 +930,7 @@ struct {
     __type(value, struct sl_fast_count);
 } sl_fast_bytes SEC(".maps");
 
-/* Addresses of this node's workloads whose fast path is on; value unused. */
+/* Addresses of this node's workloads: their fast-path settings (SL_FAST_*). */
 struct {
     __uint(type, BPF_MAP_TYPE_HASH);
     __uint(max_entries, 2);
@@ -957,7 +958,8 @@ static __always_inline int flows_on(void)
 }
 
 /* own_key fills k with skops's own 4-tuple; fast_key also reports whether
- * both ends are this node's workloads with the fast path on. */
+ * the connection takes the fast path: both ends are this node's workloads
+ * and the settings allow it (SL_FAST_*, docs/fastpath.md). */
 static __always_inline int own_key(struct bpf_sock_ops *skops, struct sl_fast_key *k)
 {
     if (!sock_addrs(skops, k->local, k->remote, &k->family))
@@ -973,10 +975,21 @@ static __always_inline int fast_key(struct bpf_sock_ops *skops, struct sl_fast_k
         return 0;
     struct sl_addr_key a = {.family = k->family};
     __builtin_memcpy(a.addr, k->local, sizeof(a.addr));
-    if (!bpf_map_lookup_elem(&sl_fast_addrs, &a))
-        return 0;
+    __u32 *local = bpf_map_lookup_elem(&sl_fast_addrs, &a);
     __builtin_memcpy(a.addr, k->remote, sizeof(a.addr));
-    return bpf_map_lookup_elem(&sl_fast_addrs, &a) != NULL;
+    __u32 *remote = bpf_map_lookup_elem(&sl_fast_addrs, &a);
+    if (!local || !remote || *local == SL_FAST_OFF || *remote == SL_FAST_OFF)
+        return 0;
+    if (skops->op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB)
+        return 1; /* the server follows its client's choice */
+    /* The client chooses: the service it dialed decides if it has a
+     * setting, else both workloads must be on. */
+    struct bpf_sock *sk = skops->sk;
+    struct sl_sock_origin *o = sk ? bpf_sk_storage_get(&sl_origins, sk, 0, 0) : NULL;
+    __u8 svc = o ? o->fast : SL_FAST_UNSET;
+    if (svc != SL_FAST_UNSET)
+        return svc == SL_FAST_ON;
+    return *local == SL_FAST_ON && *remote == SL_FAST_ON;
 }
 
 static __always_inline void reverse_key(const struct sl_fast_key *k, struct sl_fast_key *r)
@@ -1060,11 +1073,15 @@ static __always_inline void flow_emit(struct bpf_sock_ops *skops, const struct s
             e->bytes_recv = recv;
         }
     }
-    /* Flow events wake the reader only once some have gathered; it reads
-     * the rest on a short timer. One wake-up per event costs a busy node
-     * a tenth of its connection rate. */
+    /* Flow events wake the reader only once some have gathered (64 KiB,
+     * or a quarter of a smaller ring); it reads the rest on a short timer.
+     * One wake-up per event costs a busy node a tenth of its connection
+     * rate. */
+    __u64 wake = bpf_ringbuf_query(&sl_events, BPF_RB_RING_SIZE) / 4;
+    if (wake > SL_FLOW_WAKEUP_BYTES)
+        wake = SL_FLOW_WAKEUP_BYTES;
     __u64 pending = bpf_ringbuf_query(&sl_events, BPF_RB_AVAIL_DATA);
-    bpf_ringbuf_submit(e, pending >= SL_FLOW_WAKEUP_BYTES ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
+    bpf_ringbuf_submit(e, pending >= wake ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
 }
 
 /* flow_open starts the accounting of an established connection and asks

@@ -70,8 +70,15 @@ struct sl_svc_value {
     __u32 id;           /* stable service id, keys sl_backends */
     __u32 count;        /* backends in the active set, indexes 0..count-1 */
     __u32 total_weight; /* sum of the active set's weights */
-    __u32 flags;
+    __u32 flags;        /* SL_SVC_FAST_MASK: the fast-path setting (SL_FAST_*) */
 };
+
+/* Fast-path settings, of a service (sl_svc_value.flags) or of a local
+ * workload's address (value of sl_fast_addrs). */
+#define SL_FAST_UNSET 0
+#define SL_FAST_ON 1
+#define SL_FAST_OFF 2
+#define SL_SVC_FAST_MASK 3
 
 /* Key of sl_backends: the index-th backend of a service's active set. */
 struct sl_be_key {
@@ -100,7 +107,8 @@ struct sl_sock_origin {
     __u16 be_port;
     __u8 family;
     __u8 proto;
-    __u8 pad[2];
+    __u8 fast; /* the service's fast-path setting (SL_FAST_*) */
+    __u8 pad;
 };
 
 /* Key of sl_revnat (LRU): an unconnected UDP socket that sent to a backend. */

@@ -37,6 +37,8 @@ type meshNode struct {
 	pods   []*cluster.Pod
 	events chan dataplane.Event
 	flows  atomic.Uint64 // flow events (open, close) read, none dropped
+	// hold, while locked, stops the enforcement loop at its next event.
+	hold sync.Mutex
 }
 
 // Identities of the tests, as a control plane would number them.
@@ -101,6 +103,8 @@ func (m *mesh) node(name string, sluice bool, caps ...dataplane.Capacity) *meshN
 			return out
 		}
 		_ = dp.Enforce(ctx, netns, func(e dataplane.Event) {
+			mn.hold.Lock()
+			mn.hold.Unlock() // an empty critical section: it waits while held
 			if e.Kind == dataplane.EventOpen || e.Kind == dataplane.EventClose {
 				mn.flows.Add(1)
 			}

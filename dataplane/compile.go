@@ -16,6 +16,7 @@ type activeSet struct {
 	ID          uint32
 	Backends    []activeBackend // canonical order: by pool name, then address, then port
 	TotalWeight uint32
+	FastPath    model.FastPath // the service's setting, which the kernel reads with its backends
 }
 
 type activeBackend struct {
@@ -223,7 +224,7 @@ func chooseActiveSet(i int, svc *model.Service) (activeSet, error) {
 	for _, p := range pools {
 		splitTotal += uint64(p.weight)
 	}
-	set := activeSet{Backends: make([]activeBackend, 0, n)}
+	set := activeSet{Backends: make([]activeBackend, 0, n), FastPath: svc.FastPath}
 	var cum uint64
 	for _, p := range pools {
 		for _, ep := range p.eps {

@@ -126,8 +126,12 @@ func flatten(services map[model.ServiceKey]*compiled) kernelEntries {
 	return e
 }
 
+// svcFastPathMask selects the fast-path setting in sl_svc_value.flags
+// (SL_SVC_FAST_MASK).
+const svcFastPathMask = 3
+
 func svcValueOf(set activeSet) serviceSlSvcValue {
-	return serviceSlSvcValue{Id: set.ID, Count: uint32(len(set.Backends)), TotalWeight: set.TotalWeight}
+	return serviceSlSvcValue{Id: set.ID, Count: uint32(len(set.Backends)), TotalWeight: set.TotalWeight, Flags: uint32(set.FastPath)}
 }
 
 func addBackends(m map[serviceSlBeKey]serviceSlBeValue, set activeSet) {
@@ -147,7 +151,8 @@ func adopt(e kernelEntries) (services map[model.ServiceKey]*compiled, strays []s
 	services = make(map[model.ServiceKey]*compiled, len(e.services))
 	owned := make(map[serviceSlBeKey]bool, len(e.backends))
 	for k, v := range e.services {
-		set := activeSet{ID: v.Id, TotalWeight: v.TotalWeight, Backends: make([]activeBackend, v.Count)}
+		set := activeSet{ID: v.Id, TotalWeight: v.TotalWeight, Backends: make([]activeBackend, v.Count),
+			FastPath: model.FastPath(v.Flags & svcFastPathMask)}
 		for i := range set.Backends {
 			bk := serviceSlBeKey{SvcId: v.Id, Index: uint32(i)}
 			be := e.backends[bk]

@@ -18,8 +18,12 @@ import (
 
 // EventReader reads the node's policy events. One reader at a time.
 type EventReader struct {
-	d *Dataplane
-	r *ringbuf.Reader
+	d        *Dataplane
+	r        *ringbuf.Reader
+	rec      ringbuf.Record   // reused by every read
+	raws     []serviceSlEvent // a batch before it is decoded
+	deadline time.Time
+	pending  error // an error met while draining a batch, for the next call
 }
 
 // Events opens the reader of policy events. Events no reader takes in
@@ -41,28 +45,76 @@ var ErrClosed = errors.New("closed")
 // that wants them soon sets a deadline, after which Read returns any
 // event waiting before reporting the deadline.
 func (er *EventReader) Read() (Event, error) {
-	rec, err := er.r.Read()
+	b, err := er.ReadBatch(make([]Event, 0, 1))
+	if len(b) == 0 {
+		return Event{}, err
+	}
+	return b[0], nil
+}
+
+// ReadBatch blocks as Read does for the first event, then appends to dst
+// the events already waiting, up to cap(dst) (at least one), without
+// waiting for more. An error met after the first event is returned by the
+// next call.
+func (er *EventReader) ReadBatch(dst []Event) ([]Event, error) {
+	if err := er.pending; err != nil {
+		er.pending = nil
+		return dst, err
+	}
+	er.raws = er.raws[:0]
+	if err := er.readRaw(); err != nil {
+		return dst, err
+	}
+	room := max(cap(dst)-len(dst), 1)
+	if room > 1 {
+		// A deadline in the past takes what is waiting and stops.
+		er.r.SetDeadline(time.Unix(1, 0))
+		for len(er.raws) < room {
+			if err := er.readRaw(); err != nil {
+				if !errors.Is(err, os.ErrDeadlineExceeded) {
+					er.pending = err
+				}
+				break
+			}
+		}
+		er.r.SetDeadline(er.deadline)
+	}
+	er.d.mu.Lock()
+	defer er.d.mu.Unlock()
+	for i := range er.raws {
+		dst = append(dst, er.d.event(&er.raws[i]))
+	}
+	return dst, nil
+}
+
+// readRaw appends the next record to er.raws.
+func (er *EventReader) readRaw() error {
+	err := er.r.ReadInto(&er.rec)
 	if errors.Is(err, ringbuf.ErrClosed) {
-		return Event{}, ErrClosed
+		return ErrClosed
 	}
 	if err != nil {
-		return Event{}, err
+		return err
 	}
 	// The record has the layout of serviceSlEvent in native byte order:
 	// both come from the same BTF.
-	if len(rec.RawSample) < int(unsafe.Sizeof(serviceSlEvent{})) {
-		return Event{}, fmt.Errorf("decode event: %d bytes, want %d", len(rec.RawSample), unsafe.Sizeof(serviceSlEvent{}))
+	if len(er.rec.RawSample) < int(unsafe.Sizeof(serviceSlEvent{})) {
+		return fmt.Errorf("decode event: %d bytes, want %d", len(er.rec.RawSample), unsafe.Sizeof(serviceSlEvent{}))
 	}
-	raw := *(*serviceSlEvent)(unsafe.Pointer(&rec.RawSample[0]))
-	return er.d.event(&raw), nil
+	er.raws = append(er.raws, *(*serviceSlEvent)(unsafe.Pointer(&er.rec.RawSample[0])))
+	return nil
 }
 
 // SetDeadline sets the deadline of Read; the zero time means none.
-func (er *EventReader) SetDeadline(t time.Time) { er.r.SetDeadline(t) }
+func (er *EventReader) SetDeadline(t time.Time) {
+	er.deadline = t
+	er.r.SetDeadline(t)
+}
 
 // Close stops the reader; a blocked Read returns ErrClosed.
 func (er *EventReader) Close() error { return er.r.Close() }
 
+// event decodes raw; d.mu is held.
 func (d *Dataplane) event(raw *serviceSlEvent) Event {
 	e := Event{
 		Kind:        EventKind(raw.Kind),
@@ -85,8 +137,6 @@ func (d *Dataplane) event(raw *serviceSlEvent) Event {
 	if raw.Vport != 0 {
 		e.Service = netip.AddrPortFrom(addrFromWords(raw.Vip, raw.Family), ntohs(raw.Vport))
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
 	e.SPIFFEID = d.authz.names[raw.Identity]
 	e.Rule = d.authz.rules[raw.Rule]
 	e.ShadowRule = d.authz.rules[raw.ShadowRule]
@@ -237,28 +287,36 @@ func (d *Dataplane) Enforce(ctx context.Context, netns func() []string, observe 
 	if err != nil {
 		return err
 	}
-	events := make(chan Event, 64)
+	// Events travel in batches, in buffers that come back when handled:
+	// one hand-over per batch, not per event.
+	const buffers, batch = 4, 256
+	events, free := make(chan []Event, buffers), make(chan []Event, buffers)
+	for range buffers {
+		free <- make([]Event, 0, batch)
+	}
 	readErr := make(chan error, 1)
 	go func() {
-		for {
+		for b := range free {
 			// Flow events wake the reader in batches; the deadline
 			// bounds how long one waits to be read.
 			er.SetDeadline(time.Now().Add(flowLatency))
-			e, err := er.Read()
-			if errors.Is(err, os.ErrDeadlineExceeded) {
-				continue
+			b, err := er.ReadBatch(b)
+			if len(b) > 0 {
+				events <- b
+			} else {
+				free <- b
 			}
-			if err != nil {
+			if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
 				readErr <- err
 				close(events)
 				return
 			}
-			events <- e
 		}
 	}()
 	defer func() {
 		er.Close()
-		for range events { // until the reader goroutine ends
+		for b := range events { // until the reader goroutine ends
+			free <- b
 		}
 	}()
 	terminate := func() {
@@ -273,7 +331,7 @@ func (d *Dataplane) Enforce(ctx context.Context, netns func() []string, observe 
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case e, ok := <-events:
+		case b, ok := <-events:
 			if !ok {
 				return <-readErr
 			}
@@ -281,12 +339,15 @@ func (d *Dataplane) Enforce(ctx context.Context, netns func() []string, observe 
 			// denied connections (a scan) costs one sweep, not one each.
 			sweep := false
 			for more := true; more; {
-				if observe != nil {
-					observe(e)
+				for _, e := range b {
+					if observe != nil {
+						observe(e)
+					}
+					sweep = sweep || e.Kind == EventDenyIngress
 				}
-				sweep = sweep || e.Kind == EventDenyIngress
+				free <- b[:0]
 				select {
-				case e, more = <-events:
+				case b, more = <-events:
 				default:
 					more = false
 				}

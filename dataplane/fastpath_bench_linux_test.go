@@ -1,6 +1,10 @@
 package dataplane_test
 
 import (
+	"os"
+	"slices"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -31,7 +35,9 @@ func sameNode(b *testing.B) *mesh {
 	s := model.State{Identities: m.identities("a", ids, ids)}
 	for i := range s.Identities.Cgroups {
 		cg := &s.Identities.Cgroups[i]
-		cg.FastPath = cg.Path != m.pods["normal"].Cgroup
+		if cg.Path != m.pods["normal"].Cgroup {
+			cg.FastPath = model.FastPathOn
+		}
 	}
 	m.apply("a", s)
 	return m
@@ -65,7 +71,8 @@ func interleave(b *testing.B, rounds int, kind string, count int, paths map[stri
 type probeTarget struct{ pod *cluster.Pod }
 
 // BenchmarkSameNode compares, interleaved in one run: request/response
-// round trips of 64 bytes on one connection, and bulk throughput, through
+// round trips of 64 bytes on one connection (3 rounds), and bulk throughput
+// (5 rounds of 1 GiB: shorter transfers measure start-up, not the path), through
 // the fast path, the normal path between two pods of a Sluice node, and
 // plain loopback TCP in one pod of a node without Sluice. Metrics:
 // rr-fast/loopback and bulk-fast/loopback (ratios of time per round trip
@@ -83,7 +90,7 @@ func BenchmarkSameNode(b *testing.B) {
 	before := m.stats("a")
 	b.ResetTimer()
 	rr := interleave(b, 3, "rr", max(b.N, 2000), paths("7000"))
-	bulk := interleave(b, 3, "bulk", 256, paths("7001"))
+	bulk := interleave(b, 5, "bulk", 1024, paths("7001"))
 	b.StopTimer()
 	after := m.stats("a")
 	if after.FastBytes == before.FastBytes {
@@ -103,58 +110,105 @@ func BenchmarkSameNode(b *testing.B) {
 
 // BenchmarkFlowExport compares the connection rate (connect, one request,
 // the server closes) between two pods of a node with flow events on and
-// off, interleaved, and checks that every flow event was read or counted
-// lost: 4 per connection (open and close at both ends).
+// off, in short rounds of 2,000 connections taken in pairs (on then off,
+// then off then on) so that the machine's drift falls on both alike, and
+// checks that every flow event was read or counted lost: 4 per connection
+// (open and close at both ends). Metrics: flows/noflows over all rounds,
+// the median and spread of the pairs' ratios, and the machine's busy CPU
+// time per connection (user, system and interrupts, from /proc/stat), which
+// a shared machine's drift disturbs less than the rate.
 func BenchmarkFlowExport(b *testing.B) {
 	m := sameNode(b)
 	dp := m.nodes["a"].dp
 	target := m.pods["srv"].IP.String() + ":7002"
-	conns := max(b.N, 5000)
+	const perRound = 2000
+	pairs := max((b.N+perRound-1)/perRound, 3)
 	var on, off probe.Load
 	var events, lost uint64
+	ratios := make([]float64, 0, pairs)
+	var cpuOn, cpuOff float64 // busy CPU seconds of the machine
+	rate := func(l probe.Load) float64 { return float64(l.Ops) / l.Seconds }
 	b.ResetTimer()
-	for r := range 6 {
-		flows := r%2 == 0
-		if err := dp.SetFlows(flows); err != nil {
-			b.Fatal(err)
-		}
-		before, seen := m.stats("a"), m.nodes["a"].flows.Load()
-		l, err := probe.RunLoad(m.pods["normal"], "connect", target, conns)
-		if err != nil || l.Errors > 0 {
-			b.Fatalf("connect load: %+v %v", l, err)
-		}
-		if !flows {
-			off.Ops, off.Seconds = off.Ops+l.Ops, off.Seconds+l.Seconds
-			continue
-		}
-		on.Ops, on.Seconds = on.Ops+l.Ops, on.Seconds+l.Seconds
-		// Events still in flight arrive within a moment; the closes of
-		// the server's sockets come when the client has acknowledged.
-		want := uint64(4 * conns)
-		deadline := time.Now().Add(5 * time.Second)
-		var got, gone uint64
-		for {
-			got = m.nodes["a"].flows.Load() - seen
-			gone = m.stats("a").EventsLost - before.EventsLost
-			if got+gone >= want || time.Now().After(deadline) {
-				break
+	for p := range pairs {
+		var pair [2]probe.Load // off, on
+		var cpu [2]float64
+		for i := range 2 {
+			flows := (i+p)%2 == 0
+			if err := dp.SetFlows(flows); err != nil {
+				b.Fatal(err)
 			}
-			time.Sleep(20 * time.Millisecond)
+			before, seen := m.stats("a"), m.nodes["a"].flows.Load()
+			busy := busySeconds(b)
+			l, err := probe.RunLoad(m.pods["normal"], "connect", target, perRound)
+			if err != nil || l.Errors > 0 {
+				b.Fatalf("connect load: %+v %v", l, err)
+			}
+			if !flows {
+				pair[0], cpu[0] = l, busySeconds(b)-busy
+				continue
+			}
+			pair[1], cpu[1] = l, busySeconds(b)-busy
+			// Events still in flight arrive within a moment; the closes of
+			// the server's sockets come when the client has acknowledged.
+			want := uint64(4 * perRound)
+			deadline := time.Now().Add(5 * time.Second)
+			var got, gone uint64
+			for {
+				got = m.nodes["a"].flows.Load() - seen
+				gone = m.stats("a").EventsLost - before.EventsLost
+				if got+gone >= want || time.Now().After(deadline) {
+					break
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			if got+gone != want {
+				b.Fatalf("%d flow events read and %d counted lost, want %d in all", got, gone, want)
+			}
+			events += got
+			lost += gone
 		}
-		if got+gone != want {
-			b.Fatalf("%d flow events read and %d counted lost, want %d in all", got, gone, want)
-		}
-		events += got
-		lost += gone
+		off.Ops, off.Seconds = off.Ops+pair[0].Ops, off.Seconds+pair[0].Seconds
+		on.Ops, on.Seconds = on.Ops+pair[1].Ops, on.Seconds+pair[1].Seconds
+		ratios = append(ratios, rate(pair[1])/rate(pair[0]))
+		cpuOff, cpuOn = cpuOff+cpu[0], cpuOn+cpu[1]
 	}
 	b.StopTimer()
 	if err := dp.SetFlows(false); err != nil {
 		b.Fatal(err)
 	}
-	rate := func(l probe.Load) float64 { return float64(l.Ops) / l.Seconds }
+	slices.Sort(ratios)
 	b.ReportMetric(rate(on), "conn/s-flows")
 	b.ReportMetric(rate(off), "conn/s-noflows")
 	b.ReportMetric(rate(on)/rate(off), "flows/noflows")
+	b.ReportMetric(ratios[len(ratios)/2], "flows/noflows-median")
+	b.ReportMetric(ratios[0], "flows/noflows-min")
+	b.ReportMetric(ratios[len(ratios)-1], "flows/noflows-max")
+	b.ReportMetric(cpuOn/cpuOff, "cpu-flows/noflows")
+	b.ReportMetric(cpuOn/float64(on.Ops)*1e6, "cpu-µs/conn-flows")
+	b.ReportMetric(cpuOff/float64(off.Ops)*1e6, "cpu-µs/conn-noflows")
 	b.ReportMetric(float64(lost), "events-lost")
 	b.ReportMetric(float64(events), "events-read")
+}
+
+// busySeconds reads the CPU time the machine has spent busy (user, nice,
+// system, irq, softirq) since boot, from /proc/stat.
+func busySeconds(b *testing.B) float64 {
+	data, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		b.Fatal(err)
+	}
+	line, _, _ := strings.Cut(string(data), "\n")
+	f := strings.Fields(line)
+	if len(f) < 8 || f[0] != "cpu" {
+		b.Fatalf("/proc/stat: unexpected first line %q", line)
+	}
+	var ticks float64
+	for _, i := range []int{1, 2, 3, 6, 7} {
+		v, err := strconv.ParseFloat(f[i], 64)
+		if err != nil {
+			b.Fatalf("/proc/stat: %v", err)
+		}
+		ticks += v
+	}
+	return ticks / 100 // USER_HZ
 }

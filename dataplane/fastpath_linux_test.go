@@ -123,8 +123,9 @@ func TestFastPath(t *testing.T) {
 	m.echo("splicer", "splice", "")
 	m.echo("echo-f", "read", "")
 
-	// fast lists the pods whose fast path is on.
-	state := func(node string, fast ...string) model.State {
+	// state sets the fast path on for the pods of on and off for those
+	// of off, and the settings of services by pod behind them.
+	state := func(node string, services map[string]model.FastPath, on []string, off ...string) model.State {
 		ids := map[string]uint32{}
 		for _, p := range m.nodes[node].pods {
 			ids[p.Name] = idFrontend
@@ -132,22 +133,30 @@ func TestFastPath(t *testing.T) {
 		s := model.State{Identities: m.identities(node, ids, ids)}
 		for i := range s.Identities.Cgroups {
 			cg := &s.Identities.Cgroups[i]
-			for _, p := range fast {
+			for _, p := range on {
 				if m.pods[p].Cgroup == cg.Path {
-					cg.FastPath = true
+					cg.FastPath = model.FastPathOn
+				}
+			}
+			for _, p := range off {
+				if m.pods[p].Cgroup == cg.Path {
+					cg.FastPath = model.FastPathOff
 				}
 			}
 		}
 		for i, p := range []string{"echo", "plain", "relay", "splicer", "echo-f"} {
-			s.Services = append(s.Services, tcpService(p, "10.96.1."+string(rune('1'+i)), 80, m.pods[p], 7000))
+			svc := tcpService(p, "10.96.1."+string(rune('1'+i)), 80, m.pods[p], 7000)
+			svc.FastPath = services[p]
+			s.Services = append(s.Services, svc)
 		}
 		return s
 	}
+	initial := state("a", nil, []string{"client", "echo", "splicer"})
 	dp := m.nodes["a"].dp
 	if err := dp.SetFlows(true); err != nil {
 		t.Fatal(err)
 	}
-	m.apply("a", state("a", "client", "echo", "splicer"))
+	m.apply("a", initial)
 	sizes := []int{1, 100, 4 << 10, 64 << 10, 1 << 20, 4<<20 + 3}
 
 	t.Run("byte-exact on the fast path, with flow records", func(t *testing.T) {
@@ -171,7 +180,7 @@ func TestFastPath(t *testing.T) {
 		t.Logf("fallbacks (client wrote before the server was on the fast path): %d of %d", after.FastFallback-before.FastFallback, conns)
 		checkFlows(t, m.closes(t, "a", r.Locals), r, sizes, true, netip.MustParseAddrPort("10.96.1.1:80"))
 	})
-	t.Run("workload with the fast path off: normal path, exact byte counts", func(t *testing.T) {
+	t.Run("workload with no setting: normal path, exact byte counts", func(t *testing.T) {
 		before := m.stats("a")
 		drain(m.nodes["a"].events)
 		const conns = 12
@@ -183,6 +192,48 @@ func TestFastPath(t *testing.T) {
 			t.Errorf("%d sockets registered, want none", got)
 		}
 		checkFlows(t, m.closes(t, "a", r.Locals), r, sizes, false, netip.MustParseAddrPort("10.96.1.2:80"))
+	})
+	t.Run("settings of services and workloads", func(t *testing.T) {
+		on, off := model.FastPathOn, model.FastPathOff
+		for _, tc := range []struct {
+			name     string
+			services map[string]model.FastPath
+			on, off  []string
+			addr     string
+			fast     bool
+		}{
+			{"service on, its workload unset", map[string]model.FastPath{"plain": on}, []string{"client"}, nil, "10.96.1.2:80", true},
+			{"service on, neither workload set", map[string]model.FastPath{"plain": on}, nil, nil, "10.96.1.2:80", true},
+			{"service on, dialed by pod address: no service", map[string]model.FastPath{"plain": on}, []string{"client"}, nil, "10.244.1.12:7000", false},
+			{"service off, both workloads on", map[string]model.FastPath{"echo": off}, []string{"client", "echo"}, nil, "10.96.1.1:80", false},
+			{"service off, dialed by pod address: the workloads decide", map[string]model.FastPath{"echo": off}, []string{"client", "echo"}, nil, "10.244.1.11:7000", true},
+			{"service on, server workload off", map[string]model.FastPath{"plain": on}, []string{"client"}, []string{"plain"}, "10.96.1.2:80", false},
+			{"service on, client workload off", map[string]model.FastPath{"plain": on}, nil, []string{"client"}, "10.96.1.2:80", false},
+		} {
+			m.apply("a", state("a", tc.services, tc.on, tc.off...))
+			before := m.stats("a")
+			drain(m.nodes["a"].events)
+			const conns = 4
+			r := m.exchange("client", tc.addr, conns, 100, 1<<20)
+			if r.OK != conns {
+				t.Fatalf("%s: %d of %d exchanges ok: %v", tc.name, r.OK, conns, r.Failures)
+			}
+			want := uint64(0)
+			if tc.fast {
+				want = 2 * conns
+			}
+			if got := m.stats("a").FastRegistered - before.FastRegistered; got != want {
+				t.Errorf("%s: %d sockets registered, want %d", tc.name, got, want)
+			}
+			for local, es := range m.closes(t, "a", r.Locals) {
+				for _, e := range es {
+					if e.FastPath != tc.fast {
+						t.Errorf("%s: %s (server side %v): flow says fast path %v, want %v", tc.name, local, e.Server, e.FastPath, tc.fast)
+					}
+				}
+			}
+		}
+		m.apply("a", initial)
 	})
 	t.Run("Go relay reading with splice, fast path off by default: no hang", func(t *testing.T) {
 		before := m.stats("a")
@@ -202,7 +253,7 @@ func TestFastPath(t *testing.T) {
 		}
 	})
 	t.Run("full map: normal path, counted", func(t *testing.T) {
-		m.apply("f", state("f", "client-f", "echo-f"))
+		m.apply("f", state("f", nil, []string{"client-f", "echo-f"}))
 		before := m.stats("f")
 		const conns = 16
 		r := m.exchange("client-f", "10.96.1.5:80", conns, 1000, 1<<20)
@@ -243,6 +294,50 @@ func TestFastPath(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestFlowLossCounted checks that flow events the ring buffer has no room
+// for are counted exactly: with the reader stopped and a ring of one page,
+// the events read and the events counted lost add up to four per
+// connection (open and close at both ends).
+func TestFlowLossCounted(t *testing.T) {
+	m := newMesh(t)
+	mn := m.node("a", true, dataplane.Capacity{EventBytes: 4096})
+	m.pod("a", "client", "10.244.1.10")
+	m.pod("a", "srv", "10.244.1.11")
+	m.echoOn("srv", "0.0.0.0:7002", "oneshot", "")
+	ids := map[string]uint32{"client": idFrontend, "srv": idDB}
+	m.apply("a", model.State{Identities: m.identities("a", ids, ids)})
+	if err := mn.dp.SetFlows(true); err != nil {
+		t.Fatal(err)
+	}
+	const conns = 500
+	before, seen := m.stats("a"), mn.flows.Load()
+	mn.hold.Lock()
+	l, err := probe.RunLoad(m.pods["client"], "connect", "10.244.1.11:7002", conns)
+	if err != nil || l.Errors > 0 {
+		mn.hold.Unlock()
+		t.Fatalf("connect load: %+v %v", l, err)
+	}
+	time.Sleep(200 * time.Millisecond) // the servers' closes follow the clients' acknowledgements
+	mn.hold.Unlock()
+	want := uint64(4 * conns)
+	deadline := time.Now().Add(5 * time.Second)
+	var got, lost uint64
+	for {
+		got, lost = mn.flows.Load()-seen, m.stats("a").EventsLost-before.EventsLost
+		if got+lost >= want || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Logf("%d flow events read, %d counted lost", got, lost)
+	if got+lost != want {
+		t.Errorf("%d flow events read and %d counted lost, want %d in all", got, lost, want)
+	}
+	if lost == 0 {
+		t.Errorf("no event lost with the reader stopped and a ring of one page: the test proves nothing")
+	}
 }
 
 // checkFlows checks the close records of an exchange's connections: both

@@ -31,7 +31,7 @@ type authz struct {
 type compiledAuthz struct {
 	cgroups map[uint64]serviceSlCgroupValue
 	addrs   map[serviceSlAddrKey]uint32
-	fast    map[serviceSlAddrKey]uint32 // addresses of local workloads on the fast path
+	fast    map[serviceSlAddrKey]uint32 // local workloads' addresses: their fast-path settings
 	tables  *policy.Tables
 	names   map[uint32]string
 }
@@ -70,11 +70,14 @@ func compileAuthz(s model.State, c Capacity) (*compiledAuthz, error) {
 			default:
 				return nil, bad(entry, "address "+a.String()+": at most one address per family, not v4-mapped", model.ErrInvalidState)
 			}
-			if cg.FastPath {
-				out.fast[addrKey(a)] = cg.Identity
-			}
+			// Every local workload's address: a service whose fast path
+			// is on needs to know both ends are local.
+			out.fast[addrKey(a)] = uint32(cg.FastPath)
 		}
-		if cg.FastPath && len(cg.Addrs) == 0 {
+		switch {
+		case cg.FastPath > model.FastPathOff:
+			return nil, bad(entry, "fast path setting "+cg.FastPath.String()+" is not unset, on or off", model.ErrInvalidState)
+		case cg.FastPath == model.FastPathOn && len(cg.Addrs) == 0:
 			return nil, bad(entry, "fast path on but no address: the fast path finds workloads by address", model.ErrInvalidState)
 		}
 		out.cgroups[cg.CgroupID] = v

@@ -207,7 +207,8 @@ type serviceSlSockOrigin struct {
 	BePort uint16
 	Family uint8
 	Proto  uint8
-	Pad    [2]uint8
+	Fast   uint8
+	Pad    uint8
 }
 
 type serviceSlStat uint32

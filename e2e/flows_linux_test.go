@@ -96,6 +96,12 @@ services:
     vips: [10.96.0.40]
     ports: [{port: 80, targetPort: 7000}]
     endpoints: [{address: 10.244.1.11}]
+  - name: echo-plain
+    namespace: shop
+    vips: [10.96.0.41]
+    ports: [{port: 80, targetPort: 7000}]
+    endpoints: [{address: 10.244.1.11}]
+    fastPath: false
   - name: db
     namespace: shop
     vips: [10.96.0.20]
@@ -134,6 +140,10 @@ services:
 	ex, err := probe.Exchanges(pods["client"], "10.96.0.40:80", 4, sizes...)
 	if err != nil || ex.OK != 4 {
 		t.Fatalf("exchanges through the echo service: %+v, %v", ex, err)
+	}
+	plain, err := probe.Exchanges(pods["client"], "10.96.0.41:80", 2, sizes...)
+	if err != nil || plain.OK != 2 {
+		t.Fatalf("exchanges through the echo-plain service: %+v, %v", plain, err)
 	}
 	if r, err := probe.Dial(pods["client"], "10.96.0.20:5432"); err != nil || r.Result != "ok" {
 		t.Fatalf("client → db across nodes: %+v, %v", r, err)
@@ -177,6 +187,34 @@ services:
 		}
 		if sent != uint64(ex.Sent) {
 			t.Errorf("records count %d bytes sent, the client sent %d", sent, ex.Sent)
+		}
+	})
+	t.Run("a service with the fast path off keeps its connections off it", func(t *testing.T) {
+		var flows []flow.Flow
+		waitFor(t, logs, "2 source-side closes to echo-plain", func() bool {
+			flows = observeJSON(t, bin, socket, "--last", "1000", "--to-service", "shop/echo-plain")
+			n := 0
+			for _, f := range flows {
+				if f.Event == flow.EventClose && f.Reporter == flow.ReporterSource {
+					n++
+				}
+			}
+			return n == 2
+		})
+		var sent uint64
+		for _, f := range flows {
+			if f.Event != flow.EventClose {
+				continue
+			}
+			if f.FastPath {
+				t.Errorf("close record on the fast path: %+v", f)
+			}
+			if f.Reporter == flow.ReporterSource {
+				sent += f.BytesSent
+			}
+		}
+		if sent != uint64(plain.Sent) {
+			t.Errorf("records count %d bytes sent, the client sent %d", sent, plain.Sent)
 		}
 	})
 	t.Run("cross-node flow is not on the fast path", func(t *testing.T) {
@@ -229,7 +267,7 @@ services:
 		if err := json.Unmarshal(out, &st); err != nil {
 			t.Fatalf("%v: %s", err, out)
 		}
-		if st.Node != "a" || !st.XDS.Connected || st.Workloads != 3 || st.Services != 2 || st.FastPath.Registered < 8 ||
+		if st.Node != "a" || !st.XDS.Connected || st.Workloads != 3 || st.Services != 3 || st.FastPath.Registered < 8 ||
 			st.Flows.Total == 0 || st.Flows.LostKernel != 0 {
 			t.Errorf("status %+v", st)
 		}

@@ -12,10 +12,10 @@ import (
 
 // Local is a local workload whose cgroup id the caller resolved.
 type Local struct {
-	Workload   Workload // required: its SPIFFEID set, as ParseWorkloads sets it
-	CgroupID   uint64   // required: the cgroup v2 id (inode number of its directory)
-	CgroupPath string   // optional: the resolved path, for errors and logs; Workload.Cgroup if empty
-	FastPath   bool     // optional: its connections with other local workloads take the fast path
+	Workload   Workload       // required: its SPIFFEID set, as ParseWorkloads sets it
+	CgroupID   uint64         // required: the cgroup v2 id (inode number of its directory)
+	CgroupPath string         // optional: the resolved path, for errors and logs; Workload.Cgroup if empty
+	FastPath   model.FastPath // optional: its setting of the same-node fast path
 }
 
 // Stats describes what Build made of its input, for logs and metrics.
@@ -89,11 +89,20 @@ func BuildListed(services []model.Service, locals []Local, listed []Workload) (m
 			Path:     cgroupPath(&l),
 			Identity: numbers[b.localIDs[i]],
 			Addrs:    slices.Clone(l.Workload.Addrs),
-			FastPath: l.FastPath && len(l.Workload.Addrs) > 0,
+			FastPath: fastPath(&l),
 		})
 	}
 	slices.SortFunc(ids.Cgroups, func(a, b model.CgroupIdentity) int { return cmp.Compare(a.CgroupID, b.CgroupID) })
 	return ids, stats, nil
+}
+
+// fastPath is l's fast-path setting as the dataplane takes it: the fast
+// path finds workloads by address, so one without any cannot be on.
+func fastPath(l *Local) model.FastPath {
+	if l.FastPath == model.FastPathOn && len(l.Workload.Addrs) == 0 {
+		return model.FastPathUnset
+	}
+	return l.FastPath
 }
 
 // builder holds Build's intermediate state. SPIFFE IDs are numbered in

@@ -161,9 +161,14 @@ func resolveWorkloads(ws []identity.Workload, node, mount string, fastPath bool,
 			}
 			continue
 		}
-		fast := fastPath
-		if w.FastPath != nil {
-			fast = *w.FastPath
+		fast := model.FastPathUnset
+		switch {
+		case w.FastPath != nil && *w.FastPath:
+			fast = model.FastPathOn
+		case w.FastPath != nil:
+			fast = model.FastPathOff
+		case fastPath:
+			fast = model.FastPathOn
 		}
 		out = append(out, identity.Local{Workload: w, CgroupID: id, CgroupPath: path, FastPath: fast})
 	}

@@ -79,6 +79,32 @@ type Service struct {
 	Endpoints []Endpoint // optional: none (and no Splits) means connections are refused
 	Splits    []Split    // optional: instead of Endpoints
 	Policies  []Policy   // optional: L4 authorization, TCP only; every policy must allow a connection
+	FastPath  FastPath   // optional: the same-node fast path for its TCP connections (docs/fastpath.md)
+}
+
+// FastPath is a setting of the same-node fast path (docs/fastpath.md), on
+// a service or a local workload. A connection between two local workloads
+// takes the fast path unless either workload or the service it was dialed
+// through is off; then if the service is on, or else if both workloads
+// are on.
+type FastPath uint8
+
+const (
+	FastPathUnset FastPath = iota // no setting of its own
+	FastPathOn
+	FastPathOff
+)
+
+func (f FastPath) String() string {
+	switch f {
+	case FastPathUnset:
+		return "unset"
+	case FastPathOn:
+		return "on"
+	case FastPathOff:
+		return "off"
+	}
+	return fmt.Sprintf("FastPath(%d)", uint8(f))
 }
 
 // Split is one pool of a service's weighted split (an xDS weighted cluster).
@@ -204,7 +230,7 @@ func Label(i int, s *Service) string {
 // proportion to what was rebuilt.
 func (s *Service) Equal(o *Service) bool {
 	return s.Name == o.Name && s.VIP == o.VIP && s.Port == o.Port && s.Protocol == o.Protocol &&
-		endpointsEqual(s.Endpoints, o.Endpoints) &&
+		s.FastPath == o.FastPath && endpointsEqual(s.Endpoints, o.Endpoints) &&
 		(len(s.Policies) == 0 && len(o.Policies) == 0 || reflect.DeepEqual(s.Policies, o.Policies)) &&
 		slices.EqualFunc(s.Splits, o.Splits, func(a, b Split) bool {
 			return a.Name == b.Name && a.Weight == b.Weight && endpointsEqual(a.Endpoints, b.Endpoints)

@@ -155,10 +155,10 @@ type CgroupIdentity struct {
 	Path     string       // optional: for errors and logs
 	Identity uint32       // required: a key of Identities.Names
 	Addrs    []netip.Addr // optional: the workload's addresses, one per family, for CIDR principals at connect
-	// FastPath puts the workload's TCP connections with other local
-	// workloads whose fast path is on through the same-node fast path
-	// (docs/fastpath.md). It needs Addrs.
-	FastPath bool
+	// FastPath is the workload's setting of the same-node fast path
+	// (docs/fastpath.md). The fast path finds workloads by address: a
+	// workload without Addrs never takes it, and FastPathOn needs them.
+	FastPath FastPath
 }
 
 // AddrIdentity binds a workload address to its identity. A connection

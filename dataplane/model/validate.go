@@ -59,6 +59,8 @@ func ValidateService(i int, svc *Service) error {
 		return bad("protocol must be TCP or UDP")
 	case len(svc.Endpoints) > 0 && len(svc.Splits) > 0:
 		return bad("has both endpoints and splits; use one")
+	case svc.FastPath > FastPathOff:
+		return bad("fast path setting " + svc.FastPath.String() + " is not unset, on or off")
 	}
 	splitNames := make(map[string]bool, len(svc.Splits))
 	for k, sp := range svc.Splits {

@@ -50,6 +50,9 @@ type Service struct {
 	// Policies authorize connections to the service's TCP ports; a
 	// connection must pass every one. In file order; nil if none.
 	Policies []Policy
+	// FastPath is the service's setting of the same-node fast path for
+	// its TCP ports (docs/fastpath.md).
+	FastPath model.FastPath
 }
 
 // Port is one port of a service.

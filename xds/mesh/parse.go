@@ -128,7 +128,7 @@ func (p *parser) mesh(root *yaml.Node) (*Mesh, error) {
 
 func (p *parser) service(n *yaml.Node, path string) (Service, error) {
 	var s Service
-	f, err := p.Fields(n, path, "name", "namespace", "vips", "ports", "endpoints", "policies")
+	f, err := p.Fields(n, path, "name", "namespace", "vips", "ports", "endpoints", "policies", "fastPath")
 	if err != nil {
 		return s, err
 	}
@@ -173,6 +173,16 @@ func (p *parser) service(n *yaml.Node, path string) (Service, error) {
 	if n := f.Get("policies"); n != nil {
 		if err := p.policies(n, f.Path("policies"), &s); err != nil {
 			return s, err
+		}
+	}
+	if n := f.Get("fastPath"); n != nil {
+		on, err := p.Bool(n, f.Path("fastPath"))
+		if err != nil {
+			return s, err
+		}
+		s.FastPath = model.FastPathOff
+		if on {
+			s.FastPath = model.FastPathOn
 		}
 	}
 	return s, nil

@@ -51,6 +51,7 @@ func TestParseErrors(t *testing.T) {
 		{"service not a mapping", lines("services:", "  - web"), 2, "services[0]", `must be a mapping, not "web"`},
 		{"empty list item", lines("services:", "  -"), 2, "services[0]", "empty list item"},
 		{"unknown service field", with("    vip: 10.96.0.11"), 10, "services[0].vip", "unknown field; known fields are name, namespace, vips, ports, endpoints"},
+		{"fast path not a boolean", with("    fastPath: sometimes"), 10, "services[0].fastPath", `must be true or false, not "sometimes"`},
 		{"field twice", with("    vips: [10.96.0.11]"), 10, "services[0].vips", "field given twice"},
 		{"merge key", lines("services:", "  - <<: {name: web}"), 2, "services[0].<<", "merge keys"},
 		{"missing name", lines("services:", "  - vips: [10.96.0.10]", "    ports: [{port: 80}]"), 2, "services[0].name", "required field is missing"},

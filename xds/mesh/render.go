@@ -41,6 +41,9 @@ const (
 	// WorkloadMetadata is the endpoint filter_metadata key under which the
 	// workload running at an endpoint is described.
 	WorkloadMetadata = "sluice.io/workload"
+	// ServiceMetadata is the listener filter_metadata key of the service's
+	// settings: fast_path.
+	ServiceMetadata = "sluice.io/service"
 )
 
 // ConnectTimeout is the connect_timeout of every rendered cluster. Sluice
@@ -68,7 +71,7 @@ func (m *Mesh) Resources() Resources {
 		s := &m.Services[i]
 		for _, p := range s.Ports {
 			name := s.ResourceName(p)
-			r.Listeners = append(r.Listeners, listener(name, s.VIPs, p, m.TrustDomain, s.Policies))
+			r.Listeners = append(r.Listeners, listener(name, s, p, m.TrustDomain))
 			r.Clusters = append(r.Clusters, cluster(name))
 			r.Endpoints = append(r.Endpoints, assignment(name, s.Endpoints, p))
 		}
@@ -81,9 +84,11 @@ func (m *Mesh) Resources() Resources {
 	return r
 }
 
-// listener renders the listener of port p; policies apply to TCP ports
-// only, and trustDomain is that of their namespaces and service accounts.
-func listener(name string, vips []netip.Addr, p Port, trustDomain string, policies []Policy) *listenerv3.Listener {
+// listener renders the listener of s's port p; policies and the fast path
+// apply to TCP ports only, and trustDomain is that of the policies'
+// namespaces and service accounts.
+func listener(name string, s *Service, p Port, trustDomain string) *listenerv3.Listener {
+	vips, policies := s.VIPs, s.Policies
 	l := &listenerv3.Listener{Name: name}
 	if len(vips) > 0 {
 		l.Address = socketAddress(vips[0], p.Port, p.Protocol)
@@ -120,6 +125,11 @@ func listener(name string, vips []netip.Addr, p Port, trustDomain string, polici
 		})},
 	})
 	l.FilterChains = []*listenerv3.FilterChain{{Filters: filters}}
+	if s.FastPath != model.FastPathUnset {
+		l.Metadata = &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{ServiceMetadata: {
+			Fields: map[string]*structpb.Value{"fast_path": structpb.NewBoolValue(s.FastPath == model.FastPathOn)},
+		}}}
+	}
 	return l
 }
 

@@ -22,6 +22,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/sluice-mesh/sluice/dataplane/model"
 	"github.com/sluice-mesh/sluice/xds/mesh"
 	"github.com/sluice-mesh/sluice/xds/translate"
 )
@@ -427,4 +428,33 @@ func translated(t *testing.T, m *mesh.Mesh) translate.Result {
 		t.Errorf("Translate misses %q", res.Missing)
 	}
 	return res
+}
+
+// TestRenderFastPath checks that a service's fastPath reaches the
+// dataplane model through the listener's metadata, on TCP ports only.
+func TestRenderFastPath(t *testing.T) {
+	for _, tc := range []struct {
+		setting string
+		want    model.FastPath
+	}{
+		{"", model.FastPathUnset},
+		{"    fastPath: true", model.FastPathOn},
+		{"    fastPath: false", model.FastPathOff},
+	} {
+		file := lines(
+			"services:",
+			"  - name: web",
+			"    vips: [10.96.0.10]",
+			"    ports: [{port: 80}, {port: 53, protocol: UDP}]",
+			"    endpoints: [{address: 10.244.0.11}]",
+			tc.setting,
+		)
+		got := map[model.Protocol]model.FastPath{}
+		for _, s := range translated(t, mustParse(t, file)).State.Services {
+			got[s.Protocol] = s.FastPath
+		}
+		if got[model.TCP] != tc.want || got[model.UDP] != model.FastPathUnset {
+			t.Errorf("%q: TCP port %v, UDP port %v; want %v and unset", tc.setting, got[model.TCP], got[model.UDP], tc.want)
+		}
+	}
 }

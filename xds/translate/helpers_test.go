@@ -154,6 +154,19 @@ func withWorkload(e *endpointv3.LbEndpoint, fields map[string]any) *endpointv3.L
 	return e
 }
 
+// withService sets a listener's service metadata (sluice.io/service) to
+// fields, and other filter metadata to others.
+func withService(l *listenerv3.Listener, fields map[string]any, others ...string) {
+	s, err := structpb.NewStruct(fields)
+	if err != nil {
+		panic(err)
+	}
+	l.Metadata = &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{"sluice.io/service": s}}
+	for _, o := range others {
+		l.Metadata.FilterMetadata[o] = &structpb.Struct{}
+	}
+}
+
 // cla is an assignment with one locality holding eps.
 func cla(name string, eps ...*endpointv3.LbEndpoint) *endpointv3.ClusterLoadAssignment {
 	return &endpointv3.ClusterLoadAssignment{

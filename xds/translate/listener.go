@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	xdscorev3 "github.com/cncf/xds/go/xds/core/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	httpinspectorv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/http_inspector/v3"
 	originaldstv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_dst/v3"
@@ -18,6 +19,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/sluice-mesh/sluice/dataplane/model"
 )
@@ -51,7 +53,8 @@ type listenerPlan struct {
 	// none. Every service of the listener shares the slice.
 	policies []model.Policy
 	proto    model.Protocol
-	weighted bool // pools are weighted_clusters (Splits), not one cluster (Endpoints)
+	weighted bool           // pools are weighted_clusters (Splits), not one cluster (Endpoints)
+	fastPath model.FastPath // from the service metadata
 }
 
 // pool is one cluster a listener sends connections to.
@@ -104,6 +107,14 @@ func (t *tally) listener(name string, l *listenerv3.Listener) (*listenerPlan, *f
 	}
 	p := &listenerPlan{name: name, proto: proto, addrs: make([]netip.AddrPort, 1, 1+len(l.GetAdditionalAddresses()))}
 	p.addrs[0] = main
+	if md := l.GetMetadata(); md != nil {
+		if p.fastPath, err = t.serviceMetadata(md); err != nil {
+			return nil, err.in("metadata")
+		}
+		if p.fastPath != model.FastPathUnset && proto == model.UDP {
+			return nil, errAt(fmt.Sprintf("metadata.filter_metadata[%q][\"fast_path\"]", serviceKey), "set on a UDP listener; the fast path carries TCP only")
+		}
+	}
 	for i, aa := range l.GetAdditionalAddresses() {
 		ap, err := t.additionalAddress(aa, proto)
 		if err != nil {
@@ -120,6 +131,43 @@ func (t *tally) listener(name string, l *listenerv3.Listener) (*listenerPlan, *f
 		return nil, err
 	}
 	return p, nil
+}
+
+// serviceKey is the filter_metadata key under which a listener's metadata
+// holds Sluice's settings of the service.
+const serviceKey = "sluice.io/service"
+
+// serviceMetadata reads a listener's service metadata: fast_path, a bool
+// (docs/fastpath.md). Unknown keys are refused, as in the workload
+// metadata: a misspelt key would otherwise silently do nothing.
+func (t *tally) serviceMetadata(md *corev3.Metadata) (model.FastPath, *fieldError) {
+	if err := t.check(md.ProtoReflect(), listenerMetadataPolicy); err != nil {
+		return model.FastPathUnset, err
+	}
+	fm := md.GetFilterMetadata()
+	s, ok := fm[serviceKey]
+	if len(fm) > 1 || len(fm) == 1 && !ok {
+		t.add("Listener.metadata.filter_metadata")
+	}
+	if !ok {
+		return model.FastPathUnset, nil
+	}
+	at := fmt.Sprintf("filter_metadata[%q]", serviceKey)
+	fast := model.FastPathUnset
+	for k, v := range s.GetFields() {
+		if k != "fast_path" {
+			return model.FastPathUnset, errAt(fmt.Sprintf("%s[%q]", at, k), "unknown key; the only key is fast_path")
+		}
+		b, ok := v.GetKind().(*structpb.Value_BoolValue)
+		if !ok {
+			return model.FastPathUnset, errAt(at+`["fast_path"]`, "want a bool, got %s", kindName(v))
+		}
+		fast = model.FastPathOff
+		if b.BoolValue {
+			fast = model.FastPathOn
+		}
+	}
+	return fast, nil
 }
 
 // nameMatches refuses a resource whose name field differs from the name it

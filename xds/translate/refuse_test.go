@@ -109,6 +109,15 @@ func TestTranslateRefusesListeners(t *testing.T) {
 			"Listener", lname, "address.socket_address.address", `"web.demo.svc" is not an IP address literal`},
 		{"resolver_name", changeSocket(func(sa *corev3.SocketAddress) { sa.ResolverName = "dns" }),
 			"Listener", lname, "address.socket_address.resolver_name", "custom resolvers are not supported"},
+		// Service metadata.
+		{"fast_path not a bool", changeListener(func(l *listenerv3.Listener) { withService(l, map[string]any{"fast_path": "yes"}) }),
+			"Listener", lname, `metadata.filter_metadata["sluice.io/service"]["fast_path"]`, "want a bool, got a string"},
+		{"misspelt service key", changeListener(func(l *listenerv3.Listener) { withService(l, map[string]any{"fastPath": true}) }),
+			"Listener", lname, `metadata.filter_metadata["sluice.io/service"]["fastPath"]`, "unknown key; the only key is fast_path"},
+		{"fast_path on UDP", func(r *translate.Resources) {
+			setUDP(udpCluster("web"))(r)
+			withService(listener(*r), map[string]any{"fast_path": true})
+		}, "Listener", lname, `metadata.filter_metadata["sluice.io/service"]["fast_path"]`, "the fast path carries TCP only"},
 		{"named_port", changeSocket(func(sa *corev3.SocketAddress) {
 			sa.PortSpecifier = &corev3.SocketAddress_NamedPort{NamedPort: "http"}
 		}), "Listener", lname, "address.socket_address.named_port", "named ports are not supported"},

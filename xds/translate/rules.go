@@ -49,7 +49,7 @@ var (
 		"api_listener":                      refuse("API listeners are not supported"),
 		"stat_prefix":                       ignore,
 		"stats_matcher":                     ignore,
-		"metadata":                          ignore,
+		"metadata":                          honour,
 		"drain_type":                        ignore,
 		"use_original_dst":                  ignore,
 		"per_connection_buffer_limit_bytes": ignore,
@@ -453,6 +453,10 @@ var (
 		}
 		_, named := sa.PortSpecifier.(*corev3.SocketAddress_NamedPort)
 		return !named && sa.Protocol == 0 && sa.ResolverName == "" && !sa.Ipv4Compat && sa.NetworkNamespaceFilepath == ""
+	})
+	listenerMetadataPolicy = newPolicy("Listener.metadata", &corev3.Metadata{}, map[protoreflect.Name]rule{
+		"filter_metadata":       honour,
+		"typed_filter_metadata": ignore,
 	})
 	endpointMetadataPolicy = newPolicy("LbEndpoint.metadata", &corev3.Metadata{}, map[protoreflect.Name]rule{
 		"filter_metadata":       honour,

@@ -212,7 +212,7 @@ func assemble(plans []*listenerPlan, clusters map[string]clusterPlan, assignment
 // vip.
 func appendServices(dst []model.Service, p *listenerPlan, pick func(i int, vip netip.Addr) []model.Endpoint) []model.Service {
 	for _, ap := range p.addrs {
-		svc := model.Service{Name: p.name, VIP: ap.Addr(), Port: ap.Port(), Protocol: p.proto, Policies: p.policies}
+		svc := model.Service{Name: p.name, VIP: ap.Addr(), Port: ap.Port(), Protocol: p.proto, Policies: p.policies, FastPath: p.fastPath}
 		if p.weighted {
 			// A split is named after its cluster, which is unique within
 			// the listener.

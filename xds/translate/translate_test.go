@@ -49,6 +49,42 @@ func TestTranslateAccepts(t *testing.T) {
 			ignored: map[string]int{"TcpProxy.stat_prefix": 1},
 		},
 		{
+			name: "service metadata: fast path off, other keys counted",
+			res: func() translate.Resources {
+				r := demo()
+				withService(listener(r), map[string]any{"fast_path": false}, "istio")
+				return r
+			},
+			want: func() []model.Service {
+				s := demoService()
+				s.FastPath = model.FastPathOff
+				return []model.Service{s}
+			}(),
+			ignored: map[string]int{"TcpProxy.stat_prefix": 1, "Listener.metadata.filter_metadata": 1},
+		},
+		{
+			name: "service metadata: fast path on",
+			res: func() translate.Resources {
+				r := demo()
+				withService(listener(r), map[string]any{"fast_path": true})
+				return r
+			},
+			want: func() []model.Service {
+				s := demoService()
+				s.FastPath = model.FastPathOn
+				return []model.Service{s}
+			}(),
+		},
+		{
+			name: "service metadata without settings",
+			res: func() translate.Resources {
+				r := demo()
+				withService(listener(r), map[string]any{})
+				return r
+			},
+			want: []model.Service{demoService()},
+		},
+		{
 			name: "EDS cluster with service_name",
 			res: func() translate.Resources {
 				r := demo()

@@ -1041,7 +1041,7 @@ func sameEndpoints(a, b []model.Endpoint) bool {
 // endpoint slices and equal policies.
 func sameServices(a, b []model.Service) bool {
 	return slices.EqualFunc(a, b, func(x, y model.Service) bool {
-		return x.Name == y.Name && x.VIP == y.VIP && x.Port == y.Port && x.Protocol == y.Protocol &&
+		return x.Name == y.Name && x.VIP == y.VIP && x.Port == y.Port && x.Protocol == y.Protocol && x.FastPath == y.FastPath &&
 			samePolicies(x.Policies, y.Policies) &&
 			sameSlice(x.Endpoints, y.Endpoints) && (x.Splits == nil) == (y.Splits == nil) &&
 			slices.EqualFunc(x.Splits, y.Splits, func(p, q model.Split) bool {
