@@ -32,7 +32,8 @@ test: check-generate vet
 bench:
 	$(GO) test -run '^$$' -bench 'Connect|PlanOneChange|WaitForReaders' -benchtime 2000x -count 5 ./dataplane/
 	$(GO) test -run '^$$' -bench 'SameNode' -benchtime 20000x -count 3 ./dataplane/
-	$(GO) test -run '^$$' -bench 'FlowExport' -benchtime 10000x -count 3 ./dataplane/
+	$(GO) test -run '^$$' -bench 'FlowExport' -benchtime 20000x -count 3 ./dataplane/
+	$(GO) test -run '^$$' -bench 'FastPathChurn' -benchtime 100000x ./dataplane/
 	$(GO) test -run '^$$' -bench 'XDSEndpointChange10k' -benchtime 300x ./e2e/
 	$(GO) test -run '^$$' -bench 'XDSFullSync10k' -benchtime 5x ./e2e/
 	$(GO) test -run '^$$' -bench 'AgentRSS10k' -benchtime 2x ./e2e/

@@ -2,12 +2,14 @@ package dataplane_test
 
 import (
 	"os"
+	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/sluice-mesh/sluice/dataplane"
 	"github.com/sluice-mesh/sluice/dataplane/model"
 	"github.com/sluice-mesh/sluice/e2e/cluster"
 	"github.com/sluice-mesh/sluice/e2e/probe"
@@ -211,4 +213,53 @@ func busySeconds(b *testing.B) float64 {
 		ticks += v
 	}
 	return ticks / 100 // USER_HZ
+}
+
+// BenchmarkFastPathChurn opens and closes b.N connections between two
+// pods with the fast path on (connect, one request, the server closes)
+// and checks that every socket was registered and that nothing is left on
+// the fast path afterwards: no socket in the sockhash, no byte counts.
+// Run it with -benchtime 1000000x for the million-connection check. The
+// server's network namespace keeps no TIME_WAIT sockets: the client's
+// ports come round every few seconds, and a SYN that meets an old
+// TIME_WAIT socket of the same 4-tuple may wait a second for its
+// retransmission.
+func BenchmarkFastPathChurn(b *testing.B) {
+	m := sameNode(b)
+	if out, err := exec.Command("ip", "netns", "exec", m.pods["srv"].NetNS, "sysctl", "-qw", "net.ipv4.tcp_max_tw_buckets=0").CombinedOutput(); err != nil {
+		b.Fatalf("sysctl in the server's netns: %v: %s", err, out)
+	}
+	before := m.stats("a")
+	b.ResetTimer()
+	l, err := probe.RunLoad(m.pods["fast"], "connect", m.pods["srv"].IP.String()+":7002", b.N)
+	if err != nil || l.Errors > 0 {
+		b.Fatalf("connect load: %+v %v", l, err)
+	}
+	b.StopTimer()
+	after := m.stats("a")
+	if got := after.FastRegistered - before.FastRegistered; got != 2*uint64(b.N) {
+		b.Errorf("%d sockets registered, want %d (both ends of %d connections)", got, 2*b.N, b.N)
+	}
+	var sockets, counts int
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		sockets, err = m.nodes["a"].dp.FastPathSockets()
+		if err != nil {
+			b.Fatal(err)
+		}
+		if counts, err = dataplane.FastCountsForTest(m.nodes["a"].n.PinDir); err != nil {
+			b.Fatal(err)
+		}
+		if sockets == 0 && counts == 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if sockets != 0 || counts != 0 {
+		b.Errorf("after %d connections: %d sockets and %d byte counts left on the fast path", b.N, sockets, counts)
+	}
+	b.ReportMetric(float64(l.Ops)/l.Seconds, "conn/s")
+	b.ReportMetric(float64(after.FastFull-before.FastFull), "full")
+	b.ReportMetric(float64(sockets), "sockets-left")
+	b.ReportMetric(float64(counts), "counts-left")
 }

@@ -96,7 +96,7 @@ func newAgentCommand() *cobra.Command {
 	fl.IntVar(&f.capacity.Verdicts, "max-verdicts", dataplane.DefaultCapacity.Verdicts, "policy verdict map capacity")
 	fl.IntVar(&f.capacity.Rules, "max-policy-rules", dataplane.DefaultCapacity.Rules, "policy rules with their own counters")
 	fl.IntVar(&f.capacity.FastPath, "max-fast-path", dataplane.DefaultCapacity.FastPath, "sockets the same-node fast path can hold (two per connection)")
-	fl.BoolVar(&f.fastPath, "fast-path", false, "put connections between this node's workloads on the same-node fast path unless a workload says otherwise (docs/fastpath.md: not for workloads that read sockets with splice(2))")
+	fl.BoolVar(&f.fastPath, "fast-path", false, "put connections between this node's workloads on the same-node fast path unless a workload or service says otherwise (docs/fastpath.md: not for workloads that read sockets with splice(2))")
 	fl.BoolVar(&f.flows, "flows", true, "record connection open and close flows (deny flows are always recorded)")
 	fl.IntVar(&f.flowBuffer, "flow-buffer", 8192, "most recent flows kept in memory for `sluice observe`")
 	fl.StringVar(&f.metricsAddr, "metrics-addr", "127.0.0.1:9464", "address for /metrics, /healthz and /readyz; empty for none")
