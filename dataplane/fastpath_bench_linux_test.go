@@ -46,9 +46,9 @@ func sameNode(b *testing.B) *mesh {
 }
 
 // interleave runs each path's load once per round, rotating which goes
-// first, and returns each path's total seconds and ops.
-func interleave(b *testing.B, rounds int, kind string, count int, paths map[string]func() (*probeTarget, string)) map[string]probe.Load {
-	totals := map[string]probe.Load{}
+// first, and returns each path's loads, one per round.
+func interleave(b *testing.B, rounds int, kind string, count int, paths map[string]func() (*probeTarget, string)) map[string][]probe.Load {
+	loads := map[string][]probe.Load{}
 	names := []string{}
 	for n := range paths {
 		names = append(names, n)
@@ -61,24 +61,42 @@ func interleave(b *testing.B, rounds int, kind string, count int, paths map[stri
 			if err != nil || l.Errors > 0 {
 				b.Fatalf("%s %s: %+v %v", name, kind, l, err)
 			}
-			tot := totals[name]
-			tot.Ops += l.Ops
-			tot.Seconds += l.Seconds
-			totals[name] = tot
+			loads[name] = append(loads[name], l)
 		}
 	}
-	return totals
+	return loads
+}
+
+// total adds up loads.
+func total(loads []probe.Load) probe.Load {
+	var t probe.Load
+	for _, l := range loads {
+		t.Ops += l.Ops
+		t.Seconds += l.Seconds
+	}
+	return t
+}
+
+// medianRatio is the median over rounds of f(a's round) / f(b's round).
+func medianRatio(a, b []probe.Load, f func(probe.Load) float64) float64 {
+	r := make([]float64, len(a))
+	for i := range a {
+		r[i] = f(a[i]) / f(b[i])
+	}
+	slices.Sort(r)
+	return r[len(r)/2]
 }
 
 type probeTarget struct{ pod *cluster.Pod }
 
 // BenchmarkSameNode compares, interleaved in one run: request/response
-// round trips of 64 bytes on one connection (3 rounds), and bulk throughput
-// (5 rounds of 1 GiB: shorter transfers measure start-up, not the path), through
+// round trips of 64 bytes on one connection, and bulk throughput (rounds of
+// 1 GiB: shorter transfers measure start-up, not the path), 5 rounds each, through
 // the fast path, the normal path between two pods of a Sluice node, and
 // plain loopback TCP in one pod of a node without Sluice. Metrics:
 // rr-fast/loopback and bulk-fast/loopback (ratios of time per round trip
-// and of throughput), with the absolute figures.
+// and of throughput, over all rounds and the median of the rounds'), with
+// the absolute figures.
 func BenchmarkSameNode(b *testing.B) {
 	m := sameNode(b)
 	srv := m.pods["srv"].IP.String()
@@ -91,8 +109,8 @@ func BenchmarkSameNode(b *testing.B) {
 	}
 	before := m.stats("a")
 	b.ResetTimer()
-	rr := interleave(b, 3, "rr", max(b.N, 2000), paths("7000"))
-	bulk := interleave(b, 5, "bulk", 1024, paths("7001"))
+	rrs := interleave(b, 5, "rr", max(b.N, 2000), paths("7000"))
+	bulks := interleave(b, 5, "bulk", 1024, paths("7001"))
 	b.StopTimer()
 	after := m.stats("a")
 	if after.FastBytes == before.FastBytes {
@@ -100,14 +118,21 @@ func BenchmarkSameNode(b *testing.B) {
 	}
 	us := func(l probe.Load) float64 { return l.Seconds / float64(l.Ops) * 1e6 }
 	gbps := func(l probe.Load) float64 { return float64(l.Ops) * 8 / 1024 / l.Seconds }
+	rr := map[string]probe.Load{}
+	bulk := map[string]probe.Load{}
+	for name := range rrs {
+		rr[name], bulk[name] = total(rrs[name]), total(bulks[name])
+	}
 	b.ReportMetric(us(rr["fast"]), "µs/rr-fast")
 	b.ReportMetric(us(rr["normal"]), "µs/rr-normal")
 	b.ReportMetric(us(rr["loopback"]), "µs/rr-loopback")
 	b.ReportMetric(us(rr["fast"])/us(rr["loopback"]), "rr-fast/loopback")
+	b.ReportMetric(medianRatio(rrs["fast"], rrs["loopback"], us), "rr-fast/loopback-median")
 	b.ReportMetric(gbps(bulk["fast"]), "Gbit/s-fast")
 	b.ReportMetric(gbps(bulk["normal"]), "Gbit/s-normal")
 	b.ReportMetric(gbps(bulk["loopback"]), "Gbit/s-loopback")
 	b.ReportMetric(gbps(bulk["fast"])/gbps(bulk["loopback"]), "bulk-fast/loopback")
+	b.ReportMetric(medianRatio(bulks["fast"], bulks["loopback"], gbps), "bulk-fast/loopback-median")
 }
 
 // BenchmarkFlowExport compares the connection rate (connect, one request,
@@ -130,6 +155,10 @@ func BenchmarkFlowExport(b *testing.B) {
 	ratios := make([]float64, 0, pairs)
 	var cpuOn, cpuOff float64 // busy CPU seconds of the machine
 	rate := func(l probe.Load) float64 { return float64(l.Ops) / l.Seconds }
+	// A first round warms up (page faults, caches); it is not counted.
+	if l, err := probe.RunLoad(m.pods["normal"], "connect", target, perRound); err != nil || l.Errors > 0 {
+		b.Fatalf("warm-up: %+v %v", l, err)
+	}
 	b.ResetTimer()
 	for p := range pairs {
 		var pair [2]probe.Load // off, on

@@ -388,3 +388,28 @@ func TestBuildListed(t *testing.T) {
 		t.Errorf("error %v", err)
 	}
 }
+
+// TestBuildFastPath checks that local workloads keep their fast-path
+// settings, except on without an address, which the fast path cannot find.
+func TestBuildFastPath(t *testing.T) {
+	locals := []identity.Local{
+		local("ns1", "on", "sa1", 1, "10.244.0.1"),
+		local("ns1", "off", "sa2", 2, "10.244.0.2"),
+		local("ns1", "unset", "sa3", 3, "10.244.0.3"),
+		local("ns1", "on-no-ips", "sa4", 4),
+	}
+	locals[0].FastPath, locals[1].FastPath, locals[3].FastPath = model.FastPathOn, model.FastPathOff, model.FastPathOn
+	ids, _, err := identity.Build(nil, locals)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[uint64]model.FastPath{1: model.FastPathOn, 2: model.FastPathOff, 3: model.FastPathUnset, 4: model.FastPathUnset}
+	for _, cg := range ids.Cgroups {
+		if cg.FastPath != want[cg.CgroupID] {
+			t.Errorf("cgroup %d (%s): fast path %v, want %v", cg.CgroupID, cg.Path, cg.FastPath, want[cg.CgroupID])
+		}
+	}
+	if len(ids.Cgroups) != len(want) {
+		t.Errorf("%d cgroups, want %d", len(ids.Cgroups), len(want))
+	}
+}

@@ -185,3 +185,22 @@ func TestIdentityApplierChanged(t *testing.T) {
 		t.Error("workloads other than the failed ones are not a change")
 	}
 }
+
+func TestWorkloadFastPath(t *testing.T) {
+	yes, no := true, false
+	for _, tc := range []struct {
+		own         *bool
+		nodeDefault bool
+		want        model.FastPath
+	}{
+		{nil, false, model.FastPathUnset},
+		{nil, true, model.FastPathOn},
+		{&yes, false, model.FastPathOn},
+		{&no, true, model.FastPathOff},
+		{&no, false, model.FastPathOff},
+	} {
+		if got := workloadFastPath(tc.own, tc.nodeDefault); got != tc.want {
+			t.Errorf("own %v, node default %v: %v, want %v", tc.own != nil && *tc.own, tc.nodeDefault, got, tc.want)
+		}
+	}
+}

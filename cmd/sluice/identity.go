@@ -142,8 +142,7 @@ func hasPolicy(services []model.Service) bool {
 // resolveWorkloads finds the cgroup id of each workload that runs on node.
 // A workload whose cgroup does not exist (yet) is left out: it runs nothing
 // that could connect (identityApplier.Changed sees it once it exists).
-// A workload takes the fast path if it says so, or by fastPath if it says
-// nothing.
+// Its fast-path setting is workloadFastPath's.
 func resolveWorkloads(ws []identity.Workload, node, mount string, fastPath bool, log *slog.Logger) []identity.Local {
 	out := make([]identity.Local, 0, len(ws))
 	for _, w := range ws {
@@ -161,16 +160,7 @@ func resolveWorkloads(ws []identity.Workload, node, mount string, fastPath bool,
 			}
 			continue
 		}
-		fast := model.FastPathUnset
-		switch {
-		case w.FastPath != nil && *w.FastPath:
-			fast = model.FastPathOn
-		case w.FastPath != nil:
-			fast = model.FastPathOff
-		case fastPath:
-			fast = model.FastPathOn
-		}
-		out = append(out, identity.Local{Workload: w, CgroupID: id, CgroupPath: path, FastPath: fast})
+		out = append(out, identity.Local{Workload: w, CgroupID: id, CgroupPath: path, FastPath: workloadFastPath(w.FastPath, fastPath)})
 	}
 	return out
 }
@@ -188,4 +178,19 @@ func enforce(ctx context.Context, dp *dataplane.Dataplane, cgroup string, observ
 	if err := dp.Enforce(ctx, netns, observe); err != nil && !errors.Is(err, context.Canceled) {
 		log.Error("policy enforcement stopped: denied connections at this node's servers are no longer reset", "err", err)
 	}
+}
+
+// workloadFastPath is a workload's fast-path setting: its own if it has
+// one, else on if the node's default (--fast-path) is, else none, which
+// leaves the choice to the services (docs/fastpath.md).
+func workloadFastPath(own *bool, nodeDefault bool) model.FastPath {
+	switch {
+	case own != nil && *own:
+		return model.FastPathOn
+	case own != nil:
+		return model.FastPathOff
+	case nodeDefault:
+		return model.FastPathOn
+	}
+	return model.FastPathUnset
 }

@@ -32,6 +32,8 @@ func TestValidateSplits(t *testing.T) {
 			s.Endpoints = []model.Endpoint{ep("10.1.0.1:80")}
 			s.Splits = []model.Split{{Name: "a", Weight: 1}}
 		}), "has both endpoints and splits"},
+		{"fast path off", svc(func(s *model.Service) { s.FastPath = model.FastPathOff }), ""},
+		{"fast path setting out of range", svc(func(s *model.Service) { s.FastPath = 3 }), "fast path setting FastPath(3) is not unset, on or off"},
 		{"repeated split name", svc(func(s *model.Service) {
 			s.Splits = []model.Split{{Name: "a", Weight: 1}, {Name: "a", Weight: 2}}
 		}), `split 1: name "a" is empty or repeated`},
