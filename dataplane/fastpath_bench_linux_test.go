@@ -7,9 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 
-	"github.com/sluice-mesh/sluice/dataplane"
 	"github.com/sluice-mesh/sluice/dataplane/model"
 	"github.com/sluice-mesh/sluice/e2e/cluster"
 	"github.com/sluice-mesh/sluice/e2e/probe"
@@ -179,19 +177,8 @@ func BenchmarkFlowExport(b *testing.B) {
 				continue
 			}
 			pair[1], cpu[1] = l, busySeconds(b)-busy
-			// Events still in flight arrive within a moment; the closes of
-			// the server's sockets come when the client has acknowledged.
 			want := uint64(4 * perRound)
-			deadline := time.Now().Add(5 * time.Second)
-			var got, gone uint64
-			for {
-				got = m.nodes["a"].flows.Load() - seen
-				gone = m.stats("a").EventsLost - before.EventsLost
-				if got+gone >= want || time.Now().After(deadline) {
-					break
-				}
-				time.Sleep(20 * time.Millisecond)
-			}
+			got, gone := m.flowEvents("a", seen, before.EventsLost, want)
 			if got+gone != want {
 				b.Fatalf("%d flow events read and %d counted lost, want %d in all", got, gone, want)
 			}
@@ -269,21 +256,7 @@ func BenchmarkFastPathChurn(b *testing.B) {
 	if got := after.FastRegistered - before.FastRegistered; got != 2*uint64(b.N) {
 		b.Errorf("%d sockets registered, want %d (both ends of %d connections)", got, 2*b.N, b.N)
 	}
-	var sockets, counts int
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		sockets, err = m.nodes["a"].dp.FastPathSockets()
-		if err != nil {
-			b.Fatal(err)
-		}
-		if counts, err = dataplane.FastCountsForTest(m.nodes["a"].n.PinDir); err != nil {
-			b.Fatal(err)
-		}
-		if sockets == 0 && counts == 0 || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	sockets, counts := m.fastLeft("a")
 	if sockets != 0 || counts != 0 {
 		b.Errorf("after %d connections: %d sockets and %d byte counts left on the fast path", b.N, sockets, counts)
 	}

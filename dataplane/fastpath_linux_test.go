@@ -274,23 +274,8 @@ func TestFastPath(t *testing.T) {
 			t.Fatalf("%d of 500 ok: %v", r.OK, r.Failures[:min(3, len(r.Failures))])
 		}
 		for _, node := range []string{"a", "f"} {
-			deadline := time.Now().Add(5 * time.Second)
-			for {
-				n, err := m.nodes[node].dp.FastPathSockets()
-				if err != nil {
-					t.Fatal(err)
-				}
-				counts, err := dataplane.FastCountsForTest(m.nodes[node].n.PinDir)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if n == 0 && counts == 0 {
-					break
-				}
-				if time.Now().After(deadline) {
-					t.Fatalf("node %s: %d sockets and %d byte counts left on the fast path", node, n, counts)
-				}
-				time.Sleep(50 * time.Millisecond)
+			if n, counts := m.fastLeft(node); n != 0 || counts != 0 {
+				t.Fatalf("node %s: %d sockets and %d byte counts left on the fast path", node, n, counts)
 			}
 		}
 	})
@@ -322,21 +307,49 @@ func TestFlowLossCounted(t *testing.T) {
 	time.Sleep(200 * time.Millisecond) // the servers' closes follow the clients' acknowledgements
 	mn.hold.Unlock()
 	want := uint64(4 * conns)
-	deadline := time.Now().Add(5 * time.Second)
-	var got, lost uint64
-	for {
-		got, lost = mn.flows.Load()-seen, m.stats("a").EventsLost-before.EventsLost
-		if got+lost >= want || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	got, lost := m.flowEvents("a", seen, before.EventsLost, want)
 	t.Logf("%d flow events read, %d counted lost", got, lost)
 	if got+lost != want {
 		t.Errorf("%d flow events read and %d counted lost, want %d in all", got, lost, want)
 	}
 	if lost == 0 {
 		t.Errorf("no event lost with the reader stopped and a ring of one page: the test proves nothing")
+	}
+}
+
+// fastLeft returns the sockets and byte counts left on node's fast path,
+// waiting up to 10 s for them to go.
+func (m *mesh) fastLeft(node string) (sockets, counts int) {
+	m.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var err error
+		if sockets, err = m.nodes[node].dp.FastPathSockets(); err != nil {
+			m.t.Fatal(err)
+		}
+		if counts, err = dataplane.FastCountsForTest(m.nodes[node].n.PinDir); err != nil {
+			m.t.Fatal(err)
+		}
+		if sockets == 0 && counts == 0 || time.Now().After(deadline) {
+			return sockets, counts
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// flowEvents returns the flow events node read since it had read seen,
+// and those counted lost since lostBefore, waiting up to 5 s for want in
+// all: events still in flight arrive within a moment, and the closes of
+// servers' sockets come when their clients have acknowledged.
+func (m *mesh) flowEvents(node string, seen, lostBefore, want uint64) (read, lost uint64) {
+	m.t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		read, lost = m.nodes[node].flows.Load()-seen, m.stats(node).EventsLost-lostBefore
+		if read+lost >= want || time.Now().After(deadline) {
+			return read, lost
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 
