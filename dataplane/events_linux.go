@@ -36,26 +36,16 @@ func (d *Dataplane) Events() (*EventReader, error) {
 	return &EventReader{d: d, r: r}, nil
 }
 
-// ErrClosed is returned by EventReader.Read once the reader is closed.
+// ErrClosed is returned by EventReader.ReadBatch once the reader is closed.
 var ErrClosed = errors.New("closed")
 
-// Read blocks until an event arrives, the deadline passes
-// (os.ErrDeadlineExceeded) or the reader is closed (ErrClosed). Flow
-// events do not wake a blocked Read until many have gathered: a reader
-// that wants them soon sets a deadline, after which Read returns any
-// event waiting before reporting the deadline.
-func (er *EventReader) Read() (Event, error) {
-	b, err := er.ReadBatch(make([]Event, 0, 1))
-	if len(b) == 0 {
-		return Event{}, err
-	}
-	return b[0], nil
-}
-
-// ReadBatch blocks as Read does for the first event, then appends to dst
-// the events already waiting, up to cap(dst) (at least one), without
-// waiting for more. An error met after the first event is returned by the
-// next call.
+// ReadBatch blocks until an event arrives, the deadline passes
+// (os.ErrDeadlineExceeded) or the reader is closed (ErrClosed); then it
+// appends to dst the events already waiting, up to cap(dst) (at least
+// one), without waiting for more. An error met after the first event is
+// returned by the next call. Flow events do not wake a blocked call until
+// many have gathered: a reader that wants them soon sets a deadline, after
+// which ReadBatch returns the events waiting before reporting the deadline.
 func (er *EventReader) ReadBatch(dst []Event) ([]Event, error) {
 	if err := er.pending; err != nil {
 		er.pending = nil
@@ -105,13 +95,13 @@ func (er *EventReader) readRaw() error {
 	return nil
 }
 
-// SetDeadline sets the deadline of Read; the zero time means none.
+// SetDeadline sets the deadline of ReadBatch; the zero time means none.
 func (er *EventReader) SetDeadline(t time.Time) {
 	er.deadline = t
 	er.r.SetDeadline(t)
 }
 
-// Close stops the reader; a blocked Read returns ErrClosed.
+// Close stops the reader; a blocked ReadBatch returns ErrClosed.
 func (er *EventReader) Close() error { return er.r.Close() }
 
 // event decodes raw; d.mu is held.
