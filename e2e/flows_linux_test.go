@@ -118,8 +118,8 @@ services:
 	socket := filepath.Join(t.TempDir(), "a.sock")
 	metricsAddr := freePort(t)
 	logs := map[string]*syncBuffer{
-		"a": startAgent(t, bin, nodes["a"], "a", "--config", meshFile, "--socket", socket, "--metrics-addr", metricsAddr),
-		"b": startAgent(t, bin, nodes["b"], "b", "--config", meshFile),
+		"a": startAgent(t, bin, nodes["a"], "a", "--mesh", meshFile, "--socket", socket, "--metrics-addr", metricsAddr),
+		"b": startAgent(t, bin, nodes["b"], "b", "--mesh", meshFile),
 	}
 	get := func(path string) (int, string) {
 		resp, err := http.Get("http://" + metricsAddr + path)

@@ -212,7 +212,7 @@ services:
 
 	logs := map[string]*syncBuffer{}
 	for _, n := range []string{"a", "b"} {
-		logs[n] = startAgent(t, bin, nodes[n], n, "--config", meshFile, "--config-poll", "200ms")
+		logs[n] = startAgent(t, bin, nodes[n], n, "--mesh", meshFile, "--config-poll", "200ms")
 	}
 	dial := func(pod string) probe.Result {
 		t.Helper()

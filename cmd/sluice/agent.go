@@ -28,7 +28,7 @@ import (
 
 // agentFlags are the flags of `sluice agent`.
 type agentFlags struct {
-	config      string
+	mesh        string
 	xdsServer   string
 	xdsMode     string
 	tls         xds.TLSFiles
@@ -56,7 +56,7 @@ func newAgentCommand() *cobra.Command {
 		Short: "Run the node agent: program the kernel dataplane from xDS",
 		Long: "Runs Sluice's node agent. It loads (or adopts) the kernel dataplane, attaches it to a cgroup\n" +
 			"subtree, and programs it from an xDS control plane: an external one (--xds ADDR) or one\n" +
-			"embedded in the agent and fed from a mesh file (--config mesh.yaml). On SIGTERM or SIGINT it\n" +
+			"embedded in the agent and fed from a mesh file (--mesh mesh.yaml). On SIGTERM or SIGINT it\n" +
 			"exits and leaves the datapath in place; `sluice uninstall` removes it.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -68,7 +68,7 @@ func newAgentCommand() *cobra.Command {
 		},
 	}
 	fl := cmd.Flags()
-	fl.StringVar(&f.config, "config", "", "mesh file served by an embedded control plane (standalone mode)")
+	fl.StringVar(&f.mesh, "mesh", "", "mesh file served by an embedded control plane (standalone mode)")
 	fl.StringVar(&f.xdsServer, "xds", "", "external xDS control plane, host:port or unix:///path")
 	fl.StringVar(&f.xdsMode, "xds-mode", string(xds.ModeDelta), "xDS protocol variant: delta or sotw")
 	fl.StringVar(&f.tls.CA, "xds-ca", "", "CA bundle (PEM) to verify the control plane; enables TLS")
@@ -80,7 +80,7 @@ func newAgentCommand() *cobra.Command {
 	fl.DurationVar(&f.spiffe.wait, "xds-spiffe-wait", identity.DefaultSVIDWait, "how long to wait at start for an SVID from the Workload API")
 	fl.StringVar(&f.pinDir, "pin-dir", dataplane.DefaultBPFFS+"/sluice", "bpffs directory for the dataplane's pinned programs and maps")
 	fl.StringVar(&f.cgroup, "cgroup", "", "cgroup2 directory whose subtree is routed (default: the cgroup2 root)")
-	fl.StringVar(&f.workloads, "workloads", "", "with --xds: file listing this node's workloads, their cgroups and identities (docs/identity.md); with --config they are in the mesh file")
+	fl.StringVar(&f.workloads, "workloads", "", "with --xds: file listing this node's workloads, their cgroups and identities (docs/identity.md); with --mesh they are in the mesh file")
 	fl.StringVar(&f.node.ID, "node-id", host, "xDS node id")
 	fl.StringVar(&f.node.NodeName, "node-name", host, "this node's name (xDS node metadata node_name)")
 	fl.StringVar(&f.node.Cluster, "cluster", "sluice", "xDS node cluster")
@@ -108,11 +108,11 @@ func newAgentCommand() *cobra.Command {
 }
 
 func runAgent(ctx context.Context, f agentFlags, log *slog.Logger) error {
-	if (f.config == "") == (f.xdsServer == "") {
-		return errors.New("give exactly one of --config (embedded control plane fed from a mesh file) or --xds (external control plane)")
+	if (f.mesh == "") == (f.xdsServer == "") {
+		return errors.New("give exactly one of --mesh (embedded control plane fed from a mesh file) or --xds (external control plane)")
 	}
-	if f.config != "" && f.workloads != "" {
-		return errors.New("--workloads is for an external control plane; with --config, list the workloads in the mesh file's workloads section")
+	if f.mesh != "" && f.workloads != "" {
+		return errors.New("--workloads is for an external control plane; with --mesh, list the workloads in the mesh file's workloads section")
 	}
 	if f.pollEvery <= 0 {
 		return fmt.Errorf("--config-poll %v: give a positive interval", f.pollEvery)
@@ -132,8 +132,8 @@ func runAgent(ctx context.Context, f agentFlags, log *slog.Logger) error {
 	}
 	server := f.xdsServer
 	var cp *controlplane.Server
-	if f.config != "" {
-		if cp, err = controlplane.New(controlplane.Options{ConfigPath: f.config, PollInterval: f.pollEvery, Logger: log.With("component", "controlplane")}); err != nil {
+	if f.mesh != "" {
+		if cp, err = controlplane.New(controlplane.Options{ConfigPath: f.mesh, PollInterval: f.pollEvery, Logger: log.With("component", "controlplane")}); err != nil {
 			return err
 		}
 	}
@@ -292,8 +292,8 @@ func checkTLSFlags(f agentFlags) error {
 	files := f.tls != xds.TLSFiles{}
 	spiffe := f.spiffe.socket != "" || f.spiffe.server != ""
 	switch {
-	case f.config != "" && (files || spiffe):
-		return errors.New("--xds-ca, --xds-cert, --xds-key, --xds-server-name and --xds-spiffe-* apply to an external control plane (--xds), not to --config")
+	case f.mesh != "" && (files || spiffe):
+		return errors.New("--xds-ca, --xds-cert, --xds-key, --xds-server-name and --xds-spiffe-* apply to an external control plane (--xds), not to --mesh")
 	case files && spiffe:
 		return errors.New("give either --xds-ca (with --xds-cert and --xds-key for mTLS) or --xds-spiffe-socket and --xds-spiffe-id, not both")
 	case files && f.tls.CA == "":

@@ -110,8 +110,8 @@ func TestCheckTLSFlags(t *testing.T) {
 		{"a socket without an ID", ext(func(f *agentFlags) { f.spiffe.socket = "/run/spire.sock" }), "go together"},
 		{"an ID without a socket", ext(func(f *agentFlags) { f.spiffe.server = "spiffe://example.org" }), "go together"},
 		{"a bad ID", ext(func(f *agentFlags) { f.spiffe = spiffeFlags{socket: "/s", server: "example.org"} }), "--xds-spiffe-id"},
-		{"TLS with --config", agentFlags{config: "mesh.yaml", tls: xds.TLSFiles{CA: "ca.pem"}}, "not to --config"},
-		{"SPIFFE with --config", agentFlags{config: "mesh.yaml", spiffe: spiffeFlags{socket: "/s", server: "spiffe://example.org"}}, "not to --config"},
+		{"TLS with --mesh", agentFlags{mesh: "mesh.yaml", tls: xds.TLSFiles{CA: "ca.pem"}}, "not to --mesh"},
+		{"SPIFFE with --mesh", agentFlags{mesh: "mesh.yaml", spiffe: spiffeFlags{socket: "/s", server: "spiffe://example.org"}}, "not to --mesh"},
 	} {
 		err := checkTLSFlags(tc.flags)
 		if tc.mention == "" && err != nil || tc.mention != "" && (err == nil || !strings.Contains(err.Error(), tc.mention)) {
@@ -126,8 +126,8 @@ func TestAgentWorkloadFlags(t *testing.T) {
 		f    agentFlags
 		want string
 	}{
-		{agentFlags{config: "mesh.yaml", workloads: "node.yaml", pollEvery: time.Second}, "with --config, list the workloads in the mesh file's workloads section"},
-		{agentFlags{config: "mesh.yaml", pollEvery: 0}, "--config-poll 0s: give a positive interval"},
+		{agentFlags{mesh: "mesh.yaml", workloads: "node.yaml", pollEvery: time.Second}, "with --mesh, list the workloads in the mesh file's workloads section"},
+		{agentFlags{mesh: "mesh.yaml", pollEvery: 0}, "--config-poll 0s: give a positive interval"},
 	} {
 		err := runAgent(t.Context(), tc.f, nil)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

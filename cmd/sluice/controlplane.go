@@ -11,7 +11,7 @@ import (
 )
 
 func newControlPlaneCommand() *cobra.Command {
-	var config, listen, logLevel string
+	var meshPath, listen, logLevel string
 	var poll time.Duration
 	cmd := &cobra.Command{
 		Use:   "controlplane",
@@ -22,7 +22,7 @@ func newControlPlaneCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			cp, err := controlplane.New(controlplane.Options{ConfigPath: config, PollInterval: poll, Logger: log})
+			cp, err := controlplane.New(controlplane.Options{ConfigPath: meshPath, PollInterval: poll, Logger: log})
 			if err != nil {
 				return err
 			}
@@ -30,14 +30,14 @@ func newControlPlaneCommand() *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("--listen %s: %w", listen, err)
 			}
-			log.Info("control plane serving", "listen", lis.Addr().String(), "config", config, "version", cp.Version())
+			log.Info("control plane serving", "listen", lis.Addr().String(), "mesh", meshPath, "version", cp.Version())
 			return cp.Serve(cmd.Context(), lis)
 		},
 	}
-	cmd.Flags().StringVar(&config, "config", "", "mesh file to serve (required)")
+	cmd.Flags().StringVar(&meshPath, "mesh", "", "mesh file to serve (required)")
 	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:15010", "address to serve xDS on")
 	cmd.Flags().DurationVar(&poll, "config-poll", time.Second, "how often the mesh file is checked for edits")
 	cmd.Flags().StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
-	_ = cmd.MarkFlagRequired("config")
+	_ = cmd.MarkFlagRequired("mesh")
 	return cmd
 }

@@ -136,7 +136,7 @@ func (d *demo) startAgent(ctx context.Context, dir string) error {
 	if err != nil {
 		return err
 	}
-	d.agent = exec.Command(d.opts.Self, "agent", "--config", d.mesh.path,
+	d.agent = exec.Command(d.opts.Self, "agent", "--mesh", d.mesh.path,
 		"--cgroup", d.node.Cgroup, "--pin-dir", d.node.PinDir,
 		"--node-id", "node-1", "--node-name", "node-1", "--config-poll", "100ms",
 		"--socket", filepath.Join(dir, "agent.sock"), "--metrics-addr", "")
@@ -152,7 +152,7 @@ func (d *demo) startAgent(ctx context.Context, dir string) error {
 		d.agentErr <- d.agent.Wait()
 		logFile.Close()
 	}()
-	fmt.Fprintf(d.out, "\nStarted: sluice agent --config mesh.yaml (embedded xDS control plane, Delta ADS)\n")
+	fmt.Fprintf(d.out, "\nStarted: sluice agent --mesh mesh.yaml (embedded xDS control plane, Delta ADS)\n")
 	fmt.Fprintf(d.out, "  mesh.yaml is a copy of %s; the demo edits it while the agent runs\n", d.opts.Mesh)
 	err = d.until(ctx, 20*time.Second, func() (bool, error) {
 		name, _ := d.curlOnce(ctx)
