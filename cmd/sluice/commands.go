@@ -28,9 +28,12 @@ func newDemoCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "demo",
 		Short: "Run the standalone demo on a simulated cluster (needs root)",
-		Long: "Creates a simulated cluster on this host (pods as network namespaces, a node as a cgroup),\n" +
-			"runs sluice agent with its embedded control plane fed from a copy of the mesh file, sends\n" +
-			"requests with curl, edits the file live to shift traffic, and removes everything again.",
+		Long: "Creates a two-node simulated cluster on this host (a node is a cgroup subtree, a pod a network\n" +
+			"namespace) from the mesh file's workloads, runs a sluice agent per node with its embedded control\n" +
+			"plane fed from a copy of the file, and shows with curl and bash: load balancing across the nodes,\n" +
+			"a live edit of the file, a call the file's policy denies, sluice observe's flows, a few metrics,\n" +
+			"and routing without agents until sluice uninstall. Then it removes everything and checks that\n" +
+			"nothing is left. It exits non-zero, naming the step, if anything misbehaves.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			self, err := os.Executable()
@@ -40,7 +43,7 @@ func newDemoCommand() *cobra.Command {
 			return demo.Run(cmd.Context(), demo.Options{Out: cmd.OutOrStdout(), Self: self, Mesh: meshPath, Requests: requests})
 		},
 	}
-	cmd.Flags().IntVar(&requests, "requests", 40, "requests per phase")
+	cmd.Flags().IntVar(&requests, "requests", 40, "requests per load-balancing round")
 	cmd.Flags().StringVar(&meshPath, "mesh", "examples/mesh.yaml", "mesh file the demo starts from (it edits a copy)")
 	return cmd
 }
@@ -57,7 +60,7 @@ func newDemoBackendCommand() *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&name, "name", "backend", "name to answer with")
-	cmd.Flags().StringVar(&listen, "listen", ":8080", "address to serve HTTP on")
+	cmd.Flags().StringVar(&listen, "listen", "", "address to serve HTTP on (optional)")
 	cmd.Flags().StringVar(&udpListen, "udp-listen", "", "address to answer UDP datagrams on (optional)")
 	return cmd
 }

@@ -2,6 +2,7 @@ package demo
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -9,14 +10,20 @@ import (
 	"time"
 )
 
-// ServeBackend serves HTTP on listen, answering every request with
-// "<name> <listen address>" (no newline), and, if udpListen is set, answers
-// every datagram there with "<name>\n". It writes "ready\n" to ready once
-// listening and returns when ctx ends.
+// ServeBackend serves HTTP on listen, if set, answering every request with
+// "<name> <listen address>" (no newline), and UDP on udpListen, if set,
+// answering every datagram with "<name>\n". It writes "ready\n" to ready
+// once listening and returns when ctx ends.
 func ServeBackend(ctx context.Context, name, listen, udpListen string, ready io.Writer) error {
-	ln, err := net.Listen("tcp", listen)
-	if err != nil {
-		return fmt.Errorf("backend %s: %w", name, err)
+	if listen == "" && udpListen == "" {
+		return errors.New("nothing to serve: give --listen, --udp-listen or both")
+	}
+	var ln net.Listener
+	if listen != "" {
+		var err error
+		if ln, err = net.Listen("tcp", listen); err != nil {
+			return fmt.Errorf("backend %s: %w", name, err)
+		}
 	}
 	if udpListen != "" {
 		pc, err := net.ListenPacket("udp", udpListen)
@@ -35,6 +42,11 @@ func ServeBackend(ctx context.Context, name, listen, udpListen string, ready io.
 			}
 		}()
 	}
+	_, _ = io.WriteString(ready, "ready\n")
+	if ln == nil {
+		<-ctx.Done()
+		return nil
+	}
 	answer := name + " " + ln.Addr().String()
 	srv := &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
@@ -46,7 +58,6 @@ func ServeBackend(ctx context.Context, name, listen, udpListen string, ready io.
 		<-ctx.Done()
 		_ = srv.Close()
 	}()
-	_, _ = io.WriteString(ready, "ready\n")
 	if err := srv.Serve(ln); err != http.ErrServerClosed {
 		return err
 	}

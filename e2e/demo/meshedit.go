@@ -78,19 +78,21 @@ func (m *meshFile) setEndpoint(service, address string, fields map[string]string
 	return fmt.Errorf("no endpoint %s in service %s", address, service)
 }
 
-// removeService deletes a service.
-func (m *meshFile) removeService(service string) error {
-	svcs, err := m.services()
-	if err != nil {
-		return err
+// setWorkloadCgroup sets the cgroup of the workload named name in the
+// workloads section.
+func (m *meshFile) setWorkloadCgroup(name, cgroup string) error {
+	if len(m.doc.Content) == 0 {
+		return fmt.Errorf("%s is empty", m.path)
 	}
-	for i, s := range svcs.Content {
-		if scalar(value(s, "name")) == service {
-			svcs.Content = append(svcs.Content[:i], svcs.Content[i+1:]...)
-			return nil
+	if ws := value(m.doc.Content[0], "workloads"); ws != nil && ws.Kind == yaml.SequenceNode {
+		for _, w := range ws.Content {
+			if scalar(value(w, "name")) == name {
+				set(w, "cgroup", cgroup)
+				return nil
+			}
 		}
 	}
-	return fmt.Errorf("no service %s", service)
+	return fmt.Errorf("no workload %s in the workloads section", name)
 }
 
 func value(mapping *yaml.Node, key string) *yaml.Node {
