@@ -283,17 +283,28 @@ func TestAgentStopKeepsDatapath(t *testing.T) {
 	if r := dialLifecycleVIP(t, client); r.Result != "ok" || r.Reply != "db" {
 		t.Errorf("with no agent running the VIP gave %+v, want ok from db", r)
 	}
-	if progs := sluiceAttached(t, node.Cgroup); len(progs) == 0 {
-		t.Error("no Sluice program attached to the node's cgroup after the agent stopped")
-	}
-	if _, err := os.Stat(filepath.Join(node.PinDir, "link_connect4")); err != nil {
-		t.Errorf("pins gone after the agent stopped: %v", err)
+	// The check sluice uninstall makes names what is there.
+	err := dataplane.CheckRemoved(node.PinDir, node.Cgroup)
+	if !errors.Is(err, dataplane.ErrNotRemoved) || !strings.Contains(err.Error(), "pin directory "+node.PinDir+" still exists") ||
+		!strings.Contains(err.Error(), "link_connect4") || !strings.Contains(err.Error(), "program sl_connect4") {
+		t.Errorf("with the datapath left in place, CheckRemoved = %v; want it to name the pins and the attached programs", err)
 	}
 	if _, err := os.Lstat(socket); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("the local API socket is still there after exit: %v", err)
 	}
 
-	out, err := exec.Command(bin, "uninstall", "--pin-dir", node.PinDir).CombinedOutput()
+	// A cgroup the datapath is not attached to would prove nothing: refused,
+	// nothing removed.
+	wrong := client.Cgroup
+	out, err := exec.Command(bin, "uninstall", "--pin-dir", node.PinDir, "--cgroup", wrong).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "is attached to "+node.Cgroup+", not to "+wrong) {
+		t.Errorf("sluice uninstall --cgroup %s: %v, %q; want a refusal naming the node's cgroup", wrong, err, out)
+	}
+	if r := dialLifecycleVIP(t, client); r.Result != "ok" {
+		t.Errorf("the refused uninstall removed something: the VIP gave %+v", r)
+	}
+
+	out, err = exec.Command(bin, "uninstall", "--pin-dir", node.PinDir).CombinedOutput()
 	if err != nil {
 		t.Fatalf("sluice uninstall: %v\n%s", err, out)
 	}
