@@ -597,7 +597,7 @@ func (d *Dataplane) Close() error {
 }
 
 // Teardown detaches every program and removes every pin and map of this
-// dataplane, then releases it.
+// dataplane, releases it, and checks with CheckRemoved that nothing is left.
 func (d *Dataplane) Teardown() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -611,7 +611,10 @@ func (d *Dataplane) Teardown() error {
 	if err != nil {
 		return err
 	}
-	return removeDir(d.opts.PinDir)
+	if err := removeDir(d.opts.PinDir); err != nil {
+		return err
+	}
+	return CheckRemoved(d.opts.PinDir, d.opts.Cgroup)
 }
 
 func (d *Dataplane) release() {

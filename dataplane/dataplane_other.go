@@ -45,6 +45,25 @@ func (*Dataplane) Close() error { return nil }
 // Teardown fails with ErrNotSupported.
 func Teardown(string) error { return ErrNotSupported }
 
+// Teardown fails with ErrNotSupported.
+func (*Dataplane) Teardown() error { return ErrNotSupported }
+
+// ErrNotRemoved is returned when something of a dataplane is still there
+// after it was removed.
+var ErrNotRemoved = errors.New("dataplane not fully removed")
+
+// Uninstall fails with ErrNotSupported.
+func Uninstall(string, string) (string, error) { return "", ErrNotSupported }
+
+// CheckRemoved fails with ErrNotSupported.
+func CheckRemoved(string, string) error { return ErrNotSupported }
+
+// AttachedPrograms fails with ErrNotSupported.
+func AttachedPrograms(string) ([]string, error) { return nil, ErrNotSupported }
+
+// MountBPFFS fails with ErrNotSupported.
+func MountBPFFS(string) (bool, error) { return false, ErrNotSupported }
+
 // Cgroup2Mount fails with ErrNotSupported.
 func Cgroup2Mount() (string, error) { return "", ErrNotSupported }
 

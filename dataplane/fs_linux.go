@@ -53,6 +53,12 @@ const DefaultBPFFS = "/sys/fs/bpf"
 // EnsureBPFFS checks that dir is (or will be created) on a bpffs, mounting
 // bpffs at DefaultBPFFS when dir lies under it and nothing is mounted there.
 func EnsureBPFFS(dir string) error {
+	_, err := MountBPFFS(dir)
+	return err
+}
+
+// MountBPFFS is EnsureBPFFS that also reports whether it mounted bpffs.
+func MountBPFFS(dir string) (mounted bool, err error) {
 	dir = filepath.Clean(dir)
 	existing := dir
 	for {
@@ -66,19 +72,19 @@ func EnsureBPFFS(dir string) error {
 		existing = parent
 	}
 	if isBPFFS(existing) {
-		return nil
+		return false, nil
 	}
 	under := dir == DefaultBPFFS || strings.HasPrefix(dir, DefaultBPFFS+"/")
 	if !under || isBPFFS(DefaultBPFFS) {
-		return fmt.Errorf("pin directory %s is not on a bpffs; mount one (mount -t bpf bpf <dir>) or use a directory under %s", dir, DefaultBPFFS)
+		return false, fmt.Errorf("pin directory %s is not on a bpffs; mount one (mount -t bpf bpf <dir>) or use a directory under %s", dir, DefaultBPFFS)
 	}
 	if err := os.MkdirAll(DefaultBPFFS, 0o755); err != nil {
-		return fmt.Errorf("create %s: %w", DefaultBPFFS, err)
+		return false, fmt.Errorf("create %s: %w", DefaultBPFFS, err)
 	}
 	if err := unix.Mount("bpf", DefaultBPFFS, "bpf", 0, "mode=0700"); err != nil {
-		return fmt.Errorf("mount bpffs at %s: %w", DefaultBPFFS, err)
+		return false, fmt.Errorf("mount bpffs at %s: %w", DefaultBPFFS, err)
 	}
-	return nil
+	return true, nil
 }
 
 func isBPFFS(path string) bool {

@@ -4,12 +4,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
+	"maps"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"runtime/debug"
 	"slices"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -46,10 +51,14 @@ type agentFlags struct {
 	flowBuffer  int
 	metricsAddr string
 	socket      string
+	// uninstallOnExit removes the datapath when the agent exits instead
+	// of leaving it in place.
+	uninstallOnExit bool
 }
 
 func newAgentCommand() *cobra.Command {
 	var f agentFlags
+	var configFile string
 	host, _ := os.Hostname()
 	cmd := &cobra.Command{
 		Use:   "agent",
@@ -57,17 +66,28 @@ func newAgentCommand() *cobra.Command {
 		Long: "Runs Sluice's node agent. It loads (or adopts) the kernel dataplane, attaches it to a cgroup\n" +
 			"subtree, and programs it from an xDS control plane: an external one (--xds ADDR) or one\n" +
 			"embedded in the agent and fed from a mesh file (--mesh mesh.yaml). On SIGTERM or SIGINT it\n" +
-			"exits and leaves the datapath in place; `sluice uninstall` removes it.",
+			"exits and leaves the datapath in place (`sluice uninstall` removes it), or removes it with\n" +
+			"--uninstall-on-exit.\n\n" +
+			"Every flag can also be set by an environment variable, SLUICE_ and the flag name upper-cased\n" +
+			"with dashes as underscores (SLUICE_NODE_NAME), or by a key of the settings file --config\n" +
+			"names (node-name: n1). The command line wins over the environment, the environment over\n" +
+			"the file (docs/config.md).",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			origin, err := applySettings(cmd.Flags(), os.LookupEnv, os.ReadFile)
+			if err != nil {
+				return err
+			}
 			log, err := newLogger(f.logLevel)
 			if err != nil {
 				return err
 			}
+			origin.log(log)
 			return runAgent(cmd.Context(), f, log)
 		},
 	}
 	fl := cmd.Flags()
+	fl.StringVar(&configFile, configFlag, "", "settings file: a YAML mapping of these flags' long names to values (also SLUICE_CONFIG)")
 	fl.StringVar(&f.mesh, "mesh", "", "mesh file served by an embedded control plane (standalone mode)")
 	fl.StringVar(&f.xdsServer, "xds", "", "external xDS control plane, host:port or unix:///path")
 	fl.StringVar(&f.xdsMode, "xds-mode", string(xds.ModeDelta), "xDS protocol variant: delta or sotw")
@@ -104,10 +124,11 @@ func newAgentCommand() *cobra.Command {
 	fl.DurationVar(&f.pollEvery, "config-poll", time.Second, "how often the mesh file is checked for edits, and local workloads' cgroups for changes")
 	fl.DurationVar(&f.warmTimeout, "warming-timeout", 15*time.Second, "how long to wait for resources listeners need before applying without them")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	fl.BoolVar(&f.uninstallOnExit, "uninstall-on-exit", false, "on exit, remove the datapath (as `sluice uninstall` does) instead of leaving it in place")
 	return cmd
 }
 
-func runAgent(ctx context.Context, f agentFlags, log *slog.Logger) error {
+func runAgent(ctx context.Context, f agentFlags, log *slog.Logger) (err error) {
 	if (f.mesh == "") == (f.xdsServer == "") {
 		return errors.New("give exactly one of --mesh (embedded control plane fed from a mesh file) or --xds (external control plane)")
 	}
@@ -130,9 +151,10 @@ func runAgent(ctx context.Context, f agentFlags, log *slog.Logger) error {
 	if err := checkTLSFlags(f); err != nil {
 		return err
 	}
-	server := f.xdsServer
+	server, serverName := f.xdsServer, f.xdsServer
 	var cp *controlplane.Server
 	if f.mesh != "" {
+		serverName = "the embedded control plane (" + f.mesh + ")"
 		if cp, err = controlplane.New(controlplane.Options{ConfigPath: f.mesh, PollInterval: f.pollEvery, Logger: log.With("component", "controlplane")}); err != nil {
 			return err
 		}
@@ -183,12 +205,30 @@ func runAgent(ctx context.Context, f agentFlags, log *slog.Logger) error {
 		// Every agent fed from the file knows every node's workloads.
 		workloads, listed = cp.Workloads, cp.Workloads
 	}
+	if mounted, err := dataplane.MountBPFFS(f.pinDir); err != nil {
+		return err
+	} else if mounted {
+		log.Info("mounted bpffs: none was mounted", "at", dataplane.DefaultBPFFS)
+	}
 	dp, err := dataplane.Open(dataplane.Options{PinDir: f.pinDir, Cgroup: f.cgroup, Capacity: f.capacity, Logger: log.With("component", "dataplane")})
 	if err != nil {
 		return err
 	}
-	// Closing keeps the pins: routing continues while no agent runs.
-	defer dp.Close()
+	// Runs last, once nothing else uses the dataplane.
+	defer func() {
+		if !f.uninstallOnExit {
+			// Closing keeps the pins: routing continues while no agent runs.
+			dp.Close()
+			log.Info("agent stopped; datapath left in place", "pin_dir", f.pinDir)
+			return
+		}
+		if terr := dp.Teardown(); terr != nil {
+			log.Error("agent stopped; removing the datapath (--uninstall-on-exit) failed", "err", terr)
+			err = errors.Join(err, fmt.Errorf("--uninstall-on-exit: %w", terr))
+			return
+		}
+		log.Info("agent stopped; datapath removed (--uninstall-on-exit)", "pin_dir", f.pinDir, "cgroup", f.cgroup)
+	}()
 	ids := &identityApplier{
 		next: &releasingApplier{dp: dp, release: debug.FreeOSMemory},
 		locals: func() []identity.Local {
@@ -202,12 +242,14 @@ func runAgent(ctx context.Context, f agentFlags, log *slog.Logger) error {
 		return err
 	}
 	enricher := sockops.NewEnricher(f.node.NodeName, monoToWall)
+	changes := &stateLog{log: log}
 	ids.onApplied = func(s model.State, locals []identity.Local, listed []identity.Workload) {
 		ws := slices.Clone(listed)
 		for _, l := range locals {
 			ws = append(ws, l.Workload)
 		}
 		enricher.SetState(s.Services, ws)
+		changes.applied(locals)
 	}
 	store := flow.NewStore(f.flowBuffer)
 	src := &statusSource{node: f.node.NodeName, started: time.Now(), fastPath: f.fastPath,
@@ -239,12 +281,16 @@ func runAgent(ctx context.Context, f agentFlags, log *slog.Logger) error {
 		return err
 	}
 	src.client = client
-	ready := func() bool { return client.Status().Applied }
+	ready := func() (bool, string) { return readiness(client.Status(), serverName) }
+	removeSocketDir := createdDirs(filepath.Dir(f.socket))
 	waitLocal, err := serveLocal(ctx, f.socket, f.metricsAddr, observe.NewServer(store, src.status, log.With("component", "observe")), mets, ready, log)
 	if err != nil {
 		return err
 	}
-	defer waitLocal()
+	defer func() {
+		waitLocal() // closing the listener removed the socket
+		removeSocketDir()
+	}()
 	enforceDone := make(chan struct{})
 	go func() {
 		defer close(enforceDone)
@@ -263,6 +309,10 @@ func runAgent(ctx context.Context, f agentFlags, log *slog.Logger) error {
 				if ids.Changed() {
 					client.Reapply()
 				}
+				changes.check(client.Status(), func() []any {
+					workloads, policies := ids.counts()
+					return []any{"backends", dp.Status().Backends, "workloads", workloads, "policies", policies}
+				})
 			}
 		}
 	}()
@@ -275,8 +325,176 @@ func runAgent(ctx context.Context, f agentFlags, log *slog.Logger) error {
 			err = errors.Join(err, cerr)
 		}
 	}
-	log.Info("agent stopped; datapath left in place")
 	return err
+}
+
+// readiness says whether the agent is ready, and why, for /readyz: ready
+// once a state from the control plane is in force (traffic is routed by
+// it), even while the control plane is unreachable. server names the
+// control plane.
+func readiness(st xds.Status, server string) (bool, string) {
+	const stamp = time.RFC3339
+	if !st.Applied {
+		why := "not ready: waiting for the first xDS state from " + server
+		switch {
+		case st.LastNACK != nil:
+			why += fmt.Sprintf(" (last response rejected: %s)", st.LastNACK.Error)
+		case st.Warming:
+			why += fmt.Sprintf(" (waiting for %s)", strings.Join(st.Missing, ", "))
+		case !st.Connected && st.LastError != "":
+			why += fmt.Sprintf(" (not connected: %s)", st.LastError)
+		}
+		return false, why
+	}
+	if st.Connected {
+		return true, fmt.Sprintf("ready: state applied %s; control plane connected", st.AppliedAt.Format(stamp))
+	}
+	why := fmt.Sprintf("ready: last good state in force (applied %s); control plane unreachable since %s, reconnecting",
+		st.AppliedAt.Format(stamp), st.ConnectedSince.Format(stamp))
+	if st.LastError != "" {
+		why += " (" + st.LastError + ")"
+	}
+	return true, why
+}
+
+// serveHealth serves /metrics, /healthz (200 while the process runs) and
+// /readyz (200 or 503 as ready says, with its reason as the body) on ln
+// until ctx ends, then lets requests in progress finish for a few seconds.
+// It closes ln.
+func serveHealth(ctx context.Context, ln net.Listener, metricsHandler http.Handler, ready func() (bool, string)) error {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", metricsHandler)
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { plainText(w, http.StatusOK, "ok") })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		ok, why := ready()
+		code := http.StatusOK
+		if !ok {
+			code = http.StatusServiceUnavailable
+		}
+		plainText(w, code, why)
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ln) }()
+	select {
+	case err := <-done:
+		return fmt.Errorf("serve metrics on %s: %w", ln.Addr(), err)
+	case <-ctx.Done():
+	}
+	stop, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(stop); err != nil {
+		srv.Close() // requests that outlived the grace period
+	}
+	<-done
+	return nil
+}
+
+func plainText(w http.ResponseWriter, code int, body string) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(code)
+	fmt.Fprintln(w, body)
+}
+
+// createdDirs notes which of dir and its parents do not exist yet and
+// returns a function that removes those of them that are empty then,
+// deepest first: the directories the agent creates for its socket go
+// when it exits, those it found stay.
+func createdDirs(dir string) (remove func()) {
+	var missing []string
+	for d := filepath.Clean(dir); ; d = filepath.Dir(d) {
+		if _, err := os.Lstat(d); !errors.Is(err, fs.ErrNotExist) {
+			break
+		}
+		missing = append(missing, d)
+		if filepath.Dir(d) == d {
+			break
+		}
+	}
+	return func() {
+		for _, d := range missing {
+			if os.Remove(d) != nil {
+				return // not empty (or not ours any more): its parents are not empty either
+			}
+		}
+	}
+}
+
+// stateLog logs the changes of the agent's state that matter, one line
+// each: a state applied, with the xDS versions it came with and what it
+// holds, and local workloads appearing and going. The xDS client records
+// the versions only once a state is applied and acknowledged, so the
+// state's line is written at the agent's next periodic check (check),
+// with the time it was applied.
+type stateLog struct {
+	log *slog.Logger
+
+	mu sync.Mutex
+	// Guarded by mu.
+	pending   bool                           // a state was applied since the last check
+	workloads map[workloadKey]identity.Local // local workloads in force; nil before the first state
+	versions  map[string]string              // xDS versions of the last line
+}
+
+// workloadKey tells a local workload's incarnations apart: a restarted pod
+// has a new cgroup.
+type workloadKey struct {
+	namespace, name string
+	cgroup          uint64
+}
+
+// applied records a state applied with the local workloads locals, and
+// logs those that appeared or went since the last one. The workloads of
+// the first state are logged at debug level only: the state's line counts
+// them.
+func (l *stateLog) applied(locals []identity.Local) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.pending = true
+	first := l.workloads == nil
+	now := make(map[workloadKey]identity.Local, len(locals))
+	for _, w := range locals {
+		now[workloadKey{w.Workload.Namespace, w.Workload.Name, w.CgroupID}] = w
+	}
+	level := slog.LevelInfo
+	if first {
+		level = slog.LevelDebug
+	}
+	for k, w := range now {
+		if _, ok := l.workloads[k]; !ok {
+			l.log.Log(context.Background(), level, "workload appeared", "workload", k.namespace+"/"+k.name,
+				"identity", w.Workload.SPIFFEID, "cgroup", w.CgroupPath, "addresses", w.Workload.Addrs)
+		}
+	}
+	for k, w := range l.workloads {
+		if _, ok := now[k]; !ok {
+			l.log.Info("workload gone", "workload", k.namespace+"/"+k.name, "cgroup", w.CgroupPath)
+		}
+	}
+	l.workloads = now
+}
+
+// check logs a line for the state in force if one was applied, or the
+// xDS versions changed, since the last check. counts returns attributes
+// that describe the state.
+func (l *stateLog) check(st xds.Status, counts func() []any) {
+	l.mu.Lock()
+	changed := st.Applied && (l.pending || !maps.Equal(st.Versions, l.versions))
+	l.pending = false
+	if changed {
+		l.versions = st.Versions
+	}
+	l.mu.Unlock()
+	if !changed {
+		return
+	}
+	var versions []any
+	for _, t := range slices.Sorted(maps.Keys(st.Versions)) {
+		versions = append(versions, t, st.Versions[t])
+	}
+	attrs := append([]any{slog.Group("version", versions...), "services", st.Services}, counts()...)
+	l.log.Info("state applied", append(attrs, "at", st.AppliedAt.Format(time.RFC3339Nano))...)
 }
 
 // spiffeFlags configure mTLS to the control plane with an SVID from a

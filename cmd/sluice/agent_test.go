@@ -1,8 +1,10 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -201,6 +203,86 @@ func TestWorkloadFastPath(t *testing.T) {
 	} {
 		if got := workloadFastPath(tc.own, tc.nodeDefault); got != tc.want {
 			t.Errorf("own %v, node default %v: %v, want %v", tc.own != nil && *tc.own, tc.nodeDefault, got, tc.want)
+		}
+	}
+}
+
+// records is a slog handler that keeps each record as "LEVEL msg k=v ...".
+type records struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (r *records) Enabled(context.Context, slog.Level) bool { return true }
+func (r *records) WithAttrs([]slog.Attr) slog.Handler       { return r }
+func (r *records) WithGroup(string) slog.Handler            { return r }
+func (r *records) Handle(_ context.Context, rec slog.Record) error {
+	line := rec.Level.String() + " " + rec.Message
+	rec.Attrs(func(a slog.Attr) bool {
+		if a.Key != "at" {
+			line += " " + a.String()
+		}
+		return true
+	})
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.lines = append(r.lines, line)
+	return nil
+}
+
+func (r *records) take() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	l := r.lines
+	r.lines = nil
+	return l
+}
+
+// The agent logs one line per state applied, with its versions, and one
+// per workload that appears or goes; nothing when nothing changed.
+func TestStateLog(t *testing.T) {
+	rec := &records{}
+	l := &stateLog{log: slog.New(rec)}
+	local := func(name string, cgroup uint64) identity.Local {
+		return identity.Local{Workload: identity.Workload{Namespace: "shop", Name: name, SPIFFEID: "spiffe://td/ns/shop/sa/" + name},
+			CgroupID: cgroup, CgroupPath: "/cg/" + name}
+	}
+	counts := func() []any { return []any{"backends", 3} }
+	v1 := map[string]string{"LDS": "1", "CDS": "1"}
+	applied := time.Now()
+	steps := []struct {
+		name  string
+		apply []identity.Local // nil: no apply
+		st    xds.Status
+		want  []string
+	}{
+		{"nothing applied yet", nil, xds.Status{}, nil},
+		{"first state", []identity.Local{local("web", 1), local("db", 2)}, xds.Status{Applied: true, AppliedAt: applied, Versions: v1, Services: 2},
+			[]string{"DEBUG workload appeared", "DEBUG workload appeared", "INFO state applied version=[CDS=1 LDS=1] services=2 backends=3"}},
+		{"steady", nil, xds.Status{Applied: true, AppliedAt: applied, Versions: v1, Services: 2}, nil},
+		{"web restarted, db gone", []identity.Local{local("web", 7)}, xds.Status{Applied: true, AppliedAt: applied, Versions: v1, Services: 2},
+			[]string{"INFO workload appeared workload=shop/web", "INFO workload gone workload=shop/web cgroup=/cg/web", "INFO workload gone workload=shop/db cgroup=/cg/db",
+				"INFO state applied version=[CDS=1 LDS=1] services=2 backends=3"}},
+		{"new versions, nothing to apply", nil, xds.Status{Applied: true, AppliedAt: applied, Versions: map[string]string{"LDS": "2", "CDS": "2"}, Services: 2},
+			[]string{"INFO state applied version=[CDS=2 LDS=2] services=2 backends=3"}},
+	}
+	for _, s := range steps {
+		if s.apply != nil {
+			l.applied(s.apply)
+		}
+		l.check(s.st, counts)
+		got := rec.take()
+		if len(got) != len(s.want) {
+			t.Fatalf("%s: logged %q, want %d lines like %q", s.name, got, len(s.want), s.want)
+		}
+		// Workloads come from a map: compare regardless of order.
+		slices.Sort(got)
+		want := slices.Clone(s.want)
+		slices.Sort(want)
+		for i := range want {
+			if !strings.HasPrefix(got[i], want[i]) {
+				t.Errorf("%s: line %q, want it to start with %q", s.name, got[i], want[i])
+			}
 		}
 	}
 }

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"runtime/debug"
 
@@ -66,20 +68,31 @@ func newDemoBackendCommand() *cobra.Command {
 }
 
 func newUninstallCommand() *cobra.Command {
-	var pinDir string
+	var pinDir, cgroup string
 	cmd := &cobra.Command{
 		Use:   "uninstall",
 		Short: "Detach Sluice's programs and remove its pinned maps and links",
-		Args:  cobra.NoArgs,
+		Long: "Removes the dataplane an agent left pinned in --pin-dir: its links (which detaches its\n" +
+			"programs from the cgroup), its maps and the directory. Then it checks that nothing is\n" +
+			"left: the directory is gone and no Sluice program is attached to the cgroup, and fails\n" +
+			"naming what is left otherwise. It refuses while an agent holds the directory.",
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := dataplane.Teardown(pinDir); err != nil {
+			_, statErr := os.Stat(pinDir)
+			checked, err := dataplane.Uninstall(pinDir, cgroup)
+			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "removed %s\n", pinDir)
+			did := "removed " + pinDir
+			if errors.Is(statErr, fs.ErrNotExist) {
+				did = "nothing pinned in " + pinDir
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s; no Sluice program is attached to %s\n", did, checked)
 			return nil
 		},
 	}
 	cmd.Flags().StringVar(&pinDir, "pin-dir", dataplane.DefaultBPFFS+"/sluice", "bpffs directory holding the dataplane's pins")
+	cmd.Flags().StringVar(&cgroup, "cgroup", "", "cgroup2 directory the dataplane was attached to, checked afterwards (default: the one its pinned links name, else the cgroup2 root)")
 	return cmd
 }
 
