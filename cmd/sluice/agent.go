@@ -229,10 +229,11 @@ func runAgent(ctx context.Context, f agentFlags, log *slog.Logger) (err error) {
 		}
 		log.Info("agent stopped; datapath removed (--uninstall-on-exit)", "pin_dir", f.pinDir, "cgroup", f.cgroup)
 	}()
+	warn := &warnOnce{log: log.With("component", "identity")}
 	ids := &identityApplier{
 		next: &releasingApplier{dp: dp, release: debug.FreeOSMemory},
 		locals: func() []identity.Local {
-			return resolveWorkloads(workloads(), f.node.NodeName, mount, f.fastPath, log)
+			return resolveWorkloads(workloads(), f.node.NodeName, mount, f.fastPath, warn)
 		},
 		listed: listed,
 		log:    log.With("component", "identity"),

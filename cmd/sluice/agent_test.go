@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"log/slog"
@@ -283,6 +284,36 @@ func TestStateLog(t *testing.T) {
 			if !strings.HasPrefix(got[i], want[i]) {
 				t.Errorf("%s: line %q, want it to start with %q", s.name, got[i], want[i])
 			}
+		}
+	}
+}
+
+// TestWarnOnce: a workload left without identity is reported once, not on
+// every poll, and again when the reason changes or after it was resolved.
+func TestWarnOnce(t *testing.T) {
+	var buf bytes.Buffer
+	w := &warnOnce{log: slog.New(slog.NewTextHandler(&buf, nil))}
+	round := func(errs ...string) int {
+		before := strings.Count(buf.String(), "\n")
+		for _, e := range errs {
+			w.warn("shop/cart", errors.New(e))
+		}
+		w.done()
+		return strings.Count(buf.String(), "\n") - before
+	}
+	for i, c := range []struct {
+		errs []string
+		want int
+	}{
+		{[]string{"not cgroup2"}, 1},
+		{[]string{"not cgroup2"}, 0},
+		{[]string{"not cgroup2"}, 0},
+		{[]string{"permission denied"}, 1},
+		{nil, 0}, // resolved
+		{[]string{"permission denied"}, 1},
+	} {
+		if got := round(c.errs...); got != c.want {
+			t.Fatalf("round %d: %d lines, want %d:\n%s", i, got, c.want, buf.String())
 		}
 	}
 }

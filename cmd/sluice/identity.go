@@ -48,9 +48,6 @@ type identityApplier struct {
 func (a *identityApplier) Apply(s model.State) error {
 	locals, listed := a.locals(), a.listed()
 	a.mu.Lock()
-	if a.applied && !a.same(locals, listed) {
-		a.log.Info("local workloads changed", "workloads", len(locals), "before", len(a.lastLocals))
-	}
 	a.lastLocals, a.lastListed = locals, listed
 	a.mu.Unlock()
 	if err := a.apply(s, locals, listed); err != nil {
@@ -142,9 +139,11 @@ func hasPolicy(services []model.Service) bool {
 // resolveWorkloads finds the cgroup id of each workload that runs on node.
 // A workload whose cgroup does not exist (yet) is left out: it runs nothing
 // that could connect (identityApplier.Changed sees it once it exists).
-// Its fast-path setting is workloadFastPath's.
-func resolveWorkloads(ws []identity.Workload, node, mount string, fastPath bool, log *slog.Logger) []identity.Local {
+// Its fast-path setting is workloadFastPath's. A cgroup that exists but
+// cannot be used is reported to warn.
+func resolveWorkloads(ws []identity.Workload, node, mount string, fastPath bool, warn *warnOnce) []identity.Local {
 	out := make([]identity.Local, 0, len(ws))
+	defer warn.done()
 	for _, w := range ws {
 		if !w.OnNode(node) {
 			continue
@@ -156,13 +155,41 @@ func resolveWorkloads(ws []identity.Workload, node, mount string, fastPath bool,
 		id, err := dataplane.CgroupID(path)
 		if err != nil {
 			if !errors.Is(err, os.ErrNotExist) {
-				log.Warn("workload left without identity", "workload", w.Namespace+"/"+w.Name, "err", err)
+				warn.warn(w.Namespace+"/"+w.Name, err)
 			}
 			continue
 		}
 		out = append(out, identity.Local{Workload: w, CgroupID: id, CgroupPath: path, FastPath: workloadFastPath(w.FastPath, fastPath)})
 	}
 	return out
+}
+
+// warnOnce logs why a workload is left without identity once, not on
+// every poll: again only after the reason changed or the workload was
+// resolved (or dropped) in between.
+type warnOnce struct {
+	log        *slog.Logger
+	mu         sync.Mutex        // rounds come from xDS applies and from polls
+	last, seen map[string]string // workload → error of the last round, of this round
+}
+
+func (w *warnOnce) warn(workload string, err error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.seen == nil {
+		w.seen = map[string]string{}
+	}
+	w.seen[workload] = err.Error()
+	if w.last[workload] != err.Error() {
+		w.log.Warn("workload left without identity", "workload", workload, "err", err)
+	}
+}
+
+// done ends a round of resolution.
+func (w *warnOnce) done() {
+	w.mu.Lock()
+	w.last, w.seen = w.seen, nil
+	w.mu.Unlock()
 }
 
 // enforce runs the dataplane's enforcement loop over the network
