@@ -162,8 +162,12 @@ type Status struct {
 	Ignored        map[string]int    // fields set but not acted upon, per field path
 	LastNACK       *NACK             // the last rejected response, if any
 	NACKs          int               // responses rejected since start
-	Reconnects     int               // streams opened after the first
-	LastError      string            // why the last stream ended
+	// CapacityNACKs counts the NACKs among NACKs whose state did not fit
+	// the dataplane (errors.Is model.ErrCapacity): raising a capacity
+	// fixes them, where the others need the control plane's input fixed.
+	CapacityNACKs int
+	Reconnects    int    // stream attempts after the first, failed ones included
+	LastError     string // why the last stream ended
 }
 
 // NACK records a rejected response.
@@ -852,6 +856,9 @@ func (c *Client) reject(s stream, u *update, reason error) error {
 	c.log.Error("xds response rejected; previous state kept", "type", shortType(t), "nonce", u.nonce, "err", reason)
 	c.updateStatus(func(st *Status) {
 		st.NACKs++
+		if errors.Is(reason, model.ErrCapacity) {
+			st.CapacityNACKs++
+		}
 		st.LastNACK = &NACK{Type: shortType(t), Nonce: u.nonce, Error: reason.Error(), At: time.Now()}
 	})
 	if err := s.nack(u, c.subs[t], c.versions[t], reason); err != nil {

@@ -144,8 +144,8 @@ func TestNACKKeepsPreviousState(t *testing.T) {
 			if got, n := rec.last(); got != good.summary() || n != applies {
 				t.Errorf("after the NACK the applier got %d states (had %d), last:\n%s\nwant the previous one:\n%s", n, applies, got, good.summary())
 			}
-			if st := c.Status(); st.LastNACK == nil || st.LastNACK.Type != "LDS" || st.NACKs == 0 {
-				t.Errorf("status does not report the NACK: %+v", st)
+			if st := c.Status(); st.LastNACK == nil || st.LastNACK.Type != "LDS" || st.NACKs == 0 || st.CapacityNACKs != 0 {
+				t.Errorf("status does not report the NACK (as one not of capacity): %+v", st)
 			}
 
 			fixed := mesh{services: []svc{webV1, db}}
@@ -161,9 +161,10 @@ func TestApplyErrorIsNACKed(t *testing.T) {
 	for _, mode := range modes {
 		t.Run(string(mode), func(t *testing.T) {
 			good := mesh{services: []svc{webV1}}
-			cp, rec, _, _ := synced(t, mode, good)
+			cp, rec, c, _ := synced(t, mode, good)
 
-			rec.setFail(errors.New(`service "demo/db:5432" (10.96.0.20:5432/TCP): backend capacity 1 exhausted`))
+			rec.setFail(&model.EntryError{Entry: `service "demo/db:5432" (10.96.0.20:5432/TCP)`,
+				Reason: "backend capacity 1 exhausted", Class: model.ErrCapacity})
 			cp.set("2", mesh{services: []svc{webV1, db}})
 			waitFor(t, "a NACK", func() bool { return len(cp.nackMessages()) > 0 })
 			if msg := cp.nackMessages()[0]; !strings.Contains(msg, "backend capacity 1 exhausted") {
@@ -171,6 +172,18 @@ func TestApplyErrorIsNACKed(t *testing.T) {
 			}
 			if got, _ := rec.last(); got != good.summary() {
 				t.Errorf("state changed after a refused apply:\n%s", got)
+			}
+			if st := c.Status(); st.NACKs == 0 || st.CapacityNACKs != st.NACKs {
+				t.Errorf("%d NACKs, %d of them for capacity; want all of them", st.NACKs, st.CapacityNACKs)
+			}
+
+			// Any other refusal is not a capacity NACK.
+			capacity := c.Status().CapacityNACKs
+			rec.setFail(errors.New(`service "demo/db:5432" (10.96.0.20:5432/TCP): no usable endpoint`))
+			cp.set("2b", mesh{services: []svc{webV1, db, cache}})
+			waitFor(t, "a NACK of another class", func() bool { return c.Status().NACKs > capacity })
+			if st := c.Status(); st.CapacityNACKs != capacity {
+				t.Errorf("a refusal of another class counted as capacity: %d capacity NACKs, had %d", st.CapacityNACKs, capacity)
 			}
 
 			// The dataplane takes states again; the next change builds on
