@@ -257,6 +257,37 @@ func TestControlPlaneUnavailableAtStart(t *testing.T) {
 	}
 }
 
+// A control plane that is unreachable for long is redialled at the
+// client's pace (BackoffInitial up to BackoffMax), not on gRPC's own
+// schedule, which would wait up to 120 s between dials and so keep the
+// client away from a control plane that came back long after it is up. A
+// listener that accepts and drops every connection counts the dials: gRPC's
+// default schedule makes at most 6 in 15 s, the client's (200 ms at most
+// apart here) 10 in about 2 s.
+func TestRedialsAtTheClientsPace(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lis.Close() })
+	var dials atomic.Int32
+	go func() {
+		for {
+			c, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			dials.Add(1)
+			c.Close()
+		}
+	}()
+	c := startClient(t, lis.Addr().String(), xds.ModeDelta, &recorder{})
+	waitFor(t, "10 dials of a control plane that drops every connection", func() bool { return dials.Load() >= 10 })
+	if st := c.Status(); st.Connected || st.LastError == "" {
+		t.Errorf("status %+v: want disconnected, with the error", st)
+	}
+}
+
 // Listeners and clusters arrive before the assignments: the client waits
 // (warming) instead of applying services without endpoints, and applies
 // without them once the warming timeout passes.
