@@ -657,6 +657,9 @@ type decoded struct {
 func (c *Client) decodeOne(u *update, raw rawResource, p *translate.Preparer) decoded {
 	t := u.typeURL
 	if raw.name != "" {
+		if err := checkName(t, raw.name); err != nil {
+			return decoded{err: err}
+		}
 		if prev, ok := c.held[t].get(raw.name); ok && prev.version == raw.version {
 			return decoded{name: raw.name, res: prev}
 		}
@@ -682,6 +685,9 @@ func (c *Client) decodeOne(u *update, raw rawResource, p *translate.Preparer) de
 	// others are decoded, as is every other resource.
 	if t == resourcev3.EndpointType && raw.any.GetTypeUrl() == t {
 		if name, prep, ok := p.AssignmentWire(raw.any.GetValue()); ok {
+			if err := checkName(t, name); err != nil {
+				return decoded{err: err}
+			}
 			if raw.name != "" && name != raw.name {
 				return decoded{err: fmt.Errorf("%s resource sent as %q is named %q", shortType(t), raw.name, name)}
 			}
@@ -694,6 +700,9 @@ func (c *Client) decodeOne(u *update, raw rawResource, p *translate.Preparer) de
 			name = raw.name
 		}
 		return decoded{err: fmt.Errorf("%s resource %q: %w", shortType(t), name, err)}
+	}
+	if err := checkName(t, name); err != nil {
+		return decoded{err: err}
 	}
 	if raw.name != "" && name != raw.name {
 		return decoded{err: fmt.Errorf("%s resource sent as %q is named %q", shortType(t), raw.name, name)}
@@ -861,6 +870,7 @@ func (c *Client) warming(res translate.Result, now time.Time) bool {
 // reject NACKs u, keeping the previous state.
 func (c *Client) reject(s stream, u *update, reason error) error {
 	t := u.typeURL
+	reason = clip(reason)
 	c.log.Error("xds response rejected; previous state kept", "type", shortType(t), "nonce", u.nonce, "err", reason)
 	c.updateStatus(func(st *Status) {
 		st.NACKs++

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/stats"
 
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 
@@ -151,6 +152,43 @@ func TestNACKKeepsPreviousState(t *testing.T) {
 			fixed := mesh{services: []svc{webV1, db}}
 			cp.set("3", fixed)
 			waitApplied(t, rec, fixed.summary())
+		})
+	}
+}
+
+// A resource named with megabytes is refused (names end up in every flow
+// record and metric series of a service), and an error quoting megabytes
+// is cut before the NACK carries it; the previous state stays.
+func TestHugeInputNACKedBriefly(t *testing.T) {
+	huge := strings.Repeat("x", 5<<20)
+	for _, mode := range modes {
+		t.Run(string(mode), func(t *testing.T) {
+			good := mesh{services: []svc{webV1}}
+			cp, rec, c, applies := synced(t, mode, good)
+
+			for i, bad := range []struct {
+				listener *listenerv3.Listener
+				want     string
+			}{
+				{tcpListener("demo/"+huge+":80", "10.96.0.40", 80, "demo/web:80"), "the name has 5242888 bytes, at most 1024"},
+				{tcpListener("demo/api:80", huge, 80, "demo/web:80"), "bytes in all)"},
+			} {
+				cp.set(fmt.Sprint(i+2), mesh{services: []svc{webV1}, extra: []types.Resource{bad.listener}})
+				waitFor(t, "a NACK saying "+bad.want, func() bool {
+					return slices.ContainsFunc(cp.nackMessages(), func(m string) bool { return strings.Contains(m, bad.want) })
+				})
+				for _, msg := range cp.nackMessages() {
+					if len(msg) > 5000 {
+						t.Errorf("NACK of %d bytes %.200q..., want at most 5000", len(msg), msg)
+					}
+				}
+				if st := c.Status(); st.LastNACK == nil || len(st.LastNACK.Error) > 5000 {
+					t.Errorf("status keeps a NACK error of %d bytes", len(st.LastNACK.Error))
+				}
+				if got, n := rec.last(); got != good.summary() || n != applies {
+					t.Errorf("after the NACK the applier got %d states (had %d), last:\n%s", n, applies, got)
+				}
+			}
 		})
 	}
 }
