@@ -598,6 +598,10 @@ func (c *Client) apply(res translate.Result, synced bool) (bool, error) {
 		c.pending = true
 		return false, nil
 	}
+	// A state the Applier refuses is undone, and so is what it did to the
+	// warming: a listener waiting for an assignment that came and was
+	// refused waits on until its timeout, as if it had not come.
+	pending, since := c.pending, c.warmingSince
 	c.pending = c.warming(res, now)
 	if c.pending {
 		c.warmTimer.Reset(c.opts.WarmingTimeout - now.Sub(c.warmingSince))
@@ -609,6 +613,10 @@ func (c *Client) apply(res translate.Result, synced bool) (bool, error) {
 		return true, nil
 	}
 	if err := c.opts.Applier.Apply(res.State); err != nil {
+		c.pending, c.warmingSince = pending, since
+		if pending && !since.IsZero() {
+			c.warmTimer.Reset(c.opts.WarmingTimeout - now.Sub(since))
+		}
 		return false, err
 	}
 	c.log.Debug("xds state applied", "services", len(res.State.Services))

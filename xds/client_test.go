@@ -358,6 +358,30 @@ func TestWarmingWaitsForAssignments(t *testing.T) {
 	}
 }
 
+// An assignment a listener waits for comes and is refused (here by the
+// Applier, as the dataplane refuses one that does not fit): the listener
+// goes on waiting as if it had not come, and is applied without endpoints
+// once the warming timeout ends. Delta only: over SotW, go-control-plane
+// answers a NACK with the refused response again, which is then applied
+// once the Applier takes it.
+func TestWarmingOutlastsARefusedAssignment(t *testing.T) {
+	cp := newControlPlane(t)
+	partial := mesh{services: []svc{webV1}, noCLA: true}
+	cp.set("1", partial)
+	rec := &recorder{}
+	c := startClient(t, cp.addr, xds.ModeDelta, rec, func(o *xds.Options) { o.WarmingTimeout = time.Second })
+	waitFor(t, "warming on missing assignments", func() bool { return c.Status().Warming })
+
+	rec.setFail(&model.EntryError{Entry: `service "demo/web:80"`, Reason: "too big", Class: model.ErrCapacity})
+	cp.set("2", mesh{services: []svc{webV1}})
+	waitFor(t, "a NACK", func() bool { return c.Status().NACKs > 0 })
+	rec.setFail(nil)
+	waitApplied(t, rec, partial.summary())
+	if st := c.Status(); st.Warming || !st.Applied {
+		t.Errorf("status %+v: want applied, not warming", st)
+	}
+}
+
 // A 10,000-service snapshot is received, translated and applied.
 func TestLargeSnapshot(t *testing.T) {
 	for _, mode := range modes {
