@@ -22,7 +22,6 @@ import (
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
@@ -286,13 +285,6 @@ func (c *Client) Run(ctx context.Context) error {
 		// A mesh's full state can be far larger than gRPC's default 4 MiB.
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxResponseSize)),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
-		// gRPC redials a lost server on its own schedule, by default up to
-		// 120 s apart, and until it has, every stream fails at once: the
-		// client's own backoff would be moot after a long outage. Redial
-		// on the client's schedule.
-		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{
-			BaseDelay: c.opts.BackoffInitial, Multiplier: 2, Jitter: 0.2, MaxDelay: c.opts.BackoffMax,
-		}, MinConnectTimeout: 20 * time.Second}),
 	}, c.opts.DialOptions...)...)
 	if err != nil {
 		return fmt.Errorf("xds client for %s: %w", c.opts.Server, err)
@@ -307,6 +299,11 @@ func (c *Client) Run(ctx context.Context) error {
 	for streams := 0; ; streams++ {
 		if streams > 0 {
 			c.updateStatus(func(s *Status) { s.Reconnects++ })
+			// gRPC redials a lost server on its own schedule, up to 120 s
+			// apart, and fails every stream opened meanwhile: the
+			// client's backoff would be moot after a long outage. Dial
+			// now, on the client's schedule.
+			conn.ResetConnectBackoff()
 		}
 		progressed, err := c.runStream(ctx, conn)
 		c.updateStatus(func(s *Status) {
