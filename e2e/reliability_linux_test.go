@@ -513,6 +513,7 @@ func TestAgentKill9(t *testing.T) {
 	for _, a := range agents {
 		a.kill9(t)
 	}
+	killedAt := time.Now()
 	killed := load.report()
 	time.Sleep(3 * time.Second) // the nodes run without agents
 	outage := load.grew(logs, "traffic stalled while no agent ran", killed, 50)
@@ -524,12 +525,24 @@ func TestAgentKill9(t *testing.T) {
 		}
 	}
 
+	restartedAt := time.Now()
 	for _, a := range agents {
 		a.start(t)
 	}
 	waitFor(t, logs, "the restarted agents never became ready", func() bool {
 		return agents[0].readyz() == http.StatusOK && agents[1].readyz() == http.StatusOK
 	})
+	// The kernel kept the flow events of the outage for the next agent.
+	var during int
+	for _, f := range observeJSON(t, bin, agents[0].socket, "--since", killedAt.Format(time.RFC3339Nano), "--last", "100000", "--to-service", "rel/echo") {
+		if f.Time.Before(restartedAt) {
+			during++
+		}
+	}
+	if made := outage.New.OK - killed.New.OK; during < made {
+		t.Errorf("the restarted agent recorded %d flows of the outage, in which %d connections were made", during, made)
+	}
+	t.Logf("the restarted agent recorded %d flows of the outage", during)
 	for _, a := range agents {
 		st := a.status(t)
 		if st.Dataplane.EntriesWritten != 0 || st.Services != 5 {
