@@ -162,8 +162,12 @@ type Status struct {
 	Ignored        map[string]int    // fields set but not acted upon, per field path
 	LastNACK       *NACK             // the last rejected response, if any
 	NACKs          int               // responses rejected since start
-	Reconnects     int               // streams opened after the first
-	LastError      string            // why the last stream ended
+	// CapacityNACKs counts the NACKs among NACKs whose state did not fit
+	// the dataplane (errors.Is model.ErrCapacity): raising a capacity
+	// fixes them, where the others need the control plane's input fixed.
+	CapacityNACKs int
+	Reconnects    int    // stream attempts after the first, failed ones included
+	LastError     string // why the last stream ended
 }
 
 // NACK records a rejected response.
@@ -295,6 +299,11 @@ func (c *Client) Run(ctx context.Context) error {
 	for streams := 0; ; streams++ {
 		if streams > 0 {
 			c.updateStatus(func(s *Status) { s.Reconnects++ })
+			// gRPC redials a lost server on its own schedule, up to 120 s
+			// apart, and fails every stream opened meanwhile: the
+			// client's backoff would be moot after a long outage. Dial
+			// now, on the client's schedule.
+			conn.ResetConnectBackoff()
 		}
 		progressed, err := c.runStream(ctx, conn)
 		c.updateStatus(func(s *Status) {
@@ -586,6 +595,10 @@ func (c *Client) apply(res translate.Result, synced bool) (bool, error) {
 		c.pending = true
 		return false, nil
 	}
+	// A state the Applier refuses is undone, and so is what it did to the
+	// warming: a listener waiting for an assignment that came and was
+	// refused waits on until its timeout, as if it had not come.
+	pending, since := c.pending, c.warmingSince
 	c.pending = c.warming(res, now)
 	if c.pending {
 		c.warmTimer.Reset(c.opts.WarmingTimeout - now.Sub(c.warmingSince))
@@ -597,6 +610,10 @@ func (c *Client) apply(res translate.Result, synced bool) (bool, error) {
 		return true, nil
 	}
 	if err := c.opts.Applier.Apply(res.State); err != nil {
+		c.pending, c.warmingSince = pending, since
+		if pending && !since.IsZero() {
+			c.warmTimer.Reset(c.opts.WarmingTimeout - now.Sub(since))
+		}
 		return false, err
 	}
 	c.log.Debug("xds state applied", "services", len(res.State.Services))
@@ -645,6 +662,9 @@ type decoded struct {
 func (c *Client) decodeOne(u *update, raw rawResource, p *translate.Preparer) decoded {
 	t := u.typeURL
 	if raw.name != "" {
+		if err := checkName(t, raw.name); err != nil {
+			return decoded{err: err}
+		}
 		if prev, ok := c.held[t].get(raw.name); ok && prev.version == raw.version {
 			return decoded{name: raw.name, res: prev}
 		}
@@ -670,6 +690,9 @@ func (c *Client) decodeOne(u *update, raw rawResource, p *translate.Preparer) de
 	// others are decoded, as is every other resource.
 	if t == resourcev3.EndpointType && raw.any.GetTypeUrl() == t {
 		if name, prep, ok := p.AssignmentWire(raw.any.GetValue()); ok {
+			if err := checkName(t, name); err != nil {
+				return decoded{err: err}
+			}
 			if raw.name != "" && name != raw.name {
 				return decoded{err: fmt.Errorf("%s resource sent as %q is named %q", shortType(t), raw.name, name)}
 			}
@@ -682,6 +705,9 @@ func (c *Client) decodeOne(u *update, raw rawResource, p *translate.Preparer) de
 			name = raw.name
 		}
 		return decoded{err: fmt.Errorf("%s resource %q: %w", shortType(t), name, err)}
+	}
+	if err := checkName(t, name); err != nil {
+		return decoded{err: err}
 	}
 	if raw.name != "" && name != raw.name {
 		return decoded{err: fmt.Errorf("%s resource sent as %q is named %q", shortType(t), raw.name, name)}
@@ -849,9 +875,13 @@ func (c *Client) warming(res translate.Result, now time.Time) bool {
 // reject NACKs u, keeping the previous state.
 func (c *Client) reject(s stream, u *update, reason error) error {
 	t := u.typeURL
+	reason = clip(reason)
 	c.log.Error("xds response rejected; previous state kept", "type", shortType(t), "nonce", u.nonce, "err", reason)
 	c.updateStatus(func(st *Status) {
 		st.NACKs++
+		if errors.Is(reason, model.ErrCapacity) {
+			st.CapacityNACKs++
+		}
 		st.LastNACK = &NACK{Type: shortType(t), Nonce: u.nonce, Error: reason.Error(), At: time.Now()}
 	})
 	if err := s.nack(u, c.subs[t], c.versions[t], reason); err != nil {

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/stats"
 
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 
@@ -144,13 +145,50 @@ func TestNACKKeepsPreviousState(t *testing.T) {
 			if got, n := rec.last(); got != good.summary() || n != applies {
 				t.Errorf("after the NACK the applier got %d states (had %d), last:\n%s\nwant the previous one:\n%s", n, applies, got, good.summary())
 			}
-			if st := c.Status(); st.LastNACK == nil || st.LastNACK.Type != "LDS" || st.NACKs == 0 {
-				t.Errorf("status does not report the NACK: %+v", st)
+			if st := c.Status(); st.LastNACK == nil || st.LastNACK.Type != "LDS" || st.NACKs == 0 || st.CapacityNACKs != 0 {
+				t.Errorf("status does not report the NACK (as one not of capacity): %+v", st)
 			}
 
 			fixed := mesh{services: []svc{webV1, db}}
 			cp.set("3", fixed)
 			waitApplied(t, rec, fixed.summary())
+		})
+	}
+}
+
+// A resource named with megabytes is refused (names end up in every flow
+// record and metric series of a service), and an error quoting megabytes
+// is cut before the NACK carries it; the previous state stays.
+func TestHugeInputNACKedBriefly(t *testing.T) {
+	huge := strings.Repeat("x", 5<<20)
+	for _, mode := range modes {
+		t.Run(string(mode), func(t *testing.T) {
+			good := mesh{services: []svc{webV1}}
+			cp, rec, c, applies := synced(t, mode, good)
+
+			for i, bad := range []struct {
+				listener *listenerv3.Listener
+				want     string
+			}{
+				{tcpListener("demo/"+huge+":80", "10.96.0.40", 80, "demo/web:80"), "the name has 5242888 bytes, at most 1024"},
+				{tcpListener("demo/api:80", huge, 80, "demo/web:80"), "bytes in all)"},
+			} {
+				cp.set(fmt.Sprint(i+2), mesh{services: []svc{webV1}, extra: []types.Resource{bad.listener}})
+				waitFor(t, "a NACK saying "+bad.want, func() bool {
+					return slices.ContainsFunc(cp.nackMessages(), func(m string) bool { return strings.Contains(m, bad.want) })
+				})
+				for _, msg := range cp.nackMessages() {
+					if len(msg) > 5000 {
+						t.Errorf("NACK of %d bytes %.200q..., want at most 5000", len(msg), msg)
+					}
+				}
+				if st := c.Status(); st.LastNACK == nil || len(st.LastNACK.Error) > 5000 {
+					t.Errorf("status keeps a NACK error of %d bytes", len(st.LastNACK.Error))
+				}
+				if got, n := rec.last(); got != good.summary() || n != applies {
+					t.Errorf("after the NACK the applier got %d states (had %d), last:\n%s", n, applies, got)
+				}
+			}
 		})
 	}
 }
@@ -161,9 +199,10 @@ func TestApplyErrorIsNACKed(t *testing.T) {
 	for _, mode := range modes {
 		t.Run(string(mode), func(t *testing.T) {
 			good := mesh{services: []svc{webV1}}
-			cp, rec, _, _ := synced(t, mode, good)
+			cp, rec, c, _ := synced(t, mode, good)
 
-			rec.setFail(errors.New(`service "demo/db:5432" (10.96.0.20:5432/TCP): backend capacity 1 exhausted`))
+			rec.setFail(&model.EntryError{Entry: `service "demo/db:5432" (10.96.0.20:5432/TCP)`,
+				Reason: "backend capacity 1 exhausted", Class: model.ErrCapacity})
 			cp.set("2", mesh{services: []svc{webV1, db}})
 			waitFor(t, "a NACK", func() bool { return len(cp.nackMessages()) > 0 })
 			if msg := cp.nackMessages()[0]; !strings.Contains(msg, "backend capacity 1 exhausted") {
@@ -171,6 +210,18 @@ func TestApplyErrorIsNACKed(t *testing.T) {
 			}
 			if got, _ := rec.last(); got != good.summary() {
 				t.Errorf("state changed after a refused apply:\n%s", got)
+			}
+			if st := c.Status(); st.NACKs == 0 || st.CapacityNACKs != st.NACKs {
+				t.Errorf("%d NACKs, %d of them for capacity; want all of them", st.NACKs, st.CapacityNACKs)
+			}
+
+			// Any other refusal is not a capacity NACK.
+			capacity := c.Status().CapacityNACKs
+			rec.setFail(errors.New(`service "demo/db:5432" (10.96.0.20:5432/TCP): no usable endpoint`))
+			cp.set("2b", mesh{services: []svc{webV1, db, cache}})
+			waitFor(t, "a NACK of another class", func() bool { return c.Status().NACKs > capacity })
+			if st := c.Status(); st.CapacityNACKs != capacity {
+				t.Errorf("a refusal of another class counted as capacity: %d capacity NACKs, had %d", st.CapacityNACKs, capacity)
 			}
 
 			// The dataplane takes states again; the next change builds on
@@ -244,6 +295,37 @@ func TestControlPlaneUnavailableAtStart(t *testing.T) {
 	}
 }
 
+// A control plane that is unreachable for long is redialled at the
+// client's pace (BackoffInitial up to BackoffMax), not on gRPC's own
+// schedule, which would wait up to 120 s between dials and so keep the
+// client away from a control plane that came back long after it is up. A
+// listener that accepts and drops every connection counts the dials: gRPC's
+// default schedule makes at most 6 in 15 s, the client's (200 ms at most
+// apart here) 10 in about 2 s.
+func TestRedialsAtTheClientsPace(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lis.Close() })
+	var dials atomic.Int32
+	go func() {
+		for {
+			c, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			dials.Add(1)
+			c.Close()
+		}
+	}()
+	c := startClient(t, lis.Addr().String(), xds.ModeDelta, &recorder{})
+	waitFor(t, "10 dials of a control plane that drops every connection", func() bool { return dials.Load() >= 10 })
+	if st := c.Status(); st.Connected || st.LastError == "" {
+		t.Errorf("status %+v: want disconnected, with the error", st)
+	}
+}
+
 // Listeners and clusters arrive before the assignments: the client waits
 // (warming) instead of applying services without endpoints, and applies
 // without them once the warming timeout passes.
@@ -273,6 +355,30 @@ func TestWarmingWaitsForAssignments(t *testing.T) {
 				t.Errorf("still warming after the assignment came: %+v", st)
 			}
 		})
+	}
+}
+
+// An assignment a listener waits for comes and is refused (here by the
+// Applier, as the dataplane refuses one that does not fit): the listener
+// goes on waiting as if it had not come, and is applied without endpoints
+// once the warming timeout ends. Delta only: over SotW, go-control-plane
+// answers a NACK with the refused response again, which is then applied
+// once the Applier takes it.
+func TestWarmingOutlastsARefusedAssignment(t *testing.T) {
+	cp := newControlPlane(t)
+	partial := mesh{services: []svc{webV1}, noCLA: true}
+	cp.set("1", partial)
+	rec := &recorder{}
+	c := startClient(t, cp.addr, xds.ModeDelta, rec, func(o *xds.Options) { o.WarmingTimeout = time.Second })
+	waitFor(t, "warming on missing assignments", func() bool { return c.Status().Warming })
+
+	rec.setFail(&model.EntryError{Entry: `service "demo/web:80"`, Reason: "too big", Class: model.ErrCapacity})
+	cp.set("2", mesh{services: []svc{webV1}})
+	waitFor(t, "a NACK", func() bool { return c.Status().NACKs > 0 })
+	rec.setFail(nil)
+	waitApplied(t, rec, partial.summary())
+	if st := c.Status(); st.Warming || !st.Applied {
+		t.Errorf("status %+v: want applied, not warming", st)
 	}
 }
 

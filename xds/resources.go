@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"maps"
+	"strings"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
@@ -44,6 +45,48 @@ func shortType(typeURL string) string {
 		return "RDS"
 	}
 	return typeURL
+}
+
+// MaxNameLength is the longest resource name the client accepts. Names are
+// identifiers: a listener's becomes its service's name, which every flow
+// record, log line and metric series of the service carries. Kubernetes
+// names a service port in under 300 bytes. A longer name is refused, so a
+// control plane gone wrong cannot make each of them carry megabytes.
+const MaxNameLength = 1024
+
+// checkName refuses a name longer than MaxNameLength, quoting only its
+// start.
+func checkName(typeURL, name string) error {
+	if len(name) <= MaxNameLength {
+		return nil
+	}
+	return fmt.Errorf("%s resource %q...: the name has %d bytes, at most %d are accepted",
+		shortType(typeURL), name[:64], len(name), MaxNameLength)
+}
+
+// maxNACKError bounds the error a NACK reports (to the control plane, in
+// the log and in the status): errors quote what they refuse, which a
+// control plane controls.
+const maxNACKError = 4096
+
+// clipped is an error whose text is cut to maxNACKError bytes; errors.Is
+// and errors.As still see the error it cuts.
+type clipped struct {
+	err error
+	msg string
+}
+
+func (e *clipped) Error() string { return e.msg }
+func (e *clipped) Unwrap() error { return e.err }
+
+// clip returns err with its text cut to maxNACKError bytes, saying how
+// long it was.
+func clip(err error) error {
+	msg := err.Error()
+	if len(msg) <= maxNACKError {
+		return err
+	}
+	return &clipped{err: err, msg: fmt.Sprintf("%s... (%d bytes in all)", strings.ToValidUTF8(msg[:maxNACKError], ""), len(msg))}
 }
 
 // resource is one decoded resource with the version the server gave it

@@ -63,13 +63,15 @@ func (s *statusSource) status() observe.Status {
 	if s.client != nil {
 		xs := s.client.Status()
 		st.XDS = observe.XDS{Server: xs.Server, Mode: string(xs.Mode), Connected: xs.Connected,
-			Since: xs.ConnectedSince, Applied: xs.Versions}
+			Since: xs.ConnectedSince, Applied: xs.Versions, Reconnects: xs.Reconnects, LastError: xs.LastError,
+			NACKs: observe.NACKs{Capacity: xs.CapacityNACKs, Invalid: xs.NACKs - xs.CapacityNACKs}}
 		if n := xs.LastNACK; n != nil {
 			st.XDS.LastNACK = &observe.NACK{TypeURL: n.Type, Error: n.Error, Time: n.At}
 		}
 	}
 	ds := s.dp.Status()
 	st.Services, st.Backends = ds.Services, ds.Backends
+	st.Dataplane.EntriesWritten = ds.EntriesWritten
 	st.Workloads, st.Policies = s.ids.counts()
 	fast, err := s.dp.FastPathSockets()
 	if err != nil {

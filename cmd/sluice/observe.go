@@ -221,6 +221,11 @@ func renderStatus(w io.Writer, s observe.Status, now time.Time) error {
 		state += fmt.Sprintf(" since %s (%s)", when(x.Since), ago(x.Since))
 	}
 	line("xds", "%s, %s, %s", cmp.Or(x.Server, "(no server)"), cmp.Or(x.Mode, "(mode unknown)"), state)
+	reconnects := fmt.Sprintf("%d", x.Reconnects)
+	if x.LastError != "" {
+		reconnects += "; last stream ended: " + x.LastError
+	}
+	line("reconnects", "%s", reconnects)
 	applied := "none yet"
 	if len(x.Applied) > 0 {
 		var parts []string
@@ -230,6 +235,7 @@ func renderStatus(w io.Writer, s observe.Status, now time.Time) error {
 		applied = strings.Join(parts, ", ")
 	}
 	line("applied", "%s", applied)
+	line("nacks", "%d for capacity, %d invalid", x.NACKs.Capacity, x.NACKs.Invalid)
 	if n := x.LastNACK; n != nil {
 		line("last nack", "%s version %s, %s (%s ago): %s", shortType(n.TypeURL), n.Version, when(n.Time), ago(n.Time), n.Error)
 	}
@@ -249,6 +255,8 @@ func renderStatus(w io.Writer, s observe.Status, now time.Time) error {
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%d/%d\t%s\n", key, m.Name, m.Entries, m.Capacity, percent(m.Entries, m.Capacity))
 	}
+
+	line("map writes", "%d entries since the agent started", s.Dataplane.EntriesWritten)
 
 	fl := s.Flows
 	line("flows", "%d/%d stored (%s), %d recorded; lost: %d in the kernel, %d to slow subscribers",

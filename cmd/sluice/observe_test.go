@@ -32,7 +32,9 @@ func fixedStatus() observe.Status {
 			},
 			LastNACK: &observe.NACK{TypeURL: "type.googleapis.com/envoy.config.listener.v3.Listener", Version: "11",
 				Error: "listener web: unknown filter", Time: started.Add(30 * time.Minute)},
+			NACKs: observe.NACKs{Capacity: 1, Invalid: 2}, Reconnects: 3, LastError: "rpc error: code = Unavailable desc = connection refused",
 		},
+		Dataplane: observe.Dataplane{EntriesWritten: 1234},
 		Workloads: 12, Services: 30, Backends: 95, Policies: 7,
 		Maps: []observe.MapFill{
 			{Name: "sl_services", Entries: 30, Capacity: 1024},
@@ -51,21 +53,24 @@ func TestStatusText(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := "" +
-		"node       node-a\n" +
-		"version    v0.4.0\n" +
-		"uptime     1h2m3s, since 2026-03-01 10:00:00 UTC\n" +
-		"xds        cp.mesh:15010, delta, connected since 2026-03-01 10:00:05 UTC (1h1m58s)\n" +
-		"applied    Cluster 12, ClusterLoadAssignment 40, Listener 12\n" +
-		"last nack  Listener version 11, 2026-03-01 10:30:00 UTC (32m3s ago): listener web: unknown filter\n" +
-		"workloads  12\n" +
-		"services   30\n" +
-		"backends   95\n" +
-		"policies   7\n" +
-		"maps       sl_services  30/1024   2.9%\n" +
-		"           sl_backends  950/1000  95.0%\n" +
-		"           sl_unsized   3/0       -\n" +
-		"flows      2500/10000 stored (25.0%), 123456 recorded; lost: 7 in the kernel, 42 to slow subscribers\n" +
-		"fast path  default on; 14 sockets on it, 880 registered, 3.0 MiB carried; left on the normal path: 0 (map full), 2 (peer not ready), 1 (splice)\n"
+		"node        node-a\n" +
+		"version     v0.4.0\n" +
+		"uptime      1h2m3s, since 2026-03-01 10:00:00 UTC\n" +
+		"xds         cp.mesh:15010, delta, connected since 2026-03-01 10:00:05 UTC (1h1m58s)\n" +
+		"reconnects  3; last stream ended: rpc error: code = Unavailable desc = connection refused\n" +
+		"applied     Cluster 12, ClusterLoadAssignment 40, Listener 12\n" +
+		"nacks       1 for capacity, 2 invalid\n" +
+		"last nack   Listener version 11, 2026-03-01 10:30:00 UTC (32m3s ago): listener web: unknown filter\n" +
+		"workloads   12\n" +
+		"services    30\n" +
+		"backends    95\n" +
+		"policies    7\n" +
+		"maps        sl_services  30/1024   2.9%\n" +
+		"            sl_backends  950/1000  95.0%\n" +
+		"            sl_unsized   3/0       -\n" +
+		"map writes  1234 entries since the agent started\n" +
+		"flows       2500/10000 stored (25.0%), 123456 recorded; lost: 7 in the kernel, 42 to slow subscribers\n" +
+		"fast path   default on; 14 sockets on it, 880 registered, 3.0 MiB carried; left on the normal path: 0 (map full), 2 (peer not ready), 1 (splice)\n"
 	if got := b.String(); got != want {
 		t.Errorf("status text:\n%s\nwant:\n%s", got, want)
 	}
@@ -79,11 +84,14 @@ func TestStatusTextSparse(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, want := range []string{
-		"uptime     unknown\n",
-		"xds        x:1, sotw, disconnected since 2026-03-01 10:58:30 UTC (1m30s)\n",
-		"applied    none yet\n",
-		"maps       none reported\n",
-		"flows      0/0 stored (-),",
+		"uptime      unknown\n",
+		"xds         x:1, sotw, disconnected since 2026-03-01 10:58:30 UTC (1m30s)\n",
+		"reconnects  0\n",
+		"applied     none yet\n",
+		"nacks       0 for capacity, 0 invalid\n",
+		"maps        none reported\n",
+		"map writes  0 entries since the agent started\n",
+		"flows       0/0 stored (-),",
 	} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("status text lacks %q:\n%s", want, b.String())
@@ -346,7 +354,7 @@ func TestStatusCommand(t *testing.T) {
 	if err := run(context.Background(), &text, &stderr, "status", "--socket", path); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"node       node-a\n", "flows      3/50 stored (6.0%), 3 recorded;"} {
+	for _, want := range []string{"node        node-a\n", "flows       3/50 stored (6.0%), 3 recorded;", "map writes  1234 entries"} {
 		if !strings.Contains(text.String(), want) {
 			t.Errorf("status text lacks %q:\n%s", want, text.String())
 		}

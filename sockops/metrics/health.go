@@ -2,6 +2,7 @@ package metrics
 
 import (
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -18,6 +19,10 @@ type health struct {
 	xdsConnected   *prometheus.Desc
 	xdsApplied     *prometheus.Desc
 	xdsLastNACK    *prometheus.Desc
+	xdsNACKs       *prometheus.Desc
+	xdsReconnects  *prometheus.Desc
+	xdsChanged     *prometheus.Desc
+	entriesWritten *prometheus.Desc
 	workloads      *prometheus.Desc
 	services       *prometheus.Desc
 	backends       *prometheus.Desc
@@ -51,6 +56,15 @@ func newHealth(node string, status func() observe.Status) *health {
 			"type_url", "version"),
 		xdsLastNACK: d("sluice_xds_last_nack_timestamp_seconds",
 			"When the agent last refused an xDS response, in Unix seconds; 0 if it never has."),
+		xdsNACKs: d("sluice_xds_nacks_total",
+			"xDS responses the agent refused: reason=capacity, the state did not fit the dataplane's maps; reason=invalid, anything else.",
+			"reason"),
+		xdsReconnects: d("sluice_xds_reconnects_total",
+			"xDS stream attempts after the first, failed ones included."),
+		xdsChanged: d("sluice_xds_connection_changed_timestamp_seconds",
+			"When the xDS stream last connected or disconnected, in Unix seconds; 0 until the first stream opened."),
+		entriesWritten: d("sluice_dataplane_entries_written_total",
+			"Service and backend map entries written or deleted since the agent started; flat while nothing changes."),
 		workloads: d("sluice_workloads",
 			"Local workloads with a cgroup."),
 		services: d("sluice_services",
@@ -89,7 +103,8 @@ func newHealth(node string, status func() observe.Status) *health {
 // them.
 func (h *health) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
-		h.xdsConnected, h.xdsApplied, h.xdsLastNACK,
+		h.xdsConnected, h.xdsApplied, h.xdsLastNACK, h.xdsNACKs, h.xdsReconnects, h.xdsChanged,
+		h.entriesWritten,
 		h.workloads, h.services, h.backends, h.policyRules,
 		h.mapEntries, h.mapCapacity, h.mapFill,
 		h.flowsStored, h.flowEventsLost,
@@ -116,10 +131,15 @@ func (h *health) Collect(ch chan<- prometheus.Metric) {
 		gauge(h.xdsApplied, 1, typeURL, version)
 	}
 	nack := 0.0
-	if n := st.XDS.LastNACK; n != nil && !n.Time.IsZero() {
-		nack = float64(n.Time.UnixNano()) / 1e9
+	if n := st.XDS.LastNACK; n != nil {
+		nack = unixSeconds(n.Time)
 	}
 	gauge(h.xdsLastNACK, nack)
+	counter(h.xdsNACKs, uint64(st.XDS.NACKs.Capacity), "capacity")
+	counter(h.xdsNACKs, uint64(st.XDS.NACKs.Invalid), "invalid")
+	counter(h.xdsReconnects, uint64(st.XDS.Reconnects))
+	gauge(h.xdsChanged, unixSeconds(st.XDS.Since))
+	counter(h.entriesWritten, st.Dataplane.EntriesWritten)
 
 	gauge(h.workloads, float64(st.Workloads))
 	gauge(h.services, float64(st.Services))
@@ -172,6 +192,14 @@ func constMetric(d *prometheus.Desc, t prometheus.ValueType, v float64, labels [
 		return prometheus.NewInvalidMetric(d, err)
 	}
 	return m
+}
+
+// unixSeconds is t in Unix seconds, 0 for the zero time.
+func unixSeconds(t time.Time) float64 {
+	if t.IsZero() {
+		return 0
+	}
+	return float64(t.UnixNano()) / 1e9
 }
 
 func boolValue(b bool) float64 {

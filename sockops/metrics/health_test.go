@@ -16,6 +16,10 @@ var healthNames = []string{
 	"sluice_xds_connected",
 	"sluice_xds_applied_info",
 	"sluice_xds_last_nack_timestamp_seconds",
+	"sluice_xds_nacks_total",
+	"sluice_xds_reconnects_total",
+	"sluice_xds_connection_changed_timestamp_seconds",
+	"sluice_dataplane_entries_written_total",
 	"sluice_workloads",
 	"sluice_services",
 	"sluice_backends",
@@ -39,6 +43,14 @@ const healthHelp = `
 # TYPE sluice_xds_applied_info gauge
 # HELP sluice_xds_last_nack_timestamp_seconds When the agent last refused an xDS response, in Unix seconds; 0 if it never has.
 # TYPE sluice_xds_last_nack_timestamp_seconds gauge
+# HELP sluice_xds_nacks_total xDS responses the agent refused: reason=capacity, the state did not fit the dataplane's maps; reason=invalid, anything else.
+# TYPE sluice_xds_nacks_total counter
+# HELP sluice_xds_reconnects_total xDS stream attempts after the first, failed ones included.
+# TYPE sluice_xds_reconnects_total counter
+# HELP sluice_xds_connection_changed_timestamp_seconds When the xDS stream last connected or disconnected, in Unix seconds; 0 until the first stream opened.
+# TYPE sluice_xds_connection_changed_timestamp_seconds gauge
+# HELP sluice_dataplane_entries_written_total Service and backend map entries written or deleted since the agent started; flat while nothing changes.
+# TYPE sluice_dataplane_entries_written_total counter
 # HELP sluice_workloads Local workloads with a cgroup.
 # TYPE sluice_workloads gauge
 # HELP sluice_services Service VIP:port entries in force.
@@ -78,6 +90,7 @@ func fixedStatus() observe.Status {
 			Server:    "10.0.0.2:15010",
 			Mode:      "delta",
 			Connected: true,
+			Since:     time.Unix(1700000050, 500_000_000),
 			Applied: map[string]string{
 				"type.googleapis.com/envoy.config.listener.v3.Listener": "42",
 				"type.googleapis.com/envoy.config.cluster.v3.Cluster":   "17",
@@ -88,7 +101,11 @@ func fixedStatus() observe.Status {
 				Error:   "bad cluster",
 				Time:    time.Unix(1700000123, 500_000_000),
 			},
+			NACKs:      observe.NACKs{Capacity: 2, Invalid: 5},
+			Reconnects: 3,
+			LastError:  "rpc error: code = Unavailable",
 		},
+		Dataplane: observe.Dataplane{EntriesWritten: 250},
 		Workloads: 12,
 		Services:  30,
 		Backends:  95,
@@ -119,6 +136,11 @@ sluice_xds_connected 1
 sluice_xds_applied_info{type_url="type.googleapis.com/envoy.config.cluster.v3.Cluster",version="17"} 1
 sluice_xds_applied_info{type_url="type.googleapis.com/envoy.config.listener.v3.Listener",version="42"} 1
 sluice_xds_last_nack_timestamp_seconds 1.7000001235e+09
+sluice_xds_nacks_total{reason="capacity"} 2
+sluice_xds_nacks_total{reason="invalid"} 5
+sluice_xds_reconnects_total 3
+sluice_xds_connection_changed_timestamp_seconds 1.7000000505e+09
+sluice_dataplane_entries_written_total 250
 sluice_workloads 12
 sluice_services 30
 sluice_backends 95
@@ -159,6 +181,11 @@ func TestHealthIsReadAtScrapeTime(t *testing.T) {
 	for series, want := range map[string]float64{
 		"sluice_xds_connected":                              0,
 		"sluice_xds_last_nack_timestamp_seconds":            0, // never refused one
+		"sluice_xds_connection_changed_timestamp_seconds":   0, // never connected
+		`sluice_xds_nacks_total{reason="capacity"}`:         0,
+		`sluice_xds_nacks_total{reason="invalid"}`:          0,
+		"sluice_xds_reconnects_total":                       0,
+		"sluice_dataplane_entries_written_total":            0,
 		`sluice_build_info{node="node-b",version="v0.4.0"}`: 1,
 	} {
 		if got, ok := s[series]; !ok || got != want {

@@ -429,11 +429,13 @@ func TestServerStatus(t *testing.T) {
 		Node: "node-a", Version: "v1.2.3", Started: started,
 		XDS: observe.XDS{Server: "unix:///x.sock", Mode: "delta", Connected: true, Since: started,
 			Applied:  map[string]string{"type.googleapis.com/envoy.config.cluster.v3.Cluster": "7"},
-			LastNACK: &observe.NACK{TypeURL: "t", Version: "6", Error: "bad", Time: started}},
+			LastNACK: &observe.NACK{TypeURL: "t", Version: "6", Error: "bad", Time: started},
+			NACKs:    observe.NACKs{Capacity: 2, Invalid: 3}, Reconnects: 4, LastError: "stream reset"},
 		Workloads: 3, Services: 4, Backends: 5, Policies: 6,
-		Maps:     []observe.MapFill{{Name: "sl_services", Entries: 4, Capacity: 1024}},
-		Flows:    observe.Flows{Stored: 999, Capacity: 999, Total: 999, LostKernel: 42, LostSubscribers: 999},
-		FastPath: observe.FastPath{Default: "on", Registered: 10, Active: 2, Redirected: 12345, Fallbacks: 1},
+		Maps:      []observe.MapFill{{Name: "sl_services", Entries: 4, Capacity: 1024}},
+		Dataplane: observe.Dataplane{EntriesWritten: 77},
+		Flows:     observe.Flows{Stored: 999, Capacity: 999, Total: 999, LostKernel: 42, LostSubscribers: 999},
+		FastPath:  observe.FastPath{Default: "on", Registered: 10, Active: 2, Redirected: 12345, Fallbacks: 1},
 	}
 	store := flow.NewStore(8)
 	for i := range 10 {
@@ -457,6 +459,13 @@ func TestServerStatus(t *testing.T) {
 	resp, body := rawGet(t, path, "/v1/status")
 	if ct := resp.Header.Get("Content-Type"); ct != "application/json" || !strings.HasPrefix(body, `{"node":"node-a"`) {
 		t.Errorf("raw status: Content-Type %q, body %s", ct, body)
+	}
+	// The JSON names are what scripts read: they never change.
+	for _, want := range []string{`"nacks":{"capacity":2,"invalid":3}`, `"reconnects":4`, `"last_error":"stream reset"`,
+		`"dataplane":{"entries_written":77}`} {
+		if !strings.Contains(body, want) {
+			t.Errorf("raw status lacks %s: %s", want, body)
+		}
 	}
 }
 

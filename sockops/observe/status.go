@@ -17,6 +17,7 @@ type Status struct {
 	Backends  int       `json:"backends"`  // usable endpoints over all services
 	Policies  int       `json:"policies"`  // policy rules in force
 	Maps      []MapFill `json:"maps"`
+	Dataplane Dataplane `json:"dataplane"`
 	Flows     Flows     `json:"flows"`
 	FastPath  FastPath  `json:"fast_path"`
 }
@@ -26,9 +27,29 @@ type XDS struct {
 	Server    string            `json:"server"`
 	Mode      string            `json:"mode"` // "delta" or "sotw"
 	Connected bool              `json:"connected"`
-	Since     time.Time         `json:"since"`   // when Connected last changed
+	Since     time.Time         `json:"since"`   // when Connected last changed; zero until the first stream opened
 	Applied   map[string]string `json:"applied"` // type URL → version last applied
 	LastNACK  *NACK             `json:"last_nack,omitempty"`
+	NACKs     NACKs             `json:"nacks"`
+	// Reconnects counts the stream attempts after the first, failed
+	// ones included: it grows while the control plane is unreachable.
+	Reconnects int    `json:"reconnects"`
+	LastError  string `json:"last_error,omitempty"` // why the last stream ended
+}
+
+// NACKs counts the responses the agent refused since it started, by
+// reason.
+type NACKs struct {
+	Capacity int `json:"capacity"` // the state did not fit the dataplane's maps: raise the capacity
+	Invalid  int `json:"invalid"`  // anything else: the control plane's input needs fixing
+}
+
+// Dataplane is what the agent's applies did to the kernel maps.
+type Dataplane struct {
+	// EntriesWritten counts the service and backend map entries written
+	// or deleted since the agent started, adopting its predecessor's
+	// pins included: it stays put while nothing changes.
+	EntriesWritten uint64 `json:"entries_written"`
 }
 
 // NACK is the last response the agent refused.
