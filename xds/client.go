@@ -321,8 +321,14 @@ func (c *Client) Run(ctx context.Context) error {
 			failures = 0
 		}
 		delay := c.backoff(failures)
+		// One warning per outage: the attempts that fail after it are
+		// debug lines, and "xds stream established" ends it.
+		level := slog.LevelWarn
+		if failures > 0 {
+			level = slog.LevelDebug
+		}
 		failures++
-		c.log.Warn("xds stream ended; reconnecting", "err", err, "in", delay.Round(time.Millisecond))
+		c.log.Log(ctx, level, "xds stream ended; reconnecting", "err", err, "in", delay.Round(time.Millisecond), "attempt", failures)
 		wait := time.NewTimer(delay)
 		for waiting := true; waiting; {
 			select {

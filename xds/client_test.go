@@ -1,6 +1,7 @@
 package xds_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"runtime/debug"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -525,3 +527,47 @@ func (h *countingHandler) TagConn(ctx context.Context, _ *stats.ConnTagInfo) con
 	return ctx
 }
 func (h *countingHandler) HandleConn(context.Context, stats.ConnStats) {}
+
+// An unreachable control plane is one warning, not one per attempt; the
+// stream's return is logged.
+func TestOneWarningPerOutage(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := lis.Addr().String()
+	lis.Close()
+	logs := &lockedBuffer{}
+	rec := &recorder{}
+	c := startClient(t, addr, xds.ModeDelta, rec, func(o *xds.Options) {
+		o.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	})
+	waitFor(t, "failed attempts", func() bool { return c.Status().Reconnects >= 4 })
+	if n := strings.Count(logs.String(), "level=WARN"); n != 1 {
+		t.Fatalf("%d warnings over %d attempts, want 1:\n%s", n, c.Status().Reconnects, logs.String())
+	}
+	cp := newControlPlaneAt(t, addr)
+	v1 := mesh{services: []svc{webV1}}
+	cp.set("1", v1)
+	waitApplied(t, rec, v1.summary())
+	waitFor(t, "established logged", func() bool { return strings.Contains(logs.String(), "xds stream established") })
+}
+
+// lockedBuffer is a log destination written by the client's goroutine
+// and read by the test.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
