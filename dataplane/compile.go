@@ -67,6 +67,7 @@ func plan(s model.State, caps Capacity, prev map[model.ServiceKey]*compiled, ord
 			Entry:  model.Label(caps.Services, &s.Services[caps.Services]),
 			Reason: fmt.Sprintf("state has %d services, capacity is %d", len(s.Services), caps.Services),
 			Class:  model.ErrCapacity,
+			Limit:  "Services",
 		}
 	}
 	if p, same, err := planInOrder(s, caps, order, nextID); same {
@@ -181,6 +182,7 @@ func checkBackends(caps Capacity, backends, i int, svc *model.Service) error {
 			Entry:  model.Label(i, svc),
 			Reason: fmt.Sprintf("backend capacity %d exhausted (state needs at least %d)", caps.Backends, backends),
 			Class:  model.ErrCapacity,
+			Limit:  "Backends",
 		}
 	}
 	return nil

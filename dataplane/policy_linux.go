@@ -100,20 +100,20 @@ func compileAuthz(s model.State, c Capacity) (*compiledAuthz, error) {
 		return nil, bad("policy", err.Error(), model.ErrInvalidState)
 	}
 	out.tables = tables
-	over := func(what string, n, limit int) error {
+	over := func(what string, n, limit int, field string) error {
 		if n <= limit {
 			return nil
 		}
-		return bad(what, fmt.Sprintf("%d entries exceed the capacity of %d", n, limit), model.ErrCapacity)
+		return &model.EntryError{Entry: what, Reason: fmt.Sprintf("%d entries exceed the capacity of %d", n, limit), Class: model.ErrCapacity, Limit: field}
 	}
 	return out, errors.Join(
-		over("workload cgroups", len(out.cgroups), c.Workloads),
-		over("workload addresses", len(out.addrs), c.Addresses),
-		over("fast-path addresses", len(out.fast), 2*c.Workloads),
-		over("policy destinations", len(tables.Dests), c.PolicyDests),
-		over("policy source classes", len(tables.Classes), c.Classes),
-		over("policy verdicts", len(tables.Verdicts), c.Verdicts),
-		over("policy rules", len(tables.Rules), c.Rules),
+		over("workload cgroups", len(out.cgroups), c.Workloads, "Workloads"),
+		over("workload addresses", len(out.addrs), c.Addresses, "Addresses"),
+		over("fast-path addresses", len(out.fast), 2*c.Workloads, "Workloads"),
+		over("policy destinations", len(tables.Dests), c.PolicyDests, "PolicyDests"),
+		over("policy source classes", len(tables.Classes), c.Classes, "Classes"),
+		over("policy verdicts", len(tables.Verdicts), c.Verdicts, "Verdicts"),
+		over("policy rules", len(tables.Rules), c.Rules, "Rules"),
 	)
 }
 
@@ -298,7 +298,7 @@ func (a *authz) ruleIDsFor(t *policy.Tables, capacity int, stats *ebpf.Map) ([]u
 			next++
 		}
 		if int(next) > capacity {
-			return nil, &model.EntryError{Entry: "policy rules", Reason: fmt.Sprintf("more than the capacity of %d rules in use", capacity), Class: model.ErrCapacity}
+			return nil, &model.EntryError{Entry: "policy rules", Reason: fmt.Sprintf("more than the capacity of %d rules in use", capacity), Class: model.ErrCapacity, Limit: "Rules"}
 		}
 		zero := make([]serviceSlRuleStat, ebpf.MustPossibleCPU())
 		if err := stats.Put(next, zero); err != nil {

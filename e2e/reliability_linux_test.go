@@ -996,8 +996,8 @@ func TestCapacityExceeded(t *testing.T) {
 		want     []string // in the NACK's error
 		services int      // services of the refused state, of which the first 3 are in force
 	}{
-		{"6 services", capMesh(6, 0), []string{"state has 6 services, capacity is 4"}, 6},
-		{"11 backends", capMesh(3, 8), []string{`"rel/cap`, "backend capacity 8 exhausted"}, 3},
+		{"6 services", capMesh(6, 0), []string{"state has 6 services, capacity is 4", "raise --max-services"}, 6},
+		{"11 backends", capMesh(3, 8), []string{`"rel/cap`, "backend capacity 8 exhausted", "raise --max-backends"}, 3},
 	} {
 		before := agent.status(t)
 		writeFile(t, meshFile, c.mesh)

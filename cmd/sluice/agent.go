@@ -114,6 +114,7 @@ func newAgentCommand() *cobra.Command {
 	fl.IntVar(&f.capacity.Addresses, "max-workload-addresses", dataplane.DefaultCapacity.Addresses, "workload address → identity map capacity")
 	fl.IntVar(&f.capacity.PolicyDests, "max-policy-destinations", dataplane.DefaultCapacity.PolicyDests, "endpoints with a policy")
 	fl.IntVar(&f.capacity.Verdicts, "max-verdicts", dataplane.DefaultCapacity.Verdicts, "policy verdict map capacity")
+	fl.IntVar(&f.capacity.Classes, "max-policy-source-classes", dataplane.DefaultCapacity.Classes, "policy source address classes (CIDRs) over all policies")
 	fl.IntVar(&f.capacity.Rules, "max-policy-rules", dataplane.DefaultCapacity.Rules, "policy rules with their own counters")
 	fl.IntVar(&f.capacity.FastPath, "max-fast-path", dataplane.DefaultCapacity.FastPath, "sockets the same-node fast path can hold (two per connection)")
 	fl.BoolVar(&f.fastPath, "fast-path", false, "put connections between this node's workloads on the same-node fast path unless a workload or service says otherwise (docs/fastpath.md: not for workloads that read sockets with splice(2))")
@@ -557,7 +558,7 @@ type releasingApplier struct {
 func (a *releasingApplier) Apply(s model.State) error {
 	before := a.dp.EntriesWritten()
 	if err := a.dp.Apply(s); err != nil {
-		return err
+		return withCapacityHint(err)
 	}
 	if a.dp.EntriesWritten()-before >= releaseAfter && !a.releasing.Swap(true) {
 		go func() {
@@ -567,4 +568,25 @@ func (a *releasingApplier) Apply(s model.State) error {
 		}()
 	}
 	return nil
+}
+
+// capacityFlags names the flag that sets each dataplane capacity.
+var capacityFlags = map[string]string{
+	"Services": "--max-services", "Backends": "--max-backends", "Workloads": "--max-workloads",
+	"Addresses": "--max-workload-addresses", "PolicyDests": "--max-policy-destinations",
+	"Classes": "--max-policy-source-classes", "Verdicts": "--max-verdicts", "Rules": "--max-policy-rules",
+}
+
+// withCapacityHint adds to a state refused for a capacity the flag that
+// raises it, keeping the error's class (a capacity NACK).
+func withCapacityHint(err error) error {
+	var e *model.EntryError
+	if !errors.As(err, &e) || e.Limit == "" {
+		return err
+	}
+	flag, ok := capacityFlags[e.Limit]
+	if !ok {
+		return err
+	}
+	return fmt.Errorf("%w; raise %s (maps keep the size they were made with: run `sluice uninstall`, then start the agent with the new value)", err, flag)
 }

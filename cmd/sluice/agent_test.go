@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -314,6 +316,28 @@ func TestWarnOnce(t *testing.T) {
 	} {
 		if got := round(c.errs...); got != c.want {
 			t.Fatalf("round %d: %d lines, want %d:\n%s", i, got, c.want, buf.String())
+		}
+	}
+}
+
+// A state refused for a capacity names the flag that raises it, and stays
+// a capacity error; every capacity named has a flag of the agent.
+func TestCapacityHint(t *testing.T) {
+	err := withCapacityHint(fmt.Errorf("apply: %w", &model.EntryError{Entry: "service \"web\"", Reason: "state has 6 services, capacity is 4", Class: model.ErrCapacity, Limit: "Services"}))
+	if !strings.Contains(err.Error(), "raise --max-services") || !errors.Is(err, model.ErrCapacity) {
+		t.Fatalf("%v (capacity class: %v)", err, errors.Is(err, model.ErrCapacity))
+	}
+	fixed := &model.EntryError{Entry: "service \"web\"", Reason: "70000 usable endpoints", Class: model.ErrCapacity}
+	if got := withCapacityHint(fixed); got != error(fixed) {
+		t.Fatalf("a fixed limit got a hint: %v", got)
+	}
+	fl := newAgentCommand().Flags()
+	for field, name := range capacityFlags {
+		if fl.Lookup(strings.TrimPrefix(name, "--")) == nil {
+			t.Errorf("capacity %s: the agent has no flag %s", field, name)
+		}
+		if _, ok := reflect.TypeOf(dataplane.Capacity{}).FieldByName(field); !ok {
+			t.Errorf("%s is not a field of dataplane.Capacity", field)
 		}
 	}
 }

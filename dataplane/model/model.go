@@ -209,6 +209,10 @@ type EntryError struct {
 	Entry  string // e.g. `service "web" (10.96.0.10:80/TCP) endpoint 2 (10.244.1.5:8080)`
 	Reason string
 	Class  error // ErrInvalidState or ErrCapacity
+	// Limit names the dataplane capacity that was exceeded (a field of
+	// dataplane.Capacity, e.g. "Services") when a larger one would let
+	// the state fit; empty for fixed limits and invalid states.
+	Limit string
 }
 
 func (e *EntryError) Error() string { return e.Entry + ": " + e.Reason }
