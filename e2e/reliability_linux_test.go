@@ -12,7 +12,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -362,29 +361,12 @@ type agentProc struct {
 func launchAgent(t *testing.T, bin string, node *cluster.Node, name string, args ...string) *agentProc {
 	t.Helper()
 	a := &agentProc{bin: bin, socket: filepath.Join(t.TempDir(), "agent.sock"), metrics: freePort(t)}
-	// An agent killed with SIGKILL leaves the directory of its embedded
-	// control plane's socket behind; after the last one has stopped,
-	// remove what the killed ones named in their logs.
-	t.Cleanup(func() {
-		if a.daemon == nil {
-			return
-		}
-		for _, m := range embeddedSocket.FindAllStringSubmatch(a.log.String(), -1) {
-			if dir := m[1]; strings.HasPrefix(dir, filepath.Join(os.TempDir(), "sluice-agent-")) {
-				os.RemoveAll(dir)
-			}
-		}
-	})
 	argv := append([]string{bin, "agent", "--cgroup", node.Cgroup, "--pin-dir", node.PinDir,
 		"--node-id", name, "--node-name", name, "--log-level", "debug",
 		"--socket", a.socket, "--metrics-addr", a.metrics}, args...)
 	a.daemon = startDaemon(t, "agent "+name, argv...)
 	return a
 }
-
-// embeddedSocket finds the directory of an embedded control plane's
-// socket in an agent's log.
-var embeddedSocket = regexp.MustCompile(`xds=unix://(/\S+)/xds\.sock`)
 
 // status runs `sluice status -o json` against the agent.
 func (a *agentProc) status(t *testing.T) observe.Status {

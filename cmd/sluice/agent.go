@@ -262,20 +262,24 @@ func runAgent(ctx context.Context, f agentFlags, log *slog.Logger) (err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	cpDone := make(chan error, 1)
+	// Runs last: the sockets are gone by then.
+	defer createdDirs(filepath.Dir(f.socket))()
 	if cp != nil {
 		// The embedded control plane serves the agent over the same xDS
-		// path an external one would, on a private unix socket.
-		dir, err := os.MkdirTemp("", "sluice-agent-")
-		if err != nil {
-			return err
-		}
-		defer os.RemoveAll(dir)
-		sock := filepath.Join(dir, "xds.sock")
-		lis, err := net.Listen("unix", sock)
+		// path an external one would, on a unix socket beside the local
+		// API's, root's only. A killed agent's socket is replaced by the
+		// next one; closing the listener removes it.
+		sock := f.socket + ".xds"
+		lis, err := observe.Listen(sock)
 		if err != nil {
 			return fmt.Errorf("embedded control plane: %w", err)
 		}
-		go func() { cpDone <- cp.Serve(ctx, lis) }()
+		cpStopped := make(chan struct{})
+		go func() {
+			defer close(cpStopped)
+			cpDone <- cp.Serve(ctx, lis)
+		}()
+		defer func() { cancel(); <-cpStopped }()
 		opts.Server = "unix://" + sock
 	}
 	client, err := xds.New(opts)
@@ -284,15 +288,11 @@ func runAgent(ctx context.Context, f agentFlags, log *slog.Logger) (err error) {
 	}
 	src.client = client
 	ready := func() (bool, string) { return readiness(client.Status(), serverName) }
-	removeSocketDir := createdDirs(filepath.Dir(f.socket))
 	waitLocal, err := serveLocal(ctx, f.socket, f.metricsAddr, observe.NewServer(store, src.status, log.With("component", "observe")), mets, ready, log)
 	if err != nil {
 		return err
 	}
-	defer func() {
-		waitLocal() // closing the listener removed the socket
-		removeSocketDir()
-	}()
+	defer waitLocal() // closing the listener removes the socket
 	enforceDone := make(chan struct{})
 	go func() {
 		defer close(enforceDone)
