@@ -245,19 +245,20 @@ func runAgent(ctx context.Context, f agentFlags, log *slog.Logger) (err error) {
 	}
 	enricher := sockops.NewEnricher(f.node.NodeName, monoToWall)
 	changes := &stateLog{log: log}
+	store := flow.NewStore(f.flowBuffer)
+	src := &statusSource{node: f.node.NodeName, started: time.Now(), fastPath: f.fastPath,
+		capacity: f.capacity.WithDefaults(), dp: dp, store: store, ids: ids, log: log}
+	mets := metrics.New(f.node.NodeName, src.status)
+	sink := &flowSink{enricher: enricher, store: store, metrics: mets, log: log.With("component", "policy"), hold: f.flowBuffer}
 	ids.onApplied = func(s model.State, locals []identity.Local, listed []identity.Workload) {
 		ws := slices.Clone(listed)
 		for _, l := range locals {
 			ws = append(ws, l.Workload)
 		}
 		enricher.SetState(s.Services, ws)
+		sink.stateKnown()
 		changes.applied(locals)
 	}
-	store := flow.NewStore(f.flowBuffer)
-	src := &statusSource{node: f.node.NodeName, started: time.Now(), fastPath: f.fastPath,
-		capacity: f.capacity.WithDefaults(), dp: dp, store: store, ids: ids, log: log}
-	mets := metrics.New(f.node.NodeName, src.status)
-	sink := &flowSink{enricher: enricher, store: store, metrics: mets, log: log.With("component", "policy")}
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()

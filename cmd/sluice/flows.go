@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -29,11 +30,20 @@ func monoToWall(mono time.Duration) time.Time {
 }
 
 // flowSink takes the dataplane's events to the flow store and the metrics.
+// Events read before the enricher knows a state (a restarted agent reads
+// what happened while none ran before its first state arrives) are held,
+// up to hold of them, and named once it does.
 type flowSink struct {
 	enricher *sockops.Enricher
 	store    *flow.Store
 	metrics  *metrics.Metrics
 	log      *slog.Logger
+	hold     int
+
+	mu      sync.Mutex
+	named   bool              // the enricher has a state
+	held    []dataplane.Event // read before it had
+	dropped int               // events beyond hold, recorded unnamed
 }
 
 func (s *flowSink) observe(e dataplane.Event) {
@@ -41,6 +51,37 @@ func (s *flowSink) observe(e dataplane.Event) {
 		s.log.Debug("policy event", "kind", e.Kind, "source", e.Source, "identity", e.SPIFFEID,
 			"destination", e.Destination, "policy", e.Rule.Policy, "rule", e.Rule.Rule)
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.named && len(s.held) < s.hold {
+		s.held = append(s.held, e)
+		return
+	}
+	if !s.named {
+		s.dropped++
+	}
+	s.add(e)
+}
+
+// stateKnown tells the sink that the enricher has a state: the events held
+// are recorded, named, before any later one.
+func (s *flowSink) stateKnown() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.named {
+		return
+	}
+	s.named = true
+	for _, e := range s.held {
+		s.add(e)
+	}
+	if s.dropped > 0 {
+		s.log.Warn("flows read before the first state beyond those held are recorded without names", "held", len(s.held), "unnamed", s.dropped)
+	}
+	s.held = nil
+}
+
+func (s *flowSink) add(e dataplane.Event) {
 	f := s.store.Add(s.enricher.Flow(e))
 	s.metrics.Observe(f)
 }
