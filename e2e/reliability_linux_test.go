@@ -535,20 +535,25 @@ func TestAgentKill9(t *testing.T) {
 	})
 	// The kernel kept the flow events of the outage for the next agent,
 	// which reads them as it starts: an open record (at the client's end)
-	// for every connection made then. (Those it reads before its first
-	// state is applied carry no service name yet, so the records are
-	// told by the client's address.)
-	var opened int
+	// for every connection made then, named by the state (those read
+	// before it arrived were held until it did).
+	var opened, unnamed int
 	made := outage.New.OK - killed.New.OK
 	waitFor(t, logs, fmt.Sprintf("the restarted agent never recorded the opening of each of the %d connections of the outage", made), func() bool {
-		opened = 0
+		opened, unnamed = 0, 0
 		for _, f := range observeJSON(t, bin, agents[0].socket, "--since", killedAt.Format(time.RFC3339Nano), "--last", "100000") {
 			if f.Time.Before(restartedAt) && f.Event == flow.EventOpen && f.Reporter == flow.ReporterSource && f.Source.Address.Addr() == pods["client"].IP {
 				opened++
+				if f.Service == nil || f.Service.Name == "" {
+					unnamed++
+				}
 			}
 		}
 		return opened >= made
 	})
+	if unnamed > 0 {
+		t.Errorf("%d of the %d records of the outage name no service", unnamed, opened)
+	}
 	t.Logf("the restarted agent recorded the opening of %d connections made during the outage", opened)
 	for _, a := range agents {
 		st := a.status(t)
