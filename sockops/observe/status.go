@@ -55,7 +55,7 @@ type Dataplane struct {
 // NACK is the last response the agent refused.
 type NACK struct {
 	TypeURL string    `json:"type_url"`
-	Version string    `json:"version"`
+	Version string    `json:"version,omitempty"` // not known to the agent today: always empty
 	Error   string    `json:"error"`
 	Time    time.Time `json:"time"`
 }
