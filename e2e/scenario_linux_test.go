@@ -270,13 +270,76 @@ func (s *sim) denied(pod, url string) (bool, error) {
 // never holds.
 func simWait(t *testing.T, what string, ok func() bool) {
 	t.Helper()
+	if !simPoll(ok) {
+		t.Fatalf("gave up waiting: %s", what)
+	}
+}
+
+// simPoll polls ok every 100 ms for up to 30 s and reports whether it held.
+func simPoll(ok func() bool) bool {
 	deadline := time.Now().Add(30 * time.Second)
 	for !ok() {
 		if time.Now().After(deadline) {
-			t.Fatalf("gave up waiting: %s", what)
+			return false
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+	return true
+}
+
+// recordsOf returns, for each answer, the close record of its connection
+// that node's agent reported as reporter, among the flows the observe
+// filter args select. A connection is known by the client's address and
+// port and the address of the backend that answered: a client port can be
+// used again for a connection to another backend. It waits for the
+// records; one that does not come fails the test, with the records of the
+// same client port.
+func (s *sim) recordsOf(t *testing.T, node string, reporter flow.Reporter, answers []simAnswer, args ...string) []flow.Flow {
+	t.Helper()
+	type conn struct{ src, dst netip.AddrPort }
+	want := make([]conn, len(answers))
+	for i, a := range answers {
+		backend, ok := s.pods[a.backend]
+		if !ok {
+			t.Fatalf("answer from %q, not a pod: %+v", a.backend, a)
+		}
+		want[i] = conn{a.local, simBackendAddr(backend)}
+	}
+	var all []flow.Flow
+	byConn := map[conn]flow.Flow{}
+	complete := simPoll(func() bool {
+		all = s.observe(t, node, args...)
+		for _, f := range all {
+			if f.Event == flow.EventClose && f.Reporter == reporter {
+				byConn[conn{f.Source.Address, f.Destination.Address}] = f
+			}
+		}
+		for _, c := range want {
+			if _, ok := byConn[c]; !ok {
+				return false
+			}
+		}
+		return true
+	})
+	records := make([]flow.Flow, len(answers))
+	for i, c := range want {
+		f, ok := byConn[c]
+		if !ok {
+			var same []string
+			for _, f := range all {
+				if f.Source.Address == c.src {
+					same = append(same, simFlow(f))
+				}
+			}
+			t.Errorf("node %s has no %s close record of %s → %s (%s); its records from %s: %v",
+				node, reporter, c.src, c.dst, answers[i].backend, c.src, same)
+		}
+		records[i] = f
+	}
+	if !complete {
+		t.FailNow()
+	}
+	return records
 }
 
 // observe runs `sluice observe -o json --last 100000` with args on node's
@@ -442,7 +505,7 @@ func TestScenarioMesh(t *testing.T) {
 		for _, f := range used {
 			byBackend[f.Destination.Workload]++
 			if f.BytesSent == 0 || f.BytesRecv == 0 || f.Source.Identity != simTrust+"shop/sa/load" || !strings.HasPrefix(f.Destination.Workload, "web-") {
-				t.Errorf("record of a wrk connection: %+v", f)
+				t.Errorf("record of a wrk connection: %s", simFlow(f))
 			}
 		}
 		t.Logf("wrk's connections by backend: %v, and %d without a request", byBackend, len(probes))
@@ -537,27 +600,15 @@ func TestScenarioMesh(t *testing.T) {
 		}
 		for client, answers := range routed {
 			node := s.pods[client].Node.Name
-			bySource := map[netip.AddrPort]flow.Flow{}
-			simWait(t, fmt.Sprintf("close records of %s's requests on node %s", client, node), func() bool {
-				for _, f := range s.sourceCloses(t, node, "--from-workload", "shop/"+client, "--to-service", "shop/web") {
-					bySource[f.Source.Address] = f
-				}
-				for _, a := range answers {
-					if _, ok := bySource[a.local]; !ok {
-						return false
-					}
-				}
-				return true
-			})
-			for _, a := range answers {
-				f := bySource[a.local]
-				backend := s.pods[a.backend]
+			records := s.recordsOf(t, node, flow.ReporterSource, answers, "--from-workload", "shop/"+client, "--to-service", "shop/web")
+			for i, a := range answers {
+				f := records[i]
 				if f.Node != node || f.Verdict != flow.VerdictAllowed || f.Service == nil || f.Service.Name != "shop/web" ||
 					f.Service.VIP.String() != simWebVIP+":80" ||
 					f.Source.Workload != client || f.Source.Namespace != "shop" || f.Source.Identity != simTrust+"shop/sa/frontend" ||
-					f.Destination.Workload != a.backend || backend == nil || f.Destination.Address != simBackendAddr(backend) ||
-					f.Destination.Identity != simTrust+"shop/sa/web" || f.BytesSent == 0 || f.BytesRecv == 0 {
-					t.Errorf("request from %s answered by %s: record %+v", a.local, a.backend, f)
+					f.Destination.Workload != a.backend || f.Destination.Identity != simTrust+"shop/sa/web" ||
+					f.BytesSent == 0 || f.BytesRecv == 0 {
+					t.Errorf("request from %s answered by %s: record %s", a.local, a.backend, simFlow(f))
 				}
 			}
 		}
@@ -569,23 +620,10 @@ func TestScenarioMesh(t *testing.T) {
 				crossed = append(crossed, a)
 			}
 		}
-		seen := map[netip.AddrPort]flow.Flow{}
-		simWait(t, "node b's records of client-a's requests", func() bool {
-			for _, f := range s.observe(t, "b", "--from-workload", "shop/client-a") {
-				if f.Event == flow.EventClose && f.Reporter == flow.ReporterDestination {
-					seen[f.Source.Address] = f
-				}
-			}
-			for _, a := range crossed {
-				if _, ok := seen[a.local]; !ok {
-					return false
-				}
-			}
-			return true
-		})
-		for _, a := range crossed {
-			if f := seen[a.local]; f.Source.Identity != simTrust+"shop/sa/frontend" || f.Destination.Workload != a.backend || f.Node != "b" {
-				t.Errorf("node b's record of %s → %s: %+v", a.local, a.backend, f)
+		records := s.recordsOf(t, "b", flow.ReporterDestination, crossed, "--from-workload", "shop/client-a")
+		for i, a := range crossed {
+			if f := records[i]; f.Source.Identity != simTrust+"shop/sa/frontend" || f.Destination.Workload != a.backend || f.Node != "b" {
+				t.Errorf("node b's record of %s → %s: %s", a.local, a.backend, simFlow(f))
 			}
 		}
 
@@ -598,7 +636,7 @@ func TestScenarioMesh(t *testing.T) {
 				if f.Event != flow.EventDeny || f.Reporter != flow.ReporterSource || f.Reason != "policy" ||
 					!strings.HasPrefix(f.Policy, "only-frontend#") || f.Service == nil || f.Service.Name != "shop/api" ||
 					f.Source.Identity != simTrust+"jobs/sa/batch" || f.Destination.Workload != "api-b" {
-					t.Errorf("deny record of %s: %+v", pod, f)
+					t.Errorf("deny record of %s: %s", pod, simFlow(f))
 				}
 			}
 			if len(denies) != deniedCalls[pod] {
@@ -795,6 +833,15 @@ func (l *simLoop) results() (int, []string) {
 	return len(l.answers), failed
 }
 
+// simFlow shows a flow record as `sluice observe -o json` prints it.
+func simFlow(f flow.Flow) string {
+	b, err := json.Marshal(f)
+	if err != nil {
+		return fmt.Sprintf("%+v", f)
+	}
+	return string(b)
+}
+
 // fortioResult is the part of `fortio load -json` the scenarios read.
 type fortioResult struct {
 	ActualQPS         float64
@@ -870,23 +917,11 @@ func TestScenarioControlPlane(t *testing.T) {
 	}
 
 	for client, node := range map[string]string{"client-a": "a", "client-b": "b"} {
-		bySource := map[netip.AddrPort]flow.Flow{}
-		simWait(t, "close records of "+client+"'s requests", func() bool {
-			for _, f := range s.sourceCloses(t, node, "--to-service", "shop/web") {
-				bySource[f.Source.Address] = f
-			}
-			for _, a := range routed[client] {
-				if _, ok := bySource[a.local]; !ok {
-					return false
-				}
-			}
-			return true
-		})
-		for _, a := range routed[client] {
-			f := bySource[a.local]
-			if f.Source.Workload != client || f.Source.Identity != simTrust+"shop/sa/frontend" ||
+		records := s.recordsOf(t, node, flow.ReporterSource, routed[client], "--to-service", "shop/web")
+		for i, a := range routed[client] {
+			if f := records[i]; f.Source.Workload != client || f.Source.Identity != simTrust+"shop/sa/frontend" ||
 				f.Destination.Workload != a.backend || f.Destination.Identity != simTrust+"shop/sa/web" {
-				t.Errorf("%s's request answered by %s: record %+v", client, a.backend, f)
+				t.Errorf("%s's request answered by %s: record %s", client, a.backend, simFlow(f))
 			}
 		}
 	}
