@@ -4,7 +4,7 @@ GO      ?= go
 BIN     := bin/sluice
 BPF_GEN := dataplane/service_bpfel.go dataplane/service_bpfel.o
 
-.PHONY: all build generate check-generate test unit bench demo fmt vet clean
+.PHONY: all build generate check-generate test unit e2e bench demo fmt vet clean
 
 all: build
 
@@ -28,6 +28,11 @@ vet:
 
 test: check-generate vet
 	$(GO) test -count=1 -timeout 20m ./...
+
+# The scenarios on the simulated cluster, alone (`make test` runs them too).
+# Needs root, curl, wrk and fortio: see docs/testing.md.
+e2e:
+	$(GO) test -count=1 -v -timeout 15m -run '^TestScenario' ./e2e/
 
 bench:
 	$(GO) test -run '^$$' -bench 'Connect|PlanOneChange|WaitForReaders' -benchtime 2000x -count 5 ./dataplane/

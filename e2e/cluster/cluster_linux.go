@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -19,16 +20,20 @@ import (
 )
 
 // Cluster is a simulated cluster on this host. Every object it creates
-// carries its unique id; Close removes all of them.
+// carries its unique id; Close removes all of them. Its methods may be
+// called from several goroutines.
 type Cluster struct {
 	ID     string // unique per cluster, part of every name
+	Dir    string // a directory for the cluster's files (mesh file, agent sockets), removed at Close
 	bridge string
 	cgroup string // cgroup2 directory holding the nodes
 
-	mu    sync.Mutex
-	nodes []*Node
-	pods  []*Pod
-	procs []*exec.Cmd
+	mu      sync.Mutex // guards the lists below
+	nodes   []*Node
+	pods    []*Pod
+	procs   []*exec.Cmd
+	daemons []*daemon // agents and control planes, stopped first at Close
+	closed  bool      // Close ran: no new daemons
 }
 
 // Node is a cgroup subtree with its own bpffs pin directory, as one
@@ -38,6 +43,7 @@ type Node struct {
 	Cgroup string // cgroup2 directory whose subtree is this node
 	PinDir string // bpffs directory for this node's dataplane
 	c      *Cluster
+	agent  *Agent // the last agent started, guarded by c.mu
 }
 
 // Pod is a network namespace with a veth on the cluster bridge, and a cgroup
@@ -61,12 +67,20 @@ func New() (_ *Cluster, err error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Cluster{ID: id, bridge: "slbr" + id, cgroup: filepath.Join(mount, "sluice-sim-"+id)}
+	c := &Cluster{
+		ID:     id,
+		Dir:    filepath.Join(os.TempDir(), "sluice-sim-"+id),
+		bridge: "slbr" + id,
+		cgroup: filepath.Join(mount, "sluice-sim-"+id),
+	}
 	defer func() {
 		if err != nil {
 			c.Close()
 		}
 	}()
+	if err := os.Mkdir(c.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create cluster directory: %w", err)
+	}
 	if err := os.Mkdir(c.cgroup, 0o755); err != nil {
 		return nil, fmt.Errorf("create cluster cgroup: %w", err)
 	}
@@ -177,13 +191,25 @@ func (p *Pod) Output(cmd *exec.Cmd) ([]byte, error) {
 	return []byte(out.String()), nil
 }
 
-// Close kills every process started in the cluster and removes pods, nodes'
-// pin directories, the bridge and the cgroups. It reports what it could not
-// remove.
+// Close stops the agents and control planes (SIGTERM, then SIGKILL after
+// 10 s), kills every process started in the cluster and removes pods, nodes'
+// pin directories, the bridge, the cgroups and Dir. It reports what it could
+// not remove. It may be called again; a second call has nothing left to do.
 func (c *Cluster) Close() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.closed = true
 	var errs []error
+	// Agents first: a running agent would re-pin what is removed below.
+	var wg sync.WaitGroup
+	for _, d := range c.daemons {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = d.stop(daemonStopTimeout) // an exit status after SIGTERM is not a cleanup failure
+		}()
+	}
+	wg.Wait()
 	for _, cmd := range c.procs {
 		if cmd.Process != nil {
 			_ = cmd.Process.Kill()
@@ -191,6 +217,12 @@ func (c *Cluster) Close() error {
 	}
 	for _, p := range c.pods {
 		killCgroup(p.Cgroup)
+		// The kernel dismantles a namespace some time after its last
+		// process and mount are gone, and the veth with it: deleting the
+		// veth here takes both ends at once.
+		if err := ip("link", "del", p.veth); err != nil && linkExists(p.veth) {
+			errs = append(errs, err)
+		}
 		if err := ip("netns", "del", p.NetNS); err != nil && netnsExists(p.NetNS) {
 			errs = append(errs, err)
 		}
@@ -210,7 +242,10 @@ func (c *Cluster) Close() error {
 		errs = append(errs, removeCgroup(n.Cgroup))
 	}
 	errs = append(errs, removeCgroup(c.cgroup))
-	c.pods, c.nodes, c.procs = nil, nil, nil
+	if err := os.RemoveAll(c.Dir); err != nil {
+		errs = append(errs, fmt.Errorf("remove cluster directory: %w", err))
+	}
+	c.pods, c.nodes, c.procs, c.daemons = nil, nil, nil, nil
 	return errors.Join(errs...)
 }
 
@@ -243,8 +278,11 @@ func netnsExists(name string) bool {
 	return err == nil
 }
 
+// linkExists asks over netlink, in this process's network namespace:
+// /sys/class/net shows the namespace sysfs was mounted in, which is not
+// this one when tests run in a private namespace (testenv.Main).
 func linkExists(name string) bool {
-	_, err := os.Stat(filepath.Join("/sys/class/net", name))
+	_, err := net.InterfaceByName(name)
 	return err == nil
 }
 

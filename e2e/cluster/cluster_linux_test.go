@@ -1,0 +1,135 @@
+package cluster_test
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sluice-mesh/sluice/e2e/cluster"
+	"github.com/sluice-mesh/sluice/e2e/testenv"
+)
+
+// Leftovers finds every object of a live cluster, and none once it is
+// closed.
+func TestLeftovers(t *testing.T) {
+	testenv.RequirePrivileged(t)
+	c, err := cluster.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := false
+	t.Cleanup(func() {
+		if !closed {
+			c.Close()
+		}
+	})
+	n, err := c.AddNode("a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, name := range []string{"p0", "p1"} {
+		if _, err := n.AddPod(name, netip.AddrFrom4([4]byte{10, 244, 1, byte(10 + i)})); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// An agent would pin here; the dataplane makes the directory.
+	if err := os.Mkdir(n.PinDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	left, err := cluster.Leftovers(c.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		"/run/netns/sluice-" + c.ID + "-p0", "/run/netns/sluice-" + c.ID + "-p1", n.PinDir, c.Dir,
+		filepath.Dir(n.Cgroup), // the cluster's cgroup, holding the nodes'
+		"link slbr" + c.ID,
+	}
+	for _, w := range want {
+		if !slices.Contains(left, w) {
+			t.Errorf("Leftovers of a live cluster lacks %s: %v", w, left)
+		}
+	}
+	veths := 0
+	for _, l := range left {
+		if strings.HasPrefix(l, "link slv") {
+			veths++
+		}
+	}
+	if veths != 2 || len(left) != len(want)+veths {
+		t.Errorf("Leftovers of a live cluster: %v; want %v and 2 veths", left, want)
+	}
+
+	closed = true
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if left, err := cluster.Leftovers(c.ID); err != nil || len(left) > 0 {
+		t.Errorf("after Close: %v, %v", left, err)
+	}
+}
+
+// Pod.Dial connects from the pod's network namespace, and leaves the
+// processes started in pods alone: they die with the thread that started
+// them (Pdeathsig), and Dial must not end threads.
+func TestPodDial(t *testing.T) {
+	testenv.RequirePrivileged(t)
+	c, err := cluster.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := c.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	n, err := c.AddNode("a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pod, err := n.AddPod("p0", netip.MustParseAddr("10.244.1.10"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	var procs []chan error
+	for range 4 {
+		cmd := pod.Command(ctx, "sleep", "60")
+		if err := pod.Start(cmd); err != nil {
+			t.Fatal(err)
+		}
+		exited := make(chan error, 1)
+		go func() { exited <- cmd.Wait() }()
+		procs = append(procs, exited)
+	}
+	for range 20 {
+		// Nothing listens: refused in the pod's namespace, where the
+		// address is; unreachable from this process's.
+		_, err := pod.Dial(ctx, "tcp", "10.244.1.10:1")
+		if !errors.Is(err, syscall.ECONNREFUSED) {
+			t.Fatalf("dial the pod's own address from the pod: %v, want connection refused", err)
+		}
+	}
+	time.Sleep(200 * time.Millisecond) // a death signal is delivered at once; give the exit time to show
+	for i, exited := range procs {
+		select {
+		case err := <-exited:
+			t.Errorf("process %d in the pod exited while the test dialed: %v", i, err)
+		default:
+		}
+	}
+	short, cancelShort := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancelShort()
+	if err := pod.WaitListening(short, "10.244.1.10:1"); err == nil {
+		t.Error("WaitListening on a port nothing listens on succeeded")
+	}
+}
