@@ -7,8 +7,6 @@ import (
 	"io/fs"
 	"log/slog"
 	"maps"
-	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"runtime/debug"
@@ -358,46 +356,6 @@ func readiness(st xds.Status, server string) (bool, string) {
 		why += " (" + st.LastError + ")"
 	}
 	return true, why
-}
-
-// serveHealth serves /metrics, /healthz (200 while the process runs) and
-// /readyz (200 or 503 as ready says, with its reason as the body) on ln
-// until ctx ends, then lets requests in progress finish for a few seconds.
-// It closes ln.
-func serveHealth(ctx context.Context, ln net.Listener, metricsHandler http.Handler, ready func() (bool, string)) error {
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", metricsHandler)
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { plainText(w, http.StatusOK, "ok") })
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		ok, why := ready()
-		code := http.StatusOK
-		if !ok {
-			code = http.StatusServiceUnavailable
-		}
-		plainText(w, code, why)
-	})
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ln) }()
-	select {
-	case err := <-done:
-		return fmt.Errorf("serve metrics on %s: %w", ln.Addr(), err)
-	case <-ctx.Done():
-	}
-	stop, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-	defer cancel()
-	if err := srv.Shutdown(stop); err != nil {
-		srv.Close() // requests that outlived the grace period
-	}
-	<-done
-	return nil
-}
-
-func plainText(w http.ResponseWriter, code int, body string) {
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	w.Header().Set("X-Content-Type-Options", "nosniff")
-	w.WriteHeader(code)
-	fmt.Fprintln(w, body)
 }
 
 // createdDirs notes which of dir and its parents do not exist yet and

@@ -145,7 +145,7 @@ func (s *statusSource) status() observe.Status {
 // serveLocal serves the local API on socket and the metrics on addr (if
 // not empty) until ctx ends. A failure to start either is returned at
 // once; one that happens later is logged.
-func serveLocal(ctx context.Context, socket, addr string, api *observe.Server, m *metrics.Metrics, ready func() (bool, string), log *slog.Logger) (wait func(), err error) {
+func serveLocal(ctx context.Context, socket, addr string, api *observe.Server, m *metrics.Metrics, ready metrics.Readiness, log *slog.Logger) (wait func(), err error) {
 	var mln net.Listener
 	if addr != "" {
 		var lc net.ListenConfig
@@ -172,7 +172,7 @@ func serveLocal(ctx context.Context, socket, addr string, api *observe.Server, m
 		n++
 		go func() {
 			defer func() { done <- struct{}{} }()
-			if err := serveHealth(ctx, mln, m.Handler(), ready); err != nil {
+			if err := m.ServeListener(ctx, mln, ready); err != nil {
 				log.Error("metrics and health endpoints stopped", "addr", addr, "err", err)
 			}
 		}()

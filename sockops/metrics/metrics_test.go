@@ -65,7 +65,7 @@ func closed(sent, recv uint64, fastPath bool) flow.Flow {
 
 // serve runs m's server on a free loopback port until the test ends and
 // returns its base URL.
-func serve(t *testing.T, m *metrics.Metrics, ready func() bool) string {
+func serve(t *testing.T, m *metrics.Metrics, ready metrics.Readiness) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -12,12 +12,16 @@ import (
 // context ends.
 const shutdownGrace = 5 * time.Second
 
+// Readiness says whether the agent is ready and why, in a line /readyz
+// answers with.
+type Readiness func() (ready bool, why string)
+
 // Serve serves, on addr (host:port), /metrics, /healthz (200 while the
-// process runs) and /readyz (200 once ready returns true, else 503). It
-// returns nil when ctx ends, once requests in progress finish or a few
-// seconds pass, and an error naming addr if it cannot listen there. A nil
-// ready is always ready.
-func (m *Metrics) Serve(ctx context.Context, addr string, ready func() bool) error {
+// process runs) and /readyz (200 while ready says so, else 503, with its
+// reason as the body). It returns nil when ctx ends, once requests in
+// progress finish or a few seconds pass, and an error naming addr if it
+// cannot listen there. A nil ready is always ready.
+func (m *Metrics) Serve(ctx context.Context, addr string, ready Readiness) error {
 	var lc net.ListenConfig
 	ln, err := lc.Listen(ctx, "tcp", addr)
 	if err != nil {
@@ -28,18 +32,23 @@ func (m *Metrics) Serve(ctx context.Context, addr string, ready func() bool) err
 
 // ServeListener is Serve on a listener the caller made (to learn of a
 // busy address before starting anything else); it closes ln.
-func (m *Metrics) ServeListener(ctx context.Context, ln net.Listener, ready func() bool) error {
+func (m *Metrics) ServeListener(ctx context.Context, ln net.Listener, ready Readiness) error {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", m.handler)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		text(w, http.StatusOK, "ok")
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if ready != nil && !ready() {
-			text(w, http.StatusServiceUnavailable, "not ready: waiting for the first xDS state")
+		if ready == nil {
+			text(w, http.StatusOK, "ok")
 			return
 		}
-		text(w, http.StatusOK, "ok")
+		ok, why := ready()
+		code := http.StatusOK
+		if !ok {
+			code = http.StatusServiceUnavailable
+		}
+		text(w, code, why)
 	})
 
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}

@@ -17,18 +17,22 @@ import (
 
 func TestReadyzFollowsReady(t *testing.T) {
 	var ready atomic.Bool
-	base := serve(t, metrics.New("node-a", fixedStatus), ready.Load)
+	base := serve(t, metrics.New("node-a", fixedStatus), func() (bool, string) {
+		if ready.Load() {
+			return true, "ready: state applied"
+		}
+		return false, "not ready: waiting for the first xDS state"
+	})
 
 	if code, body := get(t, base+"/healthz"); code != http.StatusOK || body != "ok\n" {
 		t.Errorf("/healthz: %d %q, want 200 \"ok\\n\"", code, body)
 	}
-	code, body := get(t, base+"/readyz")
-	if code != http.StatusServiceUnavailable || !strings.Contains(body, "not ready: waiting for the first xDS state") {
-		t.Errorf("/readyz before ready: %d %q, want 503 saying it waits for xDS", code, body)
+	if code, body := get(t, base+"/readyz"); code != http.StatusServiceUnavailable || body != "not ready: waiting for the first xDS state\n" {
+		t.Errorf("/readyz before ready: %d %q, want 503 with the reason", code, body)
 	}
 	ready.Store(true)
-	if code, body := get(t, base+"/readyz"); code != http.StatusOK || body != "ok\n" {
-		t.Errorf("/readyz once ready: %d %q, want 200 \"ok\\n\"", code, body)
+	if code, body := get(t, base+"/readyz"); code != http.StatusOK || body != "ready: state applied\n" {
+		t.Errorf("/readyz once ready: %d %q, want 200 with the reason", code, body)
 	}
 	ready.Store(false)
 	if code, _ := get(t, base+"/readyz"); code != http.StatusServiceUnavailable {
