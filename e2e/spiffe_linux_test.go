@@ -1,12 +1,10 @@
 package e2e_test
 
 import (
-	"bytes"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -14,6 +12,7 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"github.com/sluice-mesh/sluice/dataplane"
+	"github.com/sluice-mesh/sluice/e2e/cluster"
 	"github.com/sluice-mesh/sluice/e2e/testenv"
 	"github.com/sluice-mesh/sluice/identity/spiffetest"
 )
@@ -73,20 +72,5 @@ func TestAgentSPIFFEControlPlane(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for a writer and a reader at once.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// syncBuffer holds an agent's log while tests read it.
+type syncBuffer = cluster.LogBuffer

@@ -21,7 +21,7 @@ const daemonStopTimeout = 10 * time.Second
 type daemon struct {
 	name string // for errors: "agent a", "control plane"
 	cmd  *exec.Cmd
-	log  logBuffer
+	log  LogBuffer
 	done chan struct{} // closed once the process has exited and err is set
 	err  error         // the exit status
 }
@@ -81,26 +81,27 @@ func (d *daemon) exited() error {
 	}
 }
 
-// logBuffer keeps a process's output; it is written and read concurrently.
-type logBuffer struct {
+// LogBuffer keeps a process's output; it is written and read
+// concurrently.
+type LogBuffer struct {
 	mu sync.Mutex // guards b
 	b  bytes.Buffer
 }
 
-func (l *logBuffer) Write(p []byte) (int, error) {
+func (l *LogBuffer) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.Write(p)
 }
 
-func (l *logBuffer) String() string {
+func (l *LogBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
 }
 
 // tail returns the last n lines.
-func (l *logBuffer) tail(n int) string {
+func (l *LogBuffer) tail(n int) string {
 	lines := strings.SplitAfter(strings.TrimRight(l.String(), "\n"), "\n")
 	if len(lines) > n {
 		lines = lines[len(lines)-n:]

@@ -16,7 +16,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -138,7 +137,7 @@ type observer struct {
 	n     *node
 	since string // RFC 3339: the flows it shows are from then on
 	cmd   *exec.Cmd
-	out   syncBuffer
+	out   cluster.LogBuffer
 	done  chan error
 	// The allowed client's connections it must show closed.
 	expect []netip.AddrPort
@@ -240,22 +239,4 @@ func (d *demo) observeJSON(ctx context.Context, n *node, args ...string) ([]flow
 		flows = append(flows, f)
 	}
 	return flows, nil
-}
-
-// syncBuffer is a bytes.Buffer safe for a writer and a reader at once.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer // guarded by mu
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
