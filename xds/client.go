@@ -128,6 +128,7 @@ type Client struct {
 	namesGen           map[string]uint64          // per named type: 1 + the generation of the set its names were computed from
 	listenersRequested bool                       // listeners are subscribed on the current stream
 	seen               map[string]bool            // types with an accepted response since start (initial sync)
+	lastRejection      string                     // type and error of the last NACK, until a state is accepted
 	appliedAccepted    bool                       // the Applier holds the translator's last accepted state
 	acceptedServices   []model.Service            // the services of that state (the translator's, valid while it is the last accepted)
 	versions           map[string]string          // SotW: last accepted version_info per type
@@ -882,7 +883,14 @@ func (c *Client) warming(res translate.Result, now time.Time) bool {
 func (c *Client) reject(s stream, u *update, reason error) error {
 	t := u.typeURL
 	reason = clip(reason)
-	c.log.Error("xds response rejected; previous state kept", "type", shortType(t), "nonce", u.nonce, "err", reason)
+	// A SotW server sends a rejected response again as soon as it is
+	// NACKed: the same refusal is logged once, its repeats at debug.
+	level, key := slog.LevelError, shortType(t)+"\x00"+reason.Error()
+	if key == c.lastRejection {
+		level = slog.LevelDebug
+	}
+	c.lastRejection = key
+	c.log.Log(context.Background(), level, "xds response rejected; previous state kept", "type", shortType(t), "nonce", u.nonce, "err", reason)
 	c.updateStatus(func(st *Status) {
 		st.NACKs++
 		if errors.Is(reason, model.ErrCapacity) {
@@ -912,6 +920,7 @@ func (c *Client) finishWarming() {
 }
 
 func (c *Client) recordAccepted(res translate.Result) {
+	c.lastRejection = ""
 	applied, now := !c.pending, time.Now()
 	c.updateStatus(func(st *Status) {
 		st.Versions = map[string]string{}
