@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/sluice-mesh/sluice/e2e/cluster"
 	"github.com/sluice-mesh/sluice/e2e/probe"
@@ -41,6 +42,10 @@ func startEcho(t *testing.T, pod *cluster.Pod) {
 	go io.Copy(io.Discard, out)
 }
 
+// httpClient gives up on an agent that does not answer, so a hung agent
+// fails the wait it is polled in rather than the whole test binary.
+var httpClient = &http.Client{Timeout: 5 * time.Second}
+
 // freePort returns a TCP port on 127.0.0.1 nothing listens on now.
 func freePort(t *testing.T) string {
 	t.Helper()
@@ -60,11 +65,10 @@ func observeJSON(t *testing.T, bin, socket string, args ...string) []flow.Flow {
 		t.Fatalf("sluice observe %v: %v", args, err)
 	}
 	var flows []flow.Flow
-	sc := bufio.NewScanner(bytes.NewReader(out))
-	for sc.Scan() {
+	for dec := json.NewDecoder(bytes.NewReader(out)); dec.More(); {
 		var f flow.Flow
-		if err := json.Unmarshal(sc.Bytes(), &f); err != nil {
-			t.Fatalf("observe line %q: %v", sc.Text(), err)
+		if err := dec.Decode(&f); err != nil {
+			t.Fatalf("sluice observe -o json: record %d: %v", len(flows)+1, err)
 		}
 		flows = append(flows, f)
 	}
@@ -122,7 +126,7 @@ services:
 		"b": startAgent(t, bin, nodes["b"], "b", "--mesh", meshFile),
 	}
 	get := func(path string) (int, string) {
-		resp, err := http.Get("http://" + metricsAddr + path)
+		resp, err := httpClient.Get("http://" + metricsAddr + path)
 		if err != nil {
 			return 0, err.Error()
 		}

@@ -88,7 +88,13 @@ func startLifecycleAgent(t *testing.T, bin string, node *cluster.Node, env, wrap
 		case <-a.exited:
 		default:
 			_ = a.cmd.Process.Signal(os.Interrupt)
-			<-a.exited
+			select {
+			case <-a.exited:
+			case <-time.After(15 * time.Second):
+				t.Errorf("the agent did not stop within 15 s of SIGINT; killed it. Its log:\n%s", a.log.String())
+				_ = a.cmd.Process.Kill()
+				<-a.exited
+			}
 		}
 	})
 	return a
@@ -137,7 +143,7 @@ func lifecycleStatus(t *testing.T, bin, socket string) (observe.Status, error) {
 // lifecycleGet returns the status code and body of a GET, 0 and the error if
 // it fails.
 func lifecycleGet(url string) (int, string) {
-	resp, err := http.Get(url)
+	resp, err := httpClient.Get(url)
 	if err != nil {
 		return 0, err.Error()
 	}

@@ -385,7 +385,7 @@ func (a *agentProc) status(t *testing.T) observe.Status {
 // readyz returns the HTTP status of the agent's /readyz, 0 if it does not
 // answer.
 func (a *agentProc) readyz() int {
-	resp, err := http.Get("http://" + a.metrics + "/readyz")
+	resp, err := httpClient.Get("http://" + a.metrics + "/readyz")
 	if err != nil {
 		return 0
 	}
@@ -397,7 +397,7 @@ func (a *agentProc) readyz() int {
 // `name{label="value",...}` in the order the exposition writes them.
 func (a *agentProc) scrape(t *testing.T) map[string]float64 {
 	t.Helper()
-	resp, err := http.Get("http://" + a.metrics + "/metrics")
+	resp, err := httpClient.Get("http://" + a.metrics + "/metrics")
 	if err != nil {
 		t.Fatalf("scrape %s: %v", a.name, err)
 	}

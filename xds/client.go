@@ -173,10 +173,11 @@ type Status struct {
 
 // NACK records a rejected response.
 type NACK struct {
-	Type  string // LDS, CDS, EDS or RDS
-	Nonce string
-	Error string
-	At    time.Time
+	Type    string // LDS, CDS, EDS or RDS
+	Version string // the response's version (SotW version_info, Delta system_version_info); may be empty
+	Nonce   string
+	Error   string
+	At      time.Time
 }
 
 // New checks opts and returns a client ready to Run.
@@ -896,7 +897,7 @@ func (c *Client) reject(s stream, u *update, reason error) error {
 		if errors.Is(reason, model.ErrCapacity) {
 			st.CapacityNACKs++
 		}
-		st.LastNACK = &NACK{Type: shortType(t), Nonce: u.nonce, Error: reason.Error(), At: time.Now()}
+		st.LastNACK = &NACK{Type: shortType(t), Version: u.version, Nonce: u.nonce, Error: reason.Error(), At: time.Now()}
 	})
 	if err := s.nack(u, c.subs[t], c.versions[t], reason); err != nil {
 		return fmt.Errorf("nack %s: %w", shortType(t), err)

@@ -297,10 +297,11 @@ func TestWarnOnce(t *testing.T) {
 	w := &warnOnce{log: slog.New(slog.NewTextHandler(&buf, nil))}
 	round := func(errs ...string) int {
 		before := strings.Count(buf.String(), "\n")
+		problems := map[string]error{}
 		for _, e := range errs {
-			w.warn("shop/cart", errors.New(e))
+			problems["shop/cart"] = errors.New(e)
 		}
-		w.done()
+		w.round(problems)
 		return strings.Count(buf.String(), "\n") - before
 	}
 	for i, c := range []struct {

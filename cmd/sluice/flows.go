@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -40,8 +41,8 @@ type flowSink struct {
 	log      *slog.Logger
 	hold     int
 
-	mu      sync.Mutex
-	named   bool              // the enricher has a state
+	named   atomic.Bool       // the enricher has a state: events go straight through
+	mu      sync.Mutex        // guards the rest while not named
 	held    []dataplane.Event // read before it had
 	dropped int               // events beyond hold, recorded unnamed
 }
@@ -51,30 +52,39 @@ func (s *flowSink) observe(e dataplane.Event) {
 		s.log.Debug("policy event", "kind", e.Kind, "source", e.Source, "identity", e.SPIFFEID,
 			"destination", e.Destination, "policy", e.Rule.Policy, "rule", e.Rule.Rule)
 	}
+	if s.named.Load() {
+		s.add(e)
+		return
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if !s.named && len(s.held) < s.hold {
+	if s.named.Load() { // the state arrived meanwhile: the held ones are recorded
+		s.add(e)
+		return
+	}
+	if len(s.held) < s.hold {
 		s.held = append(s.held, e)
 		return
 	}
-	if !s.named {
-		s.dropped++
-	}
+	s.dropped++
 	s.add(e)
 }
 
 // stateKnown tells the sink that the enricher has a state: the events held
 // are recorded, named, before any later one.
 func (s *flowSink) stateKnown() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.named {
+	if s.named.Load() {
 		return
 	}
-	s.named = true
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.named.Load() {
+		return
+	}
 	for _, e := range s.held {
 		s.add(e)
 	}
+	s.named.Store(true)
 	if s.dropped > 0 {
 		s.log.Warn("flows read before the first state beyond those held are recorded without names", "held", len(s.held), "unnamed", s.dropped)
 	}
@@ -107,7 +117,7 @@ func (s *statusSource) status() observe.Status {
 			Since: xs.ConnectedSince, Applied: xs.Versions, Reconnects: xs.Reconnects, LastError: xs.LastError,
 			NACKs: observe.NACKs{Capacity: xs.CapacityNACKs, Invalid: xs.NACKs - xs.CapacityNACKs}}
 		if n := xs.LastNACK; n != nil {
-			st.XDS.LastNACK = &observe.NACK{TypeURL: n.Type, Error: n.Error, Time: n.At}
+			st.XDS.LastNACK = &observe.NACK{TypeURL: n.Type, Version: n.Version, Error: n.Error, Time: n.At}
 		}
 	}
 	ds := s.dp.Status()

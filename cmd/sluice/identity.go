@@ -143,7 +143,8 @@ func hasPolicy(services []model.Service) bool {
 // cannot be used is reported to warn.
 func resolveWorkloads(ws []identity.Workload, node, mount string, fastPath bool, warn *warnOnce) []identity.Local {
 	out := make([]identity.Local, 0, len(ws))
-	defer warn.done()
+	var problems map[string]error
+	defer func() { warn.round(problems) }()
 	for _, w := range ws {
 		if !w.OnNode(node) {
 			continue
@@ -155,7 +156,10 @@ func resolveWorkloads(ws []identity.Workload, node, mount string, fastPath bool,
 		id, err := dataplane.CgroupID(path)
 		if err != nil {
 			if !errors.Is(err, os.ErrNotExist) {
-				warn.warn(w.Namespace+"/"+w.Name, err)
+				if problems == nil {
+					problems = map[string]error{}
+				}
+				problems[w.Namespace+"/"+w.Name] = err
 			}
 			continue
 		}
@@ -166,30 +170,27 @@ func resolveWorkloads(ws []identity.Workload, node, mount string, fastPath bool,
 
 // warnOnce logs why a workload is left without identity once, not on
 // every poll: again only after the reason changed or the workload was
-// resolved (or dropped) in between.
+// resolved (or dropped) in between. Rounds of resolution run from xDS
+// applies and from polls at once; each is handed over whole.
 type warnOnce struct {
-	log        *slog.Logger
-	mu         sync.Mutex        // rounds come from xDS applies and from polls
-	last, seen map[string]string // workload → error of the last round, of this round
+	log  *slog.Logger
+	mu   sync.Mutex
+	last map[string]string // workload → error, of the last round handed over
 }
 
-func (w *warnOnce) warn(workload string, err error) {
+// round reports a round's problems (workload → error) and logs those that
+// are new.
+func (w *warnOnce) round(problems map[string]error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.seen == nil {
-		w.seen = map[string]string{}
+	next := make(map[string]string, len(problems))
+	for workload, err := range problems {
+		next[workload] = err.Error()
+		if w.last[workload] != err.Error() {
+			w.log.Warn("workload left without identity", "workload", workload, "err", err)
+		}
 	}
-	w.seen[workload] = err.Error()
-	if w.last[workload] != err.Error() {
-		w.log.Warn("workload left without identity", "workload", workload, "err", err)
-	}
-}
-
-// done ends a round of resolution.
-func (w *warnOnce) done() {
-	w.mu.Lock()
-	w.last, w.seen = w.seen, nil
-	w.mu.Unlock()
+	w.last = next
 }
 
 // enforce runs the dataplane's enforcement loop over the network

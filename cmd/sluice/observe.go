@@ -237,7 +237,11 @@ func renderStatus(w io.Writer, s observe.Status, now time.Time) error {
 	line("applied", "%s", applied)
 	line("nacks", "%d for capacity, %d invalid", x.NACKs.Capacity, x.NACKs.Invalid)
 	if n := x.LastNACK; n != nil {
-		line("last nack", "%s, %s (%s ago): %s", shortType(n.TypeURL), when(n.Time), ago(n.Time), n.Error)
+		version := ""
+		if n.Version != "" {
+			version = " version " + n.Version
+		}
+		line("last nack", "%s%s, %s (%s ago): %s", shortType(n.TypeURL), version, when(n.Time), ago(n.Time), n.Error)
 	}
 
 	line("workloads", "%d", s.Workloads)

@@ -60,7 +60,7 @@ func TestStatusText(t *testing.T) {
 		"reconnects  3; last stream ended: rpc error: code = Unavailable desc = connection refused\n" +
 		"applied     Cluster 12, ClusterLoadAssignment 40, Listener 12\n" +
 		"nacks       1 for capacity, 2 invalid\n" +
-		"last nack   Listener, 2026-03-01 10:30:00 UTC (32m3s ago): listener web: unknown filter\n" +
+		"last nack   Listener version 11, 2026-03-01 10:30:00 UTC (32m3s ago): listener web: unknown filter\n" +
 		"workloads   12\n" +
 		"services    30\n" +
 		"backends    95\n" +

@@ -1,7 +1,6 @@
 package demo
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -230,11 +229,10 @@ func (d *demo) observeJSON(ctx context.Context, n *node, args ...string) ([]flow
 		return nil, fmt.Errorf("sluice observe: %w: %s", err, strings.TrimSpace(stderr.String()))
 	}
 	var flows []flow.Flow
-	sc := bufio.NewScanner(bytes.NewReader(out))
-	for sc.Scan() {
+	for dec := json.NewDecoder(bytes.NewReader(out)); dec.More(); {
 		var f flow.Flow
-		if err := json.Unmarshal(sc.Bytes(), &f); err != nil {
-			return nil, fmt.Errorf("sluice observe -o json: line %q: %w", sc.Text(), err)
+		if err := dec.Decode(&f); err != nil {
+			return nil, fmt.Errorf("sluice observe -o json: record %d: %w", len(flows)+1, err)
 		}
 		flows = append(flows, f)
 	}

@@ -16,7 +16,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/sluice-mesh/sluice/dataplane"
 	"github.com/sluice-mesh/sluice/dataplane/model"
 	"github.com/sluice-mesh/sluice/e2e/cluster"
 	"github.com/sluice-mesh/sluice/xds/mesh"
@@ -494,7 +493,7 @@ func (d *demo) teardown() error {
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		var err error
-		if left, err = leftovers(d.c.ID); err != nil {
+		if left, err = cluster.Leftovers(d.c.ID); err != nil {
 			return fmt.Errorf("clean up: %w", err)
 		}
 		if len(left) == 0 || time.Now().After(deadline) {
@@ -507,30 +506,6 @@ func (d *demo) teardown() error {
 	}
 	fmt.Fprintf(d.out, "\nCleaned up: nothing of cluster %s is left (no network namespace, link, cgroup or bpffs pin).\n", d.c.ID)
 	return nil
-}
-
-// leftovers lists what exists of cluster id: network namespaces, the
-// bridge and veths, pins and cgroups.
-func leftovers(id string) ([]string, error) {
-	mount, err := dataplane.Cgroup2Mount()
-	if err != nil {
-		return nil, err
-	}
-	var found []string
-	for _, pattern := range []string{
-		filepath.Join("/sys/fs/bpf", "sluice-sim-"+id+"-*"),
-		filepath.Join("/run/netns", "sluice-"+id+"-*"),
-		filepath.Join("/sys/class/net", "slbr"+id),
-		filepath.Join("/sys/class/net", "slv"+id[:min(6, len(id))]+"*"),
-		filepath.Join(mount, "sluice-sim-"+id),
-	} {
-		m, err := filepath.Glob(pattern)
-		if err != nil {
-			return nil, err
-		}
-		found = append(found, m...)
-	}
-	return found, nil
 }
 
 // agentLogs returns the last lines of each agent's log, for an error.

@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sluice-mesh/sluice/dataplane"
+	"github.com/sluice-mesh/sluice/e2e/cluster"
 	"github.com/sluice-mesh/sluice/e2e/testenv"
 )
 
@@ -23,9 +23,7 @@ func TestMain(m *testing.M) { testenv.Main(m) }
 func buildSluice(t *testing.T) string {
 	t.Helper()
 	for _, tool := range []string{"curl", "bash"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Fatalf("the demo needs %s", tool)
-		}
+		testenv.Tool(t, tool) // the demo's clients: skips (fails under CI) without them
 	}
 	bin := filepath.Join(t.TempDir(), "sluice")
 	if out, err := exec.Command("go", "build", "-o", bin, "github.com/sluice-mesh/sluice/cmd/sluice").CombinedOutput(); err != nil {
@@ -238,28 +236,14 @@ func clusterID(t *testing.T, out string) string {
 	return m[1]
 }
 
-// leftovers lists the objects of the simulated cluster id that exist now:
-// pins, network namespaces, links and the cgroup. Other packages' tests
-// make clusters of their own alongside: only this id's are looked at.
+// leftovers lists the objects of the simulated cluster id that exist now.
+// Other packages' tests make clusters of their own alongside: only this
+// id's are looked at.
 func leftovers(t *testing.T, id string) string {
 	t.Helper()
-	mount, err := dataplane.Cgroup2Mount()
+	found, err := cluster.Leftovers(id)
 	if err != nil {
 		t.Fatal(err)
-	}
-	var found []string
-	for _, pattern := range []string{
-		filepath.Join("/sys/fs/bpf", "sluice-sim-"+id+"-*"),
-		filepath.Join("/run/netns", "sluice-"+id+"-*"),
-		filepath.Join("/sys/class/net", "slbr"+id),
-		filepath.Join("/sys/class/net", "slv"+id[:min(6, len(id))]+"*"),
-		filepath.Join(mount, "sluice-sim-"+id),
-	} {
-		m, err := filepath.Glob(pattern)
-		if err != nil {
-			t.Fatal(err)
-		}
-		found = append(found, m...)
 	}
 	return strings.Join(found, " ")
 }

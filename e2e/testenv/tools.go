@@ -26,7 +26,8 @@ func LookTool(name string) (string, error) {
 	if path, err := exec.LookPath(name); err == nil {
 		return filepath.Abs(path)
 	}
-	for _, dir := range goBinDirs() {
+	dirs := goBinDirs()
+	for _, dir := range dirs {
 		path := filepath.Join(dir, name)
 		if info, err := os.Stat(path); err == nil && !info.IsDir() && info.Mode()&0o111 != 0 {
 			return path, nil
@@ -36,7 +37,7 @@ func LookTool(name string) (string, error) {
 	if cmd, ok := toolInstall[name]; ok {
 		how = "; install it with " + cmd
 	}
-	return "", fmt.Errorf("%s not found in PATH or %s%s", name, strings.Join(goBinDirs(), ", "), how)
+	return "", fmt.Errorf("%s not found in PATH or %s%s", name, strings.Join(dirs, ", "), how)
 }
 
 // Tool returns the path of the program name (found as LookTool finds it),

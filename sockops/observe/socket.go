@@ -26,7 +26,7 @@ var ErrInUse = errors.New("another process is serving on the socket")
 func Listen(path string) (net.Listener, error) {
 	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("create the directory of the observe socket: %w", err)
+		return nil, fmt.Errorf("create the directory of socket %s: %w", path, err)
 	}
 	if err := removeStale(path); err != nil {
 		return nil, err
@@ -44,7 +44,7 @@ func Listen(path string) (net.Listener, error) {
 	if err := os.Chmod(tmp, 0o600); err != nil {
 		l.Close()
 		os.Remove(tmp)
-		return nil, fmt.Errorf("restrict the observe socket to root: %w", err)
+		return nil, fmt.Errorf("restrict socket %s to root: %w", path, err)
 	}
 	if err := os.Rename(tmp, path); err != nil {
 		l.Close()
@@ -66,17 +66,17 @@ func removeStale(path string) error {
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("observe socket: %w", err)
+		return fmt.Errorf("socket %s: %w", path, err)
 	}
 	if fi.Mode().Type() != fs.ModeSocket {
-		return fmt.Errorf("observe socket %s: exists and is not a socket; remove it or choose another path", path)
+		return fmt.Errorf("socket %s: exists and is not a socket; remove it or choose another path", path)
 	}
 	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
 		c.Close()
-		return fmt.Errorf("observe socket %s: %w (is another agent running?)", path, ErrInUse)
+		return fmt.Errorf("socket %s: %w (is another agent running?)", path, ErrInUse)
 	}
 	if err := os.Remove(path); err != nil {
-		return fmt.Errorf("remove stale observe socket: %w", err)
+		return fmt.Errorf("remove stale socket %s: %w", path, err)
 	}
 	return nil
 }

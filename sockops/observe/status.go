@@ -54,8 +54,8 @@ type Dataplane struct {
 
 // NACK is the last response the agent refused.
 type NACK struct {
-	TypeURL string    `json:"type_url"`
-	Version string    `json:"version,omitempty"` // not known to the agent today: always empty
+	TypeURL string    `json:"type_url"`          // the type's short name: LDS, CDS, EDS or RDS
+	Version string    `json:"version,omitempty"` // the response's version, if the server gave one
 	Error   string    `json:"error"`
 	Time    time.Time `json:"time"`
 }
