@@ -48,10 +48,6 @@ func Teardown(string) error { return ErrNotSupported }
 // Teardown fails with ErrNotSupported.
 func (*Dataplane) Teardown() error { return ErrNotSupported }
 
-// ErrNotRemoved is returned when something of a dataplane is still there
-// after it was removed.
-var ErrNotRemoved = errors.New("dataplane not fully removed")
-
 // Uninstall fails with ErrNotSupported.
 func Uninstall(string, string) (string, error) { return "", ErrNotSupported }
 

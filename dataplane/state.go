@@ -66,6 +66,9 @@ const MaxBackendsPerService = 1 << 17
 var (
 	// ErrIncompatiblePins: pinned objects do not match this build or configuration.
 	ErrIncompatiblePins = errors.New("incompatible pinned objects")
+	// ErrNotRemoved: something of a dataplane is still there after it
+	// was removed (Teardown, Uninstall, CheckRemoved name what).
+	ErrNotRemoved = errors.New("dataplane not fully removed")
 	// ErrLocked: another process owns the pin directory.
 	ErrLocked = errors.New("pin directory in use")
 )

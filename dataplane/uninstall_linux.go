@@ -14,10 +14,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// ErrNotRemoved is returned when something of a dataplane is still there
-// after it was removed.
-var ErrNotRemoved = errors.New("dataplane not fully removed")
-
 // removalWait bounds how long CheckRemoved waits for the kernel: a link
 // whose last reference was a pin is released in the background after the
 // pin is removed.

@@ -75,7 +75,7 @@ func (n *Node) StartAgent(cfg AgentConfig) (*Agent, error) {
 	if poll == 0 {
 		poll = DefaultConfigPoll
 	}
-	metrics, err := freeAddr()
+	metrics, err := FreeAddr()
 	if err != nil {
 		return nil, fmt.Errorf("agent of node %s: %w", n.Name, err)
 	}
@@ -198,7 +198,7 @@ type ControlPlane struct {
 // of 127.0.0.1, with args added, and waits until it accepts connections.
 // The cluster stops it at Close.
 func (c *Cluster) StartControlPlane(ctx context.Context, bin string, f *MeshFile, args ...string) (*ControlPlane, error) {
-	addr, err := freeAddr()
+	addr, err := FreeAddr()
 	if err != nil {
 		return nil, fmt.Errorf("control plane: %w", err)
 	}

@@ -109,10 +109,10 @@ func (l *LogBuffer) tail(n int) string {
 	return strings.Join(lines, "")
 }
 
-// freeAddr returns an address on 127.0.0.1 with a TCP port nothing listens
+// FreeAddr returns an address on 127.0.0.1 with a TCP port nothing listens
 // on now. Another process could take it before it is used; in the private
 // network namespace of a test (testenv.Main) nothing else does.
-func freeAddr() (string, error) {
+func FreeAddr() (string, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return "", fmt.Errorf("find a free port: %w", err)

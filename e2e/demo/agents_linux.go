@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -35,7 +34,7 @@ type node struct {
 // startAgent starts `sluice agent` for n, fed from the demo's copy of the
 // mesh file by its embedded control plane.
 func (d *demo) startAgent(n *cluster.Node) (*node, error) {
-	port, err := freePort()
+	port, err := cluster.FreeAddr()
 	if err != nil {
 		return nil, err
 	}
@@ -120,15 +119,6 @@ func (a *node) stop() error {
 		return fmt.Errorf("the agent of %s: %w", a.Name, err)
 	}
 	return nil
-}
-
-func freePort() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer l.Close()
-	return l.Addr().String(), nil
 }
 
 // observer is a `sluice observe --follow` process and what it printed.
