@@ -38,16 +38,27 @@ type Cluster struct {
 
 // Node is a cgroup subtree with its own bpffs pin directory, as one
 // Kubernetes node would have its own agent.
+//
+// A node made by AddNode puts its pods straight on the cluster bridge. A
+// node made by AddRoutedNode has a network namespace of its own, the node's
+// host namespace, which routes between its pods and the bridge: each pod
+// has a /32 address and a default route to the node, and the node answers
+// ARP on the bridge for its pods (proxy ARP). Packets between pods then
+// pass through a node's namespace as on a real node, where netfilter rules
+// (kube-proxy's, for instance) can act on them.
 type Node struct {
 	Name   string
 	Cgroup string // cgroup2 directory whose subtree is this node
 	PinDir string // bpffs directory for this node's dataplane
+	NetNS  string // the node's own network namespace (for `ip netns`); empty unless routed
+	Addr   netip.Addr
 	c      *Cluster
+	uplink string // routed: the veth from the bridge to NetNS
 	agent  *Agent // the last agent started, guarded by c.mu
 }
 
-// Pod is a network namespace with a veth on the cluster bridge, and a cgroup
-// under its node.
+// Pod is a network namespace with a veth on the cluster bridge (or to its
+// routed node), and a cgroup under its node.
 type Pod struct {
 	Name   string
 	IP     netip.Addr
@@ -55,6 +66,7 @@ type Pod struct {
 	Cgroup string
 	Node   *Node
 	veth   string
+	extra  []netip.Addr // more addresses of the pod (AddAddr), routed nodes only
 }
 
 // New creates an empty cluster: a bridge and a cgroup subtree.
@@ -110,6 +122,71 @@ func (c *Cluster) AddNode(name string) (*Node, error) {
 	return n, nil
 }
 
+// RoutedNodeAddrs is where routed nodes' addresses on the bridge come
+// from, one per node in order: keep pods out of it.
+var RoutedNodeAddrs = netip.MustParsePrefix("10.244.255.0/24")
+
+// podGateway is each routed pod's default gateway: an address the node
+// holds on every pod's veth.
+const podGateway = "169.254.1.1"
+
+// AddRoutedNode creates a node with a network namespace of its own that
+// routes for its pods (see Node). Its pods must have IPv4 addresses.
+func (c *Cluster) AddRoutedNode(name string) (_ *Node, err error) {
+	c.mu.Lock()
+	routed := 0
+	for _, n := range c.nodes {
+		if n.NetNS != "" {
+			routed++
+		}
+	}
+	c.mu.Unlock()
+	if routed >= 250 {
+		return nil, errors.New("routed node: no address left in " + RoutedNodeAddrs.String())
+	}
+	addr := RoutedNodeAddrs.Addr().As4()
+	addr[3] = byte(routed + 1)
+	n, err := c.AddNode(name)
+	if err != nil {
+		return nil, err
+	}
+	n.NetNS = fmt.Sprintf("sluice-%s-node-%s", c.ID, name)
+	n.Addr = netip.AddrFrom4(addr)
+	n.uplink = fmt.Sprintf("slv%sn%d", c.ID[:6], routed)
+	steps := [][]string{
+		{"netns", "add", n.NetNS},
+		{"-n", n.NetNS, "link", "set", "lo", "up"},
+		{"link", "add", n.uplink, "type", "veth", "peer", "name", "uplink", "netns", n.NetNS},
+		{"link", "set", n.uplink, "master", c.bridge, "up"},
+		{"-n", n.NetNS, "addr", "add", n.Addr.String() + "/16", "dev", "uplink"},
+		{"-n", n.NetNS, "link", "set", "uplink", "up"},
+	}
+	for _, s := range steps {
+		if err := ip(s...); err != nil {
+			return nil, fmt.Errorf("routed node %s: %w", name, err)
+		}
+	}
+	if err := sysctl(n.NetNS,
+		"net.ipv4.ip_forward=1",
+		"net.ipv4.conf.all.rp_filter=0",
+		"net.ipv4.conf.uplink.proxy_arp=1",
+		"net.ipv4.neigh.uplink.proxy_delay=0", // answer for pods at once
+	); err != nil {
+		return nil, fmt.Errorf("routed node %s: %w", name, err)
+	}
+	return n, nil
+}
+
+// sysctl sets sysctls (key=value) in network namespace netns.
+func sysctl(netns string, settings ...string) error {
+	args := append([]string{"netns", "exec", netns, "sysctl", "-q", "-w"}, settings...)
+	out, err := exec.Command("ip", args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("sysctl %s in %s: %v: %s", strings.Join(settings, " "), netns, err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
 // AddPod creates a pod on node n with address ip (a /16 on the bridge).
 func (n *Node) AddPod(name string, addr netip.Addr) (_ *Pod, err error) {
 	c := n.c
@@ -131,24 +208,116 @@ func (n *Node) AddPod(name string, addr netip.Addr) (_ *Pod, err error) {
 	if err := os.Mkdir(p.Cgroup, 0o755); err != nil {
 		return nil, fmt.Errorf("create pod cgroup: %w", err)
 	}
-	addAddr := []string{"-n", p.NetNS, "addr", "add", addr.String() + "/16", "dev", "eth0"}
-	if addr.Is6() {
-		addAddr = []string{"-n", p.NetNS, "addr", "add", addr.String() + "/64", "dev", "eth0", "nodad"}
+	if n.NetNS != "" && !addr.Is4() {
+		return nil, fmt.Errorf("pod %s: routed node %s takes IPv4 pods only, not %s", name, n.Name, addr)
 	}
-	steps := [][]string{
-		{"netns", "add", p.NetNS},
-		{"link", "add", p.veth, "type", "veth", "peer", "name", "eth0", "netns", p.NetNS},
-		{"link", "set", p.veth, "master", c.bridge, "up"},
-		{"-n", p.NetNS, "link", "set", "lo", "up"},
-		addAddr,
-		{"-n", p.NetNS, "link", "set", "eth0", "up"},
+	if err := p.plumb(); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// plumb creates the pod's network namespace and links it to the bridge,
+// or to its routed node.
+func (p *Pod) plumb() error {
+	n := p.Node
+	var steps [][]string
+	switch {
+	case n.NetNS != "":
+		steps = [][]string{
+			{"netns", "add", p.NetNS},
+			{"-n", n.NetNS, "link", "add", p.veth, "type", "veth", "peer", "name", "eth0", "address", p.mac(), "netns", p.NetNS},
+			{"-n", n.NetNS, "addr", "add", podGateway + "/32", "dev", p.veth},
+			{"-n", n.NetNS, "link", "set", p.veth, "up"},
+			{"-n", p.NetNS, "link", "set", "lo", "up"},
+			{"-n", p.NetNS, "link", "set", "eth0", "up"},
+			{"-n", p.NetNS, "route", "add", podGateway, "dev", "eth0", "scope", "link"},
+			{"-n", p.NetNS, "route", "add", "default", "via", podGateway, "dev", "eth0"},
+		}
+		for _, a := range append([]netip.Addr{p.IP}, p.extra...) {
+			steps = append(steps,
+				[]string{"-n", p.NetNS, "addr", "add", a.String() + "/32", "dev", "eth0"},
+				[]string{"-n", n.NetNS, "route", "add", a.String() + "/32", "dev", p.veth})
+		}
+	default:
+		addAddr := []string{"-n", p.NetNS, "addr", "add", p.IP.String() + "/16", "dev", "eth0"}
+		if p.IP.Is6() {
+			addAddr = []string{"-n", p.NetNS, "addr", "add", p.IP.String() + "/64", "dev", "eth0", "nodad"}
+		}
+		steps = [][]string{
+			{"netns", "add", p.NetNS},
+			{"link", "add", p.veth, "type", "veth", "peer", "name", "eth0", "address", p.mac(), "netns", p.NetNS},
+			{"link", "set", p.veth, "master", n.c.bridge, "up"},
+			{"-n", p.NetNS, "link", "set", "lo", "up"},
+			addAddr,
+			{"-n", p.NetNS, "link", "set", "eth0", "up"},
+		}
 	}
 	for _, s := range steps {
 		if err := ip(s...); err != nil {
-			return nil, fmt.Errorf("pod %s: %w", name, err)
+			return fmt.Errorf("pod %s: %w", p.Name, err)
 		}
 	}
-	return p, nil
+	return nil
+}
+
+// mac is the pod's MAC address, made from its IP address: a renewed pod
+// keeps it, so what its neighbours learnt of it stays true.
+func (p *Pod) mac() string {
+	b := p.IP.AsSlice()
+	b = b[len(b)-4:]
+	return fmt.Sprintf("02:5e:%02x:%02x:%02x:%02x", b[0], b[1], b[2], b[3])
+}
+
+// unplumb removes the pod's network namespace and its veth. Deleting the
+// veth takes both ends at once; the kernel would otherwise dismantle the
+// namespace, and the veth with it, some time after its last process and
+// mount are gone.
+func (p *Pod) unplumb() error {
+	var errs []error
+	if ns := p.Node.NetNS; ns == "" {
+		if err := ip("link", "del", p.veth); err != nil && linkExists(p.veth) {
+			errs = append(errs, err)
+		}
+	} else if netnsExists(ns) {
+		if err := ip("-n", ns, "link", "del", p.veth); err != nil && ip("-n", ns, "link", "show", p.veth) == nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := ip("netns", "del", p.NetNS); err != nil && netnsExists(p.NetNS) {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// Renew gives the pod a fresh network namespace, with the same addresses,
+// and keeps its cgroup: no socket, TIME_WAIT or conntrack entry of the old
+// namespace is left to meet the next connections. Processes still running
+// in the pod's network namespace are killed first.
+func (p *Pod) Renew() error {
+	killCgroup(p.Cgroup)
+	if err := p.unplumb(); err != nil {
+		return err
+	}
+	return p.plumb()
+}
+
+// AddAddr gives a pod on a routed node one more IPv4 address, which its
+// node routes to it.
+func (p *Pod) AddAddr(a netip.Addr) error {
+	if p.Node.NetNS == "" || !a.Is4() {
+		return fmt.Errorf("pod %s: extra addresses are for IPv4 pods of routed nodes", p.Name)
+	}
+	for _, s := range [][]string{
+		{"-n", p.NetNS, "addr", "add", a.String() + "/32", "dev", "eth0"},
+		{"-n", p.Node.NetNS, "route", "add", a.String() + "/32", "dev", p.veth},
+	} {
+		if err := ip(s...); err != nil {
+			return fmt.Errorf("pod %s: %w", p.Name, err)
+		}
+	}
+	p.extra = append(p.extra, a)
+	return nil
 }
 
 // Command prepares a process to run inside the pod's network namespace.
@@ -217,18 +386,19 @@ func (c *Cluster) Close() error {
 	}
 	for _, p := range c.pods {
 		killCgroup(p.Cgroup)
-		// The kernel dismantles a namespace some time after its last
-		// process and mount are gone, and the veth with it: deleting the
-		// veth here takes both ends at once.
-		if err := ip("link", "del", p.veth); err != nil && linkExists(p.veth) {
-			errs = append(errs, err)
-		}
-		if err := ip("netns", "del", p.NetNS); err != nil && netnsExists(p.NetNS) {
-			errs = append(errs, err)
-		}
+		errs = append(errs, p.unplumb())
 	}
 	for _, n := range c.nodes {
 		if err := dataplane.Teardown(n.PinDir); err != nil {
+			errs = append(errs, err)
+		}
+		if n.NetNS == "" {
+			continue
+		}
+		if err := ip("link", "del", n.uplink); err != nil && linkExists(n.uplink) {
+			errs = append(errs, err)
+		}
+		if err := ip("netns", "del", n.NetNS); err != nil && netnsExists(n.NetNS) {
 			errs = append(errs, err)
 		}
 	}

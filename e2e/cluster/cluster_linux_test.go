@@ -133,3 +133,124 @@ func TestPodDial(t *testing.T) {
 		t.Error("WaitListening on a port nothing listens on succeeded")
 	}
 }
+
+// Pods of routed nodes reach each other and the bridge's pods through
+// their nodes' namespaces, by their extra addresses too, and again after
+// Renew; Close leaves nothing of the nodes.
+func TestRoutedNodes(t *testing.T) {
+	testenv.RequirePrivileged(t)
+	c, err := cluster.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := false
+	t.Cleanup(func() {
+		if !closed {
+			c.Close()
+		}
+	})
+	pods := map[string]*cluster.Pod{}
+	for _, spec := range []struct {
+		node, pod, addr string
+		routed          bool
+	}{
+		{"a", "a1", "10.244.1.10", true},
+		{"a", "a2", "10.244.1.11", true},
+		{"b", "b1", "10.244.2.10", true},
+		{"c", "c1", "10.244.3.10", false},
+	} {
+		var n *cluster.Node
+		for _, p := range pods {
+			if p.Node.Name == spec.node {
+				n = p.Node
+			}
+		}
+		if n == nil {
+			if spec.routed {
+				n, err = c.AddRoutedNode(spec.node)
+			} else {
+				n, err = c.AddNode(spec.node)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		if pods[spec.pod], err = n.AddPod(spec.pod, netip.MustParseAddr(spec.addr)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if pods["a1"].Node.NetNS == "" || !cluster.RoutedNodeAddrs.Contains(pods["b1"].Node.Addr) {
+		t.Fatalf("routed nodes: netns %q, address %s", pods["a1"].Node.NetNS, pods["b1"].Node.Addr)
+	}
+	if _, err := pods["c1"].Node.AddPod("v6", netip.MustParseAddr("fd00::1")); err != nil {
+		t.Fatal(err) // bridged nodes keep taking IPv6 pods
+	}
+	if _, err := pods["a1"].Node.AddPod("a6", netip.MustParseAddr("fd00::2")); err == nil || !strings.Contains(err.Error(), "IPv4") {
+		t.Fatalf("an IPv6 pod on a routed node: %v", err)
+	}
+	extra := netip.MustParseAddr("10.244.2.11")
+	if err := pods["b1"].AddAddr(extra); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	// Nothing listens on port 1: a refusal is the destination's own
+	// answer, so the path there and back works.
+	reach := func(from, to string) {
+		t.Helper()
+		short, cancel := context.WithTimeout(ctx, 3*time.Second)
+		defer cancel()
+		if _, err := pods[from].Dial(short, "tcp", to+":1"); !errors.Is(err, syscall.ECONNREFUSED) {
+			t.Errorf("%s → %s: %v, want connection refused", from, to, err)
+		}
+	}
+	check := func() {
+		for _, pair := range [][2]string{
+			{"a1", "10.244.1.11"}, // same routed node
+			{"a1", "10.244.2.10"}, // another routed node
+			{"a1", extra.String()},
+			{"a1", "10.244.3.10"}, // a bridged pod
+			{"c1", "10.244.1.10"}, // and back, by proxy ARP
+			{"c1", extra.String()},
+			{"b1", "10.244.1.10"},
+		} {
+			reach(pair[0], pair[1])
+		}
+	}
+	check()
+
+	// Renew: a fresh namespace, the same addresses and cgroup; what ran in
+	// the pod is gone.
+	sleeper := pods["b1"].Command(ctx, "sleep", "60")
+	if err := pods["b1"].Start(sleeper); err != nil {
+		t.Fatal(err)
+	}
+	before, err := os.Stat("/run/netns/" + pods["b1"].NetNS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"b1", "a1", "c1"} {
+		if err := pods[name].Renew(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := sleeper.Wait(); err == nil {
+		t.Error("a process of the renewed pod lived on")
+	}
+	after, err := os.Stat("/run/netns/" + pods["b1"].NetNS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if os.SameFile(before, after) {
+		t.Error("Renew kept the pod's network namespace")
+	}
+	check()
+
+	closed = true
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if left, err := cluster.Leftovers(c.ID); err != nil || len(left) > 0 {
+		t.Errorf("after Close: %v, %v", left, err)
+	}
+}
