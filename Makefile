@@ -4,7 +4,7 @@ GO      ?= go
 BIN     := bin/sluice
 BPF_GEN := dataplane/service_bpfel.go dataplane/service_bpfel.o
 
-.PHONY: all build generate check-generate test unit e2e bench demo fmt vet clean
+.PHONY: all build generate check-generate test unit e2e bench bench-micro demo fmt vet clean
 
 all: build
 
@@ -34,7 +34,16 @@ test: check-generate vet
 e2e:
 	$(GO) test -count=1 -v -timeout 15m -run '^TestScenario' ./e2e/
 
+# The side-by-side benchmark: no mesh, kube-proxy's iptables and nftables
+# modes and Sluice, interleaved on the simulated cluster; rewrites
+# docs/benchmarks.md and docs/benchmarks.json. Needs root, iptables, nft and
+# conntrack; takes about half an hour on two cores.
 bench:
+	$(GO) test -run '^$$' -bench '^BenchmarkSideBySide$$' -benchtime 1x -timeout 90m ./e2e/ \
+		-args -sidebyside.report docs/benchmarks.md -sidebyside.json docs/benchmarks.json
+
+# The packages' own benchmarks (each doc cites its command).
+bench-micro:
 	$(GO) test -run '^$$' -bench 'Connect|PlanOneChange|WaitForReaders' -benchtime 2000x -count 5 ./dataplane/
 	$(GO) test -run '^$$' -bench 'SameNode' -benchtime 20000x -count 3 ./dataplane/
 	$(GO) test -run '^$$' -bench 'FlowExport' -benchtime 20000x -count 3 ./dataplane/

@@ -180,31 +180,44 @@ func waitServices(tb testing.TB, dp *dataplane.Dataplane, n int) {
 // to set the snapshot (which includes go-control-plane hashing it).
 func BenchmarkXDSFullSync10k(b *testing.B) {
 	testenv.RequirePrivileged(b)
-	const n = 10000
-	var client, total []time.Duration
-	for range b.N {
-		b.StopTimer()
-		cp := startControlPlaneProcess(b, n, true)
-		dp := node(b)
+	client, total := measureFullSync(b, 10000, b.N)
+	report(b, "client", client)
+	report(b, "total", total)
+}
+
+// measureFullSync runs BenchmarkXDSFullSync10k's measurement rounds times
+// with services × 10 endpoints; with a *testing.B, only the wait for the
+// state is timed.
+func measureFullSync(tb testing.TB, n, rounds int) (client, total []time.Duration) {
+	b, _ := tb.(*testing.B)
+	for range rounds {
+		if b != nil {
+			b.StopTimer()
+		}
+		cp := startControlPlaneProcess(tb, n, true)
+		dp := node(tb)
 		app := newTimedApplier(dp, n)
-		runClient(b, cp.addr, app)
+		runClient(tb, cp.addr, app)
 		time.Sleep(100 * time.Millisecond) // connected, nothing sent yet
-		b.StartTimer()
+		if b != nil {
+			b.StartTimer()
+		}
 		start := time.Now()
 		cp.send("set")
 		var at time.Time
 		select {
 		case at = <-app.applied:
 		case <-time.After(60 * time.Second):
-			b.Fatal("the full state was not applied")
+			tb.Fatal("the full state was not applied")
 		}
-		b.StopTimer()
-		waitServices(b, dp, n)
+		if b != nil {
+			b.StopTimer()
+		}
+		waitServices(tb, dp, n)
 		total = append(total, at.Sub(start))
 		client = append(client, at.Sub(<-cp.sent))
 	}
-	report(b, "client", client)
-	report(b, "total", total)
+	return client, total
 }
 
 // xdsServerEnv makes the test binary a control plane process for
@@ -282,36 +295,44 @@ func runXDSServerProcess() int {
 // and hashing the new snapshot).
 func BenchmarkXDSEndpointChange10k(b *testing.B) {
 	testenv.RequirePrivileged(b)
-	const n = 10000
-	cp := startControlPlaneProcess(b, n, false)
-	dp := node(b)
+	client, received, total := measureEndpointChanges(b, 10000, b.N)
+	report(b, "client", client)
+	report(b, "received", received)
+	report(b, "total", total)
+}
+
+// measureEndpointChanges makes BenchmarkXDSEndpointChange10k's changes
+// with n services × 10 endpoints in force; with a *testing.B, only the
+// changes are timed.
+func measureEndpointChanges(tb testing.TB, n, changes int) (client, received, total []time.Duration) {
+	cp := startControlPlaneProcess(tb, n, false)
+	dp := node(tb)
 	app := newTimedApplier(dp, n)
 	var rc receiveClock
-	runClient(b, cp.addr, app, grpc.WithStatsHandler(&rc))
-	waitServices(b, dp, n)
+	runClient(tb, cp.addr, app, grpc.WithStatsHandler(&rc))
+	waitServices(tb, dp, n)
 	time.Sleep(200 * time.Millisecond) // the initial responses have all been sent
 	drain(app.applied)
 	cp.drainSent()
 
-	var client, received, total []time.Duration
-	b.ResetTimer()
-	for i := range b.N {
+	if b, ok := tb.(*testing.B); ok {
+		b.ResetTimer()
+		defer b.StopTimer()
+	}
+	for i := range changes {
 		start := time.Now()
 		cp.send(fmt.Sprintf("change %d", i%n))
 		var at time.Time
 		select {
 		case at = <-app.applied:
 		case <-time.After(30 * time.Second):
-			b.Fatalf("change %d not applied", i)
+			tb.Fatalf("change %d not applied", i)
 		}
 		total = append(total, at.Sub(start))
 		client = append(client, at.Sub(<-cp.sent))
 		received = append(received, at.Sub(time.Unix(0, rc.last.Load())))
 	}
-	b.StopTimer()
-	report(b, "client", client)
-	report(b, "received", received)
-	report(b, "total", total)
+	return client, received, total
 }
 
 // controlPlaneProcess is runXDSServerProcess running as a child process.
@@ -383,54 +404,94 @@ func report(b *testing.B, name string, d []time.Duration) {
 func BenchmarkAgentRSS10k(b *testing.B) {
 	testenv.RequirePrivileged(b)
 	bin := buildSluice(b)
-	const n = 10000
-	srv := startXDSServer(b)
-	res := bigMesh(n, 10).Resources()
-	srv.set(b, snapshotOf("0", res))
-	version := 0
 	for range b.N {
-		cg := testenv.Cgroup(b, "", testenv.UniqueName("sluice-bench-"))
-		pin := testenv.PinDir(b)
-		agent := exec.Command(bin, "agent", "--xds", srv.addr, "--cgroup", cg, "--pin-dir", pin, "--node-id", "rss", "--log-level", "warn",
-			"--socket", filepath.Join(b.TempDir(), "agent.sock"), "--metrics-addr", "")
-		agent.Stderr = os.Stderr
-		if err := agent.Start(); err != nil {
-			b.Fatal(err)
-		}
-		// In force when both generations of the pinned service map hold the state.
-		deadline := time.Now().Add(60 * time.Second)
-		for pinnedServices(pin) != 2*n {
-			if time.Now().After(deadline) {
-				b.Fatalf("agent did not apply the state (%d entries)", pinnedServices(pin))
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-		time.Sleep(time.Second) // let the agent settle (GC) before reading its memory
-		rss, hwm, anon := procMemory(b, agent.Process.Pid)
-		// Then churn: one endpoint weight changes at a time, as fast as
-		// the control plane makes snapshots (a few per second).
-		// Memory is read right after the last change (churn), and after
-		// two quiet seconds (settled).
-		for k := range churnChanges {
-			version++
-			res.Endpoints[k] = flipWeight(res.Endpoints[k])
-			srv.set(b, snapshotOf(strconv.Itoa(version), res))
-		}
-		time.Sleep(100 * time.Millisecond) // applied
-		churnRSS, _, _ := procMemory(b, agent.Process.Pid)
-		time.Sleep(2 * time.Second)
-		settledRSS, _, _ := procMemory(b, agent.Process.Pid)
-		_ = agent.Process.Signal(os.Interrupt)
-		_ = agent.Wait()
-		if err := dataplane.Teardown(pin); err != nil {
-			b.Fatal(err)
-		}
-		b.ReportMetric(rss, "rss-MiB")
-		b.ReportMetric(hwm, "peak-rss-MiB")
-		b.ReportMetric(anon, "anon-rss-MiB")
-		b.ReportMetric(churnRSS, "churn-rss-MiB")
-		b.ReportMetric(settledRSS, "settled-rss-MiB")
+		m := measureAgentMemory(b, bin, 10000)
+		b.ReportMetric(m.RSS, "rss-MiB")
+		b.ReportMetric(m.Peak, "peak-rss-MiB")
+		b.ReportMetric(m.Anon, "anon-rss-MiB")
+		b.ReportMetric(m.Churn, "churn-rss-MiB")
+		b.ReportMetric(m.Settled, "settled-rss-MiB")
+		b.ReportMetric(m.Maps, "bpf-maps-MiB")
 	}
+}
+
+// agentMemory is what measureAgentMemory found, in MiB.
+type agentMemory struct {
+	RSS, Peak, Anon float64 // once the state is in force
+	Churn           float64 // right after a burst of endpoint changes
+	Settled         float64 // two quiet seconds later
+	Maps            float64 // kernel memory of the agent's BPF maps (memlock)
+}
+
+// measureAgentMemory runs the real agent binary fed n services × 10
+// endpoints by a control plane in this process, and reads its memory.
+func measureAgentMemory(tb testing.TB, bin string, n int) agentMemory {
+	srv := startXDSServer(tb)
+	res := bigMesh(n, 10).Resources()
+	srv.set(tb, snapshotOf("0", res))
+	cg := testenv.Cgroup(tb, "", testenv.UniqueName("sluice-bench-"))
+	pin := testenv.PinDir(tb)
+	agent := exec.Command(bin, "agent", "--xds", srv.addr, "--cgroup", cg, "--pin-dir", pin, "--node-id", "rss", "--log-level", "warn",
+		"--socket", filepath.Join(tb.TempDir(), "agent.sock"), "--metrics-addr", "")
+	agent.Stderr = os.Stderr
+	if err := agent.Start(); err != nil {
+		tb.Fatal(err)
+	}
+	// In force when both generations of the pinned service map hold the state.
+	deadline := time.Now().Add(60 * time.Second)
+	for pinnedServices(pin) != 2*n {
+		if time.Now().After(deadline) {
+			tb.Fatalf("agent did not apply the state (%d entries)", pinnedServices(pin))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(time.Second) // let the agent settle (GC) before reading its memory
+	var m agentMemory
+	m.RSS, m.Peak, m.Anon = procMemory(tb, agent.Process.Pid)
+	m.Maps = pinnedMapMemory(tb, pin)
+	// Then churn: one endpoint weight changes at a time, as fast as
+	// the control plane makes snapshots (a few per second).
+	// Memory is read right after the last change (churn), and after
+	// two quiet seconds (settled).
+	for k := range churnChanges {
+		res.Endpoints[k] = flipWeight(res.Endpoints[k])
+		srv.set(tb, snapshotOf(strconv.Itoa(k+1), res))
+	}
+	time.Sleep(100 * time.Millisecond) // applied
+	m.Churn, _, _ = procMemory(tb, agent.Process.Pid)
+	time.Sleep(2 * time.Second)
+	m.Settled, _, _ = procMemory(tb, agent.Process.Pid)
+	_ = agent.Process.Signal(os.Interrupt)
+	_ = agent.Wait()
+	if err := dataplane.Teardown(pin); err != nil {
+		tb.Fatal(err)
+	}
+	return m
+}
+
+// pinnedMapMemory adds up the kernel memory (memlock) of the maps pinned
+// in pin, in MiB.
+func pinnedMapMemory(tb testing.TB, pin string) float64 {
+	entries, err := os.ReadDir(pin)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var total uint64
+	for _, e := range entries {
+		m, err := ebpf.LoadPinnedMap(filepath.Join(pin, e.Name()), nil)
+		if err != nil {
+			continue // a pinned link or program
+		}
+		info, err := m.Info()
+		m.Close()
+		if err != nil {
+			tb.Fatalf("map %s: %v", e.Name(), err)
+		}
+		if n, ok := info.Memlock(); ok {
+			total += n
+		}
+	}
+	return float64(total) / (1 << 20)
 }
 
 func pinnedServices(pin string) int {

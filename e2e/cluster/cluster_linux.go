@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -295,7 +296,9 @@ func (p *Pod) unplumb() error {
 // namespace is left to meet the next connections. Processes still running
 // in the pod's network namespace are killed first.
 func (p *Pod) Renew() error {
-	killCgroup(p.Cgroup)
+	if err := killProcesses(p.Cgroup); err != nil {
+		return fmt.Errorf("renew pod %s: %w", p.Name, err)
+	}
 	if err := p.unplumb(); err != nil {
 		return err
 	}
@@ -422,6 +425,31 @@ func (c *Cluster) Close() error {
 // killCgroup kills every process in a cgroup (cgroup.kill, Linux 5.14+).
 func killCgroup(dir string) {
 	_ = os.WriteFile(filepath.Join(dir, "cgroup.kill"), []byte("1"), 0)
+}
+
+// killProcesses kills the processes of a cgroup one by one and waits
+// until it is empty. Unlike cgroup.kill, it leaves the cgroup usable: on
+// this kernel (6.18), a process later started into a cgroup that was
+// killed through cgroup.kill (clone3 with CLONE_INTO_CGROUP, as Pod.Start
+// does) is killed at once.
+func killProcesses(dir string) error {
+	for range 500 {
+		data, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
+		if err != nil {
+			return err
+		}
+		pids := strings.Fields(string(data))
+		if len(pids) == 0 {
+			return nil
+		}
+		for _, f := range pids {
+			if pid, err := strconv.Atoi(f); err == nil {
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return fmt.Errorf("processes of cgroup %s did not end", dir)
 }
 
 func removeCgroup(dir string) error {

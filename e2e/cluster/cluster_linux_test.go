@@ -244,6 +244,18 @@ func TestRoutedNodes(t *testing.T) {
 	if os.SameFile(before, after) {
 		t.Error("Renew kept the pod's network namespace")
 	}
+	// The pod's cgroup takes new processes.
+	again := pods["b1"].Command(ctx, "sleep", "60")
+	if err := pods["b1"].Start(again); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- again.Wait() }()
+	select {
+	case err := <-exited:
+		t.Errorf("a process started in the renewed pod ended at once: %v", err)
+	case <-time.After(300 * time.Millisecond):
+	}
 	check()
 
 	closed = true

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -202,11 +203,25 @@ const (
 	CountEnv = "SLUICE_TEST_COUNT" // load: round trips, connections, or MiB
 )
 
-// Load is what the load role measured, printed as JSON.
+// Load is what the load role measured, printed as JSON. P50 and P99 are
+// the median and 99th percentile time of one round trip (rr) or one
+// connection (connect), in microseconds.
 type Load struct {
 	Ops     int
 	Seconds float64
 	Errors  int
+	P50     float64 `json:",omitempty"`
+	P99     float64 `json:",omitempty"`
+}
+
+// percentiles sets l's P50 and P99 from the durations d, which it sorts.
+func (l *Load) percentiles(d []time.Duration) {
+	if len(d) == 0 {
+		return
+	}
+	slices.Sort(d)
+	at := func(q float64) float64 { return float64(d[int(q*float64(len(d)-1))].Nanoseconds()) / 1e3 }
+	l.P50, l.P99 = at(0.5), at(0.99)
 }
 
 // loadRole measures, against DialEnv: rr, CountEnv round trips of 64-byte
@@ -252,16 +267,22 @@ func roundTrips(addr string, n int) (Load, error) {
 			return Load{}, err
 		}
 	}
+	took := make([]time.Duration, n)
 	start := time.Now()
-	for range n {
+	last := start
+	for i := range n {
 		if _, err := c.Write(msg); err != nil {
 			return Load{}, err
 		}
 		if _, err := io.ReadFull(c, back); err != nil {
 			return Load{}, err
 		}
+		now := time.Now()
+		took[i], last = now.Sub(last), now
 	}
-	return Load{Ops: n, Seconds: time.Since(start).Seconds()}, nil
+	l := Load{Ops: n, Seconds: last.Sub(start).Seconds()}
+	l.percentiles(took)
+	return l, nil
 }
 
 func bulk(addr string, mib int) (Load, error) {
@@ -285,6 +306,7 @@ func bulk(addr string, mib int) (Load, error) {
 func connects(addr string, n int) Load {
 	var mu sync.Mutex
 	res := Load{Ops: n}
+	took := make([]time.Duration, 0, n)
 	start := time.Now()
 	var wg sync.WaitGroup
 	next := make(chan struct{}, n)
@@ -298,6 +320,7 @@ func connects(addr string, n int) Load {
 			defer wg.Done()
 			msg, back := make([]byte, 64), make([]byte, 64)
 			for range next {
+				began := time.Now()
 				err := func() error {
 					c, err := net.Dial("tcp", addr)
 					if err != nil {
@@ -310,15 +333,19 @@ func connects(addr string, n int) Load {
 					_, err = io.ReadFull(c, back)
 					return err
 				}()
+				d := time.Since(began)
+				mu.Lock()
 				if err != nil {
-					mu.Lock()
 					res.Errors++
-					mu.Unlock()
+				} else {
+					took = append(took, d)
 				}
+				mu.Unlock()
 			}
 		}()
 	}
 	wg.Wait()
 	res.Seconds = time.Since(start).Seconds()
+	res.percentiles(took)
 	return res
 }

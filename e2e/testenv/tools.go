@@ -17,6 +17,10 @@ var toolInstall = map[string]string{
 	"curl":   "apt-get install curl",
 	"wrk":    "apt-get install wrk",
 	"fortio": "GOBIN=/usr/local/bin go install fortio.org/fortio@v1.68.2",
+	// kube-proxy's rule shapes in the side-by-side benchmark
+	"iptables-restore": "apt-get install iptables",
+	"nft":              "apt-get install nftables",
+	"conntrack":        "apt-get install conntrack",
 }
 
 // LookTool returns the path of the program name: from PATH, or else from

@@ -1,0 +1,774 @@
+package e2e_test
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sluice-mesh/sluice/e2e/cluster"
+	"github.com/sluice-mesh/sluice/e2e/kubeproxy"
+	"github.com/sluice-mesh/sluice/e2e/probe"
+	"github.com/sluice-mesh/sluice/e2e/testenv"
+)
+
+// The side-by-side benchmark (make bench, docs/benchmarks.md) measures, in
+// one run and interleaved, the same traffic through four set-ups of the
+// simulated cluster:
+//
+//   - direct: the client dials the server pod's address (no mesh);
+//   - iptables, nftables: the client dials a service VIP that kube-proxy's
+//     rules, in the shape of its iptables or nftables mode, translate in
+//     the client's node namespace (package kubeproxy);
+//   - sluice: the client dials the VIP and Sluice's agents translate it at
+//     connect; sluice-fast is the same with the same-node fast path on.
+//
+// Each set-up has two routed nodes of its own (cluster.AddRoutedNode), so
+// packets cross a node's namespace as on a real node, and the set-ups do
+// not share any netfilter or BPF state. Every measurement ("phase") runs in
+// fresh network namespaces (Pod.Renew) for the client and server pods, with
+// the client node's conntrack table flushed, so nothing one phase leaves
+// behind (TIME_WAIT, conntrack entries) meets the next; the servers close
+// connections first.
+var (
+	sbReport = flag.String("sidebyside.report", "", "side-by-side benchmark: write the Markdown report to this file")
+	sbJSON   = flag.String("sidebyside.json", "", "side-by-side benchmark: write the raw results as JSON to this file")
+	sbSizes  = flag.String("sidebyside.sizes", "2,1000,10000,100000", "side-by-side benchmark: services in the tables for the connection-rate runs")
+	sbRounds = flag.Int("sidebyside.rounds", 5, "side-by-side benchmark: measured rounds per figure, after one warm-up round")
+	sbLimit  = flag.Duration("sidebyside.load-limit", 3*time.Minute, "side-by-side benchmark: a kube-proxy mode whose rules take longer to load stops at that size")
+	sbCP     = flag.Bool("sidebyside.control-plane", true, "side-by-side benchmark: also measure control-plane scale (10,000 services × 10 endpoints)")
+)
+
+// Set-up names, in the order of the report.
+const (
+	sbDirect     = "direct"
+	sbIPTables   = "iptables"
+	sbNFTables   = "nftables"
+	sbSluice     = "sluice"
+	sbSluiceFast = "sluice-fast"
+)
+
+// Scenarios and placements.
+const (
+	sbRR      = "rr"      // 64-byte request/response on one connection
+	sbBulk    = "bulk"    // one connection writing MiB to a sink
+	sbConnect = "connect" // connect, one request, close
+	sbSame    = "same-node"
+	sbCross   = "cross-node"
+)
+
+var (
+	sbPodCIDR  = netip.MustParsePrefix("10.244.0.0/16")
+	sbVIPSame  = netip.MustParseAddr("10.96.0.10")
+	sbVIPCross = netip.MustParseAddr("10.96.0.11")
+	// The port each scenario's server listens on (and its service port).
+	sbPorts = map[string]uint16{sbRR: 7000, sbBulk: 7001, sbConnect: 7002}
+	// The echo role's mode for each scenario's server.
+	sbServerMode = map[string]string{sbRR: "read", sbBulk: "sink", sbConnect: "oneshot"}
+)
+
+// sbConfig sizes a run.
+type sbConfig struct {
+	Sizes     []int         // services in the tables, connection-rate runs
+	Rounds    int           // measured rounds, after one warm-up round
+	RoundTrip int           // round trips per rr phase
+	BulkMiB   int           // MiB per bulk phase
+	Conns     int           // the most connections per connect phase
+	ConnTime  time.Duration // what a connect phase aims to last (its count comes from the warm-up's rate)
+	LoadLimit time.Duration
+}
+
+// sbSetup is one set-up: its client pods and server pods, on its nodes.
+type sbSetup struct {
+	Name   string
+	mode   kubeproxy.Mode // iptables and nftables only
+	nodes  [2]*cluster.Node
+	client *cluster.Pod
+	server map[string]*cluster.Pod // by placement
+	agents []*cluster.Agent        // sluice and sluice-fast
+	// stopped says why a kube-proxy mode measures no further sizes.
+	stopped string
+}
+
+// sbSample is one phase's measurement.
+type sbSample struct {
+	Scenario  string
+	Placement string
+	Services  int
+	Setup     string
+	Round     int // 0 is the warm-up
+	Load      probe.Load
+	Conntrack int // entries in the client node's conntrack table when the phase started
+}
+
+// sbInstall is how long putting a table size in place took.
+type sbInstall struct {
+	Setup    string
+	Services int
+	Seconds  float64
+	Stopped  string `json:",omitempty"`
+}
+
+// sbRun is a whole run's raw results.
+type sbRun struct {
+	Machine      map[string]string
+	Config       sbConfig
+	Samples      []sbSample
+	Installs     []sbInstall
+	ControlPlane *sbControlPlane `json:",omitempty"`
+}
+
+type sbHarness struct {
+	tb     testing.TB
+	cfg    sbConfig
+	c      *cluster.Cluster
+	bin    string
+	mesh   *cluster.MeshFile
+	setups map[string]*sbSetup
+	order  []string // every set-up name
+	run    sbRun
+}
+
+// newSideBySide builds the set-ups on a new cluster, with the largest size
+// in mind for Sluice's map capacities.
+func newSideBySide(tb testing.TB, cfg sbConfig) *sbHarness {
+	testenv.RequirePrivileged(tb)
+	for _, tool := range []string{"iptables-restore", "nft", "conntrack"} {
+		testenv.Tool(tb, tool)
+	}
+	c, err := cluster.New()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		if err := c.Close(); err != nil {
+			tb.Error(err)
+		}
+		if left, err := cluster.Leftovers(c.ID); err != nil || len(left) > 0 {
+			tb.Errorf("left behind: %v %v", left, err)
+		}
+	})
+	h := &sbHarness{tb: tb, cfg: cfg, c: c, bin: buildSluice(tb), setups: map[string]*sbSetup{}}
+	h.run.Config = cfg
+	pod := func(n *cluster.Node, name string, subnet, host byte, more ...byte) *cluster.Pod {
+		p, err := n.AddPod(name, netip.AddrFrom4([4]byte{10, 244, subnet, host}))
+		if err != nil {
+			tb.Fatal(err)
+		}
+		for _, m := range more {
+			if err := p.AddAddr(netip.AddrFrom4([4]byte{10, 244, subnet, m})); err != nil {
+				tb.Fatal(err)
+			}
+		}
+		return p
+	}
+	for i, name := range []string{sbDirect, sbIPTables, sbNFTables, sbSluice} {
+		s := &sbSetup{Name: name, server: map[string]*cluster.Pod{}}
+		for j := range s.nodes {
+			if s.nodes[j], err = c.AddRoutedNode(fmt.Sprintf("%s-%d", name, j+1)); err != nil {
+				tb.Fatal(err)
+			}
+		}
+		local, remote := byte(10+2*i), byte(11+2*i)
+		s.client = pod(s.nodes[0], name+"-cli", local, 10)
+		// Each server pod has three addresses, the three endpoints of its
+		// service: one server process serves them all.
+		s.server[sbSame] = pod(s.nodes[0], name+"-srv1", local, 20, 21, 22)
+		s.server[sbCross] = pod(s.nodes[1], name+"-srv2", remote, 20, 21, 22)
+		switch name {
+		case sbIPTables:
+			s.mode = kubeproxy.IPTables
+		case sbNFTables:
+			s.mode = kubeproxy.NFTables
+		}
+		h.setups[name] = s
+		h.order = append(h.order, name)
+		if name == sbSluice {
+			fast := *s
+			fast.Name = sbSluiceFast
+			fast.client = pod(s.nodes[0], "sluice-fast-cli", local, 11)
+			h.setups[sbSluiceFast] = &fast
+			h.order = append(h.order, sbSluiceFast)
+		}
+	}
+	h.startSluice()
+	return h
+}
+
+// startSluice starts the agents of the sluice nodes, with two services.
+func (h *sbHarness) startSluice() {
+	s, fast := h.setups[sbSluice], h.setups[sbSluiceFast]
+	on, off := true, false
+	workload := func(p *cluster.Pod, fp *bool) cluster.Workload {
+		w := p.Workload("bench", p.Name)
+		w.FastPath = fp
+		return w
+	}
+	m := cluster.Mesh{TrustDomain: "cluster.local", Workloads: []cluster.Workload{
+		workload(s.client, &off), workload(fast.client, &on),
+		workload(s.server[sbSame], &on), workload(s.server[sbCross], nil),
+	}}
+	var err error
+	h.mesh, err = cluster.WriteMesh(filepath.Join(h.c.Dir, "mesh.yaml"), m)
+	if err != nil {
+		h.tb.Fatal(err)
+	}
+	biggest := 2
+	for _, n := range h.cfg.Sizes {
+		biggest = max(biggest, n)
+	}
+	for _, n := range s.nodes {
+		a, err := n.StartAgent(cluster.AgentConfig{Binary: h.bin, Mesh: h.mesh, Args: []string{
+			"--log-level", "warn",
+			"--max-services", strconv.Itoa(biggest + 64), "--max-backends", strconv.Itoa(2*biggest + 64),
+		}})
+		if err != nil {
+			h.tb.Fatal(err)
+		}
+		s.agents = append(s.agents, a)
+	}
+	fast.agents = s.agents
+	h.install(h.cfg.Sizes[0])
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	for _, a := range s.agents {
+		if err := a.Ready(ctx); err != nil {
+			h.tb.Fatal(err)
+		}
+	}
+}
+
+// services is the table of n services for set-up s: the two measured ones
+// (same, cross), with a port per scenario and the three addresses of s's
+// server pods as endpoints, in the middle of n-2 others whose two endpoints
+// nothing answers at. kube-proxy gives each service port a chain of its own.
+func (h *sbHarness) services(s *sbSetup, n int) []kubeproxy.Service {
+	var targets []kubeproxy.Service
+	for _, t := range []struct {
+		name      string
+		vip       netip.Addr
+		placement string
+	}{{"same", sbVIPSame, sbSame}, {"cross", sbVIPCross, sbCross}} {
+		for _, scenario := range []string{sbRR, sbBulk, sbConnect} {
+			port := sbPorts[scenario]
+			svc := kubeproxy.Service{Namespace: "bench", Name: t.name, VIP: t.vip, Port: port, Protocol: "tcp"}
+			for _, a := range sbPodAddrs(s.server[t.placement]) {
+				svc.Endpoints = append(svc.Endpoints, netip.AddrPortFrom(a, port))
+			}
+			targets = append(targets, svc)
+		}
+	}
+	fillers := max(n-2, 0)
+	out := make([]kubeproxy.Service, 0, fillers+len(targets))
+	for i := range fillers {
+		if i == fillers/2 {
+			out = append(out, targets...)
+		}
+		vip := 10<<24 | 96<<16 | uint32(256+i)
+		ep := 10<<24 | 250<<16 | uint32(2*i)
+		out = append(out, kubeproxy.Service{
+			Namespace: fmt.Sprintf("ns%d", i%100), Name: fmt.Sprintf("svc%d", i),
+			VIP: sbAddr(vip), Port: 80, Protocol: "tcp",
+			Endpoints: []netip.AddrPort{netip.AddrPortFrom(sbAddr(ep), 8080), netip.AddrPortFrom(sbAddr(ep+1), 8080)},
+		})
+	}
+	if fillers == 0 {
+		out = append(out, targets...)
+	}
+	return out
+}
+
+func sbAddr(v uint32) netip.Addr {
+	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+}
+
+// sbPodAddrs is the three addresses of a server pod.
+func sbPodAddrs(p *cluster.Pod) []netip.Addr {
+	b := p.IP.As4()
+	var out []netip.Addr
+	for i := range 3 {
+		out = append(out, netip.AddrFrom4([4]byte{b[0], b[1], b[2], b[3] + byte(i)}))
+	}
+	return out
+}
+
+// install puts the table of n services in place in every set-up that still
+// runs, and records how long each took.
+func (h *sbHarness) install(n int) {
+	for _, name := range []string{sbIPTables, sbNFTables} {
+		s := h.setups[name]
+		if s.stopped != "" {
+			continue
+		}
+		// Loading grows at least linearly with the table: a size that
+		// would take over the limit by that measure is not tried.
+		if last := h.lastInstall(name); last != nil && last.Seconds*float64(n)/float64(last.Services) > h.cfg.LoadLimit.Seconds() {
+			s.stopped = fmt.Sprintf("loading %d services would take at least %.0f s (%d took %.1f s), over the limit of %s",
+				n, last.Seconds*float64(n)/float64(last.Services), last.Services, last.Seconds, h.cfg.LoadLimit)
+			h.run.Installs = append(h.run.Installs, sbInstall{Setup: name, Services: n, Stopped: s.stopped})
+			_ = kubeproxy.Flush(context.Background(), s.nodes[0].NetNS, s.mode)
+			h.tb.Logf("%s: %s", name, s.stopped)
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), h.cfg.LoadLimit)
+		took, err := kubeproxy.Load(ctx, s.nodes[0].NetNS, s.mode, h.services(s, n), sbPodCIDR)
+		cancel()
+		rec := sbInstall{Setup: name, Services: n, Seconds: took.Seconds()}
+		if err != nil {
+			if ctx.Err() == nil {
+				h.tb.Fatalf("%s: load %d services: %v", name, n, err)
+			}
+			s.stopped = fmt.Sprintf("loading %d services took over %s", n, h.cfg.LoadLimit)
+			rec.Stopped = s.stopped
+			rec.Seconds = h.cfg.LoadLimit.Seconds()
+			_ = kubeproxy.Flush(context.Background(), s.nodes[0].NetNS, s.mode)
+		}
+		h.run.Installs = append(h.run.Installs, rec)
+		h.tb.Logf("%s: %d services in %.2fs %s", name, n, rec.Seconds, rec.Stopped)
+	}
+	if h.mesh == nil {
+		return
+	}
+	// Sluice: the mesh file the agents' embedded control planes serve, in
+	// force when both agents report every VIP:port entry.
+	s := h.setups[sbSluice]
+	svcs := h.services(s, n)
+	start := time.Now()
+	err := h.mesh.Update(func(m *cluster.Mesh) error {
+		m.Services = sbMeshServices(svcs)
+		return nil
+	})
+	if err != nil {
+		h.tb.Fatal(err)
+	}
+	want := float64(len(svcs))
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	for _, a := range s.agents {
+		for {
+			page, err := a.Metrics(ctx)
+			if err == nil {
+				if got, err := cluster.MetricSum(page, "sluice_services"); err == nil && got == want {
+					break
+				}
+			}
+			if ctx.Err() != nil {
+				h.tb.Fatalf("agent of %s did not apply %d services: %v\n%s", a.Node.Name, n, ctx.Err(), a.Log())
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	rec := sbInstall{Setup: sbSluice, Services: n, Seconds: time.Since(start).Seconds()}
+	h.run.Installs = append(h.run.Installs, rec)
+	h.tb.Logf("sluice: %d services in %.2fs", n, rec.Seconds)
+}
+
+// lastInstall is the last table size set-up name put in place, or nil.
+func (h *sbHarness) lastInstall(name string) *sbInstall {
+	for i := len(h.run.Installs) - 1; i >= 0; i-- {
+		if in := &h.run.Installs[i]; in.Setup == name && in.Stopped == "" {
+			return in
+		}
+	}
+	return nil
+}
+
+// sbMeshServices turns the per-port service list into mesh services.
+func sbMeshServices(svcs []kubeproxy.Service) []cluster.Service {
+	var out []cluster.Service
+	index := map[string]int{}
+	for _, s := range svcs {
+		key := s.Namespace + "/" + s.Name
+		i, ok := index[key]
+		if !ok {
+			i = len(out)
+			index[key] = i
+			out = append(out, cluster.Service{Name: s.Name, Namespace: s.Namespace, VIPs: []netip.Addr{s.VIP}})
+			for _, ep := range s.Endpoints {
+				out[i].Endpoints = append(out[i].Endpoints, cluster.Endpoint{Address: ep.Addr()})
+			}
+		}
+		target := s.Port
+		if len(s.Endpoints) > 0 {
+			target = s.Endpoints[0].Port()
+		}
+		out[i].Ports = append(out[i].Ports, cluster.Port{Port: s.Port, TargetPort: target})
+	}
+	return out
+}
+
+// phase runs one measurement of set-up s in fresh network namespaces.
+func (h *sbHarness) phase(s *sbSetup, scenario, placement string, count int) (probe.Load, int, error) {
+	srv := s.server[placement]
+	for _, p := range []*cluster.Pod{s.client, srv} {
+		if err := p.Renew(); err != nil {
+			return probe.Load{}, 0, err
+		}
+	}
+	port := sbPorts[scenario]
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := srv.Command(ctx, os.Args[0])
+	cmd.Env = append(os.Environ(), probe.RoleEnv+"=echo", probe.ListenEnv+"=0.0.0.0:"+strconv.Itoa(int(port)),
+		probe.EchoModeEnv+"="+sbServerMode[scenario])
+	var serverLog cluster.LogBuffer
+	cmd.Stdout, cmd.Stderr = &serverLog, &serverLog
+	if err := srv.Start(cmd); err != nil {
+		return probe.Load{}, 0, err
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	for _, a := range sbPodAddrs(srv) {
+		short, cancel := context.WithTimeout(ctx, 20*time.Second)
+		err := srv.WaitListening(short, netip.AddrPortFrom(a, port).String())
+		cancel()
+		if err != nil {
+			select {
+			case e := <-exited:
+				err = fmt.Errorf("%w; it exited: %v", err, e)
+			default:
+			}
+			return probe.Load{}, 0, fmt.Errorf("%s server: %w; its output: %s", s.Name, err, serverLog.String())
+		}
+	}
+	entries := 0
+	for _, n := range s.nodes {
+		left, err := flushConntrack(n.NetNS)
+		if err != nil {
+			return probe.Load{}, 0, err
+		}
+		if n == s.nodes[0] {
+			entries = left
+		}
+	}
+	addr := netip.AddrPortFrom(srv.IP, port)
+	if s.Name != sbDirect {
+		vip := sbVIPSame
+		if placement == sbCross {
+			vip = sbVIPCross
+		}
+		addr = netip.AddrPortFrom(vip, port)
+	}
+	l, err := probe.RunLoad(s.client, scenario, addr.String(), count)
+	if err != nil {
+		return l, entries, fmt.Errorf("%s %s %s: %w", s.Name, scenario, placement, err)
+	}
+	return l, entries, nil
+}
+
+// flushConntrack empties the conntrack table of network namespace ns and
+// returns how many entries it holds afterwards (0 unless something raced).
+func flushConntrack(ns string) (int, error) {
+	if out, err := exec.Command("ip", "netns", "exec", ns, "conntrack", "-F").CombinedOutput(); err != nil {
+		return 0, fmt.Errorf("conntrack -F in %s: %v: %s", ns, err, strings.TrimSpace(string(out)))
+	}
+	return conntrackCount(ns)
+}
+
+// conntrackCount is the number of conntrack entries in ns; 0 when conntrack
+// never ran there.
+func conntrackCount(ns string) (int, error) {
+	out, err := exec.Command("ip", "netns", "exec", ns, "cat", "/proc/sys/net/netfilter/nf_conntrack_count").CombinedOutput()
+	if err != nil {
+		if strings.Contains(string(out), "No such file") {
+			return 0, nil
+		}
+		return 0, fmt.Errorf("conntrack count in %s: %v: %s", ns, err, strings.TrimSpace(string(out)))
+	}
+	return strconv.Atoi(strings.TrimSpace(string(out)))
+}
+
+// block runs one warm-up round and the measured rounds of a scenario at a
+// placement and size, over the set-ups given, rotating which goes first.
+// count gives each set-up's count for a round from its warm-up.
+func (h *sbHarness) block(scenario, placement string, services int, setups []string, count func(warm *probe.Load) int) {
+	var active []string
+	for _, name := range setups {
+		if h.setups[name].stopped == "" {
+			active = append(active, name)
+		}
+	}
+	warm := map[string]*probe.Load{}
+	for round := 0; round <= h.cfg.Rounds; round++ {
+		for i := range active {
+			s := h.setups[active[(i+round)%len(active)]]
+			l, entries, err := h.phase(s, scenario, placement, count(warm[s.Name]))
+			if err != nil {
+				h.tb.Fatal(err)
+			}
+			if round == 0 {
+				warm[s.Name] = &l
+			}
+			h.run.Samples = append(h.run.Samples, sbSample{Scenario: scenario, Placement: placement, Services: services,
+				Setup: s.Name, Round: round, Load: l, Conntrack: entries})
+		}
+	}
+}
+
+// measure runs every scenario of the run.
+func (h *sbHarness) measure() {
+	same := []string{sbDirect, sbIPTables, sbNFTables, sbSluice, sbSluiceFast}
+	cross := []string{sbDirect, sbIPTables, sbNFTables, sbSluice}
+	fixed := func(n int) func(*probe.Load) int { return func(*probe.Load) int { return n } }
+	conns := func(warm *probe.Load) int {
+		if warm == nil || warm.Seconds <= 0 {
+			return max(h.cfg.Conns/4, 100)
+		}
+		rate := float64(warm.Ops) / warm.Seconds
+		return min(max(int(rate*h.cfg.ConnTime.Seconds()), 200), h.cfg.Conns)
+	}
+	sizes := h.cfg.Sizes
+	// Round trips and bulk transfers with the smallest table: kube-proxy's
+	// rules act on a connection's first packet; conntrack carries the rest.
+	for _, p := range []struct {
+		placement string
+		setups    []string
+	}{{sbSame, same}, {sbCross, cross}} {
+		h.block(sbRR, p.placement, sizes[0], p.setups, fixed(h.cfg.RoundTrip))
+		h.block(sbBulk, p.placement, sizes[0], p.setups, fixed(h.cfg.BulkMiB))
+	}
+	for i, n := range sizes {
+		if i > 0 {
+			h.install(n)
+		}
+		h.block(sbConnect, sbCross, n, cross, conns)
+		h.block(sbConnect, sbSame, n, same, conns)
+	}
+}
+
+// machine describes where the run happened.
+func sbMachine() map[string]string {
+	m := map[string]string{"date": time.Now().UTC().Format(time.RFC3339)}
+	if out, err := exec.Command("uname", "-sr").Output(); err == nil {
+		m["kernel"] = strings.TrimSpace(string(out))
+	}
+	if data, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		cpus := 0
+		for _, line := range strings.Split(string(data), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok {
+				switch strings.TrimSpace(k) {
+				case "model name":
+					m["cpu"] = strings.TrimSpace(v)
+				case "processor":
+					cpus++
+				}
+			}
+		}
+		m["cpus"] = strconv.Itoa(cpus)
+	}
+	if data, err := os.ReadFile("/proc/meminfo"); err == nil {
+		if line, _, ok := strings.Cut(string(data), "\n"); ok {
+			m["memory"] = strings.Join(strings.Fields(line)[1:], " ")
+		}
+	}
+	for _, mode := range []kubeproxy.Mode{kubeproxy.IPTables, kubeproxy.NFTables} {
+		if v, err := kubeproxy.Backend(context.Background(), mode); err == nil {
+			m[string(mode)] = v
+		}
+	}
+	if out, err := exec.Command("go", "version").Output(); err == nil {
+		m["go"] = strings.TrimSpace(string(out))
+	}
+	if out, err := exec.Command("git", "rev-parse", "--short", "HEAD").Output(); err == nil {
+		m["commit"] = strings.TrimSpace(string(out))
+	}
+	return m
+}
+
+// BenchmarkSideBySide is the side-by-side benchmark (make bench). It runs
+// once whatever b.N is; -sidebyside.report and -sidebyside.json write
+// what it measured.
+func BenchmarkSideBySide(b *testing.B) {
+	var sizes []int
+	for _, f := range strings.Split(*sbSizes, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 2 {
+			b.Fatalf("-sidebyside.sizes: %q is not a service count of at least 2", f)
+		}
+		sizes = append(sizes, n)
+	}
+	if *sbRounds < 1 {
+		b.Fatalf("-sidebyside.rounds %d: at least one round", *sbRounds)
+	}
+	cfg := sbConfig{Sizes: sizes, Rounds: *sbRounds, RoundTrip: 20000, BulkMiB: 1024, Conns: 4000,
+		ConnTime: 600 * time.Millisecond, LoadLimit: *sbLimit}
+	h := newSideBySide(b, cfg)
+	h.run.Machine = sbMachine()
+	b.ResetTimer()
+	h.measure()
+	if *sbCP {
+		h.run.ControlPlane = measureControlPlane(b, h.bin)
+	}
+	b.StopTimer()
+	sum := summarize(h.run)
+	for _, r := range sum.Rows {
+		if r.Setup == sbDirect || r.Ratio == nil {
+			continue
+		}
+		b.ReportMetric(r.Ratio.Median, fmt.Sprintf("%s-%s-%d-%s/direct", r.Scenario, r.Placement, r.Services, r.Setup))
+	}
+	if err := writeSideBySide(h.run, sum, *sbReport, *sbJSON); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// measureControlPlane runs the control-plane scale measurements of the
+// xDS benchmarks at 10,000 services × 10 endpoints.
+func measureControlPlane(tb testing.TB, bin string) *sbControlPlane {
+	const n = 10000
+	cp := &sbControlPlane{Services: n, Endpoints: 10}
+	_, total := measureFullSync(tb, n, 3)
+	for _, d := range total {
+		cp.FullSyncMS = append(cp.FullSyncMS, float64(d.Microseconds())/1000)
+	}
+	client, _, _ := measureEndpointChanges(tb, n, 300)
+	for _, d := range client {
+		cp.EndpointChangeMS = append(cp.EndpointChangeMS, float64(d.Microseconds())/1000)
+	}
+	m := measureAgentMemory(tb, bin, n)
+	cp.RSSMiB, cp.PeakRSSMiB, cp.MapsMiB = m.RSS, m.Peak, m.Maps
+	return cp
+}
+
+// TestSideBySideQuick runs the benchmark's harness small, and checks that
+// each set-up really translates the way it claims: kube-proxy's rules by
+// conntrack entries in the client's node, Sluice at connect with nothing
+// in conntrack, and the fast path by the bytes it carried.
+func TestSideBySideQuick(t *testing.T) {
+	cfg := sbConfig{Sizes: []int{2, 40}, Rounds: 1, RoundTrip: 300, BulkMiB: 8, Conns: 200,
+		ConnTime: 100 * time.Millisecond, LoadLimit: time.Minute}
+	h := newSideBySide(t, cfg)
+	before := h.sluiceCounters()
+	h.measure()
+	after := h.sluiceCounters()
+
+	seen := map[string]int{}
+	for _, s := range h.run.Samples {
+		seen[s.Scenario+" "+s.Placement+" "+s.Setup]++
+		if s.Load.Errors > 0 || s.Load.Ops == 0 || s.Load.Seconds <= 0 {
+			t.Errorf("%+v: errors or nothing measured", s)
+		}
+		if s.Conntrack != 0 {
+			t.Errorf("%+v: the phase started with %d conntrack entries", s, s.Conntrack)
+		}
+		if s.Scenario != sbBulk && (s.Load.P50 <= 0 || s.Load.P99 < s.Load.P50) {
+			t.Errorf("%+v: percentiles", s)
+		}
+	}
+	for _, scenario := range []string{sbRR, sbBulk} {
+		for _, setup := range []string{sbDirect, sbIPTables, sbNFTables, sbSluice, sbSluiceFast} {
+			if seen[scenario+" "+sbSame+" "+setup] != cfg.Rounds+1 {
+				t.Errorf("%s same-node %s: %d phases", scenario, setup, seen[scenario+" "+sbSame+" "+setup])
+			}
+		}
+		if seen[scenario+" "+sbCross+" "+sbSluiceFast] != 0 {
+			t.Errorf("%s: the fast path measured cross-node", scenario)
+		}
+	}
+	if want := len(cfg.Sizes) * (cfg.Rounds + 1); seen[sbConnect+" "+sbCross+" "+sbIPTables] != want {
+		t.Errorf("connect cross-node iptables: %d phases, want %d", seen[sbConnect+" "+sbCross+" "+sbIPTables], want)
+	}
+
+	// Translation: one last connect phase per set-up, then look at the
+	// client node's conntrack table.
+	for _, name := range []string{sbDirect, sbIPTables, sbNFTables, sbSluice} {
+		s := h.setups[name]
+		if _, _, err := h.phase(s, sbConnect, sbCross, 50); err != nil {
+			t.Fatal(err)
+		}
+		dnat, err := conntrackDNAT(s.nodes[0].NetNS, sbVIPCross, sbPodAddrs(s.server[sbCross]))
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch name {
+		case sbIPTables, sbNFTables:
+			if dnat < 50 {
+				t.Errorf("%s: %d conntrack entries translated %s to the server pod, want 50", name, dnat, sbVIPCross)
+			}
+		default:
+			if n, err := conntrackCount(s.nodes[0].NetNS); err != nil || n != 0 {
+				t.Errorf("%s: %d conntrack entries in the client's node (%v), want none", name, n, err)
+			}
+		}
+	}
+	if opened := after.opened - before.opened; opened < float64(h.connectOps(sbSluice)+h.connectOps(sbSluiceFast)) {
+		t.Errorf("sluice agents counted %v connections opened, fewer than the %d of the sluice connect phases", opened, h.connectOps(sbSluice)+h.connectOps(sbSluiceFast))
+	}
+	if after.fast <= before.fast {
+		t.Error("the fast path carried nothing")
+	}
+	if r := summarize(h.run); len(r.Rows) == 0 {
+		t.Error("nothing summarized")
+	}
+}
+
+type sluiceCounters struct{ opened, fast float64 }
+
+// sluiceCounters adds up the sluice agents' counters of connections opened
+// and of bytes the fast path carried, once flow records have settled.
+func (h *sbHarness) sluiceCounters() sluiceCounters {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var c sluiceCounters
+	last := -1.0
+	for {
+		c = sluiceCounters{}
+		for _, a := range h.setups[sbSluice].agents {
+			page, err := a.Metrics(ctx)
+			if err != nil {
+				h.tb.Fatal(err)
+			}
+			opened, _ := cluster.MetricSum(page, "sluice_tcp_connections_opened_total")
+			fast, _ := cluster.MetricSum(page, "sluice_fastpath_redirected_bytes_total")
+			c.opened += opened
+			c.fast += fast
+		}
+		if c.opened == last || ctx.Err() != nil {
+			return c
+		}
+		last = c.opened
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+// connectOps adds up the connections of a set-up's connect phases.
+func (h *sbHarness) connectOps(setup string) int {
+	n := 0
+	for _, s := range h.run.Samples {
+		if s.Setup == setup && s.Scenario == sbConnect {
+			n += s.Load.Ops
+		}
+	}
+	return n
+}
+
+// conntrackDNAT counts the conntrack entries of ns for connections to vip
+// whose replies come from one of the backends: those the rules translated.
+func conntrackDNAT(ns string, vip netip.Addr, backends []netip.Addr) (int, error) {
+	out, err := exec.Command("ip", "netns", "exec", ns, "conntrack", "-L", "-p", "tcp", "-d", vip.String()).Output()
+	if err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			return 0, fmt.Errorf("conntrack -L in %s: %v: %s", ns, err, ee.Stderr)
+		}
+		return 0, err
+	}
+	n := 0
+	for _, line := range strings.Split(string(out), "\n") {
+		for _, b := range backends {
+			// The reply direction's source is the backend.
+			if i := strings.LastIndex(line, "src="); i >= 0 && strings.HasPrefix(line[i:], "src="+b.String()+" ") {
+				n++
+			}
+		}
+	}
+	return n, nil
+}

@@ -1,0 +1,345 @@
+package e2e_test
+
+import (
+	"cmp"
+	"encoding/json"
+	"fmt"
+	"os"
+	"slices"
+	"strings"
+)
+
+// sbControlPlane is the control-plane scale part of a side-by-side run.
+type sbControlPlane struct {
+	Services, Endpoints int
+	FullSyncMS          []float64 // asking the control plane for the state → in force in the kernel maps
+	EndpointChangeMS    []float64 // the control plane sending one endpoint's change → in force
+	RSSMiB, PeakRSSMiB  float64   // the agent holding the state
+	MapsMiB             float64   // its BPF maps (memlock)
+}
+
+// sbStat is the spread of a figure over the measured rounds.
+type sbStat struct{ Min, Median, Max float64 }
+
+func spread(v []float64) sbStat {
+	if len(v) == 0 {
+		return sbStat{}
+	}
+	v = slices.Clone(v)
+	slices.Sort(v)
+	return sbStat{Min: v[0], Median: v[len(v)/2], Max: v[len(v)-1]}
+}
+
+// sbRow is one set-up's figures for a scenario, placement and size.
+type sbRow struct {
+	Scenario, Placement string
+	Services            int
+	Setup               string
+	Rounds              int
+	// Value is the main figure of each round: rr, the median round trip
+	// (µs); bulk, Gbit/s; connect, connections per second.
+	Value sbStat
+	P99   *sbStat `json:",omitempty"` // rr and connect: the 99th percentile (µs) of each round
+	// Ratio is each round's Value over direct's in the same round; for
+	// rr a time ratio (lower is better), otherwise a rate ratio (higher
+	// is better).
+	Ratio    *sbStat `json:",omitempty"`
+	P99Ratio *sbStat `json:",omitempty"`
+	Stopped  string  `json:",omitempty"`
+}
+
+type sbSummary struct{ Rows []sbRow }
+
+// sbValue is a sample's main figure.
+func sbValue(s sbSample) float64 {
+	switch s.Scenario {
+	case sbRR:
+		return s.Load.P50
+	case sbBulk:
+		return float64(s.Load.Ops) * 8 / 1024 / s.Load.Seconds // MiB → Gbit (2^30 bits)
+	default:
+		return float64(s.Load.Ops) / s.Load.Seconds
+	}
+}
+
+var sbSetupOrder = []string{sbDirect, sbIPTables, sbNFTables, sbSluice, sbSluiceFast}
+
+// summarize groups the measured rounds (not the warm-ups) and pairs each
+// round with direct's round of the same number.
+func summarize(run sbRun) sbSummary {
+	type key struct {
+		scenario, placement string
+		services            int
+		setup               string
+	}
+	rounds := map[key]map[int]sbSample{}
+	for _, s := range run.Samples {
+		if s.Round == 0 {
+			continue
+		}
+		k := key{s.Scenario, s.Placement, s.Services, s.Setup}
+		if rounds[k] == nil {
+			rounds[k] = map[int]sbSample{}
+		}
+		rounds[k][s.Round] = s
+	}
+	var sum sbSummary
+	for k, byRound := range rounds {
+		row := sbRow{Scenario: k.scenario, Placement: k.placement, Services: k.services, Setup: k.setup, Rounds: len(byRound)}
+		direct := rounds[key{k.scenario, k.placement, k.services, sbDirect}]
+		var values, p99s, ratios, p99Ratios []float64
+		for r, s := range byRound {
+			values = append(values, sbValue(s))
+			if s.Scenario != sbBulk {
+				p99s = append(p99s, s.Load.P99)
+			}
+			d, ok := direct[r]
+			if !ok || k.setup == sbDirect {
+				continue
+			}
+			ratios = append(ratios, sbValue(s)/sbValue(d))
+			if s.Scenario == sbRR {
+				p99Ratios = append(p99Ratios, s.Load.P99/d.Load.P99)
+			}
+		}
+		row.Value = spread(values)
+		if len(p99s) > 0 {
+			st := spread(p99s)
+			row.P99 = &st
+		}
+		if len(ratios) > 0 {
+			st := spread(ratios)
+			row.Ratio = &st
+		}
+		if len(p99Ratios) > 0 {
+			st := spread(p99Ratios)
+			row.P99Ratio = &st
+		}
+		sum.Rows = append(sum.Rows, row)
+	}
+	for _, in := range run.Installs {
+		if in.Stopped == "" {
+			continue
+		}
+		for _, placement := range []string{sbCross, sbSame} {
+			sum.Rows = append(sum.Rows, sbRow{Scenario: sbConnect, Placement: placement, Services: in.Services, Setup: in.Setup, Stopped: in.Stopped})
+		}
+	}
+	slices.SortFunc(sum.Rows, func(a, b sbRow) int {
+		return cmp.Or(cmp.Compare(a.Scenario, b.Scenario), cmp.Compare(a.Placement, b.Placement),
+			cmp.Compare(a.Services, b.Services), cmp.Compare(slices.Index(sbSetupOrder, a.Setup), slices.Index(sbSetupOrder, b.Setup)))
+	})
+	return sum
+}
+
+func (sum sbSummary) find(scenario, placement string, services int, setup string) *sbRow {
+	for i := range sum.Rows {
+		r := &sum.Rows[i]
+		if r.Scenario == scenario && r.Placement == placement && r.Services == services && r.Setup == setup {
+			return r
+		}
+	}
+	return nil
+}
+
+// writeSideBySide writes the Markdown report and the raw JSON, each if
+// its path is set.
+func writeSideBySide(run sbRun, sum sbSummary, mdPath, jsonPath string) error {
+	if jsonPath != "" {
+		data, err := json.MarshalIndent(struct {
+			sbRun
+			Summary sbSummary
+		}{run, sum}, "", "  ")
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(jsonPath, append(data, '\n'), 0o644); err != nil {
+			return err
+		}
+	}
+	if mdPath != "" {
+		return os.WriteFile(mdPath, []byte(renderSideBySide(run, sum, jsonPath)), 0o644)
+	}
+	return nil
+}
+
+func fmtStat(s sbStat, format string) string {
+	return fmt.Sprintf(format+" ("+format+"–"+format+")", s.Median, s.Min, s.Max)
+}
+
+func fmtRatio(s *sbStat) string {
+	if s == nil {
+		return "1 (baseline)"
+	}
+	return fmtStat(*s, "%.2f")
+}
+
+// renderSideBySide is docs/benchmarks.md.
+func renderSideBySide(run sbRun, sum sbSummary, jsonPath string) string {
+	var b strings.Builder
+	w := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
+	w("# Benchmarks: Sluice side by side with no mesh and with kube-proxy\n\n")
+	w("Generated by `make bench` (the side-by-side part: `go test ./e2e/ -run '^$' -bench '^BenchmarkSideBySide$' -benchtime 1x -timeout 90m -args -sidebyside.report docs/benchmarks.md -sidebyside.json docs/benchmarks.json`).\n")
+	w("Every figure is the median over %d measured rounds, with the lowest and highest in brackets, after one warm-up round; ", run.Config.Rounds)
+	w("ratios compare each round with the no-mesh round measured next to it, so machine noise hits both alike.")
+	if jsonPath != "" {
+		w(" Raw results: `%s`.", jsonPath)
+	}
+	w("\n\n## The machine\n\n")
+	keys := make([]string, 0, len(run.Machine))
+	for k := range run.Machine {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		w("- %s: %s\n", k, run.Machine[k])
+	}
+	w("\n## Set-ups\n\n")
+	w("Each set-up has two simulated nodes of its own: a node is a network namespace routing for its pods (as a host namespace does), and a cgroup subtree. ")
+	w("The client pod dials:\n\n")
+	w("- **direct**: the server pod's address. No mesh, no netfilter rules: the physical limit.\n")
+	w("- **iptables**: a service VIP, translated by rules in the shape kube-proxy's iptables mode writes (KUBE-SERVICES → a chain per service port → endpoint chains picked with `statistic --mode random`), loaded with `iptables-restore` into the client's node. Conntrack tracks every connection.\n")
+	w("- **nftables**: a service VIP, translated by rules in the shape of kube-proxy's nftables mode (one verdict-map lookup on address, protocol and port, a chain per service port, `numgen random` over endpoint chains), loaded with `nft -f`.\n")
+	w("- **sluice**: a service VIP, translated at connect by Sluice's agents (one per node, standalone, flow records on, identity tagged in the TCP options), fast path off. **sluice-fast**: the same with the same-node fast path on for the client and the same-node server.\n\n")
+	w("Every service has three endpoints, three addresses of one server pod. The measured services sit in the middle of the tables; the others have two endpoints each that nothing answers at. ")
+	w("kube-proxy's rules are loaded in the client's node only (a real cluster has them on every node). ")
+	w("Each phase gets fresh network namespaces for client and server (no TIME_WAIT or socket state carries over), the servers close first, and the client node's conntrack table is flushed before it: every phase started with 0 conntrack entries")
+	maxCT := 0
+	for _, s := range run.Samples {
+		maxCT = max(maxCT, s.Conntrack)
+	}
+	if maxCT > 0 {
+		w(" except some, which started with up to %d", maxCT)
+	}
+	w(".\n\n")
+
+	w("## Round trip: 64-byte request and response on one connection\n\n")
+	w("%d round trips per round; the table holds %d services. Lower is better; the ratio is time over no mesh's.\n\n", run.Config.RoundTrip, run.Config.Sizes[0])
+	w("| placement | set-up | p50 µs | p99 µs | p50 ratio | p99 ratio |\n|---|---|---|---|---|---|\n")
+	for _, r := range sum.Rows {
+		if r.Scenario != sbRR {
+			continue
+		}
+		p99 := ""
+		if r.P99 != nil {
+			p99 = fmtStat(*r.P99, "%.1f")
+		}
+		p99r := "1 (baseline)"
+		if r.Setup != sbDirect {
+			p99r = fmtRatio(r.P99Ratio)
+		}
+		w("| %s | %s | %s | %s | %s | %s |\n", r.Placement, r.Setup, fmtStat(r.Value, "%.1f"), p99, fmtRatio(r.Ratio), p99r)
+	}
+	w("\n## Bulk throughput: one connection\n\n%d MiB per round. Higher is better.\n\n", run.Config.BulkMiB)
+	w("| placement | set-up | Gbit/s | ratio |\n|---|---|---|---|\n")
+	for _, r := range sum.Rows {
+		if r.Scenario == sbBulk {
+			w("| %s | %s | %s | %s |\n", r.Placement, r.Setup, fmtStat(r.Value, "%.2f"), fmtRatio(r.Ratio))
+		}
+	}
+	w("\n## Connection rate through a VIP\n\n")
+	w("Connect, send 64 bytes, read the answer, the server closes; two connections at a time. Each set-up's count per round comes from its warm-up rate (about %s of work, at most %d connections). Higher is better; p99 is the time of one whole connection.\n\n", run.Config.ConnTime, run.Config.Conns)
+	for _, placement := range []string{sbCross, sbSame} {
+		w("### %s\n\n| services | set-up | connections/s | ratio | p99 µs |\n|---|---|---|---|---|\n", placement)
+		for _, r := range sum.Rows {
+			if r.Scenario != sbConnect || r.Placement != placement {
+				continue
+			}
+			if r.Stopped != "" {
+				w("| %d | %s | stopped: %s | | |\n", r.Services, r.Setup, r.Stopped)
+				continue
+			}
+			p99 := ""
+			if r.P99 != nil {
+				p99 = fmt.Sprintf("%.0f", r.P99.Median)
+			}
+			w("| %d | %s | %s | %s | %s |\n", r.Services, r.Setup, fmtStat(r.Value, "%.0f"), fmtRatio(r.Ratio), p99)
+		}
+		w("\n")
+	}
+	w("### Putting the tables in place\n\n")
+	w("iptables and nftables: the tool's run (`iptables-restore`, `nft -f`); sluice: from writing the mesh file to both agents reporting every VIP:port in force (includes up to 0.2 s of file polling).\n\n")
+	w("| services | set-up | seconds |\n|---|---|---|\n")
+	for _, in := range run.Installs {
+		secs := fmt.Sprintf("%.2f", in.Seconds)
+		if in.Stopped != "" {
+			secs = "stopped: " + in.Stopped
+		}
+		w("| %d | %s | %s |\n", in.Services, in.Setup, secs)
+	}
+	if cp := run.ControlPlane; cp != nil {
+		full, change := spread(cp.FullSyncMS), percentiles(cp.EndpointChangeMS)
+		w("\n## Control-plane scale\n\n")
+		w("%d services × %d endpoints from a go-control-plane xDS server (Delta) in its own process.\n\n", cp.Services, cp.Endpoints)
+		w("| measure | value |\n|---|---|\n")
+		w("| full state, asked of the control plane → in force in the kernel maps | %s ms over %d runs |\n", fmtStat(full, "%.0f"), len(cp.FullSyncMS))
+		w("| one endpoint change, sent by the control plane → in force | p50 %.2f ms, p99 %.2f ms over %d changes |\n", change[0], change[1], len(cp.EndpointChangeMS))
+		w("| agent resident memory holding the state | %.1f MiB (peak %.1f MiB) |\n", cp.RSSMiB, cp.PeakRSSMiB)
+		w("| BPF map memory (memlock) | %.1f MiB |\n", cp.MapsMiB)
+	}
+	w("\n## Goals\n\n| goal | measured | |\n|---|---|---|\n")
+	for _, g := range goals(run, sum) {
+		mark := "met"
+		if !g.met {
+			mark = "**missed**"
+		}
+		w("| %s | %s | %s |\n", g.goal, g.measured, mark)
+	}
+	return b.String()
+}
+
+// percentiles returns the p50 and p99 of v.
+func percentiles(v []float64) [2]float64 {
+	if len(v) == 0 {
+		return [2]float64{}
+	}
+	v = slices.Clone(v)
+	slices.Sort(v)
+	at := func(q float64) float64 { return v[int(q*float64(len(v)-1))] }
+	return [2]float64{at(0.5), at(0.99)}
+}
+
+type sbGoal struct {
+	goal, measured string
+	met            bool
+}
+
+// goals checks the figures against the goals the issues set.
+func goals(run sbRun, sum sbSummary) []sbGoal {
+	var out []sbGoal
+	ratio := func(scenario, placement string, services int, setup string) (float64, bool) {
+		r := sum.find(scenario, placement, services, setup)
+		if r == nil || r.Ratio == nil {
+			return 0, false
+		}
+		return r.Ratio.Median, true
+	}
+	if v, ok := ratio(sbRR, sbSame, run.Config.Sizes[0], sbSluiceFast); ok {
+		out = append(out, sbGoal{"same-node round trip, fast path ≤ 0.75× no mesh (time)", fmt.Sprintf("%.2f×", v), v <= 0.75})
+	}
+	for _, c := range []struct{ placement, setup string }{{sbSame, sbSluiceFast}, {sbCross, sbSluice}} {
+		if v, ok := ratio(sbBulk, c.placement, run.Config.Sizes[0], c.setup); ok {
+			out = append(out, sbGoal{fmt.Sprintf("bulk throughput %s (%s) ≥ 1.0× no mesh", c.placement, c.setup), fmt.Sprintf("%.2f×", v), v >= 1.0})
+		}
+	}
+	for _, placement := range []string{sbCross, sbSame} {
+		worst, at, ok := 0.0, 0, false
+		for _, n := range run.Config.Sizes {
+			if v, found := ratio(sbConnect, placement, n, sbSluice); found && (!ok || v < worst) {
+				worst, at, ok = v, n, true
+			}
+		}
+		if ok {
+			out = append(out, sbGoal{fmt.Sprintf("connection rate %s ≥ 0.95× no mesh at every service count", placement),
+				fmt.Sprintf("lowest %.2f× (at %d services)", worst, at), worst >= 0.95})
+		}
+	}
+	if cp := run.ControlPlane; cp != nil {
+		full := spread(cp.FullSyncMS)
+		out = append(out, sbGoal{"10k × 10 state applied < 1 s", fmt.Sprintf("%.0f ms (median)", full.Median), full.Median < 1000})
+		p := percentiles(cp.EndpointChangeMS)
+		out = append(out, sbGoal{"one-endpoint delta < 10 ms p99", fmt.Sprintf("%.2f ms", p[1]), p[1] < 10})
+		out = append(out, sbGoal{"agent RSS < 64 MiB at 10k × 10", fmt.Sprintf("%.1f MiB", cp.RSSMiB), cp.RSSMiB < 64})
+	}
+	return out
+}
