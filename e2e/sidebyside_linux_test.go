@@ -39,11 +39,12 @@ import (
 // behind (TIME_WAIT, conntrack entries) meets the next; the servers close
 // connections first.
 var (
-	sbReport = flag.String("sidebyside.report", "", "side-by-side benchmark: write the Markdown report to this file")
-	sbJSON   = flag.String("sidebyside.json", "", "side-by-side benchmark: write the raw results as JSON to this file")
+	sbReport = flag.String("sidebyside.report", "", "side-by-side benchmark: write the Markdown report to this file (a relative path is taken from the repository's root)")
+	sbJSON   = flag.String("sidebyside.json", "", "side-by-side benchmark: write the raw results as JSON to this file (a relative path is taken from the repository's root)")
 	sbSizes  = flag.String("sidebyside.sizes", "2,1000,10000,100000", "side-by-side benchmark: services in the tables for the connection-rate runs")
 	sbRounds = flag.Int("sidebyside.rounds", 5, "side-by-side benchmark: measured rounds per figure, after one warm-up round")
 	sbLimit  = flag.Duration("sidebyside.load-limit", 3*time.Minute, "side-by-side benchmark: a kube-proxy mode whose rules take longer to load stops at that size")
+	sbFrom   = flag.String("sidebyside.from", "", "side-by-side benchmark: measure nothing, render the report from this raw JSON file (relative to the repository's root)")
 	sbCP     = flag.Bool("sidebyside.control-plane", true, "side-by-side benchmark: also measure control-plane scale (10,000 services × 10 endpoints)")
 )
 
@@ -179,10 +180,9 @@ func newSideBySide(tb testing.TB, cfg sbConfig) *sbHarness {
 		}
 		local, remote := byte(10+2*i), byte(11+2*i)
 		s.client = pod(s.nodes[0], name+"-cli", local, 10)
-		// Each server pod has three addresses, the three endpoints of its
-		// service: one server process serves them all.
-		s.server[sbSame] = pod(s.nodes[0], name+"-srv1", local, 20, 21, 22)
-		s.server[sbCross] = pod(s.nodes[1], name+"-srv2", remote, 20, 21, 22)
+		// The server pods are the endpoints of the measured services.
+		s.server[sbSame] = pod(s.nodes[0], name+"-srv1", local, 20)
+		s.server[sbCross] = pod(s.nodes[1], name+"-srv2", remote, 20)
 		switch name {
 		case sbIPTables:
 			s.mode = kubeproxy.IPTables
@@ -247,9 +247,9 @@ func (h *sbHarness) startSluice() {
 }
 
 // services is the table of n services for set-up s: the two measured ones
-// (same, cross), with a port per scenario and the three addresses of s's
-// server pods as endpoints, in the middle of n-2 others whose two endpoints
-// nothing answers at. kube-proxy gives each service port a chain of its own.
+// (same, cross), with a port per scenario and s's server pods as
+// endpoints, in the middle of n-2 others whose two endpoints nothing
+// answers at. kube-proxy gives each service port a chain of its own.
 func (h *sbHarness) services(s *sbSetup, n int) []kubeproxy.Service {
 	var targets []kubeproxy.Service
 	for _, t := range []struct {
@@ -290,15 +290,10 @@ func sbAddr(v uint32) netip.Addr {
 	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
 }
 
-// sbPodAddrs is the three addresses of a server pod.
-func sbPodAddrs(p *cluster.Pod) []netip.Addr {
-	b := p.IP.As4()
-	var out []netip.Addr
-	for i := range 3 {
-		out = append(out, netip.AddrFrom4([4]byte{b[0], b[1], b[2], b[3] + byte(i)}))
-	}
-	return out
-}
+// sbPodAddrs is the addresses of a server pod: the endpoints of its
+// service. (One: a workload of a mesh file has one IPv4 address, and the
+// fast path and identity know a pod by it.)
+func sbPodAddrs(p *cluster.Pod) []netip.Addr { return []netip.Addr{p.IP} }
 
 // install puts the table of n services in place in every set-up that still
 // runs, and records how long each took.
@@ -598,15 +593,29 @@ func BenchmarkSideBySide(b *testing.B) {
 	if *sbRounds < 1 {
 		b.Fatalf("-sidebyside.rounds %d: at least one round", *sbRounds)
 	}
+	report, raw := sbOutput(b, *sbReport), sbOutput(b, *sbJSON)
+	if *sbFrom != "" {
+		run, err := readSideBySide(filepath.Join("..", *sbFrom))
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := writeSideBySide(run, summarize(run), report, raw); err != nil {
+			b.Fatal(err)
+		}
+		return
+	}
 	cfg := sbConfig{Sizes: sizes, Rounds: *sbRounds, RoundTrip: 20000, BulkMiB: 1024, Conns: 4000,
-		ConnTime: 600 * time.Millisecond, LoadLimit: *sbLimit}
+		ConnTime: time.Second, LoadLimit: *sbLimit}
+	// The control plane's figures first, while nothing else runs.
+	var cp *sbControlPlane
+	if *sbCP {
+		cp = measureControlPlane(b, buildSluice(b))
+	}
 	h := newSideBySide(b, cfg)
 	h.run.Machine = sbMachine()
+	h.run.ControlPlane = cp
 	b.ResetTimer()
 	h.measure()
-	if *sbCP {
-		h.run.ControlPlane = measureControlPlane(b, h.bin)
-	}
 	b.StopTimer()
 	sum := summarize(h.run)
 	for _, r := range sum.Rows {
@@ -615,9 +624,27 @@ func BenchmarkSideBySide(b *testing.B) {
 		}
 		b.ReportMetric(r.Ratio.Median, fmt.Sprintf("%s-%s-%d-%s/direct", r.Scenario, r.Placement, r.Services, r.Setup))
 	}
-	if err := writeSideBySide(h.run, sum, *sbReport, *sbJSON); err != nil {
+	if err := writeSideBySide(h.run, sum, report, raw); err != nil {
 		b.Fatal(err)
 	}
+}
+
+// sbOutput resolves an output path, a relative one from the repository's
+// root (go test runs in the package's directory), and checks it can be
+// written before anything is measured.
+func sbOutput(tb testing.TB, path string) string {
+	if path == "" {
+		return ""
+	}
+	if !filepath.IsAbs(path) {
+		path = filepath.Join("..", path) // e2e/ is one level below the root
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE, 0o644)
+	if err != nil {
+		tb.Fatalf("side-by-side output: %v", err)
+	}
+	f.Close()
+	return path
 }
 
 // measureControlPlane runs the control-plane scale measurements of the
@@ -625,12 +652,13 @@ func BenchmarkSideBySide(b *testing.B) {
 func measureControlPlane(tb testing.TB, bin string) *sbControlPlane {
 	const n = 10000
 	cp := &sbControlPlane{Services: n, Endpoints: 10}
-	_, total := measureFullSync(tb, n, 3)
-	for _, d := range total {
-		cp.FullSyncMS = append(cp.FullSyncMS, float64(d.Microseconds())/1000)
+	client, total := measureFullSync(tb, n, 3)
+	for i := range total {
+		cp.FullSyncMS = append(cp.FullSyncMS, float64(total[i].Microseconds())/1000)
+		cp.FullSyncClientMS = append(cp.FullSyncClientMS, float64(client[i].Microseconds())/1000)
 	}
-	client, _, _ := measureEndpointChanges(tb, n, 300)
-	for _, d := range client {
+	changes, _, _ := measureEndpointChanges(tb, n, 300)
+	for _, d := range changes {
 		cp.EndpointChangeMS = append(cp.EndpointChangeMS, float64(d.Microseconds())/1000)
 	}
 	m := measureAgentMemory(tb, bin, n)
@@ -704,6 +732,16 @@ func TestSideBySideQuick(t *testing.T) {
 	}
 	if after.fast <= before.fast {
 		t.Error("the fast path carried nothing")
+	}
+	// Each fast-path phase goes through it.
+	for i := range 3 {
+		was := h.sluiceCounters()
+		if _, _, err := h.phase(h.setups[sbSluiceFast], sbRR, sbSame, 300); err != nil {
+			t.Fatal(err)
+		}
+		if now := h.sluiceCounters(); now.fast <= was.fast {
+			t.Errorf("fast-path phase %d: the fast path carried nothing", i)
+		}
 	}
 	if r := summarize(h.run); len(r.Rows) == 0 {
 		t.Error("nothing summarized")

@@ -65,7 +65,7 @@ func TestSideBySideSummary(t *testing.T) {
 		t.Errorf("goals: %+v", gs)
 	}
 	md := renderSideBySide(run, sum, "x.json")
-	for _, want := range []string{"| 2 | sluice | 900 (400–2000) | 0.90 (0.80–1.00) | 300 |", "stopped: too slow", "**missed**"} {
+	for _, want := range []string{"| 2 | sluice | 900 (400–2000) | 0.90 (0.80–1.00) | 300 |", "stopped: too slow", "**missed**", "No connection or request failed"} {
 		if !strings.Contains(md, want) {
 			t.Errorf("report lacks %q", want)
 		}
