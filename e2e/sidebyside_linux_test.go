@@ -159,15 +159,10 @@ func newSideBySide(tb testing.TB, cfg sbConfig) *sbHarness {
 	})
 	h := &sbHarness{tb: tb, cfg: cfg, c: c, bin: buildSluice(tb), setups: map[string]*sbSetup{}}
 	h.run.Config = cfg
-	pod := func(n *cluster.Node, name string, subnet, host byte, more ...byte) *cluster.Pod {
+	pod := func(n *cluster.Node, name string, subnet, host byte) *cluster.Pod {
 		p, err := n.AddPod(name, netip.AddrFrom4([4]byte{10, 244, subnet, host}))
 		if err != nil {
 			tb.Fatal(err)
-		}
-		for _, m := range more {
-			if err := p.AddAddr(netip.AddrFrom4([4]byte{10, 244, subnet, m})); err != nil {
-				tb.Fatal(err)
-			}
 		}
 		return p
 	}
