@@ -140,7 +140,7 @@ type sbHarness struct {
 
 // newSideBySide builds the set-ups on a new cluster, with the largest size
 // in mind for Sluice's map capacities.
-func newSideBySide(tb testing.TB, cfg sbConfig) *sbHarness {
+func newSideBySide(tb testing.TB, cfg sbConfig, bin string) *sbHarness {
 	testenv.RequirePrivileged(tb)
 	for _, tool := range []string{"iptables-restore", "nft", "conntrack"} {
 		testenv.Tool(tb, tool)
@@ -157,7 +157,7 @@ func newSideBySide(tb testing.TB, cfg sbConfig) *sbHarness {
 			tb.Errorf("left behind: %v %v", left, err)
 		}
 	})
-	h := &sbHarness{tb: tb, cfg: cfg, c: c, bin: buildSluice(tb), setups: map[string]*sbSetup{}}
+	h := &sbHarness{tb: tb, cfg: cfg, c: c, bin: bin, setups: map[string]*sbSetup{}}
 	h.run.Config = cfg
 	pod := func(n *cluster.Node, name string, subnet, host byte) *cluster.Pod {
 		p, err := n.AddPod(name, netip.AddrFrom4([4]byte{10, 244, subnet, host}))
@@ -255,9 +255,7 @@ func (h *sbHarness) services(s *sbSetup, n int) []kubeproxy.Service {
 		for _, scenario := range []string{sbRR, sbBulk, sbConnect} {
 			port := sbPorts[scenario]
 			svc := kubeproxy.Service{Namespace: "bench", Name: t.name, VIP: t.vip, Port: port, Protocol: "tcp"}
-			for _, a := range sbPodAddrs(s.server[t.placement]) {
-				svc.Endpoints = append(svc.Endpoints, netip.AddrPortFrom(a, port))
-			}
+			svc.Endpoints = []netip.AddrPort{netip.AddrPortFrom(s.server[t.placement].IP, port)}
 			targets = append(targets, svc)
 		}
 	}
@@ -284,11 +282,6 @@ func (h *sbHarness) services(s *sbSetup, n int) []kubeproxy.Service {
 func sbAddr(v uint32) netip.Addr {
 	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
 }
-
-// sbPodAddrs is the addresses of a server pod: the endpoints of its
-// service. (One: a workload of a mesh file has one IPv4 address, and the
-// fast path and identity know a pod by it.)
-func sbPodAddrs(p *cluster.Pod) []netip.Addr { return []netip.Addr{p.IP} }
 
 // install puts the table of n services in place in every set-up that still
 // runs, and records how long each took.
@@ -416,18 +409,16 @@ func (h *sbHarness) phase(s *sbSetup, scenario, placement string, count int) (pr
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
-	for _, a := range sbPodAddrs(srv) {
-		short, cancel := context.WithTimeout(ctx, 20*time.Second)
-		err := srv.WaitListening(short, netip.AddrPortFrom(a, port).String())
-		cancel()
-		if err != nil {
-			select {
-			case e := <-exited:
-				err = fmt.Errorf("%w; it exited: %v", err, e)
-			default:
-			}
-			return probe.Load{}, 0, fmt.Errorf("%s server: %w; its output: %s", s.Name, err, serverLog.String())
+	short, cancelWait := context.WithTimeout(ctx, 20*time.Second)
+	err := srv.WaitListening(short, netip.AddrPortFrom(srv.IP, port).String())
+	cancelWait()
+	if err != nil {
+		select {
+		case e := <-exited:
+			err = fmt.Errorf("%w; it exited: %v", err, e)
+		default:
 		}
+		return probe.Load{}, 0, fmt.Errorf("%s server: %w; its output: %s", s.Name, err, serverLog.String())
 	}
 	entries := 0
 	for _, n := range s.nodes {
@@ -602,11 +593,12 @@ func BenchmarkSideBySide(b *testing.B) {
 	cfg := sbConfig{Sizes: sizes, Rounds: *sbRounds, RoundTrip: 20000, BulkMiB: 1024, Conns: 4000,
 		ConnTime: time.Second, LoadLimit: *sbLimit}
 	// The control plane's figures first, while nothing else runs.
+	bin := buildSluice(b)
 	var cp *sbControlPlane
 	if *sbCP {
-		cp = measureControlPlane(b, buildSluice(b))
+		cp = measureControlPlane(b, bin)
 	}
-	h := newSideBySide(b, cfg)
+	h := newSideBySide(b, cfg, bin)
 	h.run.Machine = sbMachine()
 	h.run.ControlPlane = cp
 	b.ResetTimer()
@@ -668,7 +660,7 @@ func measureControlPlane(tb testing.TB, bin string) *sbControlPlane {
 func TestSideBySideQuick(t *testing.T) {
 	cfg := sbConfig{Sizes: []int{2, 40}, Rounds: 1, RoundTrip: 300, BulkMiB: 8, Conns: 200,
 		ConnTime: 100 * time.Millisecond, LoadLimit: time.Minute}
-	h := newSideBySide(t, cfg)
+	h := newSideBySide(t, cfg, buildSluice(t))
 	before := h.sluiceCounters()
 	h.measure()
 	after := h.sluiceCounters()
@@ -707,7 +699,7 @@ func TestSideBySideQuick(t *testing.T) {
 		if _, _, err := h.phase(s, sbConnect, sbCross, 50); err != nil {
 			t.Fatal(err)
 		}
-		dnat, err := conntrackDNAT(s.nodes[0].NetNS, sbVIPCross, sbPodAddrs(s.server[sbCross]))
+		dnat, err := conntrackDNAT(s.nodes[0].NetNS, sbVIPCross, s.server[sbCross].IP)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -784,8 +776,8 @@ func (h *sbHarness) connectOps(setup string) int {
 }
 
 // conntrackDNAT counts the conntrack entries of ns for connections to vip
-// whose replies come from one of the backends: those the rules translated.
-func conntrackDNAT(ns string, vip netip.Addr, backends []netip.Addr) (int, error) {
+// whose replies come from backend: those the rules translated.
+func conntrackDNAT(ns string, vip, backend netip.Addr) (int, error) {
 	out, err := exec.Command("ip", "netns", "exec", ns, "conntrack", "-L", "-p", "tcp", "-d", vip.String()).Output()
 	if err != nil {
 		var ee *exec.ExitError
@@ -796,11 +788,9 @@ func conntrackDNAT(ns string, vip netip.Addr, backends []netip.Addr) (int, error
 	}
 	n := 0
 	for _, line := range strings.Split(string(out), "\n") {
-		for _, b := range backends {
-			// The reply direction's source is the backend.
-			if i := strings.LastIndex(line, "src="); i >= 0 && strings.HasPrefix(line[i:], "src="+b.String()+" ") {
-				n++
-			}
+		// The reply direction's source is the backend.
+		if i := strings.LastIndex(line, "src="); i >= 0 && strings.HasPrefix(line[i:], "src="+backend.String()+" ") {
+			n++
 		}
 	}
 	return n, nil

@@ -16,6 +16,11 @@ func WriteIPTables(w io.Writer, svcs []Service, podCIDR netip.Prefix) error {
 	if err := validate(svcs, podCIDR); err != nil {
 		return err
 	}
+	return writeIPTables(w, svcs, podCIDR)
+}
+
+// writeIPTables is WriteIPTables for services already validated.
+func writeIPTables(w io.Writer, svcs []Service, podCIDR netip.Prefix) error {
 	o := newOut(w)
 	writeIPTablesNAT(o, svcs, podCIDR)
 	writeIPTablesFilter(o, svcs)

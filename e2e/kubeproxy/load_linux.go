@@ -28,12 +28,13 @@ func Load(ctx context.Context, netns string, mode Mode, svcs []Service, podCIDR 
 	var write func(io.Writer, []Service, netip.Prefix) error
 	switch mode {
 	case IPTables:
-		write = WriteIPTables
+		write = writeIPTables
 	case NFTables:
-		write = WriteNFTables
+		write = writeNFTables
 	default:
 		return 0, fmt.Errorf("load into netns %s: unknown mode %q: want %q or %q", netns, mode, IPTables, NFTables)
 	}
+	// Validated once, here, so that a bad service never starts the tool.
 	if err := validate(svcs, podCIDR); err != nil {
 		return 0, fmt.Errorf("load %s rules into netns %s: %w", mode, netns, err)
 	}

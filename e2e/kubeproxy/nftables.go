@@ -24,14 +24,19 @@ const nftReset = "add table ip " + Table + "\ndelete table ip " + Table + "\n"
 // services without endpoints are rejected. It validates every service
 // before writing anything and streams the output.
 //
-// Loading it costs the kernel time that grows with the square of the
-// number of services with two or more endpoints: each has an anonymous
-// map, and adding one walks all the table's sets (kube-proxy's nftables
-// mode pays this too).
+// Loading it costs kernel time that grows with the square of the number
+// of services with two or more endpoints (measured: 5,000 in 15 s, 10,000
+// in 70 s; 10,000 with one endpoint each in 1.7 s), it seems because each
+// has an anonymous map. kube-proxy's nftables mode has the same shape.
 func WriteNFTables(w io.Writer, svcs []Service, podCIDR netip.Prefix) error {
 	if err := validate(svcs, podCIDR); err != nil {
 		return err
 	}
+	return writeNFTables(w, svcs, podCIDR)
+}
+
+// writeNFTables is WriteNFTables for services already validated.
+func writeNFTables(w io.Writer, svcs []Service, podCIDR netip.Prefix) error {
 	o := newOut(w)
 	const t = "ip " + Table + " "
 	mark := "0x" + strconv.FormatUint(masqBit, 16)
