@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -46,6 +47,10 @@ var (
 	sbLimit  = flag.Duration("sidebyside.load-limit", 3*time.Minute, "side-by-side benchmark: a kube-proxy mode whose rules take longer to load stops at that size")
 	sbFrom   = flag.String("sidebyside.from", "", "side-by-side benchmark: measure nothing, render the report from this raw JSON file (relative to the repository's root)")
 	sbCP     = flag.Bool("sidebyside.control-plane", true, "side-by-side benchmark: also measure control-plane scale (10,000 services × 10 endpoints)")
+	sbOnly   = flag.String("sidebyside.setups", strings.Join(sbSetupOrder, ","), "side-by-side benchmark: the set-ups to measure (direct is always measured: it is the baseline)")
+	sbArgs   = flag.String("sidebyside.agent-args", "", "side-by-side benchmark: more flags for the Sluice agents, space-separated (e.g. --flows=false)")
+	sbScen   = flag.String("sidebyside.scenarios", "rr,bulk,connect", "side-by-side benchmark: the scenarios to measure")
+	sbStats  = flag.Bool("sidebyside.bpf-stats", false, "side-by-side benchmark: record the run time of each of Sluice's BPF programs per phase (the kernel's statistics cost each program run two clock reads)")
 )
 
 // Set-up names, in the order of the report.
@@ -85,6 +90,10 @@ type sbConfig struct {
 	Conns     int           // the most connections per connect phase
 	ConnTime  time.Duration // what a connect phase aims to last (its count comes from the warm-up's rate)
 	LoadLimit time.Duration
+	Setups    []string `json:",omitempty"` // the set-ups measured; all when empty
+	Scenarios []string `json:",omitempty"` // the scenarios measured; all when empty
+	AgentArgs []string `json:",omitempty"` // more flags for the Sluice agents
+	BPFStats  bool     `json:",omitempty"` // per-program BPF run time recorded
 }
 
 // sbSetup is one set-up: its client pods and server pods, on its nodes.
@@ -107,7 +116,8 @@ type sbSample struct {
 	Setup     string
 	Round     int // 0 is the warm-up
 	Load      probe.Load
-	Conntrack int // entries in the client node's conntrack table when the phase started
+	Conntrack int     // entries in the client node's conntrack table when the phase started
+	Cost      *sbCost `json:",omitempty"`
 }
 
 // sbInstall is how long putting a table size in place took.
@@ -194,6 +204,13 @@ func newSideBySide(tb testing.TB, cfg sbConfig, bin string) *sbHarness {
 			h.order = append(h.order, sbSluiceFast)
 		}
 	}
+	if len(cfg.Setups) > 0 {
+		for _, name := range h.order {
+			if name != sbDirect && !slices.Contains(cfg.Setups, name) {
+				h.setups[name].stopped = "not selected"
+			}
+		}
+	}
 	h.startSluice()
 	return h
 }
@@ -221,10 +238,10 @@ func (h *sbHarness) startSluice() {
 		biggest = max(biggest, n)
 	}
 	for _, n := range s.nodes {
-		a, err := n.StartAgent(cluster.AgentConfig{Binary: h.bin, Mesh: h.mesh, Args: []string{
+		a, err := n.StartAgent(cluster.AgentConfig{Binary: h.bin, Mesh: h.mesh, Args: append([]string{
 			"--log-level", "warn",
 			"--max-services", strconv.Itoa(biggest + 64), "--max-backends", strconv.Itoa(2*biggest + 64),
-		}})
+		}, h.cfg.AgentArgs...)})
 		if err != nil {
 			h.tb.Fatal(err)
 		}
@@ -388,12 +405,14 @@ func sbMeshServices(svcs []kubeproxy.Service) []cluster.Service {
 	return out
 }
 
-// phase runs one measurement of set-up s in fresh network namespaces.
-func (h *sbHarness) phase(s *sbSetup, scenario, placement string, count int) (probe.Load, int, error) {
+// phase runs one measurement of set-up s in fresh network namespaces and
+// returns it with the number of conntrack entries it started with and what
+// it cost the machine.
+func (h *sbHarness) phase(s *sbSetup, scenario, placement string, count int) (probe.Load, int, *sbCost, error) {
 	srv := s.server[placement]
 	for _, p := range []*cluster.Pod{s.client, srv} {
 		if err := p.Renew(); err != nil {
-			return probe.Load{}, 0, err
+			return probe.Load{}, 0, nil, err
 		}
 	}
 	port := sbPorts[scenario]
@@ -405,7 +424,7 @@ func (h *sbHarness) phase(s *sbSetup, scenario, placement string, count int) (pr
 	var serverLog cluster.LogBuffer
 	cmd.Stdout, cmd.Stderr = &serverLog, &serverLog
 	if err := srv.Start(cmd); err != nil {
-		return probe.Load{}, 0, err
+		return probe.Load{}, 0, nil, err
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
@@ -418,13 +437,13 @@ func (h *sbHarness) phase(s *sbSetup, scenario, placement string, count int) (pr
 			err = fmt.Errorf("%w; it exited: %v", err, e)
 		default:
 		}
-		return probe.Load{}, 0, fmt.Errorf("%s server: %w; its output: %s", s.Name, err, serverLog.String())
+		return probe.Load{}, 0, nil, fmt.Errorf("%s server: %w; its output: %s", s.Name, err, serverLog.String())
 	}
 	entries := 0
 	for _, n := range s.nodes {
 		left, err := flushConntrack(n.NetNS)
 		if err != nil {
-			return probe.Load{}, 0, err
+			return probe.Load{}, 0, nil, err
 		}
 		if n == s.nodes[0] {
 			entries = left
@@ -438,11 +457,24 @@ func (h *sbHarness) phase(s *sbSetup, scenario, placement string, count int) (pr
 		}
 		addr = netip.AddrPortFrom(vip, port)
 	}
+	var pids []int
+	for _, a := range s.agents {
+		pids = append(pids, a.Pid())
+	}
+	cgroups := []string{s.nodes[0].Cgroup, s.nodes[1].Cgroup}
+	before, err := costMark(cgroups, pids, h.cfg.BPFStats)
+	if err != nil {
+		return probe.Load{}, entries, nil, err
+	}
 	l, err := probe.RunLoad(s.client, scenario, addr.String(), count)
 	if err != nil {
-		return l, entries, fmt.Errorf("%s %s %s: %w", s.Name, scenario, placement, err)
+		return l, entries, nil, fmt.Errorf("%s %s %s: %w", s.Name, scenario, placement, err)
 	}
-	return l, entries, nil
+	after, err := costMark(cgroups, pids, h.cfg.BPFStats)
+	if err != nil {
+		return l, entries, nil, err
+	}
+	return l, entries, after.since(before), nil
 }
 
 // flushConntrack empties the conntrack table of network namespace ns and
@@ -481,7 +513,7 @@ func (h *sbHarness) block(scenario, placement string, services int, setups []str
 	for round := 0; round <= h.cfg.Rounds; round++ {
 		for i := range active {
 			s := h.setups[active[(i+round)%len(active)]]
-			l, entries, err := h.phase(s, scenario, placement, count(warm[s.Name]))
+			l, entries, cost, err := h.phase(s, scenario, placement, count(warm[s.Name]))
 			if err != nil {
 				h.tb.Fatal(err)
 			}
@@ -489,7 +521,7 @@ func (h *sbHarness) block(scenario, placement string, services int, setups []str
 				warm[s.Name] = &l
 			}
 			h.run.Samples = append(h.run.Samples, sbSample{Scenario: scenario, Placement: placement, Services: services,
-				Setup: s.Name, Round: round, Load: l, Conntrack: entries})
+				Setup: s.Name, Round: round, Load: l, Conntrack: entries, Cost: cost})
 		}
 	}
 }
@@ -509,14 +541,24 @@ func (h *sbHarness) measure() {
 	sizes := h.cfg.Sizes
 	// Round trips and bulk transfers with the smallest table: kube-proxy's
 	// rules act on a connection's first packet; conntrack carries the rest.
+	on := func(scenario string) bool {
+		return len(h.cfg.Scenarios) == 0 || slices.Contains(h.cfg.Scenarios, scenario)
+	}
 	for _, p := range []struct {
 		placement string
 		setups    []string
 	}{{sbSame, same}, {sbCross, cross}} {
-		h.block(sbRR, p.placement, sizes[0], p.setups, fixed(h.cfg.RoundTrip))
-		h.block(sbBulk, p.placement, sizes[0], p.setups, fixed(h.cfg.BulkMiB))
+		if on(sbRR) {
+			h.block(sbRR, p.placement, sizes[0], p.setups, fixed(h.cfg.RoundTrip))
+		}
+		if on(sbBulk) {
+			h.block(sbBulk, p.placement, sizes[0], p.setups, fixed(h.cfg.BulkMiB))
+		}
 	}
 	for i, n := range sizes {
+		if !on(sbConnect) {
+			break
+		}
 		if i > 0 {
 			h.install(n)
 		}
@@ -591,7 +633,34 @@ func BenchmarkSideBySide(b *testing.B) {
 		return
 	}
 	cfg := sbConfig{Sizes: sizes, Rounds: *sbRounds, RoundTrip: 20000, BulkMiB: 1024, Conns: 4000,
-		ConnTime: time.Second, LoadLimit: *sbLimit}
+		ConnTime: time.Second, LoadLimit: *sbLimit, AgentArgs: strings.Fields(*sbArgs), BPFStats: *sbStats}
+	for _, name := range strings.Split(*sbOnly, ",") {
+		name = strings.TrimSpace(name)
+		if !slices.Contains(sbSetupOrder, name) {
+			b.Fatalf("-sidebyside.setups: unknown set-up %q; the set-ups are %s", name, strings.Join(sbSetupOrder, ", "))
+		}
+		cfg.Setups = append(cfg.Setups, name)
+	}
+	if len(cfg.Setups) == len(sbSetupOrder) {
+		cfg.Setups = nil // all of them
+	}
+	for _, name := range strings.Split(*sbScen, ",") {
+		name = strings.TrimSpace(name)
+		if name != sbRR && name != sbBulk && name != sbConnect {
+			b.Fatalf("-sidebyside.scenarios: unknown scenario %q; the scenarios are rr, bulk, connect", name)
+		}
+		cfg.Scenarios = append(cfg.Scenarios, name)
+	}
+	if len(cfg.Scenarios) == 3 {
+		cfg.Scenarios = nil
+	}
+	if cfg.BPFStats {
+		stats, err := enableBPFStats()
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer stats.Close()
+	}
 	// The control plane's figures first, while nothing else runs.
 	bin := buildSluice(b)
 	var cp *sbControlPlane
@@ -650,6 +719,7 @@ func measureControlPlane(tb testing.TB, bin string) *sbControlPlane {
 	}
 	m := measureAgentMemory(tb, bin, n)
 	cp.RSSMiB, cp.PeakRSSMiB, cp.MapsMiB = m.RSS, m.Peak, m.Maps
+	cp.AnonMiB, cp.BinaryMiB, cp.MappedMapsMiB, cp.OtherMiB = m.Anon, m.Binary, m.MappedMaps, m.Other
 	return cp
 }
 
@@ -666,6 +736,7 @@ func TestSideBySideQuick(t *testing.T) {
 	after := h.sluiceCounters()
 
 	seen := map[string]int{}
+	agents := 0.0
 	for _, s := range h.run.Samples {
 		seen[s.Scenario+" "+s.Placement+" "+s.Setup]++
 		if s.Load.Errors > 0 || s.Load.Ops == 0 || s.Load.Seconds <= 0 {
@@ -677,6 +748,16 @@ func TestSideBySideQuick(t *testing.T) {
 		if s.Scenario != sbBulk && (s.Load.P50 <= 0 || s.Load.P99 < s.Load.P50) {
 			t.Errorf("%+v: percentiles", s)
 		}
+		// Each phase's cost: its pods worked; only Sluice has agents (a
+		// short phase may pass without them running).
+		if c := s.Cost; c == nil || c.CPU <= 0 || c.Agent < 0 || (c.Agent > 0 && s.Setup != sbSluice && s.Setup != sbSluiceFast) || c.BPF != nil {
+			t.Errorf("%s %s %s: cost %+v", s.Scenario, s.Placement, s.Setup, c)
+		} else {
+			agents += c.Agent
+		}
+	}
+	if agents <= 0 {
+		t.Error("no phase saw Sluice's agents use CPU")
 	}
 	for _, scenario := range []string{sbRR, sbBulk} {
 		for _, setup := range []string{sbDirect, sbIPTables, sbNFTables, sbSluice, sbSluiceFast} {
@@ -696,7 +777,7 @@ func TestSideBySideQuick(t *testing.T) {
 	// client node's conntrack table.
 	for _, name := range []string{sbDirect, sbIPTables, sbNFTables, sbSluice} {
 		s := h.setups[name]
-		if _, _, err := h.phase(s, sbConnect, sbCross, 50); err != nil {
+		if _, _, _, err := h.phase(s, sbConnect, sbCross, 50); err != nil {
 			t.Fatal(err)
 		}
 		dnat, err := conntrackDNAT(s.nodes[0].NetNS, sbVIPCross, s.server[sbCross].IP)
@@ -723,7 +804,7 @@ func TestSideBySideQuick(t *testing.T) {
 	// Each fast-path phase goes through it.
 	for i := range 3 {
 		was := h.sluiceCounters()
-		if _, _, err := h.phase(h.setups[sbSluiceFast], sbRR, sbSame, 300); err != nil {
+		if _, _, _, err := h.phase(h.setups[sbSluiceFast], sbRR, sbSame, 300); err != nil {
 			t.Fatal(err)
 		}
 		if now := h.sluiceCounters(); now.fast <= was.fast {
@@ -732,6 +813,24 @@ func TestSideBySideQuick(t *testing.T) {
 	}
 	if r := summarize(h.run); len(r.Rows) == 0 {
 		t.Error("nothing summarized")
+	}
+
+	// With the kernel's statistics on, a phase records the run count of
+	// each of Sluice's programs: one connect per connection, and the
+	// socket operations of each.
+	stats, err := enableBPFStats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stats.Close()
+	h.cfg.BPFStats = true
+	const conns = 100
+	l, _, cost, err := h.phase(h.setups[sbSluice], sbConnect, sbCross, conns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.Ops != conns || cost == nil || cost.BPF["sl_connect4"].Runs < conns || cost.BPF["sl_sockops"].Runs < 2*conns || cost.BPF["sl_connect4"].NS == 0 {
+		t.Errorf("a phase of %d connections recorded %+v of Sluice's programs", conns, cost)
 	}
 }
 

@@ -16,7 +16,10 @@ type sbControlPlane struct {
 	FullSyncClientMS    []float64 // the control plane's first response → in force (Sluice's part)
 	EndpointChangeMS    []float64 // the control plane sending one endpoint's change → in force
 	RSSMiB, PeakRSSMiB  float64   // the agent holding the state
-	MapsMiB             float64   // its BPF maps (memlock)
+	// RSS's parts (agentMemory): private pages, the executable's pages,
+	// BPF maps mapped into the process, the rest.
+	AnonMiB, BinaryMiB, MappedMapsMiB, OtherMiB float64
+	MapsMiB                                     float64 // its BPF maps (memlock)
 }
 
 // sbStat is the spread of a figure over the measured rounds.
@@ -47,6 +50,14 @@ type sbRow struct {
 	Ratio    *sbStat `json:",omitempty"`
 	P99Ratio *sbStat `json:",omitempty"`
 	Stopped  string  `json:",omitempty"`
+	// What one operation (a round trip, a MiB, a connection) cost, in
+	// µs of CPU: the set-up's pods' (with the kernel's work for them), and
+	// the Sluice agents';
+	// BPF is the median µs per operation of each of Sluice's programs,
+	// when the run recorded them.
+	CPU   *sbStat            `json:",omitempty"`
+	Agent *sbStat            `json:",omitempty"`
+	BPF   map[string]float64 `json:",omitempty"`
 }
 
 type sbSummary struct{ Rows []sbRow }
@@ -88,9 +99,20 @@ func summarize(run sbRun) sbSummary {
 	for k, byRound := range rounds {
 		row := sbRow{Scenario: k.scenario, Placement: k.placement, Services: k.services, Setup: k.setup, Rounds: len(byRound)}
 		direct := rounds[key{k.scenario, k.placement, k.services, sbDirect}]
-		var values, p99s, ratios, p99Ratios []float64
+		var values, p99s, ratios, p99Ratios, cpu, agent []float64
+		bpf := map[string][]float64{}
 		for r, s := range byRound {
 			values = append(values, sbValue(s))
+			if c := s.Cost; c != nil && s.Load.Ops > 0 {
+				ops := float64(s.Load.Ops)
+				cpu = append(cpu, c.CPU*1e6/ops)
+				if s.Setup == sbSluice || s.Setup == sbSluiceFast {
+					agent = append(agent, c.Agent*1e6/ops)
+				}
+				for name, p := range c.BPF {
+					bpf[name] = append(bpf[name], float64(p.NS)/1e3/ops)
+				}
+			}
 			if s.Scenario != sbBulk {
 				p99s = append(p99s, s.Load.P99)
 			}
@@ -115,6 +137,20 @@ func summarize(run sbRun) sbSummary {
 		if len(p99Ratios) > 0 {
 			st := spread(p99Ratios)
 			row.P99Ratio = &st
+		}
+		if len(cpu) > 0 {
+			st := spread(cpu)
+			row.CPU = &st
+		}
+		if len(agent) > 0 {
+			st := spread(agent)
+			row.Agent = &st
+		}
+		for name, v := range bpf {
+			if row.BPF == nil {
+				row.BPF = map[string]float64{}
+			}
+			row.BPF[name] = spread(v).Median
 		}
 		sum.Rows = append(sum.Rows, row)
 	}
@@ -307,8 +343,15 @@ func renderSideBySide(run sbRun, sum sbSummary, jsonPath string) string {
 		w("| full state, from asking the control plane (includes go-control-plane hashing the snapshot) → in force | %s ms over %d runs |\n", fmtStat(full, "%.0f"), len(cp.FullSyncMS))
 		w("| one endpoint change, sent by the control plane → in force | p50 %.2f ms, p99 %.2f ms over %d changes |\n", change[0], change[1], len(cp.EndpointChangeMS))
 		w("| agent resident memory holding the state | %.1f MiB (peak %.1f MiB) |\n", cp.RSSMiB, cp.PeakRSSMiB)
+		if cp.AnonMiB > 0 {
+			w("| … of which private (Go heap, stacks, runtime) | %.1f MiB |\n", cp.AnonMiB)
+			w("| … of which the sluice executable's pages (shared by every process running it, reclaimable) | %.1f MiB |\n", cp.BinaryMiB)
+			w("| … of which BPF maps mapped into the agent (the flow ring buffer, its data pages mapped twice; kernel memory, counted in the next row too) | %.1f MiB |\n", cp.MappedMapsMiB)
+			w("| … of which other mappings (libc, vdso) | %.1f MiB |\n", cp.OtherMiB)
+		}
 		w("| BPF map memory (memlock) | %.1f MiB |\n", cp.MapsMiB)
 	}
+	renderCosts(w, run, sum)
 	w("\n## Goals\n\n| goal | measured | |\n|---|---|---|\n")
 	for _, g := range goals(run, sum) {
 		mark := "met"
@@ -379,4 +422,71 @@ func goals(run sbRun, sum sbSummary) []sbGoal {
 		out = append(out, sbGoal{"agent RSS < 64 MiB at 10k × 10", fmt.Sprintf("%.1f MiB", cp.RSSMiB), cp.RSSMiB < 64})
 	}
 	return out
+}
+
+// renderCosts writes what each operation cost the machine, where the run
+// recorded it.
+func renderCosts(w func(string, ...any), run sbRun, sum sbSummary) {
+	withCost := false
+	for _, r := range sum.Rows {
+		withCost = withCost || r.CPU != nil
+	}
+	if !withCost {
+		return
+	}
+	w("\n## Where the time goes\n\n")
+	w("CPU time per operation (a round trip, a MiB, or a connection) during the client's run. *pods* is the CPU of the set-up's two nodes' cgroups, which hold the client and server pods: their processes and the kernel's work done on their behalf (system calls, the TCP/IP stack, netfilter, Sluice's BPF programs); the start-up of the client process is in it alike for every set-up. ")
+	w("*over no mesh* is the difference of the medians. For Sluice, *agents* is the CPU its two agents' processes used besides (flow records, metrics)")
+	if run.Config.BPFStats {
+		w(", and *BPF* the run time of its BPF programs on both nodes (the kernel's statistics were on for this run, which adds two clock reads to every program run)")
+	}
+	w(". Figures in µs, medians over the rounds. ")
+	w("*CPU-bound ratio* is the rate ratio to no mesh these costs predict where the cores are the limit, as they are for bulk transfers and connections two at a time on this machine: no mesh's pods CPU over the set-up's pods and agents CPU. The measured ratio is beside it.")
+	if len(run.Config.AgentArgs) > 0 {
+		w(" The agents ran with `%s`.", strings.Join(run.Config.AgentArgs, " "))
+	}
+	w("\n\n| scenario | placement | services | set-up | pods | over no mesh | agents | BPF | CPU-bound ratio | measured ratio |\n|---|---|---|---|---|---|---|---|---|---|\n")
+	for _, r := range sum.Rows {
+		if r.CPU == nil {
+			continue
+		}
+		over, agent, bound, measured := "", "", "", ""
+		spent := r.CPU.Median
+		if r.Agent != nil {
+			agent = fmt.Sprintf("%.1f", r.Agent.Median)
+			spent += r.Agent.Median
+		}
+		if d := sum.find(r.Scenario, r.Placement, r.Services, sbDirect); d != nil && d.CPU != nil && r.Setup != sbDirect {
+			over = fmt.Sprintf("%+.1f", r.CPU.Median-d.CPU.Median)
+			if r.Scenario != sbRR { // one round trip at a time waits more than it computes
+				bound = fmt.Sprintf("%.2f", d.CPU.Median/spent)
+			}
+			if r.Ratio != nil {
+				measured = fmt.Sprintf("%.2f", r.Ratio.Median)
+			}
+		}
+		w("| %s | %s | %d | %s | %s | %s | %s | %s | %s | %s |\n", r.Scenario, r.Placement, r.Services, r.Setup, fmtStat(*r.CPU, "%.1f"), over, agent, fmtBPF(r.BPF), bound, measured)
+	}
+}
+
+// fmtBPF gives the total of the programs' µs per operation and the
+// programs that ran, the costliest first.
+func fmtBPF(bpf map[string]float64) string {
+	if len(bpf) == 0 {
+		return ""
+	}
+	names := make([]string, 0, len(bpf))
+	total := 0.0
+	for name, v := range bpf {
+		total += v
+		if v > 0 {
+			names = append(names, name)
+		}
+	}
+	slices.SortFunc(names, func(a, b string) int { return cmp.Compare(bpf[b], bpf[a]) })
+	parts := make([]string, len(names))
+	for i, name := range names {
+		parts[i] = fmt.Sprintf("%s %.2f", name, bpf[name])
+	}
+	return fmt.Sprintf("%.2f: %s", total, strings.Join(parts, ", "))
 }

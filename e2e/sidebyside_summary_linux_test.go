@@ -71,3 +71,49 @@ func TestSideBySideSummary(t *testing.T) {
 		}
 	}
 }
+
+// The cost figures are per operation, medians over the measured rounds,
+// and Sluice's extra is taken against direct's median.
+func TestSideBySideCosts(t *testing.T) {
+	conn := func(setup string, round, ops int, cpu, agent float64, bpf map[string]sbProgCost) sbSample {
+		return sbSample{Scenario: sbConnect, Placement: sbCross, Services: 2, Setup: setup, Round: round,
+			Load: probe.Load{Ops: ops, Seconds: 1}, Cost: &sbCost{CPU: cpu, Agent: agent, BPF: bpf}}
+	}
+	prog := func(ns uint64) map[string]sbProgCost {
+		return map[string]sbProgCost{"sl_connect4": {Runs: 1000, NS: ns}, "sl_sockops": {Runs: 5000, NS: 3 * ns}}
+	}
+	run := sbRun{
+		Config: sbConfig{Sizes: []int{2}, Rounds: 3, BPFStats: true},
+		Samples: []sbSample{
+			conn(sbDirect, 0, 1000, 9, 0, nil), conn(sbSluice, 0, 1000, 9, 9, prog(9e9)), // warm-ups: ignored
+			conn(sbDirect, 1, 1000, 0.100, 0, nil), conn(sbSluice, 1, 1000, 0.130, 0.010, prog(1e6)),
+			conn(sbDirect, 2, 2000, 0.220, 0, nil), conn(sbSluice, 2, 2000, 0.300, 0.030, prog(4e6)),
+			conn(sbDirect, 3, 500, 0.060, 0, nil), conn(sbSluice, 3, 500, 0.070, 0.010, prog(1e6)),
+		},
+	}
+	sum := summarize(run)
+	d, s := sum.find(sbConnect, sbCross, 2, sbDirect), sum.find(sbConnect, sbCross, 2, sbSluice)
+	if d == nil || s == nil || d.CPU == nil || s.CPU == nil || s.Agent == nil {
+		t.Fatalf("rows without costs: %+v %+v", d, s)
+	}
+	near := func(got, want float64) bool { return math.Abs(got-want) < 1e-6 }
+	// direct: 100, 110, 120 µs per connection; sluice: 130, 150, 140.
+	if !near(d.CPU.Median, 110) || !near(s.CPU.Median, 140) || !near(s.CPU.Min, 130) || !near(s.CPU.Max, 150) {
+		t.Errorf("CPU per connection: direct %+v, sluice %+v", *d.CPU, *s.CPU)
+	}
+	if d.Agent != nil || !near(s.Agent.Median, 15) { // 10, 15, 20
+		t.Errorf("agents' CPU per connection: direct %+v, sluice %+v", d.Agent, *s.Agent)
+	}
+	if !near(s.BPF["sl_connect4"], 2) || !near(s.BPF["sl_sockops"], 6) { // 1, 2, 2 and 3, 6, 6
+		t.Errorf("BPF µs per connection: %v", s.BPF)
+	}
+	md := renderSideBySide(run, sum, "")
+	for _, want := range []string{"## Where the time goes", "| connect | cross-node | 2 | sluice | 140.0 (130.0–150.0) | +30.0 | 15.0 | 8.00: sl_sockops 6.00, sl_connect4 2.00 | 0.71 | 1.00 |"} {
+		if !strings.Contains(md, want) {
+			t.Errorf("report lacks %q", want)
+		}
+	}
+	if strings.Contains(renderSideBySide(sbRun{Config: run.Config}, summarize(sbRun{Config: run.Config}), ""), "Where the time goes") {
+		t.Error("a run without costs has a costs section")
+	}
+}

@@ -3,10 +3,12 @@ package e2e_test
 import (
 	"bufio"
 	"context"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -409,18 +411,31 @@ func BenchmarkAgentRSS10k(b *testing.B) {
 		b.ReportMetric(m.RSS, "rss-MiB")
 		b.ReportMetric(m.Peak, "peak-rss-MiB")
 		b.ReportMetric(m.Anon, "anon-rss-MiB")
+		b.ReportMetric(m.Binary, "binary-rss-MiB")
+		b.ReportMetric(m.MappedMaps, "mapped-maps-rss-MiB")
 		b.ReportMetric(m.Churn, "churn-rss-MiB")
 		b.ReportMetric(m.Settled, "settled-rss-MiB")
 		b.ReportMetric(m.Maps, "bpf-maps-MiB")
 	}
 }
 
+// agentHeap names a file for the heap profile of the agent measureAgentMemory
+// runs, taken once its state is in force (go tool pprof reads it).
+var agentHeap = flag.String("agent.heap-profile", "", "write the heap profile of the agent the memory measurement runs, once its state is in force, to this file")
+
 // agentMemory is what measureAgentMemory found, in MiB.
 type agentMemory struct {
 	RSS, Peak, Anon float64 // once the state is in force
-	Churn           float64 // right after a burst of endpoint changes
-	Settled         float64 // two quiet seconds later
-	Maps            float64 // kernel memory of the agent's BPF maps (memlock)
+	// Where RSS's pages are, then: the Go heap's arenas and the other
+	// private pages (anonymous), the sluice executable's pages (shared
+	// with every process running it, reclaimable), BPF maps mapped into
+	// the process (the flow ring buffer, whose data pages are mapped
+	// twice; kernel memory Maps counts already), and the rest (libc,
+	// the vdso).
+	Binary, MappedMaps, Other float64
+	Churn                     float64 // right after a burst of endpoint changes
+	Settled                   float64 // two quiet seconds later
+	Maps                      float64 // kernel memory of the agent's BPF maps (memlock)
 }
 
 // measureAgentMemory runs the real agent binary fed n services × 10
@@ -431,8 +446,9 @@ func measureAgentMemory(tb testing.TB, bin string, n int) agentMemory {
 	srv.set(tb, snapshotOf("0", res))
 	cg := testenv.Cgroup(tb, "", testenv.UniqueName("sluice-bench-"))
 	pin := testenv.PinDir(tb)
+	sock := filepath.Join(tb.TempDir(), "agent.sock")
 	agent := exec.Command(bin, "agent", "--xds", srv.addr, "--cgroup", cg, "--pin-dir", pin, "--node-id", "rss", "--log-level", "warn",
-		"--socket", filepath.Join(tb.TempDir(), "agent.sock"), "--metrics-addr", "")
+		"--socket", sock, "--metrics-addr", "")
 	agent.Stderr = os.Stderr
 	if err := agent.Start(); err != nil {
 		tb.Fatal(err)
@@ -448,7 +464,16 @@ func measureAgentMemory(tb testing.TB, bin string, n int) agentMemory {
 	time.Sleep(time.Second) // let the agent settle (GC) before reading its memory
 	var m agentMemory
 	m.RSS, m.Peak, m.Anon = procMemory(tb, agent.Process.Pid)
+	var err error
+	if m.Binary, m.MappedMaps, m.Other, err = rssByMapping(agent.Process.Pid, bin); err != nil {
+		tb.Fatal(err)
+	}
 	m.Maps = pinnedMapMemory(tb, pin)
+	if *agentHeap != "" {
+		if err := saveHeapProfile(sock, *agentHeap); err != nil {
+			tb.Fatal(err)
+		}
+	}
 	// Then churn: one endpoint weight changes at a time, as fast as
 	// the control plane makes snapshots (a few per second).
 	// Memory is read right after the last change (churn), and after
@@ -507,6 +532,51 @@ func pinnedServices(pin string) int {
 		n++
 	}
 	return n
+}
+
+// rssByMapping splits the resident pages of process pid that are not
+// anonymous, in MiB: those of executable exe, those of BPF maps, and the
+// others.
+func rssByMapping(pid int, exe string) (binary, maps, other float64, err error) {
+	exe, err = filepath.EvalSymlinks(exe)
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps", pid))
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	var name string
+	var rss, anon float64
+	flush := func() {
+		switch shared := (rss - anon) / 1024; {
+		case name == exe:
+			binary += shared
+		case name == "anon_inode:bpf-map":
+			maps += shared
+		default:
+			other += shared
+		}
+		rss, anon = 0, 0
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		switch {
+		case len(f) == 0:
+		case strings.Contains(f[0], "-") && !strings.HasSuffix(f[0], ":"): // a mapping's first line
+			flush()
+			name = ""
+			if len(f) >= 6 {
+				name = strings.Join(f[5:], " ")
+			}
+		case f[0] == "Rss:" && len(f) >= 2:
+			rss, _ = strconv.ParseFloat(f[1], 64)
+		case f[0] == "Anonymous:" && len(f) >= 2:
+			anon, _ = strconv.ParseFloat(f[1], 64)
+		}
+	}
+	flush()
+	return binary, maps, other, nil
 }
 
 // procMemory returns VmRSS, VmHWM and RssAnon (RSS less the pages of
@@ -588,4 +658,25 @@ func buildSluice(tb testing.TB) string {
 		tb.Fatalf("build: %v\n%s", err, out)
 	}
 	return bin
+}
+
+// saveHeapProfile writes the heap profile of the agent whose local API is
+// at socket to path.
+func saveHeapProfile(socket, path string) error {
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", socket)
+	}}}
+	resp, err := hc.Get("http://agent/debug/pprof/heap")
+	if err != nil {
+		return fmt.Errorf("heap profile: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("heap profile: %s", resp.Status)
+	}
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return fmt.Errorf("heap profile: %w", err)
+	}
+	return os.WriteFile(path, data, 0o644)
 }

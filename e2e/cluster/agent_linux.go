@@ -181,6 +181,9 @@ func (a *Agent) Metrics(ctx context.Context) (string, error) {
 // so far.
 func (a *Agent) Log() string { return a.d.log.String() }
 
+// Pid is the agent's process id.
+func (a *Agent) Pid() int { return a.d.cmd.Process.Pid }
+
 // Stop stops the agent (SIGTERM, then SIGKILL after 10 s) and returns its
 // exit status; nil for a clean exit. The datapath stays in place, as it does
 // when an agent stops on a real node.

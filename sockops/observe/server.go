@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"time"
 
 	"github.com/sluice-mesh/sluice/sockops/flow"
@@ -24,6 +25,7 @@ const stopTimeout = 5 * time.Second
 //
 //	GET /v1/status  the agent's Status, as JSON
 //	GET /v1/flows   flows as newline-delimited JSON (see docs/observe.md)
+//	GET /debug/pprof/...  the agent's Go profiles, for go tool pprof
 //
 // A Server is safe for concurrent use; it holds no state besides what it
 // was made with.
@@ -45,6 +47,12 @@ func NewServer(store *flow.Store, status func() Status, log *slog.Logger) *Serve
 	s := &Server{store: store, status: status, log: log, mux: http.NewServeMux()}
 	s.mux.HandleFunc("GET /v1/status", s.serveStatus)
 	s.mux.HandleFunc("GET /v1/flows", s.serveFlows)
+	// The socket is the agent's own, root's only: its profiles are no
+	// wider exposure than the flows.
+	s.mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	s.mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	s.mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	s.mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
 	return s
 }
 

@@ -501,3 +501,20 @@ func TestServerStopsFollowers(t *testing.T) {
 		t.Errorf("Dial after Serve returned: %v, want ErrNotRunning", err)
 	}
 }
+
+// TestServerProfiles: the local API serves the agent's Go profiles.
+func TestServerProfiles(t *testing.T) {
+	path := serve(t, flow.NewStore(8), nil)
+	resp, body := rawGet(t, path, "/debug/pprof/heap")
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /debug/pprof/heap: %s: %s", resp.Status, body)
+	}
+	// A heap profile is a gzip-compressed protocol buffer.
+	if len(body) < 2 || body[0] != 0x1f || body[1] != 0x8b {
+		t.Fatalf("GET /debug/pprof/heap: %d bytes, not gzip", len(body))
+	}
+	resp, body = rawGet(t, path, "/debug/pprof/goroutine?debug=1")
+	if resp.StatusCode != http.StatusOK || !strings.Contains(body, "goroutine profile:") {
+		t.Fatalf("GET /debug/pprof/goroutine: %s: %.200s", resp.Status, body)
+	}
+}
