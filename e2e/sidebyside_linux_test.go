@@ -43,7 +43,7 @@ var (
 	sbReport = flag.String("sidebyside.report", "", "side-by-side benchmark: write the Markdown report to this file (a relative path is taken from the repository's root)")
 	sbJSON   = flag.String("sidebyside.json", "", "side-by-side benchmark: write the raw results as JSON to this file (a relative path is taken from the repository's root)")
 	sbSizes  = flag.String("sidebyside.sizes", "2,1000,10000,100000", "side-by-side benchmark: services in the tables for the connection-rate runs")
-	sbRounds = flag.Int("sidebyside.rounds", 5, "side-by-side benchmark: measured rounds per figure, after one warm-up round")
+	sbRounds = flag.Int("sidebyside.rounds", 9, "side-by-side benchmark: measured rounds per figure, after one warm-up round")
 	sbLimit  = flag.Duration("sidebyside.load-limit", 3*time.Minute, "side-by-side benchmark: a kube-proxy mode whose rules take longer to load stops at that size")
 	sbFrom   = flag.String("sidebyside.from", "", "side-by-side benchmark: measure nothing, render the report from this raw JSON file (relative to the repository's root)")
 	sbCP     = flag.Bool("sidebyside.control-plane", true, "side-by-side benchmark: also measure control-plane scale (10,000 services × 10 endpoints)")

@@ -360,6 +360,7 @@ func renderSideBySide(run sbRun, sum sbSummary, jsonPath string) string {
 		}
 		w("| %s | %s | %s |\n", g.goal, g.measured, mark)
 	}
+	w("\nWhy a missed goal is missed, from profiles: [benchmark-analysis.md](benchmark-analysis.md).\n")
 	return b.String()
 }
 
