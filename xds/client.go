@@ -91,6 +91,12 @@ type Options struct {
 	BackoffInitial time.Duration // optional: first reconnect delay cap, default 250ms
 	BackoffMax     time.Duration // optional: largest reconnect delay, default 30s
 	WarmingTimeout time.Duration // optional: how long to wait for resources a listener needs before applying without them, default 15s
+	// Keepalive is how long the connection may be silent before the
+	// client pings the server to learn it is still there; DefaultKeepalive
+	// when zero. A server refuses pings more frequent than its policy
+	// allows by closing the connection ("too_many_pings"); gRPC servers
+	// allow one per 5 minutes unless configured otherwise.
+	Keepalive time.Duration
 
 	// DialOptions are added to the client's own when it connects (for
 	// example a gRPC stats handler); they must not set credentials.
@@ -108,6 +114,14 @@ type Options struct {
 	// soon after changes stop. The agent uses IdleCollectAfter.
 	CollectWhenIdle time.Duration
 }
+
+// DefaultKeepalive is Options.Keepalive's default: the most frequent ping
+// a gRPC server's default policy accepts.
+const DefaultKeepalive = 5 * time.Minute
+
+// MinKeepalive is the shortest Options.Keepalive: gRPC raises shorter ones
+// to it.
+const MinKeepalive = 10 * time.Second
 
 // IdleCollectAfter is the agent's Options.CollectWhenIdle: control planes
 // send related changes within milliseconds of each other.
@@ -202,6 +216,12 @@ func New(opts Options) (*Client, error) {
 	if opts.BackoffMax <= 0 {
 		opts.BackoffMax = 30 * time.Second
 	}
+	if opts.Keepalive <= 0 {
+		opts.Keepalive = DefaultKeepalive
+	}
+	if opts.Keepalive < MinKeepalive {
+		return nil, fmt.Errorf("xds client: keepalive %v is shorter than gRPC's minimum of %v", opts.Keepalive, MinKeepalive)
+	}
 	if opts.WarmingTimeout <= 0 {
 		opts.WarmingTimeout = 15 * time.Second
 	}
@@ -286,7 +306,7 @@ func (c *Client) Run(ctx context.Context) error {
 		grpc.WithTransportCredentials(creds),
 		// A mesh's full state can be far larger than gRPC's default 4 MiB.
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxResponseSize)),
-		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: c.opts.Keepalive, Timeout: 10 * time.Second}),
 	}, c.opts.DialOptions...)...)
 	if err != nil {
 		return fmt.Errorf("xds client for %s: %w", c.opts.Server, err)

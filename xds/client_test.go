@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/stats"
 
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
@@ -590,5 +591,46 @@ func TestRepeatedRejectionLoggedOnce(t *testing.T) {
 	waitFor(t, "the refusal repeated", func() bool { return c.Status().NACKs >= 3 })
 	if n := strings.Count(logs.String(), "xds response rejected"); n != 1 {
 		t.Fatalf("%d log lines for %d NACKs of one refusal, want 1:\n%s", n, c.Status().NACKs, logs.String())
+	}
+}
+
+// The client pings a silent connection as often as Options.Keepalive says:
+// a server whose policy allows one ping per 20 s closes the connection of
+// a client pinging every 10 s ("too_many_pings"), and the client
+// reconnects; at 30 s it keeps the connection. The default is what gRPC
+// servers allow unless configured otherwise.
+func TestKeepalive(t *testing.T) {
+	if xds.DefaultKeepalive < 5*time.Minute {
+		t.Errorf("default keepalive %v: gRPC servers' default policy refuses pings more often than every 5m", xds.DefaultKeepalive)
+	}
+	if _, err := xds.New(xds.Options{Server: "x", Node: xds.NodeInfo{ID: "n"}, Applier: &recorder{}, Keepalive: time.Second}); err == nil || !strings.Contains(err.Error(), "keepalive 1s") {
+		t.Errorf("a 1s keepalive: %v, want an error naming it", err)
+	}
+	if testing.Short() {
+		t.Skip("-short: the keepalive exchange takes a minute")
+	}
+	policy := grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 20 * time.Second, PermitWithoutStream: true})
+	m := mesh{services: []svc{webV1}}
+	for _, tc := range []struct {
+		every     time.Duration
+		reconnect bool
+	}{{10 * time.Second, true}, {30 * time.Second, false}} {
+		t.Run(tc.every.String(), func(t *testing.T) {
+			t.Parallel()
+			cp := newControlPlane(t, policy)
+			cp.set("1", m)
+			rec := &recorder{}
+			c := startClient(t, cp.addr, xds.ModeDelta, rec, func(o *xds.Options) { o.Keepalive = tc.every })
+			waitApplied(t, rec, m.summary())
+			// More than two pings too early end the connection: within
+			// 40 s at one per 10 s.
+			deadline := time.Now().Add(60 * time.Second)
+			for time.Now().Before(deadline) && c.Status().Reconnects == 0 {
+				time.Sleep(100 * time.Millisecond)
+			}
+			if got := c.Status().Reconnects > 0; got != tc.reconnect {
+				t.Errorf("pinging every %v against a server allowing one per 20s: reconnected %v, want %v", tc.every, got, tc.reconnect)
+			}
+		})
 	}
 }

@@ -43,6 +43,7 @@ type agentFlags struct {
 	pollEvery   time.Duration
 	logLevel    string
 	warmTimeout time.Duration
+	keepalive   time.Duration
 	workloads   string
 	fastPath    bool
 	flows       bool
@@ -122,6 +123,7 @@ func newAgentCommand() *cobra.Command {
 	fl.StringVar(&f.socket, "socket", observe.DefaultSocket, "unix socket of the local API (`sluice observe`, `sluice status`), readable by root only")
 	fl.DurationVar(&f.pollEvery, "config-poll", time.Second, "how often the mesh file is checked for edits, and local workloads' cgroups for changes")
 	fl.DurationVar(&f.warmTimeout, "warming-timeout", 15*time.Second, "how long to wait for resources listeners need before applying without them")
+	fl.DurationVar(&f.keepalive, "xds-keepalive", xds.DefaultKeepalive, "ping the control plane after this long without traffic (at least 10s; a server closes the connection on pings more frequent than its policy allows, and gRPC servers allow one per 5m by default)")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.BoolVar(&f.uninstallOnExit, "uninstall-on-exit", false, "on exit, remove the datapath (as `sluice uninstall` does) instead of leaving it in place")
 	return cmd
@@ -136,6 +138,9 @@ func runAgent(ctx context.Context, f agentFlags, log *slog.Logger) (err error) {
 	}
 	if f.pollEvery <= 0 {
 		return fmt.Errorf("--config-poll %v: give a positive interval", f.pollEvery)
+	}
+	if f.keepalive < xds.MinKeepalive {
+		return fmt.Errorf("--xds-keepalive %v: give at least %v (gRPC's shortest ping interval)", f.keepalive, xds.MinKeepalive)
 	}
 	if f.flowBuffer <= 0 {
 		return fmt.Errorf("--flow-buffer %d: give a positive number of flows", f.flowBuffer)
@@ -159,7 +164,7 @@ func runAgent(ctx context.Context, f agentFlags, log *slog.Logger) (err error) {
 		}
 	}
 	opts := xds.Options{Server: server, Node: f.node, Mode: mode, Logger: log.With("component", "xds"), WarmingTimeout: f.warmTimeout,
-		CollectWhenIdle: xds.IdleCollectAfter}
+		Keepalive: f.keepalive, CollectWhenIdle: xds.IdleCollectAfter}
 	if f.tls.CA != "" {
 		if opts.TLS, err = xds.TLSConfig(f.tls); err != nil {
 			return err

@@ -133,6 +133,7 @@ func TestAgentWorkloadFlags(t *testing.T) {
 	}{
 		{agentFlags{mesh: "mesh.yaml", workloads: "node.yaml", pollEvery: time.Second}, "with --mesh, list the workloads in the mesh file's workloads section"},
 		{agentFlags{mesh: "mesh.yaml", pollEvery: 0}, "--config-poll 0s: give a positive interval"},
+		{agentFlags{mesh: "mesh.yaml", pollEvery: time.Second, keepalive: 5 * time.Second}, "--xds-keepalive 5s: give at least 10s"},
 	} {
 		err := runAgent(t.Context(), tc.f, nil)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

@@ -57,6 +57,8 @@ type Server struct {
 	pollMu  sync.Mutex
 	seen    [sha256.Size]byte // what the previous check found: the content's hash, zero if unreadable
 	handled [sha256.Size]byte // what was last acted on, in the same terms
+	stamp   os.FileInfo       // the file when it was last read; nil if unknown
+	readAt  time.Time         // when it was last read
 
 	mu        sync.Mutex
 	version   string              // guarded by mu: version of the snapshot being served
@@ -90,7 +92,7 @@ func New(opts Options) (*Server, error) {
 	s.streams = &streams{log: s.log, sent: map[int64]map[string]string{}}
 	s.cache = cache.NewSnapshotCache(true, allNodes{}, goLogger{s.log})
 
-	data, err := os.ReadFile(s.path)
+	data, err := s.read()
 	if err != nil {
 		return nil, fmt.Errorf("read mesh file: %w", err)
 	}

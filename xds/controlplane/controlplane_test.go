@@ -482,3 +482,45 @@ func TestServeEndsStreams(t *testing.T) {
 		t.Fatal("client stream still open after Serve returned")
 	}
 }
+
+// The file is not read again while it cannot have changed; an edit in
+// place that keeps the file's size is still served, as is one that renames
+// a file with an older time of modification over it.
+func TestUnchangedFileEdits(t *testing.T) {
+	s := start(t, meshFile, controlplane.Options{})
+	st := openSotW(t, dial(t, s.addr, nil))
+	st.subscribe(listenerType)
+	st.ack(st.next(listenerType))
+	time.Sleep(1500 * time.Millisecond) // the file is older than a second: polls stop reading it
+
+	// In place: the same inode, the same length, another VIP.
+	edited := strings.Replace(meshFile, "10.96.0.10", "10.96.0.20", 1)
+	if err := os.WriteFile(s.path, []byte(edited), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	lds := st.next(listenerType)
+	served := false
+	for _, a := range lds.Resources {
+		served = served || strings.Contains(string(a.GetValue()), "10.96.0.20")
+	}
+	if !served {
+		t.Errorf("in-place edit not served: no listener has VIP 10.96.0.20 (version %s)", lds.VersionInfo)
+	}
+	st.ack(lds)
+
+	// Renamed over it with a time of modification an hour old.
+	time.Sleep(1500 * time.Millisecond)
+	tmp := s.path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(meshFile+apiService), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	old := time.Now().Add(-time.Hour)
+	if err := os.Chtimes(tmp, old, old); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, s.path); err != nil {
+		t.Fatal(err)
+	}
+	lds = st.next(listenerType)
+	sameNames(t, "listeners", names(t, lds.Resources), "demo/api:443", "demo/web:80", "demo/dns:53/udp")
+}
