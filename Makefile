@@ -37,7 +37,7 @@ e2e:
 # The side-by-side benchmark: no mesh, kube-proxy's iptables and nftables
 # modes and Sluice, interleaved on the simulated cluster; rewrites
 # docs/benchmarks.md and docs/benchmarks.json. Needs root, iptables, nft and
-# conntrack; took 13.5 minutes on two cores.
+# conntrack; took 18 minutes on two cores (9 rounds).
 bench:
 	$(GO) test -run '^$$' -bench '^BenchmarkSideBySide$$' -benchtime 1x -timeout 90m ./e2e/ \
 		-args -sidebyside.report docs/benchmarks.md -sidebyside.json docs/benchmarks.json
