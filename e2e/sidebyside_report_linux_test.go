@@ -34,6 +34,15 @@ func spread(v []float64) sbStat {
 	return sbStat{Min: v[0], Median: v[len(v)/2], Max: v[len(v)-1]}
 }
 
+// spreadOf is the spread of v, nil when v is empty.
+func spreadOf(v []float64) *sbStat {
+	if len(v) == 0 {
+		return nil
+	}
+	st := spread(v)
+	return &st
+}
+
 // sbRow is one set-up's figures for a scenario, placement and size.
 type sbRow struct {
 	Scenario, Placement string
@@ -126,26 +135,8 @@ func summarize(run sbRun) sbSummary {
 			}
 		}
 		row.Value = spread(values)
-		if len(p99s) > 0 {
-			st := spread(p99s)
-			row.P99 = &st
-		}
-		if len(ratios) > 0 {
-			st := spread(ratios)
-			row.Ratio = &st
-		}
-		if len(p99Ratios) > 0 {
-			st := spread(p99Ratios)
-			row.P99Ratio = &st
-		}
-		if len(cpu) > 0 {
-			st := spread(cpu)
-			row.CPU = &st
-		}
-		if len(agent) > 0 {
-			st := spread(agent)
-			row.Agent = &st
-		}
+		row.P99, row.Ratio, row.P99Ratio = spreadOf(p99s), spreadOf(ratios), spreadOf(p99Ratios)
+		row.CPU, row.Agent = spreadOf(cpu), spreadOf(agent)
 		for name, v := range bpf {
 			if row.BPF == nil {
 				row.BPF = map[string]float64{}
