@@ -54,9 +54,11 @@ func (s *Server) check(ctx context.Context) {
 		return
 	}
 	if data == nil && err == nil { // settled, but not read by this check
-		if data, err = s.read(); err == nil && sha256.Sum256(data) != sum {
-			s.seen = sha256.Sum256(data)
-			return
+		if data, err = s.read(); err == nil {
+			if now := sha256.Sum256(data); now != sum {
+				s.seen = now
+				return
+			}
 		}
 	}
 	s.handled = sum
