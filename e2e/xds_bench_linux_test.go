@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -37,6 +36,7 @@ import (
 	"github.com/sluice-mesh/sluice/dataplane"
 	"github.com/sluice-mesh/sluice/dataplane/model"
 	"github.com/sluice-mesh/sluice/e2e/testenv"
+	"github.com/sluice-mesh/sluice/sockops/observe"
 	"github.com/sluice-mesh/sluice/xds"
 	"github.com/sluice-mesh/sluice/xds/mesh"
 )
@@ -663,20 +663,14 @@ func buildSluice(tb testing.TB) string {
 // saveHeapProfile writes the heap profile of the agent whose local API is
 // at socket to path.
 func saveHeapProfile(socket, path string) error {
-	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		return (&net.Dialer{}).DialContext(ctx, "unix", socket)
-	}}}
-	resp, err := hc.Get("http://agent/debug/pprof/heap")
+	c, err := observe.Dial(socket)
 	if err != nil {
-		return fmt.Errorf("heap profile: %w", err)
+		return err
 	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("heap profile: %s", resp.Status)
-	}
-	data, err := io.ReadAll(resp.Body)
+	defer c.Close()
+	data, err := c.Profile(context.Background(), "heap")
 	if err != nil {
-		return fmt.Errorf("heap profile: %w", err)
+		return err
 	}
 	return os.WriteFile(path, data, 0o644)
 }

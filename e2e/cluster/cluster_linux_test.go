@@ -16,9 +16,11 @@ import (
 	"github.com/sluice-mesh/sluice/e2e/testenv"
 )
 
-// Leftovers finds every object of a live cluster, and none once it is
-// closed.
-func TestLeftovers(t *testing.T) {
+// newCluster makes a cluster for t, closed when t ends unless closeAndCheck
+// closed it first; closeAndCheck fails t if Close fails or leaves anything
+// of the cluster behind.
+func newCluster(t *testing.T) (*cluster.Cluster, func()) {
+	t.Helper()
 	testenv.RequirePrivileged(t)
 	c, err := cluster.New()
 	if err != nil {
@@ -30,6 +32,22 @@ func TestLeftovers(t *testing.T) {
 			c.Close()
 		}
 	})
+	return c, func() {
+		t.Helper()
+		closed = true
+		if err := c.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if left, err := cluster.Leftovers(c.ID); err != nil || len(left) > 0 {
+			t.Errorf("after Close: %v, %v", left, err)
+		}
+	}
+}
+
+// Leftovers finds every object of a live cluster, and none once it is
+// closed.
+func TestLeftovers(t *testing.T) {
+	c, closeAndCheck := newCluster(t)
 	n, err := c.AddNode("a")
 	if err != nil {
 		t.Fatal(err)
@@ -67,13 +85,7 @@ func TestLeftovers(t *testing.T) {
 		t.Errorf("Leftovers of a live cluster: %v; want %v and 2 veths", left, want)
 	}
 
-	closed = true
-	if err := c.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if left, err := cluster.Leftovers(c.ID); err != nil || len(left) > 0 {
-		t.Errorf("after Close: %v, %v", left, err)
-	}
+	closeAndCheck()
 }
 
 // Pod.Dial connects from the pod's network namespace, and leaves the
@@ -138,17 +150,8 @@ func TestPodDial(t *testing.T) {
 // their nodes' namespaces, by their extra addresses too, and again after
 // Renew; Close leaves nothing of the nodes.
 func TestRoutedNodes(t *testing.T) {
-	testenv.RequirePrivileged(t)
-	c, err := cluster.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	closed := false
-	t.Cleanup(func() {
-		if !closed {
-			c.Close()
-		}
-	})
+	c, closeAndCheck := newCluster(t)
+	var err error
 	pods := map[string]*cluster.Pod{}
 	for _, spec := range []struct {
 		node, pod, addr string
@@ -258,11 +261,5 @@ func TestRoutedNodes(t *testing.T) {
 	}
 	check()
 
-	closed = true
-	if err := c.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if left, err := cluster.Leftovers(c.ID); err != nil || len(left) > 0 {
-		t.Errorf("after Close: %v, %v", left, err)
-	}
+	closeAndCheck()
 }

@@ -115,6 +115,21 @@ func (c *Client) Status(ctx context.Context) (Status, error) {
 	return s, nil
 }
 
+// Profile returns the agent's Go profile name ("heap", "goroutine",
+// "allocs", ...), in the format go tool pprof reads.
+func (c *Client) Profile(ctx context.Context, name string) ([]byte, error) {
+	resp, err := c.get(ctx, "/debug/pprof/"+name, nil)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, fmt.Errorf("read the %s profile from the agent at %s: %w", name, c.path, err)
+	}
+	return data, nil
+}
+
 // Flows asks the agent for the flows q selects and calls fn with each, in
 // order, from the calling goroutine. When the agent reports that flows
 // were lost to this client (it read too slowly while following), Flows

@@ -513,6 +513,14 @@ func TestServerProfiles(t *testing.T) {
 	if len(body) < 2 || body[0] != 0x1f || body[1] != 0x8b {
 		t.Fatalf("GET /debug/pprof/heap: %d bytes, not gzip", len(body))
 	}
+	// The client fetches them; an unknown one is refused by name.
+	heap, err := dial(t, path).Profile(context.Background(), "heap")
+	if err != nil || len(heap) < 2 || heap[0] != 0x1f || heap[1] != 0x8b {
+		t.Errorf("Profile(heap): %d bytes, %v", len(heap), err)
+	}
+	if _, err := dial(t, path).Profile(context.Background(), "nosuch"); err == nil || !strings.Contains(err.Error(), "/debug/pprof/nosuch") {
+		t.Errorf("Profile(nosuch): %v, want a refusal naming it", err)
+	}
 	resp, body = rawGet(t, path, "/debug/pprof/goroutine?debug=1")
 	if resp.StatusCode != http.StatusOK || !strings.Contains(body, "goroutine profile:") {
 		t.Fatalf("GET /debug/pprof/goroutine: %s: %.200s", resp.Status, body)
