@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -11,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -34,6 +36,7 @@ type Cluster struct {
 	pods    []*Pod
 	procs   []*exec.Cmd
 	daemons []*daemon // agents and control planes, stopped first at Close
+	cgroups []string  // cgroups made below nodes besides pods' (AddPodAt's parents, SubCgroup)
 	closed  bool      // Close ran: no new daemons
 }
 
@@ -189,8 +192,19 @@ func sysctl(netns string, settings ...string) error {
 }
 
 // AddPod creates a pod on node n with address ip (a /16 on the bridge).
-func (n *Node) AddPod(name string, addr netip.Addr) (_ *Pod, err error) {
+func (n *Node) AddPod(name string, addr netip.Addr) (*Pod, error) {
+	return n.AddPodAt(name, addr, name)
+}
+
+// AddPodAt creates a pod as AddPod does, with its cgroup at cgroup, a
+// relative path below the node's cgroup (as a kubelet lays pods out),
+// creating the directories on the way.
+func (n *Node) AddPodAt(name string, addr netip.Addr, cgroup string) (_ *Pod, err error) {
 	c := n.c
+	rel := filepath.Clean(cgroup)
+	if rel == "." || filepath.IsAbs(rel) || strings.HasPrefix(rel, "..") {
+		return nil, fmt.Errorf("pod %s: cgroup %q is not a path below the node's cgroup", name, cgroup)
+	}
 	c.mu.Lock()
 	idx := len(c.pods)
 	c.mu.Unlock()
@@ -198,7 +212,7 @@ func (n *Node) AddPod(name string, addr netip.Addr) (_ *Pod, err error) {
 		Name:   name,
 		IP:     addr,
 		NetNS:  fmt.Sprintf("sluice-%s-%s", c.ID, name),
-		Cgroup: filepath.Join(n.Cgroup, name),
+		Cgroup: filepath.Join(n.Cgroup, rel),
 		Node:   n,
 		veth:   fmt.Sprintf("slv%s%d", c.ID[:6], idx),
 	}
@@ -206,7 +220,7 @@ func (n *Node) AddPod(name string, addr netip.Addr) (_ *Pod, err error) {
 	c.pods = append(c.pods, p)
 	c.mu.Unlock()
 
-	if err := os.Mkdir(p.Cgroup, 0o755); err != nil {
+	if err := c.mkCgroup(p.Cgroup); err != nil {
 		return nil, fmt.Errorf("create pod cgroup: %w", err)
 	}
 	if n.NetNS != "" && !addr.Is4() {
@@ -333,8 +347,53 @@ func (p *Pod) Command(ctx context.Context, name string, args ...string) *exec.Cm
 
 // Start starts cmd in the pod's cgroup, from its first instruction on. The
 // cluster kills it at Close if it is still running.
-func (p *Pod) Start(cmd *exec.Cmd) error {
-	fd, err := os.Open(p.Cgroup)
+func (p *Pod) Start(cmd *exec.Cmd) error { return p.StartIn(cmd, p.Cgroup) }
+
+// mkCgroup creates the cgroup dir and the missing directories above it,
+// recording each for removal at Close.
+func (c *Cluster) mkCgroup(dir string) error {
+	if _, err := os.Stat(dir); err == nil {
+		return fmt.Errorf("cgroup %s exists already", dir)
+	}
+	var made []string
+	for d := dir; ; d = filepath.Dir(d) {
+		if _, err := os.Stat(d); err == nil {
+			break
+		}
+		made = append(made, d)
+	}
+	slices.Reverse(made)
+	for _, d := range made {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			return err
+		}
+		c.mu.Lock()
+		c.cgroups = append(c.cgroups, d)
+		c.mu.Unlock()
+	}
+	return nil
+}
+
+// SubCgroup creates a cgroup named name below the pod's, as a container's
+// is, and returns its directory. Start processes in it with StartIn.
+func (p *Pod) SubCgroup(name string) (string, error) {
+	if name == "" || strings.ContainsAny(name, "/") || name == "." || name == ".." {
+		return "", fmt.Errorf("pod %s: %q is not a cgroup name", p.Name, name)
+	}
+	dir := filepath.Join(p.Cgroup, name)
+	if err := p.Node.c.mkCgroup(dir); err != nil {
+		return "", fmt.Errorf("pod %s: %w", p.Name, err)
+	}
+	return dir, nil
+}
+
+// StartIn starts cmd in cgroup dir, one of the pod's cgroups (SubCgroup),
+// as Start does in the pod's own.
+func (p *Pod) StartIn(cmd *exec.Cmd, dir string) error {
+	if dir != p.Cgroup && !strings.HasPrefix(dir, p.Cgroup+"/") {
+		return fmt.Errorf("start %s in pod %s: cgroup %s is not the pod's", cmd.Args, p.Name, dir)
+	}
+	fd, err := os.Open(dir)
 	if err != nil {
 		return err
 	}
@@ -348,6 +407,28 @@ func (p *Pod) Start(cmd *exec.Cmd) error {
 	c.procs = append(c.procs, cmd)
 	c.mu.Unlock()
 	return nil
+}
+
+// Remove deletes the pod before the cluster is closed: it kills the pod's
+// processes, removes its network namespace, veth and cgroups. The pod is
+// unusable afterwards.
+func (p *Pod) Remove() error {
+	c := p.Node.c
+	killCgroup(p.Cgroup) // the whole subtree; the cgroups go too
+	errs := []error{p.unplumb()}
+	c.mu.Lock()
+	var dirs []string
+	for _, d := range c.cgroups {
+		if strings.HasPrefix(d, p.Cgroup+"/") {
+			dirs = append(dirs, d)
+		}
+	}
+	c.mu.Unlock()
+	slices.SortFunc(dirs, func(a, b string) int { return cmp.Compare(len(b), len(a)) })
+	for _, d := range append(dirs, p.Cgroup) {
+		errs = append(errs, removeCgroup(d))
+	}
+	return errors.Join(errs...)
 }
 
 // Output runs cmd in the pod to completion and returns its standard output.
@@ -408,8 +489,17 @@ func (c *Cluster) Close() error {
 	if err := ip("link", "del", c.bridge); err != nil && linkExists(c.bridge) {
 		errs = append(errs, err)
 	}
-	for i := len(c.pods) - 1; i >= 0; i-- {
-		errs = append(errs, removeCgroup(c.pods[i].Cgroup))
+	// Deepest first: pods' cgroups may hold containers' and sit below
+	// directories made for them.
+	var dirs []string
+	for _, p := range c.pods {
+		dirs = append(dirs, p.Cgroup)
+	}
+	dirs = append(dirs, c.cgroups...)
+	slices.SortFunc(dirs, func(a, b string) int { return cmp.Compare(len(b), len(a)) })
+	for _, d := range slices.Compact(dirs) {
+		killCgroup(d)
+		errs = append(errs, removeCgroup(d))
 	}
 	for _, n := range c.nodes {
 		errs = append(errs, removeCgroup(n.Cgroup))
@@ -418,7 +508,7 @@ func (c *Cluster) Close() error {
 	if err := os.RemoveAll(c.Dir); err != nil {
 		errs = append(errs, fmt.Errorf("remove cluster directory: %w", err))
 	}
-	c.pods, c.nodes, c.procs, c.daemons = nil, nil, nil, nil
+	c.pods, c.nodes, c.procs, c.daemons, c.cgroups = nil, nil, nil, nil, nil
 	return errors.Join(errs...)
 }
 
