@@ -35,7 +35,8 @@ type AgentConfig struct {
 	// The agent's workloads are those of the control plane's mesh file when
 	// the agent starts, given as a workloads file (--workloads), which the
 	// agent reads once: a later Update of the mesh file does not change
-	// them.
+	// them. A control plane without a mesh file gives none: Args then say
+	// where the workloads come from (--kubernetes).
 	ControlPlane *ControlPlane
 	ConfigPoll   time.Duration // optional: --config-poll; DefaultConfigPoll if zero
 	Args         []string      // optional: more flags, after the others, so that they win
@@ -87,11 +88,14 @@ func (n *Node) StartAgent(cfg AgentConfig) (*Agent, error) {
 	if cfg.Mesh != nil {
 		args = append(args, "--mesh", cfg.Mesh.Path)
 	} else {
-		file, err := c.writeWorkloads(n, cfg.ControlPlane.Mesh)
-		if err != nil {
-			return nil, fmt.Errorf("agent of node %s: %w", n.Name, err)
+		args = append(args, "--xds", cfg.ControlPlane.Addr)
+		if cfg.ControlPlane.Mesh != nil {
+			file, err := c.writeWorkloads(n, cfg.ControlPlane.Mesh)
+			if err != nil {
+				return nil, fmt.Errorf("agent of node %s: %w", n.Name, err)
+			}
+			args = append(args, "--workloads", file)
 		}
-		args = append(args, "--xds", cfg.ControlPlane.Addr, "--workloads", file)
 	}
 	args = append(args, cfg.Args...)
 	if a.d, err = c.startDaemon("agent "+n.Name, cfg.Binary, args...); err != nil {
@@ -193,12 +197,13 @@ func (a *Agent) Stop() error { return a.d.stop(daemonStopTimeout) }
 // ADS to agents in --xds mode.
 type ControlPlane struct {
 	Addr string // host:port it listens on, on 127.0.0.1
-	Mesh *MeshFile
+	Mesh *MeshFile // nil for a control plane serving something else (--kubernetes)
 	d    *daemon
 }
 
 // StartControlPlane starts `sluice controlplane` serving f on a free port
 // of 127.0.0.1, with args added, and waits until it accepts connections.
+// With f nil, args say what it serves (--kubernetes).
 // The cluster stops it at Close.
 func (c *Cluster) StartControlPlane(ctx context.Context, bin string, f *MeshFile, args ...string) (*ControlPlane, error) {
 	addr, err := FreeAddr()
@@ -206,7 +211,11 @@ func (c *Cluster) StartControlPlane(ctx context.Context, bin string, f *MeshFile
 		return nil, fmt.Errorf("control plane: %w", err)
 	}
 	cp := &ControlPlane{Addr: addr, Mesh: f}
-	all := append([]string{"controlplane", "--mesh", f.Path, "--listen", addr, "--config-poll", DefaultConfigPoll.String()}, args...)
+	all := []string{"controlplane", "--listen", addr}
+	if f != nil {
+		all = append(all, "--mesh", f.Path, "--config-poll", DefaultConfigPoll.String())
+	}
+	all = append(all, args...)
 	if cp.d, err = c.startDaemon("control plane", bin, all...); err != nil {
 		return nil, err
 	}
