@@ -196,7 +196,7 @@ func (a *Agent) Stop() error { return a.d.stop(daemonStopTimeout) }
 // ControlPlane is a running `sluice controlplane` serving a mesh file over
 // ADS to agents in --xds mode.
 type ControlPlane struct {
-	Addr string // host:port it listens on, on 127.0.0.1
+	Addr string    // host:port it listens on, on 127.0.0.1
 	Mesh *MeshFile // nil for a control plane serving something else (--kubernetes)
 	d    *daemon
 }
