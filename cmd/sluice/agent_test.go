@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
@@ -139,6 +140,61 @@ func TestAgentWorkloadFlags(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("runAgent(%+v) = %v, want an error containing %q", tc.f, err, tc.want)
 		}
+	}
+}
+
+// --kubernetes and its flags are refused, before anything is touched,
+// when they contradict the other flags or cannot be used.
+func TestAgentKubernetesFlags(t *testing.T) {
+	t.Setenv("KUBERNETES_SERVICE_HOST", "") // not in a pod, whatever runs the test
+	kubeAgent := func(mod func(*agentFlags)) agentFlags {
+		f := agentFlags{xdsServer: "cp:15010", xdsMode: "delta", pollEvery: time.Second, keepalive: xds.MinKeepalive, flowBuffer: 10,
+			node: xds.NodeInfo{NodeName: "n1"},
+			kube: kubeFlags{enabled: true, trustDomain: identity.DefaultTrustDomain, nodeNameGiven: true}}
+		mod(&f)
+		return f
+	}
+	missing := filepath.Join(t.TempDir(), "no-kubeconfig")
+	for _, tc := range []struct {
+		name string
+		f    agentFlags
+		want string
+	}{
+		{"with --mesh", kubeAgent(func(f *agentFlags) { f.mesh, f.xdsServer = "mesh.yaml", "" }), "--kubernetes and --mesh exclude each other"},
+		{"with --workloads", kubeAgent(func(f *agentFlags) { f.workloads = "node.yaml" }), "--kubernetes and --workloads exclude each other"},
+		{"without --node-name", kubeAgent(func(f *agentFlags) { f.kube.nodeNameGiven = false }), "--kubernetes needs --node-name"},
+		{"an empty --node-name", kubeAgent(func(f *agentFlags) { f.node.NodeName = "" }), "--kubernetes needs --node-name"},
+		{"a bad trust domain", kubeAgent(func(f *agentFlags) { f.kube.trustDomain = "Example.org" }), `--trust-domain "Example.org" is not a SPIFFE trust domain`},
+		{"without --xds", kubeAgent(func(f *agentFlags) { f.xdsServer = "" }), "give exactly one of --mesh"},
+		{"--kubeconfig alone", agentFlags{xdsServer: "cp:15010", kube: kubeFlags{kubeconfig: "k.yaml", trustDomain: identity.DefaultTrustDomain}}, "apply with --kubernetes only"},
+		{"--trust-domain alone", agentFlags{mesh: "mesh.yaml", kube: kubeFlags{trustDomain: "example.org"}}, "apply with --kubernetes only"},
+		{"a missing kubeconfig", kubeAgent(func(f *agentFlags) { f.kube.kubeconfig = missing }), "--kubeconfig " + missing},
+		{"not in a pod", kubeAgent(func(*agentFlags) {}), "no --kubeconfig given and not in a pod"},
+	} {
+		err := runAgent(t.Context(), tc.f, slog.New(slog.DiscardHandler))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: runAgent = %v, want an error containing %q", tc.name, err, tc.want)
+		}
+	}
+}
+
+// --node-name counts as given from the environment too, and not when it
+// is the host-name default.
+func TestAgentKubernetesNodeName(t *testing.T) {
+	t.Setenv("KUBERNETES_SERVICE_HOST", "")
+	run := func(args ...string) error {
+		cmd := newAgentCommand()
+		cmd.SetArgs(args)
+		cmd.SilenceUsage, cmd.SilenceErrors = true, true
+		cmd.SetContext(t.Context())
+		return cmd.Execute()
+	}
+	if err := run("--kubernetes", "--xds", "cp:15010"); err == nil || !strings.Contains(err.Error(), "--kubernetes needs --node-name") {
+		t.Errorf("without --node-name: %v", err)
+	}
+	t.Setenv("SLUICE_NODE_NAME", "n1")
+	if err := run("--kubernetes", "--xds", "cp:15010", "--log-level", "error"); err == nil || !strings.Contains(err.Error(), "not in a pod") {
+		t.Errorf("--node-name from the environment: %v, want the in-cluster config's error", err)
 	}
 }
 
