@@ -13,9 +13,10 @@ const (
 	// be: kubelets nested in containers or given a --cgroup-root put it
 	// below other cgroups (kubelet.slice/kubelet-kubepods.slice).
 	kubepodsDepth = 4
-	// rediscoverEvery bounds how often a pod not found makes podCgroups
-	// walk the root again for kubepods directories, the one costly step.
-	rediscoverEvery = 10 * time.Second
+	// rediscoverEvery bounds how often a pod still not found makes
+	// podCgroups walk the root again for kubepods directories, the one
+	// costly step. A pod newly missing makes it walk at once.
+	rediscoverEvery = 5 * time.Second
 )
 
 // podCgroups finds pod cgroups by pod UID under a root directory, in both
@@ -26,9 +27,10 @@ const (
 //	cgroupfs: kubepods/besteffort/pod<uid>, kubepods/pod<uid> (guaranteed)
 //
 // It walks the tree only to find the kubepods directories (up to
-// kubepodsDepth below the root, again at most every rediscoverEvery while
-// a pod is missing); otherwise it lists those and their QoS directories
-// when a pod is not in its cache, and checks that cached paths still exist.
+// kubepodsDepth below the root): at first, when a pod is newly missing,
+// and at most every rediscoverEvery while pods stay missing. Otherwise it
+// lists those and their QoS directories when a pod is not in its cache,
+// and checks that cached paths still exist.
 // It is not safe for concurrent use.
 type podCgroups struct {
 	root string
@@ -37,29 +39,36 @@ type podCgroups struct {
 	kubepods   []string          // kubepods directories found by the last discovery
 	discovered time.Time         // of the last discovery; zero before the first
 	byUID      map[string]string // pod UID → pod cgroup, from the last scan
+	missed     map[string]bool   // the UIDs the last find did not find
 }
 
 // find returns the pod cgroups of those of uids that have one, by UID.
 func (c *podCgroups) find(uids []string) map[string]string {
 	out := make(map[string]string, len(uids))
-	missing := false
+	var missing []string
+	newlyMissing := false
 	for _, uid := range uids {
 		if p, ok := c.byUID[uid]; ok && isDir(p) {
 			out[uid] = p
 		} else {
-			missing = true
+			missing = append(missing, uid)
+			newlyMissing = newlyMissing || !c.missed[uid]
 		}
 	}
-	if !missing {
+	if len(missing) == 0 {
+		c.missed = nil
 		return out
 	}
-	if c.discovered.IsZero() || c.now().Sub(c.discovered) >= rediscoverEvery {
+	if newlyMissing || c.discovered.IsZero() || c.now().Sub(c.discovered) >= rediscoverEvery {
 		c.discover()
 	}
 	c.scan()
-	for _, uid := range uids {
+	c.missed = make(map[string]bool, len(missing))
+	for _, uid := range missing {
 		if p, ok := c.byUID[uid]; ok {
 			out[uid] = p
+		} else {
+			c.missed[uid] = true
 		}
 	}
 	return out

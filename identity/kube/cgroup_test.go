@@ -161,7 +161,11 @@ func TestPodCgroupsChanges(t *testing.T) {
 		t.Fatalf("a pod cgroup created later: found %v, want %s", got, podA)
 	}
 
-	// A second kubepods tree is only seen once rediscovery is due.
+	// A second kubepods tree is seen at once for a pod newly missing, and
+	// for one still missing once rediscovery is due.
+	if got := c.find([]string{uidA, uidB}); got[uidB] != "" {
+		t.Fatalf("found %v before pod B's cgroup exists", got)
+	}
 	sysB := "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod" + systemdUID(uidB) + ".slice"
 	mkdirs(t, root, sysB)
 	if got := c.find([]string{uidA, uidB}); got[uidB] != "" {
@@ -170,6 +174,11 @@ func TestPodCgroupsChanges(t *testing.T) {
 	now = now.Add(rediscoverEvery)
 	if got := c.find([]string{uidA, uidB}); got[uidA] != podA || got[uidB] != filepath.Join(root, sysB) {
 		t.Fatalf("after rediscovery: found %v", got)
+	}
+	sysC := "k/kubepods.slice/kubepods-pod" + systemdUID(uidC) + ".slice"
+	mkdirs(t, root, sysC)
+	if got := c.find([]string{uidA, uidB, uidC}); got[uidC] != filepath.Join(root, sysC) {
+		t.Fatalf("a pod newly missing under a new kubepods tree: found %v", got)
 	}
 
 	if err := os.Remove(podA); err != nil {
