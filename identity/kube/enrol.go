@@ -21,8 +21,8 @@ const (
 // the labels of its namespace (nil if the namespace is not known), and if
 // not, why, in a few words for logs:
 //
-//   - a host-network pod never is: it shares the node's addresses and
-//     cgroup-less processes with everything else on the host network;
+//   - a host-network pod never is: its addresses are the node's, shared
+//     with every other process on the host network;
 //   - a pod without an IP address yet, or finished (Succeeded, Failed), is
 //     no workload;
 //   - otherwise the pod's own label decides when it is "enabled" or
