@@ -45,6 +45,7 @@ type agentFlags struct {
 	warmTimeout time.Duration
 	keepalive   time.Duration
 	workloads   string
+	kube        kubeFlags
 	fastPath    bool
 	flows       bool
 	flowBuffer  int
@@ -82,6 +83,7 @@ func newAgentCommand() *cobra.Command {
 				return err
 			}
 			origin.log(log)
+			f.kube.nodeNameGiven = cmd.Flags().Changed("node-name")
 			return runAgent(cmd.Context(), f, log)
 		},
 	}
@@ -100,6 +102,9 @@ func newAgentCommand() *cobra.Command {
 	fl.StringVar(&f.pinDir, "pin-dir", dataplane.DefaultBPFFS+"/sluice", "bpffs directory for the dataplane's pinned programs and maps")
 	fl.StringVar(&f.cgroup, "cgroup", "", "cgroup2 directory whose subtree is routed (default: the cgroup2 root)")
 	fl.StringVar(&f.workloads, "workloads", "", "with --xds: file listing this node's workloads, their cgroups and identities (docs/identity.md); with --mesh they are in the mesh file")
+	fl.BoolVar(&f.kube.enabled, "kubernetes", false, "with --xds: this node's workloads are its pods enrolled in the mesh, from the Kubernetes API (needs --node-name; not with --workloads)")
+	fl.StringVar(&f.kube.kubeconfig, "kubeconfig", "", "with --kubernetes: kubeconfig file to reach the API server (default: the in-cluster config)")
+	fl.StringVar(&f.kube.trustDomain, "trust-domain", identity.DefaultTrustDomain, "with --kubernetes: trust domain of the pods' SPIFFE IDs")
 	fl.StringVar(&f.node.ID, "node-id", host, "xDS node id")
 	fl.StringVar(&f.node.NodeName, "node-name", host, "this node's name (xDS node metadata node_name)")
 	fl.StringVar(&f.node.Cluster, "cluster", "sluice", "xDS node cluster")
@@ -130,6 +135,9 @@ func newAgentCommand() *cobra.Command {
 }
 
 func runAgent(ctx context.Context, f agentFlags, log *slog.Logger) (err error) {
+	if err := checkKubeFlags(f); err != nil {
+		return err
+	}
 	if (f.mesh == "") == (f.xdsServer == "") {
 		return errors.New("give exactly one of --mesh (embedded control plane fed from a mesh file) or --xds (external control plane)")
 	}
@@ -208,6 +216,16 @@ func runAgent(ctx context.Context, f agentFlags, log *slog.Logger) (err error) {
 	if cp != nil {
 		// Every agent fed from the file knows every node's workloads.
 		workloads, listed = cp.Workloads, cp.Workloads
+	}
+	// kubeChanges receives when the node's pods change; nil (never) without --kubernetes.
+	var kubeChanges <-chan struct{}
+	if f.kube.enabled {
+		pods, stop, err := watchPods(ctx, f.kube, f.node.NodeName, f.cgroup, log.With("component", "kubernetes"))
+		if err != nil {
+			return err
+		}
+		defer stop()
+		workloads, kubeChanges = pods.Workloads, pods.Changes()
 	}
 	if mounted, err := dataplane.MountBPFFS(f.pinDir); err != nil {
 		return err
@@ -311,6 +329,12 @@ func runAgent(ctx context.Context, f agentFlags, log *slog.Logger) (err error) {
 			select {
 			case <-ctx.Done():
 				return
+			case <-kubeChanges:
+				// Informer events come in bursts; Changed decides
+				// whether the workloads really differ.
+				if ids.Changed() {
+					client.Reapply()
+				}
 			case <-t.C:
 				if ids.Changed() {
 					client.Reapply()

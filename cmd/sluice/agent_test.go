@@ -5,19 +5,38 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
 	"github.com/sluice-mesh/sluice/dataplane"
 	"github.com/sluice-mesh/sluice/dataplane/model"
+	kubetest "github.com/sluice-mesh/sluice/e2e/kube"
+	"github.com/sluice-mesh/sluice/e2e/testenv"
 	"github.com/sluice-mesh/sluice/identity"
+	"github.com/sluice-mesh/sluice/identity/kube"
+	"github.com/sluice-mesh/sluice/sockops/observe"
 	"github.com/sluice-mesh/sluice/xds"
 )
+
+// TestMain runs the privileged tests (TestAgentKubernetes) in a network
+// namespace of their own.
+func TestMain(m *testing.M) { testenv.Main(m) }
 
 // fakeDataplane writes as many entries per Apply as it is told to.
 type fakeDataplane struct {
@@ -139,6 +158,61 @@ func TestAgentWorkloadFlags(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("runAgent(%+v) = %v, want an error containing %q", tc.f, err, tc.want)
 		}
+	}
+}
+
+// --kubernetes and its flags are refused, before anything is touched,
+// when they contradict the other flags or cannot be used.
+func TestAgentKubernetesFlags(t *testing.T) {
+	t.Setenv("KUBERNETES_SERVICE_HOST", "") // not in a pod, whatever runs the test
+	kubeAgent := func(mod func(*agentFlags)) agentFlags {
+		f := agentFlags{xdsServer: "cp:15010", xdsMode: "delta", pollEvery: time.Second, keepalive: xds.MinKeepalive, flowBuffer: 10,
+			node: xds.NodeInfo{NodeName: "n1"},
+			kube: kubeFlags{enabled: true, trustDomain: identity.DefaultTrustDomain, nodeNameGiven: true}}
+		mod(&f)
+		return f
+	}
+	missing := filepath.Join(t.TempDir(), "no-kubeconfig")
+	for _, tc := range []struct {
+		name string
+		f    agentFlags
+		want string
+	}{
+		{"with --mesh", kubeAgent(func(f *agentFlags) { f.mesh, f.xdsServer = "mesh.yaml", "" }), "--kubernetes and --mesh exclude each other"},
+		{"with --workloads", kubeAgent(func(f *agentFlags) { f.workloads = "node.yaml" }), "--kubernetes and --workloads exclude each other"},
+		{"without --node-name", kubeAgent(func(f *agentFlags) { f.kube.nodeNameGiven = false }), "--kubernetes needs --node-name"},
+		{"an empty --node-name", kubeAgent(func(f *agentFlags) { f.node.NodeName = "" }), "--kubernetes needs --node-name"},
+		{"a bad trust domain", kubeAgent(func(f *agentFlags) { f.kube.trustDomain = "Example.org" }), `--trust-domain "Example.org" is not a SPIFFE trust domain`},
+		{"without --xds", kubeAgent(func(f *agentFlags) { f.xdsServer = "" }), "give exactly one of --mesh"},
+		{"--kubeconfig alone", agentFlags{xdsServer: "cp:15010", kube: kubeFlags{kubeconfig: "k.yaml", trustDomain: identity.DefaultTrustDomain}}, "apply with --kubernetes only"},
+		{"--trust-domain alone", agentFlags{mesh: "mesh.yaml", kube: kubeFlags{trustDomain: "example.org"}}, "apply with --kubernetes only"},
+		{"a missing kubeconfig", kubeAgent(func(f *agentFlags) { f.kube.kubeconfig = missing }), "--kubeconfig " + missing},
+		{"not in a pod", kubeAgent(func(*agentFlags) {}), "no --kubeconfig given and not in a pod"},
+	} {
+		err := runAgent(t.Context(), tc.f, slog.New(slog.DiscardHandler))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: runAgent = %v, want an error containing %q", tc.name, err, tc.want)
+		}
+	}
+}
+
+// --node-name counts as given from the environment too, and not when it
+// is the host-name default.
+func TestAgentKubernetesNodeName(t *testing.T) {
+	t.Setenv("KUBERNETES_SERVICE_HOST", "")
+	run := func(args ...string) error {
+		cmd := newAgentCommand()
+		cmd.SetArgs(args)
+		cmd.SilenceUsage, cmd.SilenceErrors = true, true
+		cmd.SetContext(t.Context())
+		return cmd.Execute()
+	}
+	if err := run("--kubernetes", "--xds", "cp:15010"); err == nil || !strings.Contains(err.Error(), "--kubernetes needs --node-name") {
+		t.Errorf("without --node-name: %v", err)
+	}
+	t.Setenv("SLUICE_NODE_NAME", "n1")
+	if err := run("--kubernetes", "--xds", "cp:15010", "--log-level", "error"); err == nil || !strings.Contains(err.Error(), "not in a pod") {
+		t.Errorf("--node-name from the environment: %v, want the in-cluster config's error", err)
 	}
 }
 
@@ -342,4 +416,158 @@ func TestCapacityHint(t *testing.T) {
 			t.Errorf("%s is not a field of dataplane.Capacity", field)
 		}
 	}
+}
+
+// TestAgentKubernetes runs the agent binary with --kubernetes against a
+// real API server (e2e/kube: binaries built on first use, a quarter of an
+// hour; run it with -timeout 30m) and an empty control plane, with pod
+// cgroups made in kubelet's layouts under a cgroup of its own. The
+// agent's local workloads follow the node's enrolled pods: one there
+// before it starts, one created while it runs, one deleted.
+func TestAgentKubernetes(t *testing.T) {
+	testenv.RequirePrivileged(t) // loads BPF programs, makes cgroups
+	cp := kubetest.StartForTest(t)
+	client, err := kubernetes.NewForConfig(cp.Config())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	if _, err := client.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	enrolled := map[string]string{kube.MeshLabel: kube.MeshEnabled}
+	if _, err := client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop", Labels: enrolled}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.CoreV1().ServiceAccounts("shop").Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "default"}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+
+	mount, err := dataplane.Cgroup2Mount()
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := fmt.Sprintf("%d-%d", os.Getpid(), time.Now().UnixNano()%1e6)
+	root := filepath.Join(mount, "sluice-agent-kube-"+id)
+	if err := os.Mkdir(root, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { removeCgroups(t, root) })
+	// pod creates a pod of node n1 with address ip, then its cgroup
+	// (dir, relative to root, with the pod UID for %s).
+	pod := func(name, ip, dir string) {
+		t.Helper()
+		p, err := client.CoreV1().Pods("shop").Create(ctx, &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "shop"},
+			Spec:       corev1.PodSpec{NodeName: "n1", Containers: []corev1.Container{{Name: "app", Image: "registry.invalid/app:1"}}},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.Status.Phase, p.Status.PodIP, p.Status.PodIPs = corev1.PodRunning, ip, []corev1.PodIP{{IP: ip}}
+		if _, err := client.CoreV1().Pods("shop").UpdateStatus(ctx, p, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		uid := string(p.UID)
+		if strings.Contains(dir, ".slice") {
+			uid = strings.ReplaceAll(uid, "-", "_")
+		}
+		if err := os.MkdirAll(filepath.Join(root, fmt.Sprintf(dir, uid)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pod("before", "10.244.1.10", "kubepods/besteffort/pod%s/"+strings.Repeat("ab", 32))
+
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "sluice")
+	if out, err := exec.Command("go", "build", "-o", bin, "github.com/sluice-mesh/sluice/cmd/sluice").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	mesh := filepath.Join(dir, "mesh.yaml")
+	if err := os.WriteFile(mesh, []byte("trustDomain: cluster.local\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	xdsAddr := l.Addr().String()
+	l.Close()
+	start := func(args ...string) {
+		t.Helper()
+		cmd := exec.Command(bin, args...)
+		cmd.Stdout, cmd.Stderr = logWriter{t}, logWriter{t}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			cmd.Process.Signal(syscall.SIGTERM)
+			if err := cmd.Wait(); err != nil {
+				t.Errorf("%s: %v", args[0], err)
+			}
+		})
+	}
+	start("controlplane", "--mesh", mesh, "--listen", xdsAddr)
+	socket := filepath.Join(dir, "agent.sock")
+	start("agent", "--xds", xdsAddr, "--kubernetes", "--kubeconfig", cp.Kubeconfig(), "--node-name", "n1",
+		"--cgroup", root, "--pin-dir", "/sys/fs/bpf/sluice-agent-kube-"+id, "--socket", socket, "--metrics-addr", "",
+		"--uninstall-on-exit")
+
+	waitWorkloads := func(what string, want int) {
+		t.Helper()
+		deadline := time.Now().Add(2 * time.Minute)
+		for {
+			got, err := agentWorkloads(ctx, socket)
+			if err == nil && got == want {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: the agent has %d local workloads (%v), want %d", what, got, err, want)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	waitWorkloads("a pod there before the agent", 1)
+	pod("after", "10.244.1.11", "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod%s.slice/cri-containerd-"+strings.Repeat("cd", 32)+".scope")
+	waitWorkloads("a pod created while the agent runs", 2)
+	zero := int64(0)
+	if err := client.CoreV1().Pods("shop").Delete(ctx, "before", metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil {
+		t.Fatal(err)
+	}
+	waitWorkloads("a pod deleted", 1)
+}
+
+// agentWorkloads returns the local workloads of the agent at socket.
+func agentWorkloads(ctx context.Context, socket string) (int, error) {
+	c, err := observe.Dial(socket)
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	st, err := c.Status(ctx)
+	return st.Workloads, err
+}
+
+// removeCgroups removes the cgroup dir and those below it, deepest first.
+func removeCgroups(t *testing.T, dir string) {
+	var dirs []string
+	filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && d.IsDir() {
+			dirs = append(dirs, p)
+		}
+		return nil
+	})
+	for i := len(dirs) - 1; i >= 0; i-- {
+		if err := os.Remove(dirs[i]); err != nil {
+			t.Errorf("remove cgroup: %v", err)
+		}
+	}
+}
+
+// logWriter sends a process's output to t.Log.
+type logWriter struct{ t *testing.T }
+
+func (w logWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSuffix(string(p), "\n"))
+	return len(p), nil
 }

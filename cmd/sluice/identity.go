@@ -3,15 +3,23 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
 	"sync"
+	"time"
+
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/sluice-mesh/sluice/dataplane"
 	"github.com/sluice-mesh/sluice/dataplane/model"
 	"github.com/sluice-mesh/sluice/identity"
+	"github.com/sluice-mesh/sluice/identity/kube"
+	"github.com/sluice-mesh/sluice/identity/yamlfile"
 )
 
 // identityApplier completes each state with the node's identities before
@@ -221,4 +229,99 @@ func workloadFastPath(own *bool, nodeDefault bool) model.FastPath {
 		return model.FastPathOn
 	}
 	return model.FastPathUnset
+}
+
+// kubeFlags are the agent's flags for learning its workloads from the
+// Kubernetes API.
+type kubeFlags struct {
+	enabled     bool // --kubernetes
+	kubeconfig  string
+	trustDomain string
+	// nodeNameGiven is whether --node-name was given (on the command
+	// line, in the environment or the settings file), not defaulted to
+	// the host name, which need not be the Kubernetes node's name.
+	nodeNameGiven bool
+}
+
+// kubeSyncTimeout bounds the wait at start for the node's pods and the
+// namespaces to be listed: the first state is applied only with every
+// enrolled pod's identity, so that a restarted agent drops none.
+const kubeSyncTimeout = 2 * time.Minute
+
+// checkKubeFlags refuses Kubernetes flags that contradict the others or
+// would be ignored.
+func checkKubeFlags(f agentFlags) error {
+	k := f.kube
+	if !k.enabled {
+		if k.kubeconfig != "" || (k.trustDomain != "" && k.trustDomain != identity.DefaultTrustDomain) {
+			return errors.New("--kubeconfig and --trust-domain apply with --kubernetes only")
+		}
+		return nil
+	}
+	switch {
+	case f.mesh != "":
+		return errors.New("--kubernetes and --mesh exclude each other: with --kubernetes the workloads are the node's pods and the services come from --xds (sluice controlplane --kubernetes)")
+	case f.workloads != "":
+		return errors.New("--kubernetes and --workloads exclude each other: with --kubernetes the node's workloads are its enrolled pods")
+	case !k.nodeNameGiven || f.node.NodeName == "":
+		return errors.New("--kubernetes needs --node-name, the Kubernetes node this agent runs on (in a DaemonSet, from the downward API: spec.nodeName)")
+	}
+	if reason := yamlfile.CheckTrustDomain(k.trustDomain); reason != "" {
+		return fmt.Errorf("--trust-domain %q %s", k.trustDomain, reason)
+	}
+	return nil
+}
+
+// kubeConfig returns the configuration to reach the API server: from the
+// kubeconfig file if one is given, else the in-cluster one.
+func kubeConfig(kubeconfig string) (*rest.Config, error) {
+	if kubeconfig != "" {
+		cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+		if err != nil {
+			return nil, fmt.Errorf("--kubeconfig %s: %w", kubeconfig, err)
+		}
+		return cfg, nil
+	}
+	cfg, err := rest.InClusterConfig()
+	if err != nil {
+		return nil, fmt.Errorf("--kubernetes: no --kubeconfig given and not in a pod with a service account: %w", err)
+	}
+	return cfg, nil
+}
+
+// watchPods starts watching the enrolled pods of node, their cgroups
+// under cgroupRoot, and returns once the node's pods and the namespaces
+// are listed (or fails after kubeSyncTimeout). stop ends the watch.
+func watchPods(ctx context.Context, k kubeFlags, node, cgroupRoot string, log *slog.Logger) (_ *kube.Watcher, stop func(), err error) {
+	cfg, err := kubeConfig(k.kubeconfig)
+	if err != nil {
+		return nil, nil, err
+	}
+	cfg = rest.CopyConfig(cfg)
+	cfg.UserAgent = "sluice-agent/" + version()
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, nil, fmt.Errorf("--kubernetes: %w", err)
+	}
+	w, err := kube.New(kube.Options{Client: client, Node: node, CgroupRoot: cgroupRoot, TrustDomain: k.trustDomain, Logger: log})
+	if err != nil {
+		return nil, nil, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		w.Run(ctx)
+	}()
+	stop = func() { cancel(); <-done }
+	start := time.Now()
+	log.Info("listing this node's pods and the namespaces", "node", node, "api_server", cfg.Host)
+	syncCtx, cancelSync := context.WithTimeoutCause(ctx, kubeSyncTimeout, fmt.Errorf("gave up after %v", kubeSyncTimeout))
+	defer cancelSync()
+	if err := w.WaitForSync(syncCtx); err != nil {
+		stop()
+		return nil, nil, fmt.Errorf("--kubernetes: %w (the agent needs to list and watch pods and namespaces at %s)", err, cfg.Host)
+	}
+	log.Info("watching this node's pods", "node", node, "workloads", len(w.Workloads()), "took", time.Since(start).Round(time.Millisecond))
+	return w, stop, nil
 }
