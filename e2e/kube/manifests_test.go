@@ -274,12 +274,11 @@ func isNamespaced(mapper meta.RESTMapper, obj *unstructured.Unstructured) (bool,
 
 // cluster is the admin's view of the test's API server.
 type cluster struct {
-	cp      *kube.ControlPlane
-	client  kubernetes.Interface
-	dyn     dynamic.Interface
-	cached  discovery.CachedDiscoveryInterface
-	mapper  *restmapper.DeferredDiscoveryRESTMapper
-	created map[string]bool // objects created for real, by manifest String
+	cp     *kube.ControlPlane
+	client kubernetes.Interface
+	dyn    dynamic.Interface
+	cached discovery.CachedDiscoveryInterface
+	mapper *restmapper.DeferredDiscoveryRESTMapper
 }
 
 func (c *cluster) resource(obj *unstructured.Unstructured) (dynamic.ResourceInterface, error) {
@@ -326,7 +325,6 @@ func (c *cluster) create(t *testing.T, m manifest) {
 	if _, err := res.Create(t.Context(), m.obj.DeepCopy(), metav1.CreateOptions{}); err != nil {
 		t.Fatalf("create %s: %v", m, err)
 	}
-	c.created[m.String()] = true
 	if m.obj.GroupVersionKind() != crdGVK {
 		return
 	}
@@ -356,7 +354,7 @@ func (c *cluster) create(t *testing.T, m manifest) {
 func TestManifests(t *testing.T) {
 	cp := kube.StartForTest(t)
 	cfg := cp.Config()
-	c := &cluster{cp: cp, created: map[string]bool{}}
+	c := &cluster{cp: cp}
 	var err error
 	if c.client, err = kubernetes.NewForConfig(cfg); err != nil {
 		t.Fatal(err)
