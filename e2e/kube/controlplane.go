@@ -229,6 +229,8 @@ func (cp *ControlPlane) startAPIServer(ctx context.Context, bin, etcdURL string,
 			"--service-account-key-file="+f.saKey,
 			"--service-account-signing-key-file="+f.saKey,
 			"--authorization-mode=RBAC",
+			// Node agents (Sluice's DaemonSet) run privileged containers.
+			"--allow-privileged=true",
 			// The reconciler would publish the advertise address as the
 			// endpoint of the "kubernetes" Service, and endpoint addresses
 			// may not be loopback. The Service itself is still made.

@@ -418,7 +418,7 @@ func testPodsAdmitted(t *testing.T, c *cluster, objs []manifest) {
 		}}
 		pod.SetNamespace(ns)
 		pod.SetName(m.obj.GetName() + "-pod")
-		got := c.dryRunPrivileged(t, manifest{file: m.file, obj: pod})
+		got := c.dryRun(t, manifest{file: m.file, obj: pod})
 		if prio, _, _ := unstructured.NestedInt64(got.Object, "spec", "priority"); prio == 0 && template["spec"].(map[string]any)["priorityClassName"] != nil {
 			t.Errorf("pod of %s: priority 0, want its priority class's", m)
 		}
@@ -442,72 +442,11 @@ func testDryRunAll(t *testing.T, c *cluster, objs []manifest) {
 	}
 	for _, m := range objs {
 		if !first(m) {
-			got := c.dryRunPrivileged(t, m)
+			got := c.dryRun(t, m)
 			t.Logf("dry-run create %s: admitted", m)
 			checkPodTemplate(t, m, got)
 		}
 	}
-}
-
-// dryRunPrivileged is dryRun for objects whose pods may be privileged.
-// The test's API server runs without --allow-privileged=true (which
-// clusters that run node agents set; e2e/kube/controlplane.go does not
-// yet), so it refuses privileged containers whatever else they hold. When
-// that is its only objection, the object is dry-run again with privileged
-// taken out, and Bidirectional mount propagation (allowed only to
-// privileged containers) turned into HostToContainer, so the rest of it is
-// still validated.
-func (c *cluster) dryRunPrivileged(t *testing.T, m manifest) *unstructured.Unstructured {
-	t.Helper()
-	res, err := c.resource(m.obj)
-	if err != nil {
-		t.Fatalf("%s: %v", m, err)
-	}
-	dryRun := metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}}
-	got, err := res.Create(t.Context(), m.obj.DeepCopy(), dryRun)
-	if err == nil {
-		return got
-	}
-	var status apierrors.APIStatus
-	if !apierrors.IsInvalid(err) || !errors.As(err, &status) || status.Status().Details == nil || len(status.Status().Details.Causes) == 0 {
-		t.Fatalf("dry-run create %s: %v", m, err)
-	}
-	for _, cause := range status.Status().Details.Causes {
-		if !strings.HasSuffix(cause.Field, ".securityContext.privileged") || !strings.Contains(cause.Message, "disallowed by cluster policy") {
-			t.Fatalf("dry-run create %s: %v", m, err)
-		}
-	}
-	t.Logf("dry-run create %s: the API server disallows privileged containers (no --allow-privileged=true); validating it without them", m)
-	bare := m.obj.DeepCopy()
-	podSpec := []string{"spec", "template", "spec"}
-	if bare.GetKind() == "Pod" {
-		podSpec = []string{"spec"}
-	}
-	for _, key := range []string{"initContainers", "containers"} {
-		path := append(slices.Clone(podSpec), key)
-		containers, _, _ := unstructured.NestedSlice(bare.Object, path...)
-		for _, c := range containers {
-			c := c.(map[string]any)
-			unstructured.RemoveNestedField(c, "securityContext", "privileged")
-			mounts, _, _ := unstructured.NestedSlice(c, "volumeMounts")
-			for _, vm := range mounts {
-				if vm := vm.(map[string]any); vm["mountPropagation"] == "Bidirectional" {
-					vm["mountPropagation"] = "HostToContainer"
-				}
-			}
-			c["volumeMounts"] = mounts
-		}
-		if containers != nil {
-			if err := unstructured.SetNestedSlice(bare.Object, containers, path...); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	got, err = res.Create(t.Context(), bare, dryRun)
-	if err != nil {
-		t.Fatalf("dry-run create %s without privileged containers: %v", m, err)
-	}
-	return got
 }
 
 // checkPodTemplate checks what the API server made of a workload's pod
