@@ -67,7 +67,7 @@ func TestDecodePolicy(t *testing.T) {
 		"spec": map[string]any{
 			"selector": map[string]any{"matchLabels": map[string]any{"app": "web"}},
 			"action":   "DENY",
-			"rules": []any{map[string]any{"name": "r", "from": []any{map[string]any{"notIPBlocks": []any{"10.0.0.0/8"}}}, "ports": []any{int64(8080)}}},
+			"rules":    []any{map[string]any{"name": "r", "from": []any{map[string]any{"notIPBlocks": []any{"10.0.0.0/8"}}}, "ports": []any{int64(8080)}}},
 		},
 	}}
 	p, err := kube.DecodePolicy(u)
