@@ -134,6 +134,9 @@ func TestAgainstAPIServer(t *testing.T) {
 		t.Errorf("listener demo/web:80 has %d addresses, want both cluster IPs of the dual-stack Service", n)
 	}
 
+	// A state-of-the-world client gets the same listeners and assignment.
+	checkSotW(t, stop1.addr, xds.names(resource.ListenerType), "demo/web:80", cla)
+
 	// The valid policy: an RBAC filter, status accepted and covering web.
 	waitFor(t, "the RBAC filter of web-policy on demo/web:80", func() error {
 		l, _ := xds.get(resource.ListenerType, "demo/web:80").(*listenerv3.Listener)
@@ -627,4 +630,58 @@ type testWriter struct{ t *testing.T }
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimSuffix(string(p), "\n"))
 	return len(p), nil
+}
+
+// checkSotW asks for every listener and for assignment name over a
+// state-of-the-world stream and checks it gets listeners and cla.
+func checkSotW(t *testing.T, addr string, listeners []string, name string, cla proto.Message) {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(t.Context(), waitTimeout)
+	defer cancel()
+	st, err := discoverygrpc.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	node := &corev3.Node{Id: "sotw-node"}
+	for _, req := range []*discoverygrpc.DiscoveryRequest{
+		{Node: node, TypeUrl: resource.ListenerType},
+		{Node: node, TypeUrl: resource.EndpointType, ResourceNames: []string{name}},
+	} {
+		if err := st.Send(req); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := st.Recv()
+		if err != nil {
+			t.Fatalf("sotw %s: %v", req.TypeUrl, err)
+		}
+		var got []string
+		for _, r := range resp.Resources {
+			msg, err := anypb.UnmarshalNew(r, proto.UnmarshalOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			switch m := msg.(type) {
+			case *listenerv3.Listener:
+				got = append(got, m.Name)
+			case *endpointv3.ClusterLoadAssignment:
+				got = append(got, m.ClusterName)
+				if !proto.Equal(m, cla) {
+					t.Errorf("sotw assignment %s differs from the delta one", m.ClusterName)
+				}
+			}
+		}
+		slices.Sort(got)
+		want := listeners
+		if req.TypeUrl == resource.EndpointType {
+			want = []string{name}
+		}
+		if !slices.Equal(got, want) {
+			t.Errorf("sotw %s: %v, want %v", req.TypeUrl, got, want)
+		}
+	}
 }
