@@ -199,7 +199,12 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	}
 	factory.Start(ctx.Done())
 	dynFactory.Start(ctx.Done())
-	defer factory.Shutdown()
+	// The informers stop when ctx ends; Shutdown waits for them.
+	defer func() {
+		cancel()
+		factory.Shutdown()
+		dynFactory.Shutdown()
+	}()
 	s.log.Info("kubernetes control plane: waiting for the cluster's Services, EndpointSlices, Pods and MeshPolicies")
 	if !toolscache.WaitForCacheSync(ctx.Done(), svcInf.HasSynced, sliceInf.HasSynced, podInf.HasSynced, polInf.HasSynced) {
 		return nil // ctx ended
