@@ -25,7 +25,7 @@ import (
 // Options.PollInterval is not set.
 const DefaultPollInterval = time.Second
 
-// stopTimeout bounds how long Serve waits for open streams and calls to end
+// stopTimeout bounds how long ServeADS waits for open streams and calls to end
 // once its context ends, before closing connections.
 const stopTimeout = 5 * time.Second
 
@@ -50,7 +50,6 @@ type Server struct {
 	log      *slog.Logger
 	tls      *tls.Config
 	cache    cache.SnapshotCache
-	streams  *streams
 
 	// pollMu serializes checks of the file (Serve may run more than once at
 	// a time) and guards the fields below it.
@@ -89,7 +88,6 @@ func New(opts Options) (*Server, error) {
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
-	s.streams = &streams{log: s.log, sent: map[int64]map[string]string{}}
 	s.cache = cache.NewSnapshotCache(true, allNodes{}, goLogger{s.log})
 
 	data, err := s.read()
@@ -157,35 +155,9 @@ var _ cache.NodeHash = allNodes{}
 func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	g := s.grpcServer(ctx)
-
 	var wg sync.WaitGroup
 	wg.Go(func() { s.watch(ctx) })
-	served := make(chan error, 1)
-	go func() { served <- g.Serve(lis) }()
-
-	var err error
-	select {
-	case err = <-served:
-		err = fmt.Errorf("serve xds on %s: %w", lis.Addr(), err)
-		g.Stop()
-	case <-ctx.Done():
-		// The xDS handlers end their streams when ctx ends, so a graceful
-		// stop normally completes at once; the bound is for unary calls and
-		// handlers stuck on a slow client.
-		stopped := make(chan struct{})
-		go func() {
-			g.GracefulStop()
-			close(stopped)
-		}()
-		select {
-		case <-stopped:
-		case <-time.After(stopTimeout):
-			g.Stop()
-			<-stopped
-		}
-		<-served
-	}
+	err := ServeADS(ctx, lis, s.cache, s.log, s.tls)
 	cancel()
 	wg.Wait()
 	return err

@@ -2,13 +2,16 @@ package controlplane
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"log/slog"
+	"net"
 	"sync"
 	"time"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/log"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/server/delta/v3"
@@ -18,9 +21,54 @@ import (
 	"google.golang.org/grpc/keepalive"
 )
 
-// grpcServer returns a gRPC server with the aggregated discovery service,
-// whose streams end when ctx ends.
-func (s *Server) grpcServer(ctx context.Context) *grpc.Server {
+// ServeADS serves the aggregated discovery service (state of the world and
+// delta) from c on lis until ctx ends, to every client whatever its node.
+// It is the server side both of this package's Server and of the
+// Kubernetes-backed control plane. lis may be any stream listener; ServeADS
+// closes it. A client that rejects resources is logged to log (nil logs
+// nothing); a state-of-the-world client is not sent the same rejected
+// resources again at once (see streams). tlsConfig, if not nil, is the
+// server's TLS. Once ctx ends, ServeADS ends open streams, waits a bounded
+// time for calls to finish and returns nil; it returns an error only if
+// serving fails before.
+func ServeADS(ctx context.Context, lis net.Listener, c cache.Cache, log *slog.Logger, tlsConfig *tls.Config) error {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	g := grpcServer(ctx, c, log, tlsConfig)
+	served := make(chan error, 1)
+	go func() { served <- g.Serve(lis) }()
+
+	var err error
+	select {
+	case err = <-served:
+		err = fmt.Errorf("serve xds on %s: %w", lis.Addr(), err)
+		g.Stop()
+	case <-ctx.Done():
+		// The xDS handlers end their streams when ctx ends, so a graceful
+		// stop normally completes at once; the bound is for unary calls and
+		// handlers stuck on a slow client.
+		stopped := make(chan struct{})
+		go func() {
+			g.GracefulStop()
+			close(stopped)
+		}()
+		select {
+		case <-stopped:
+		case <-time.After(stopTimeout):
+			g.Stop()
+			<-stopped
+		}
+		<-served
+	}
+	return err
+}
+
+// grpcServer returns a gRPC server with the aggregated discovery service
+// serving c, whose streams end when ctx ends.
+func grpcServer(ctx context.Context, c cache.Cache, log *slog.Logger, tlsConfig *tls.Config) *grpc.Server {
 	opts := []grpc.ServerOption{
 		// Agents keep one ADS stream open for their lifetime. Pinging idle
 		// connections finds agents that vanished without closing theirs;
@@ -29,14 +77,16 @@ func (s *Server) grpcServer(ctx context.Context) *grpc.Server {
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 	}
-	if s.tls != nil {
-		opts = append(opts, grpc.Creds(credentials.NewTLS(s.tls)))
+	if tlsConfig != nil {
+		opts = append(opts, grpc.Creds(credentials.NewTLS(tlsConfig)))
 	}
 	g := grpc.NewServer(opts...)
-	logger := goLogger{s.log}
+	logger := goLogger{log}
+	// One streams per gRPC server: stream IDs are counted per xDS server.
+	cb := &streams{log: log, sent: map[int64]map[string]string{}}
 	discoverygrpc.RegisterAggregatedDiscoveryServiceServer(g, &ads{
-		sotw:  sotw.NewServer(ctx, s.cache, s.streams, sotw.WithLogger(logger)),
-		delta: delta.NewServer(ctx, s.cache, s.streams, delta.WithLogger(logger)),
+		sotw:  sotw.NewServer(ctx, c, cb, sotw.WithLogger(logger)),
+		delta: delta.NewServer(ctx, c, cb, delta.WithLogger(logger)),
 	})
 	return g
 }

@@ -68,20 +68,19 @@ type Resources struct {
 func (m *Mesh) Resources() Resources {
 	var r Resources
 	for i := range m.Services {
-		s := &m.Services[i]
-		for _, p := range s.Ports {
-			name := s.ResourceName(p)
-			r.Listeners = append(r.Listeners, listener(name, s, p, m.TrustDomain))
-			r.Clusters = append(r.Clusters, cluster(name))
-			r.Endpoints = append(r.Endpoints, assignment(name, s.Endpoints, p))
-		}
+		m.Services[i].render(&r, m.TrustDomain)
 	}
+	r.sort()
+	return r
+}
+
+// sort sorts each slice of r by name.
+func (r *Resources) sort() {
 	slices.SortFunc(r.Listeners, func(a, b *listenerv3.Listener) int { return cmp.Compare(a.Name, b.Name) })
 	slices.SortFunc(r.Clusters, func(a, b *clusterv3.Cluster) int { return cmp.Compare(a.Name, b.Name) })
 	slices.SortFunc(r.Endpoints, func(a, b *endpointv3.ClusterLoadAssignment) int {
 		return cmp.Compare(a.ClusterName, b.ClusterName)
 	})
-	return r
 }
 
 // listener renders the listener of s's port p; policies and the fast path
