@@ -12,8 +12,6 @@ import (
 	"github.com/spf13/cobra"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/sluice-mesh/sluice/xds/controlplane"
 	"github.com/sluice-mesh/sluice/xds/kube"
@@ -121,22 +119,6 @@ func serveKubernetes(ctx context.Context, log *slog.Logger, kubeconfig, trustDom
 	defer stop()
 	log.Info("control plane starting", "listen", lis.Addr().String(), "kubernetes", cfg.Host, "trust_domain", trustDomain)
 	return srv.Serve(ctx, lis)
-}
-
-// kubeConfig loads kubeconfig, or the in-cluster config if it is empty.
-func kubeConfig(kubeconfig string) (*rest.Config, error) {
-	if kubeconfig != "" {
-		cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
-		if err != nil {
-			return nil, fmt.Errorf("--kubeconfig %s: %w", kubeconfig, err)
-		}
-		return cfg, nil
-	}
-	cfg, err := rest.InClusterConfig()
-	if err != nil {
-		return nil, fmt.Errorf("--kubernetes: no --kubeconfig given and no in-cluster config (%v); run in a pod with a service account or pass --kubeconfig FILE", err)
-	}
-	return cfg, nil
 }
 
 // serveHealth serves /healthz (always 200) and /readyz (200 when ready
