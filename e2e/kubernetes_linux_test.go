@@ -207,13 +207,23 @@ func (m *kubeMesh) scale(ns, name string, replicas int32) {
 }
 
 // clientPod creates a pod on node that runs a demo backend (so that it
-// lives), for curl to run in, and waits until it runs.
-func (m *kubeMesh) clientPod(ns, name, sa, node string, labels map[string]string) *cluster.Pod {
+// lives), for curl to run in, and waits until it runs. The pod backs a
+// Service of its own name: the control plane publishes the identities of
+// Services' endpoints only, and a client's identity must be known at the
+// destination's node (docs/kubernetes.md, "Limits").
+func (m *kubeMesh) clientPod(ns, name, sa, node string) *cluster.Pod {
 	m.t.Helper()
 	spec := backendSpec(sa)
 	spec.NodeSelector = map[string]string{"kubernetes.io/hostname": node}
+	labels := map[string]string{"client": name}
 	if _, err := m.client.CoreV1().Pods(ns).Create(m.t.Context(), &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: labels}, Spec: spec,
+	}, metav1.CreateOptions{}); err != nil {
+		m.t.Fatal(err)
+	}
+	if _, err := m.client.CoreV1().Services(ns).Create(m.t.Context(), &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+		Spec:       corev1.ServiceSpec{Selector: labels, Ports: []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromString("http")}}},
 	}, metav1.CreateOptions{}); err != nil {
 		m.t.Fatal(err)
 	}
@@ -237,14 +247,16 @@ func (m *kubeMesh) get(pod *cluster.Pod, url string) (string, error) {
 	return strings.TrimSpace(string(out)), err
 }
 
-// answers collects the distinct answers of n requests from pod to url;
-// failed requests are counted under "error: ...".
+// answers collects the names of the backends that answered n requests
+// from pod to url; failed requests are counted under "error: ...".
 func (m *kubeMesh) answers(pod *cluster.Pod, url string, n int) map[string]int {
 	got := map[string]int{}
 	for range n {
 		out, err := m.get(pod, url)
 		if err != nil {
 			out = "error: " + firstLine(err.Error())
+		} else if f := strings.Fields(out); len(f) > 0 {
+			out = f[0] // the backend's name, before its address
 		}
 		got[out]++
 	}
@@ -372,9 +384,9 @@ func TestKubernetes(t *testing.T) {
 	m.serviceAccount("other", "frontend")
 	vip := m.deployment("shop", "web", "web", 2)
 	url := "http://" + vip + "/"
-	front := m.clientPod("shop", "frontend", "frontend", "n1", nil)
-	batch := m.clientPod("shop", "batch", "batch", "n2", nil)
-	outsider := m.clientPod("other", "outsider", "frontend", "n2", nil)
+	front := m.clientPod("shop", "frontend", "frontend", "n1")
+	batch := m.clientPod("shop", "batch", "batch", "n2")
+	outsider := m.clientPod("other", "outsider", "frontend", "n2")
 
 	t.Run("ClusterIP", func(t *testing.T) {
 		m.waitFor("2 web pods", func() error {
@@ -492,7 +504,7 @@ func TestKubernetes(t *testing.T) {
 		}
 		// The datapath stays in place while no agent runs.
 		m.reachesExactly(front, url, web)
-		late := m.clientPod("shop", "late", "frontend", "n1", nil)
+		late := m.clientPod("shop", "late", "frontend", "n1")
 		m.startAgent("n1")
 		m.reachesExactly(front, url, web)
 		if got := m.answers(batch, url, 3); len(got) != 1 || !strings.Contains(firstKey(got), "error") {

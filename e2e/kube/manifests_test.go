@@ -788,16 +788,6 @@ func testExamplePolicies(t *testing.T, c *cluster) {
 	}
 }
 
-// flagsBeingAdded are flags the manifests use that other work of issue 7
-// adds to the sluice binary: allowed here until it is merged, then this
-// list goes.
-var flagsBeingAdded = map[string]bool{
-	"kubernetes":   true, // agent and controlplane
-	"kubeconfig":   true,
-	"trust-domain": true,
-	"health-addr":  true, // controlplane
-}
-
 // TestManifestsFlags checks, without an API server, that every container
 // running the sluice image passes only flags its subcommand defines, and
 // that the agent and the cleanup agree on where the datapath lives and
@@ -833,13 +823,7 @@ func TestManifestsFlags(t *testing.T) {
 			defined[m[1]] = true
 		}
 		for _, name := range slices.Sorted(maps.Keys(r.flags)) {
-			switch {
-			case defined[name] && flagsBeingAdded[name]:
-				t.Logf("%s: sluice %s now defines --%s: remove it from flagsBeingAdded", r, r.sub, name)
-			case defined[name]:
-			case flagsBeingAdded[name]:
-				t.Logf("%s: --%s is not defined yet, allowed as being added in issue 7", r, name)
-			default:
+			if !defined[name] {
 				t.Errorf("%s: sluice %s has no flag --%s", r, r.sub, name)
 			}
 		}
