@@ -1,7 +1,6 @@
 package kube_test
 
 import (
-	"context"
 	"fmt"
 	"maps"
 	"net/netip"
@@ -302,23 +301,7 @@ func ownedBy(meta metav1.ObjectMeta, kind, name string) bool {
 	})
 }
 
-// waitFor polls check until it returns nil, failing t with the last error
-// after waitTimeout.
 func waitFor(t *testing.T, what string, check func() error) {
 	t.Helper()
-	deadline := time.Now().Add(waitTimeout)
-	for {
-		err := check()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("waited %v for %s: %v", waitTimeout, what, err)
-		}
-		select {
-		case <-t.Context().Done():
-			t.Fatalf("waiting for %s: %v", what, context.Cause(t.Context()))
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
+	kube.WaitFor(t, waitTimeout, what, check)
 }

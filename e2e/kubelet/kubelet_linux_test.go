@@ -288,19 +288,5 @@ func containerProcs(t *testing.T, pod string) int {
 
 func waitFor(t *testing.T, what string, check func() error) {
 	t.Helper()
-	deadline := time.Now().Add(waitTimeout)
-	for {
-		err := check()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("waited %v for %s: %v", waitTimeout, what, err)
-		}
-		select {
-		case <-t.Context().Done():
-			t.Fatalf("waiting for %s: %v", what, context.Cause(t.Context()))
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
+	kube.WaitFor(t, waitTimeout, what, check)
 }

@@ -599,25 +599,9 @@ func rbacPolicies(l *listenerv3.Listener) []string {
 	return out
 }
 
-// waitFor polls check until it returns nil, failing t with the last error
-// after waitTimeout.
 func waitFor(t *testing.T, what string, check func() error) {
 	t.Helper()
-	deadline := time.Now().Add(waitTimeout)
-	for {
-		err := check()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("waited %v for %s: %v", waitTimeout, what, err)
-		}
-		select {
-		case <-t.Context().Done():
-			t.Fatalf("waiting for %s: %v", what, context.Cause(t.Context()))
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
+	e2ekube.WaitFor(t, waitTimeout, what, check)
 }
 
 // testLogger logs to t.
