@@ -34,7 +34,9 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/util/retry"
 
+	"github.com/sluice-mesh/sluice/dataplane/model"
 	e2ekube "github.com/sluice-mesh/sluice/e2e/kube"
+	sluicexds "github.com/sluice-mesh/sluice/xds"
 	"github.com/sluice-mesh/sluice/xds/kube"
 	"github.com/sluice-mesh/sluice/xds/mesh"
 )
@@ -136,6 +138,11 @@ func TestAgainstAPIServer(t *testing.T) {
 
 	// A state-of-the-world client gets the same listeners and assignment.
 	checkSotW(t, stop1.addr, xds.names(resource.ListenerType), "demo/web:80", cla)
+
+	// The agent's own client, in both modes, accepts and applies it all.
+	for _, mode := range []sluicexds.Mode{sluicexds.ModeDelta, sluicexds.ModeSotW} {
+		checkAgentClient(t, stop1.addr, mode)
+	}
 
 	// The valid policy: an RBAC filter, status accepted and covering web.
 	waitFor(t, "the RBAC filter of web-policy on demo/web:80", func() error {
@@ -668,4 +675,59 @@ func checkSotW(t *testing.T, addr string, listeners []string, name string, cla p
 			t.Errorf("sotw %s: %v, want %v", req.TypeUrl, got, want)
 		}
 	}
+}
+
+// applied records the states an xds.Client applies.
+type applied struct {
+	mu   sync.Mutex
+	last model.State
+}
+
+func (a *applied) Apply(s model.State) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.last = s
+	return nil
+}
+
+// checkAgentClient runs Sluice's xDS client against the control plane and
+// waits until it has applied both addresses of demo/web:80, having
+// rejected nothing.
+func checkAgentClient(t *testing.T, addr string, mode sluicexds.Mode) {
+	t.Helper()
+	a := &applied{}
+	c, err := sluicexds.New(sluicexds.Options{Server: addr, Node: sluicexds.NodeInfo{ID: "agent-" + fmt.Sprint(mode)}, Applier: a, Mode: mode})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = c.Run(ctx)
+	}()
+	defer func() { cancel(); <-done }()
+	waitFor(t, fmt.Sprintf("the agent's client (mode %v) to apply demo/web:80", mode), func() error {
+		if st := c.Status(); st.NACKs > 0 {
+			t.Fatalf("the agent's client rejected resources: %+v", st.LastNACK)
+		}
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		// The pods have IPv4 addresses only: the IPv6 cluster IP has no
+		// endpoint of its family.
+		var v4, v6 int
+		for _, svc := range a.last.Services {
+			switch {
+			case svc.Port != 80:
+			case svc.VIP.Is4() && len(svc.Endpoints) == 2:
+				v4++
+			case svc.VIP.Is6() && len(svc.Endpoints) == 0:
+				v6++
+			}
+		}
+		if v4 != 1 || v6 != 1 {
+			return fmt.Errorf("applied %d services; want demo/web:80 on its IPv4 cluster IP with 2 endpoints and on its IPv6 one with none", len(a.last.Services))
+		}
+		return nil
+	})
 }
