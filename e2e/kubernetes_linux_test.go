@@ -326,6 +326,17 @@ func (m *kubeMesh) reachesExactly(pod *cluster.Pod, url string, names []string) 
 	})
 }
 
+// waitDenied waits until every request from pod to url fails.
+func (m *kubeMesh) waitDenied(pod *cluster.Pod, url, what string) {
+	m.t.Helper()
+	m.waitFor(what, func() error {
+		if got := m.answers(pod, url, 3); len(got) != 1 || !strings.HasPrefix(firstKey(got), "error") {
+			return fmt.Errorf("answers %v", got)
+		}
+		return nil
+	})
+}
+
 func sameKeys(m map[string]int, keys []string) bool {
 	if len(m) != len(keys) {
 		return false
@@ -450,12 +461,7 @@ func TestKubernetes(t *testing.T) {
 		web := m.runningPods("shop", "web")
 		// frontend (n1) is allowed to pods on both nodes; batch (n2) is not.
 		m.reachesExactly(front, url, web)
-		m.waitFor("batch to be denied", func() error {
-			if got := m.answers(batch, url, 3); len(got) != 1 || !strings.Contains(firstKey(got), "error") {
-				return fmt.Errorf("answers %v", got)
-			}
-			return nil
-		})
+		m.waitDenied(batch, url, "batch to be denied")
 		// A pod of a namespace not enrolled has no identity: denied.
 		if got := m.answers(outsider, url, 3); len(got) != 1 || !strings.Contains(firstKey(got), "error") {
 			t.Errorf("un-enrolled pod: answers %v, want every request denied", got)
@@ -479,21 +485,11 @@ func TestKubernetes(t *testing.T) {
 		m.label("other", "", "enabled")
 		m.reachesExactly(outsider, url, web)
 		m.label("other", "outsider", "disabled")
-		m.waitFor("the opted-out pod to be denied", func() error {
-			if got := m.answers(outsider, url, 3); len(got) != 1 || !strings.Contains(firstKey(got), "error") {
-				return fmt.Errorf("answers %v", got)
-			}
-			return nil
-		})
+		m.waitDenied(outsider, url, "the opted-out pod to be denied")
 		m.label("other", "outsider", "")
 		m.reachesExactly(outsider, url, web)
 		m.label("other", "", "")
-		m.waitFor("the un-enrolled namespace's pod to be denied", func() error {
-			if got := m.answers(outsider, url, 3); len(got) != 1 || !strings.Contains(firstKey(got), "error") {
-				return fmt.Errorf("answers %v", got)
-			}
-			return nil
-		})
+		m.waitDenied(outsider, url, "the un-enrolled namespace's pod to be denied")
 	})
 
 	t.Run("AgentRestart", func(t *testing.T) {
