@@ -277,21 +277,12 @@ func (m *kubeMesh) runningPods(ns, app string) []string {
 	}
 	var names []string
 	for _, p := range list.Items {
-		if p.DeletionTimestamp == nil && p.Status.PodIP != "" && podReady(&p) {
+		if p.DeletionTimestamp == nil && p.Status.PodIP != "" && kube.PodReady(&p) {
 			names = append(names, p.Name)
 		}
 	}
 	slices.Sort(names)
 	return names
-}
-
-func podReady(p *corev1.Pod) bool {
-	for _, c := range p.Status.Conditions {
-		if c.Type == corev1.PodReady {
-			return c.Status == corev1.ConditionTrue
-		}
-	}
-	return false
 }
 
 func (m *kubeMesh) waitFor(what string, check func() error) {

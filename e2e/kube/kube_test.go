@@ -17,7 +17,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/util/retry"
 
 	"github.com/sluice-mesh/sluice/e2e/kube"
 )
@@ -122,7 +121,7 @@ func testDeploymentToEndpointSlice(t *testing.T, client kubernetes.Interface, ns
 	for i, pod := range pods {
 		ip := fmt.Sprintf("10.244.1.%d", 10+i)
 		want[ip] = pod.Name
-		bindAndRun(t, client, ns, pod.Name, node.Name, ip)
+		kube.BindAndRun(t, client, ns, pod.Name, node.Name, ip)
 	}
 
 	waitFor(t, "an EndpointSlice of the service with both pods ready", func() error {
@@ -153,43 +152,6 @@ func testDeploymentToEndpointSlice(t *testing.T, client kubernetes.Interface, ns
 		}
 		return nil
 	})
-}
-
-// bindAndRun binds the pod to node as a scheduler would, then reports it
-// running and ready with the address ip as a kubelet would.
-func bindAndRun(t *testing.T, client kubernetes.Interface, ns, pod, node, ip string) {
-	t.Helper()
-	ctx := t.Context()
-	err := client.CoreV1().Pods(ns).Bind(ctx, &corev1.Binding{
-		ObjectMeta: metav1.ObjectMeta{Name: pod, Namespace: ns},
-		Target:     corev1.ObjectReference{Kind: "Node", Name: node},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatalf("bind pod %s to %s: %v", pod, node, err)
-	}
-	err = retry.RetryOnConflict(retry.DefaultRetry, func() error {
-		p, err := client.CoreV1().Pods(ns).Get(ctx, pod, metav1.GetOptions{})
-		if err != nil {
-			return err
-		}
-		if p.Spec.NodeName != node {
-			return fmt.Errorf("pod %s bound to %q after binding, want %q", pod, p.Spec.NodeName, node)
-		}
-		now := metav1.Now()
-		p.Status.Phase = corev1.PodRunning
-		p.Status.HostIP, p.Status.HostIPs = "192.0.2.1", []corev1.HostIP{{IP: "192.0.2.1"}}
-		p.Status.PodIP, p.Status.PodIPs = ip, []corev1.PodIP{{IP: ip}}
-		p.Status.StartTime = &now
-		p.Status.Conditions = nil
-		for _, c := range []corev1.PodConditionType{corev1.PodScheduled, corev1.PodInitialized, corev1.ContainersReady, corev1.PodReady} {
-			p.Status.Conditions = append(p.Status.Conditions, corev1.PodCondition{Type: c, Status: corev1.ConditionTrue, LastTransitionTime: now})
-		}
-		_, err = client.CoreV1().Pods(ns).UpdateStatus(ctx, p, metav1.UpdateOptions{})
-		return err
-	})
-	if err != nil {
-		t.Fatalf("set status of pod %s: %v", pod, err)
-	}
 }
 
 // testDryRun checks that a server-side dry run is validated and admitted

@@ -3,11 +3,17 @@ package kube
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"strings"
 	"testing"
 	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/util/retry"
 )
 
 // StartForTest starts a control plane for t in a fresh temporary
@@ -85,4 +91,51 @@ func WaitFor(t testing.TB, timeout time.Duration, what string, check func() erro
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// BindAndRun binds the pod to node as a scheduler would, then reports it
+// running and ready with the address ip as a kubelet would.
+func BindAndRun(t testing.TB, client kubernetes.Interface, ns, pod, node, ip string) {
+	t.Helper()
+	ctx := t.Context()
+	err := client.CoreV1().Pods(ns).Bind(ctx, &corev1.Binding{
+		ObjectMeta: metav1.ObjectMeta{Name: pod, Namespace: ns},
+		Target:     corev1.ObjectReference{Kind: "Node", Name: node},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("bind pod %s to %s: %v", pod, node, err)
+	}
+	err = retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		p, err := client.CoreV1().Pods(ns).Get(ctx, pod, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if p.Spec.NodeName != node {
+			return fmt.Errorf("pod %s bound to %q after binding, want %q", pod, p.Spec.NodeName, node)
+		}
+		now := metav1.Now()
+		p.Status.Phase = corev1.PodRunning
+		p.Status.HostIP, p.Status.HostIPs = "192.0.2.1", []corev1.HostIP{{IP: "192.0.2.1"}}
+		p.Status.PodIP, p.Status.PodIPs = ip, []corev1.PodIP{{IP: ip}}
+		p.Status.StartTime = &now
+		p.Status.Conditions = nil
+		for _, c := range []corev1.PodConditionType{corev1.PodScheduled, corev1.PodInitialized, corev1.ContainersReady, corev1.PodReady} {
+			p.Status.Conditions = append(p.Status.Conditions, corev1.PodCondition{Type: c, Status: corev1.ConditionTrue, LastTransitionTime: now})
+		}
+		_, err = client.CoreV1().Pods(ns).UpdateStatus(ctx, p, metav1.UpdateOptions{})
+		return err
+	})
+	if err != nil {
+		t.Fatalf("set status of pod %s: %v", pod, err)
+	}
+}
+
+// PodReady reports whether the pod's Ready condition is True.
+func PodReady(p *corev1.Pod) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
 }

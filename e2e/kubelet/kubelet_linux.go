@@ -89,7 +89,8 @@ type Kubelet struct {
 	pods    map[types.UID]*pod // running pods, by UID
 	pending map[string]bool    // keys queued and not yet taken
 	errs    []error
-	next    int // round robin
+	next    int                  // round robin
+	chosen  map[types.UID]string // node chosen for each pod scheduled
 }
 
 type node struct {
@@ -124,7 +125,7 @@ func Start(ctx context.Context, cfg Config) (_ *Kubelet, err error) {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	k := &Kubelet{client: cfg.Client, images: cfg.Images, log: log, nodes: map[string]*node{},
-		queue: make(chan string, 4096), pods: map[types.UID]*pod{}, pending: map[string]bool{}, done: make(chan struct{})}
+		queue: make(chan string, 4096), pods: map[types.UID]*pod{}, pending: map[string]bool{}, chosen: map[types.UID]string{}, done: make(chan struct{})}
 	for _, nc := range cfg.Nodes {
 		if nc.Layout == "" {
 			nc.Layout = Systemd
@@ -296,9 +297,15 @@ func (k *Kubelet) reconcile(ctx context.Context, key string) error {
 func (k *Kubelet) schedule(ctx context.Context, p *corev1.Pod) error {
 	target := p.Spec.NodeSelector["kubernetes.io/hostname"]
 	if target == "" {
+		// A pod seen again before its binding shows in the informer keeps
+		// the node it was given, so that round robin stays round.
 		k.mu.Lock()
-		target = k.order[k.next%len(k.order)]
-		k.next++
+		target = k.chosen[p.UID]
+		if target == "" {
+			target = k.order[k.next%len(k.order)]
+			k.next++
+			k.chosen[p.UID] = target
+		}
 		k.mu.Unlock()
 	} else if k.nodes[target] == nil {
 		return nil // not ours

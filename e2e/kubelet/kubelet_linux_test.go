@@ -212,22 +212,13 @@ func waitPods(t *testing.T, client kubernetes.Interface, ns string, n int) []cor
 			return fmt.Errorf("%d pods", len(pods))
 		}
 		for _, p := range pods {
-			if p.DeletionTimestamp != nil || p.Status.Phase != corev1.PodRunning || !podReady(&p) {
+			if p.DeletionTimestamp != nil || p.Status.Phase != corev1.PodRunning || !kube.PodReady(&p) {
 				return fmt.Errorf("pod %s: phase %s, being deleted %v, conditions %+v", p.Name, p.Status.Phase, p.DeletionTimestamp != nil, p.Status.Conditions)
 			}
 		}
 		return nil
 	})
 	return pods
-}
-
-func podReady(p *corev1.Pod) bool {
-	for _, c := range p.Status.Conditions {
-		if c.Type == corev1.PodReady {
-			return c.Status == corev1.ConditionTrue
-		}
-	}
-	return false
 }
 
 func readyEndpoints(ctx context.Context, client kubernetes.Interface, ns, svc string, want []string) error {

@@ -199,8 +199,11 @@ func (c *streams) OnStreamDeltaRequest(_ int64, req *discoverygrpc.DeltaDiscover
 func (c *streams) OnStreamDeltaResponse(int64, *discoverygrpc.DeltaDiscoveryRequest, *discoverygrpc.DeltaDiscoveryResponse) {
 }
 
-// goLogger passes go-control-plane's logs to slog. Its info messages report
-// every watch of every request, so they go to debug.
+// Logger returns a go-control-plane logger that writes to l. Its info
+// messages report every watch of every request, so they go to debug.
+func Logger(l *slog.Logger) log.Logger { return goLogger{l} }
+
+// goLogger passes go-control-plane's logs to slog.
 type goLogger struct{ l *slog.Logger }
 
 var _ log.Logger = goLogger{}

@@ -330,24 +330,7 @@ func runPod(t *testing.T, client kubernetes.Interface, ns, name, ip string) {
 			Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 8080}},
 		}}},
 	}))
-	err := client.CoreV1().Pods(ns).Bind(ctx, &corev1.Binding{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
-		Target:     corev1.ObjectReference{Kind: "Node", Name: "node-a"},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatalf("bind pod %s: %v", name, err)
-	}
-	updatePodStatus(t, client, ns, name, func(p *corev1.Pod) {
-		now := metav1.Now()
-		p.Status.Phase = corev1.PodRunning
-		p.Status.HostIP, p.Status.HostIPs = "192.0.2.1", []corev1.HostIP{{IP: "192.0.2.1"}}
-		p.Status.PodIP, p.Status.PodIPs = ip, []corev1.PodIP{{IP: ip}}
-		p.Status.StartTime = &now
-		p.Status.Conditions = nil
-		for _, c := range []corev1.PodConditionType{corev1.PodScheduled, corev1.PodInitialized, corev1.ContainersReady, corev1.PodReady} {
-			p.Status.Conditions = append(p.Status.Conditions, corev1.PodCondition{Type: c, Status: corev1.ConditionTrue, LastTransitionTime: now})
-		}
-	})
+	e2ekube.BindAndRun(t, client, ns, name, "node-a", ip)
 }
 
 func setReady(t *testing.T, client kubernetes.Interface, ns, name string, ready bool) {

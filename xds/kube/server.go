@@ -112,7 +112,7 @@ func New(opts Options) (*Server, error) {
 	_, _ = rand.Read(b[:])
 	prefix := hex.EncodeToString(b[:]) + "-"
 	lc := func(typ string) *cache.LinearCache {
-		return cache.NewLinearCache(typ, cache.WithVersionPrefix(prefix), cache.WithLogger(goLogger{s.log}))
+		return cache.NewLinearCache(typ, cache.WithVersionPrefix(prefix), cache.WithLogger(controlplane.Logger(s.log)))
 	}
 	s.listeners, s.clusters, s.endpoints = lc(resource.ListenerType), lc(resource.ClusterType), lc(resource.EndpointType)
 	s.mux = &cache.MuxCache{

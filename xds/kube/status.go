@@ -2,11 +2,8 @@ package kube
 
 import (
 	"context"
-	"fmt"
-	"log/slog"
 	"slices"
 
-	"github.com/envoyproxy/go-control-plane/pkg/log"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -89,20 +86,3 @@ func statusEqual(a, b *meshPolicyStatus) bool {
 	}
 	return true
 }
-
-// goLogger passes go-control-plane's logs to slog; its info messages
-// report every watch, so they go to debug.
-type goLogger struct{ l *slog.Logger }
-
-var _ log.Logger = goLogger{}
-
-func (g goLogger) logf(level slog.Level, format string, args []any) {
-	if g.l.Enabled(context.Background(), level) {
-		g.l.Log(context.Background(), level, fmt.Sprintf(format, args...), "component", "go-control-plane")
-	}
-}
-
-func (g goLogger) Debugf(format string, args ...any) { g.logf(slog.LevelDebug, format, args) }
-func (g goLogger) Infof(format string, args ...any)  { g.logf(slog.LevelDebug, format, args) }
-func (g goLogger) Warnf(format string, args ...any)  { g.logf(slog.LevelWarn, format, args) }
-func (g goLogger) Errorf(format string, args ...any) { g.logf(slog.LevelError, format, args) }
