@@ -207,10 +207,9 @@ func (m *kubeMesh) scale(ns, name string, replicas int32) {
 }
 
 // clientPod creates a pod on node that runs a demo backend (so that it
-// lives), for curl to run in, and waits until it runs. The pod backs a
-// Service of its own name: the control plane publishes the identities of
-// Services' endpoints only, and a client's identity must be known at the
-// destination's node (docs/kubernetes.md, "Limits").
+// lives), for curl to run in, and waits until it runs. It backs no
+// Service: the destination's node knows who it is from the control
+// plane's workload directory of its namespace.
 func (m *kubeMesh) clientPod(ns, name, sa, node string) *cluster.Pod {
 	m.t.Helper()
 	spec := backendSpec(sa)
@@ -218,12 +217,6 @@ func (m *kubeMesh) clientPod(ns, name, sa, node string) *cluster.Pod {
 	labels := map[string]string{"client": name}
 	if _, err := m.client.CoreV1().Pods(ns).Create(m.t.Context(), &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: labels}, Spec: spec,
-	}, metav1.CreateOptions{}); err != nil {
-		m.t.Fatal(err)
-	}
-	if _, err := m.client.CoreV1().Services(ns).Create(m.t.Context(), &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
-		Spec:       corev1.ServiceSpec{Selector: labels, Ports: []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromString("http")}}},
 	}, metav1.CreateOptions{}); err != nil {
 		m.t.Fatal(err)
 	}
@@ -451,6 +444,8 @@ func TestKubernetes(t *testing.T) {
 		})
 		web := m.runningPods("shop", "web")
 		// frontend (n1) is allowed to pods on both nodes; batch (n2) is not.
+		// frontend backs no Service: n2 knows it from the workload
+		// directory of shop (without it, n2 refuses it as unknown).
 		m.reachesExactly(front, url, web)
 		m.waitDenied(batch, url, "batch to be denied")
 		// A pod of a namespace not enrolled has no identity: denied.

@@ -53,16 +53,22 @@ var ErrInvalidIdentities = errors.New("invalid identities")
 // reflect.DeepEqual results, which share no memory with the inputs but
 // strings.
 func Build(services []model.Service, locals []Local) (model.Identities, Stats, error) {
-	return BuildListed(services, locals, nil)
+	return BuildListed(services, nil, locals, nil)
 }
 
 // BuildListed is Build with the workloads a node is told of besides
-// endpoints: the mesh file's workloads section, every node's. Each
-// listed workload claims its addresses for its SPIFFE ID as an endpoint's
-// workload does (with no number of its own, as a local workload), so that
-// a client that is no service's endpoint is still known at other nodes.
-func BuildListed(services []model.Service, locals []Local, listed []Workload) (model.Identities, Stats, error) {
-	b := builder{services: services, locals: locals, listed: listed, index: map[string]int32{}}
+// endpoints, so that a client that is no service's endpoint is still known
+// at other nodes:
+//
+//   - peers, from the control plane's workload directories
+//     (model.State.Peers): each claims its address for its workload's
+//     SPIFFE ID, with the number the control plane gives it, exactly as an
+//     endpoint does;
+//   - listed, the mesh file's workloads section, every node's: each claims
+//     its addresses for its SPIFFE ID with no number of its own, as a
+//     local workload.
+func BuildListed(services []model.Service, peers []model.Peer, locals []Local, listed []Workload) (model.Identities, Stats, error) {
+	b := builder{services: services, peers: peers, locals: locals, listed: listed, index: map[string]int32{}}
 	if err := b.collect(); err != nil {
 		return model.Identities{}, Stats{}, err
 	}
@@ -110,6 +116,7 @@ func fastPath(l *Local) model.FastPath {
 // number, so that only distinct IDs reach Assign.
 type builder struct {
 	services []model.Service
+	peers    []model.Peer
 	locals   []Local
 	listed   []Workload
 	ids      []seenID
@@ -127,10 +134,10 @@ type seenID struct {
 
 // origin is an endpoint (services[svc], split pool, or -1 for the
 // service's Endpoints, endpoint ep) or, if local, locals[ep], or, if
-// listed, listed[ep].
+// listed, listed[ep], or, if peer, peers[ep].
 type origin struct {
-	local, listed bool
-	svc, pool, ep int
+	local, listed, peer bool
+	svc, pool, ep       int
 }
 
 // claim says that addr belongs to the SPIFFE ID ids[id].
@@ -154,6 +161,7 @@ func (b *builder) collect() error {
 	for i := range b.listed {
 		n += len(b.listed[i].Addrs)
 	}
+	n += len(b.peers)
 	b.claims = make([]claim, 0, n)
 	for i := range b.services {
 		s := &b.services[i]
@@ -169,10 +177,36 @@ func (b *builder) collect() error {
 			}
 		}
 	}
+	if err := b.collectPeers(); err != nil {
+		return err
+	}
 	if err := b.collectLocals(); err != nil {
 		return err
 	}
 	return b.collectListed()
+}
+
+func (b *builder) collectPeers() error {
+	var last *model.Workload
+	var id int32
+	for i := range b.peers {
+		p := &b.peers[i]
+		w := p.Workload
+		if w == nil || w.SPIFFEID == "" {
+			return &buildError{msg: fmt.Sprintf("identity: %s has no SPIFFE ID", b.describe(origin{peer: true, ep: i}))}
+		}
+		if w != last {
+			var err error
+			if id, err = b.see(w.SPIFFEID, w.Identity, origin{peer: true, ep: i}); err != nil {
+				return err
+			}
+			last = w
+		}
+		if p.Addr.IsValid() {
+			b.claims = append(b.claims, claim{addr: p.Addr, id: id})
+		}
+	}
+	return nil
 }
 
 func (b *builder) collectListed() error {
@@ -347,6 +381,13 @@ func (b *builder) addrs(numbers []uint32) (bound []model.AddrIdentity, ambiguous
 
 // describe names an origin for errors.
 func (b *builder) describe(o origin) string {
+	if o.peer {
+		p := &b.peers[o.ep]
+		if p.Workload == nil {
+			return fmt.Sprintf("directory workload at %s", p.Addr)
+		}
+		return fmt.Sprintf("directory workload %s/%s (%s)", p.Workload.Namespace, p.Workload.Name, p.Addr)
+	}
 	if o.listed {
 		w := &b.listed[o.ep]
 		return fmt.Sprintf("listed workload %s/%s", w.Namespace, w.Name)

@@ -355,11 +355,11 @@ func TestBuildListed(t *testing.T) {
 	services := []model.Service{svc("db", "10.96.0.2", ep("10.244.2.10", db))}
 	batch := local("jobs", "batch", "batch", 300, "10.244.1.11")
 	listed := []identity.Workload{batch.Workload}
-	onA, _, err := identity.BuildListed(services, []identity.Local{batch}, listed) // batch's node
+	onA, _, err := identity.BuildListed(services, nil, []identity.Local{batch}, listed) // batch's node
 	if err != nil {
 		t.Fatal(err)
 	}
-	onB, _, err := identity.BuildListed(services, nil, listed) // db's node
+	onB, _, err := identity.BuildListed(services, nil, nil, listed) // db's node
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -383,7 +383,7 @@ func TestBuildListed(t *testing.T) {
 		t.Errorf("db's node without the listing knows %v", alone.Addrs)
 	}
 	// A listed workload without a SPIFFE ID is an error naming it.
-	_, _, err = identity.BuildListed(nil, nil, []identity.Workload{{Name: "x", Namespace: "shop"}})
+	_, _, err = identity.BuildListed(nil, nil, nil, []identity.Workload{{Name: "x", Namespace: "shop"}})
 	if err == nil || !strings.Contains(err.Error(), "listed workload shop/x has no SPIFFE ID") {
 		t.Errorf("error %v", err)
 	}
@@ -411,5 +411,41 @@ func TestBuildFastPath(t *testing.T) {
 	}
 	if len(ids.Cgroups) != len(want) {
 		t.Errorf("%d cgroups, want %d", len(ids.Cgroups), len(want))
+	}
+}
+
+// TestBuildPeers checks that a control plane's directory workload (a
+// client that is no endpoint) is known by its address, with the number
+// the control plane gives it, that the local workload of the same SPIFFE
+// ID takes that number, and that a contradiction names the directory.
+func TestBuildPeers(t *testing.T) {
+	services := []model.Service{svc("db", "10.96.0.2", ep("10.244.2.10", db))}
+	batch := local("jobs", "batch", "batch", 300, "10.244.1.11")
+	w := &model.Workload{Name: "batch-0", Namespace: "jobs", ServiceAccount: "batch", SPIFFEID: batch.Workload.SPIFFEID, Identity: 4242}
+	peers := []model.Peer{{Addr: addr("10.244.1.11"), Workload: w}, {Addr: addr("fd00::11"), Workload: w}}
+	for node, locals := range map[string][]identity.Local{"batch's": {batch}, "db's": nil} {
+		ids, _, err := identity.BuildListed(services, peers, locals, nil)
+		if err != nil {
+			t.Fatalf("%s node: %v", node, err)
+		}
+		known := map[netip.Addr]uint32{}
+		for _, a := range ids.Addrs {
+			known[a.Addr] = a.Identity
+		}
+		if known[addr("10.244.1.11")] != 4242 || known[addr("fd00::11")] != 4242 || ids.Names[4242] != w.SPIFFEID {
+			t.Errorf("%s node: addresses %v, names %v; want both of batch's addresses → 4242", node, ids.Addrs, ids.Names)
+		}
+		if len(locals) > 0 && (len(ids.Cgroups) != 1 || ids.Cgroups[0].Identity != 4242) {
+			t.Errorf("%s node: cgroups %+v, want batch's with the directory's number 4242", node, ids.Cgroups)
+		}
+	}
+	bad := &model.Workload{Name: "batch-1", Namespace: "jobs", SPIFFEID: w.SPIFFEID, Identity: 4243}
+	_, _, err := identity.BuildListed(services, append(peers, model.Peer{Addr: addr("10.244.1.12"), Workload: bad}), nil, nil)
+	if err == nil || !strings.Contains(err.Error(), "directory workload jobs/batch-1 (10.244.1.12)") || !strings.Contains(err.Error(), "4242") {
+		t.Errorf("two numbers for one SPIFFE ID: error %v, want one naming the directory workload", err)
+	}
+	_, _, err = identity.BuildListed(nil, []model.Peer{{Addr: addr("10.244.1.13"), Workload: &model.Workload{Name: "x", Namespace: "jobs"}}}, nil, nil)
+	if err == nil || !strings.Contains(err.Error(), "directory workload jobs/x (10.244.1.13) has no SPIFFE ID") {
+		t.Errorf("a peer without SPIFFE ID: error %v", err)
 	}
 }

@@ -144,7 +144,7 @@ type Client struct {
 	seen               map[string]bool            // types with an accepted response since start (initial sync)
 	lastRejection      string                     // type and error of the last NACK, until a state is accepted
 	appliedAccepted    bool                       // the Applier holds the translator's last accepted state
-	acceptedServices   []model.Service            // the services of that state (the translator's, valid while it is the last accepted)
+	acceptedState      model.State                // that state's services and peers (the translator's, valid while it is the last accepted)
 	versions           map[string]string          // SotW: last accepted version_info per type
 	subs               map[string][]string        // subscribed names of non-wildcard types, sorted
 	subSet             map[string]map[string]bool // the same names as sets
@@ -266,7 +266,7 @@ func (c *Client) reapplyNow() {
 	if !c.appliedAccepted {
 		return
 	}
-	if err := c.opts.Applier.Apply(model.State{Services: c.acceptedServices}); err != nil {
+	if err := c.opts.Applier.Apply(model.State{Services: c.acceptedState.Services, Peers: c.acceptedState.Peers}); err != nil {
 		c.log.Error("xds: the state could not be applied again; the Applier keeps what it had", "err", err)
 	}
 }
@@ -548,7 +548,7 @@ func (c *Client) translateAndApply(synced bool) (translate.Result, error) {
 		return res, err
 	}
 	accept()
-	c.appliedAccepted, c.acceptedServices = applied, res.State.Services
+	c.appliedAccepted, c.acceptedState = applied, model.State{Services: res.State.Services, Peers: res.State.Peers}
 	for t, names := range c.dirty {
 		for name := range names {
 			c.accepted.release(t, name)
@@ -634,7 +634,7 @@ func (c *Client) apply(res translate.Result, synced bool) (bool, error) {
 		return false, nil
 	}
 	c.warmTimer.Stop()
-	if c.appliedAccepted && sameServices(c.acceptedServices, res.State.Services) {
+	if c.appliedAccepted && sameServices(c.acceptedState.Services, res.State.Services) && samePeers(c.acceptedState.Peers, res.State.Peers) {
 		return true, nil
 	}
 	if err := c.opts.Applier.Apply(res.State); err != nil {
@@ -650,6 +650,11 @@ func (c *Client) apply(res translate.Result, synced bool) (bool, error) {
 
 // sameServices reports whether a and b are the same slice of services.
 func sameServices(a, b []model.Service) bool {
+	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
+}
+
+// samePeers reports whether a and b are the same slice of peers.
+func samePeers(a, b []model.Peer) bool {
 	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
 }
 

@@ -127,6 +127,27 @@ func TestSyncAddUpdateRemove(t *testing.T) {
 	}
 }
 
+// TestDirectoryChangeApplied checks that a change of a workload directory
+// alone, no service changing, is applied, and that Reapply hands the
+// Applier the peers again.
+func TestDirectoryChangeApplied(t *testing.T) {
+	for _, mode := range modes {
+		t.Run(string(mode), func(t *testing.T) {
+			v1 := mesh{services: []svc{webV1}, peers: []string{"10.244.9.1 spiffe://td/ns/jobs/sa/batch"}}
+			cp, rec, c, _ := synced(t, mode, v1)
+			v2 := mesh{services: []svc{webV1}, peers: []string{"10.244.9.2 spiffe://td/ns/jobs/sa/batch", "fd00::9 spiffe://td/ns/jobs/sa/cron"}}
+			cp.set("2", v2)
+			_, n := rec.last()
+			waitApplied(t, rec, v2.summary())
+			c.Reapply()
+			waitFor(t, "the state applied again", func() bool {
+				got, m := rec.last()
+				return m > n+1 && got == v2.summary()
+			})
+		})
+	}
+}
+
 // A response Sluice cannot honour is NACKed with an error naming the
 // resource and field, and the previous state stays applied; a later good
 // response is applied.

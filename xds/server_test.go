@@ -25,6 +25,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/sluice-mesh/sluice/dataplane/model"
 )
@@ -162,6 +163,7 @@ type mesh struct {
 	services []svc
 	extra    []types.Resource // raw listeners added as they are (for bad input)
 	noCLA    bool             // leave assignments out (warming)
+	peers    []string         // "ip spiffe-id": the workload directory sluice.io/workloads/test
 }
 
 type svc struct {
@@ -181,6 +183,21 @@ func (m mesh) resources() map[resourcev3.Type][]types.Resource {
 		}
 	}
 	out[resourcev3.ListenerType] = append(out[resourcev3.ListenerType], m.extra...)
+	if len(m.peers) > 0 {
+		const dir = "sluice.io/workloads/test"
+		cla := &endpointv3.ClusterLoadAssignment{ClusterName: dir, Endpoints: []*endpointv3.LocalityLbEndpoints{{}}}
+		for _, p := range m.peers {
+			ip, id, _ := strings.Cut(p, " ")
+			cla.Endpoints[0].LbEndpoints = append(cla.Endpoints[0].LbEndpoints, &endpointv3.LbEndpoint{
+				HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{Address: socketAddr(ip, 0)}},
+				Metadata: &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{"sluice.io/workload": {
+					Fields: map[string]*structpb.Value{"spiffe_id": structpb.NewStringValue(id)},
+				}}},
+			})
+		}
+		out[resourcev3.ClusterType] = append(out[resourcev3.ClusterType], edsCluster(dir))
+		out[resourcev3.EndpointType] = append(out[resourcev3.EndpointType], cla)
+	}
 	return out
 }
 
@@ -254,6 +271,9 @@ func (m mesh) summary() string {
 		}
 		lines = append(lines, fmt.Sprintf("%s %s/TCP -> %s", s.name, net.JoinHostPort(s.vip, fmt.Sprint(s.port)), strings.Join(eps, ",")))
 	}
+	for _, p := range m.peers {
+		lines = append(lines, "peer "+p)
+	}
 	sort.Strings(lines)
 	return strings.Join(lines, "\n")
 }
@@ -269,6 +289,9 @@ func summarize(s model.State) string {
 		}
 		sort.Strings(eps)
 		lines = append(lines, fmt.Sprintf("%s %s -> %s", svc.Name, svc.Key(), strings.Join(eps, ",")))
+	}
+	for _, p := range s.Peers {
+		lines = append(lines, "peer "+p.Addr.String()+" "+p.Workload.SPIFFEID)
 	}
 	sort.Strings(lines)
 	return strings.Join(lines, "\n")

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"maps"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"runtime/debug"
@@ -273,6 +274,11 @@ func runAgent(ctx context.Context, f agentFlags, log *slog.Logger) (err error) {
 	sink := &flowSink{enricher: enricher, store: store, metrics: mets, log: log.With("component", "policy"), hold: f.flowBuffer}
 	ids.onApplied = func(s model.State, locals []identity.Local, listed []identity.Workload) {
 		ws := slices.Clone(listed)
+		for _, p := range s.Peers {
+			w := p.Workload
+			ws = append(ws, identity.Workload{Name: w.Name, Namespace: w.Namespace, ServiceAccount: w.ServiceAccount,
+				SPIFFEID: w.SPIFFEID, Node: w.Node, Addrs: []netip.Addr{p.Addr}})
+		}
 		for _, l := range locals {
 			ws = append(ws, l.Workload)
 		}

@@ -85,7 +85,7 @@ func (a *identityApplier) counts() (workloads, policies int) {
 func (a *identityApplier) apply(s model.State, locals []identity.Local, listed []identity.Workload) error {
 	switch {
 	case hasPolicy(s.Services):
-		ids, st, err := identity.BuildListed(s.Services, locals, listed)
+		ids, st, err := identity.BuildListed(s.Services, s.Peers, locals, listed)
 		if err != nil {
 			return err
 		}
@@ -98,7 +98,7 @@ func (a *identityApplier) apply(s model.State, locals []identity.Local, listed [
 		// Without policy, only the node's own workloads matter (flows and
 		// the fast path), and their numbers need not agree with other
 		// nodes': no tag is judged.
-		ids, _, err := identity.BuildListed(nil, locals, nil)
+		ids, _, err := identity.BuildListed(nil, nil, locals, nil)
 		if err != nil {
 			return err
 		}

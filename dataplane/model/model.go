@@ -65,8 +65,19 @@ func (h Health) Usable() bool { return h == HealthUnknown || h == HealthHealthy 
 // State is the complete desired routing state of one node. It replaces the
 // previous state as a whole.
 type State struct {
-	Services   []Service
+	Services []Service
+	// Peers are workloads the control plane names outside any service (a
+	// workload directory, docs/xds.md): clients that back no service, so
+	// that other nodes know who they are. Identity only; never routed.
+	Peers      []Peer
 	Identities Identities // who is who, for policy; the zero value knows no one
+}
+
+// Peer is one address of a workload the control plane names outside any
+// service.
+type Peer struct {
+	Addr     netip.Addr // required
+	Workload *Workload  // required, with its SPIFFEID
 }
 
 // Service is a VIP:port/protocol and the endpoints behind it: either one

@@ -11,9 +11,10 @@ import (
 )
 
 // BenchmarkKubeScale measures the State at 10,000 Services and 100,000
-// endpoints (ten per Service, each a pod): the initial build (every
-// Service translated and rendered) and the cost of one endpoint changing
-// health afterwards.
+// endpoints (ten per Service, each a running pod): the initial build
+// (every Service translated and rendered, and the workload directories of
+// 100,000 pods), the cost of one endpoint changing health afterwards, and
+// of one pod changing address (its directory rendered again).
 func BenchmarkKubeScale(b *testing.B) {
 	const services, perService = 10_000, 10
 	fill := func() (*kube.State, []*discoveryv1.EndpointSlice) {
@@ -33,7 +34,9 @@ func BenchmarkKubeScale(b *testing.B) {
 			sl := slice(name, name+"-x", discoveryv1.AddressTypeIPv4, httpPort(8080), addrs...)
 			for j := range sl.Endpoints {
 				sl.Endpoints[j].TargetRef.Name = fmt.Sprintf("%s-%d", name, j)
-				s.SetPod(pod(sl.Endpoints[j].TargetRef.Name, "sa", "node-a"))
+				p := pod(sl.Endpoints[j].TargetRef.Name, "sa", "node-a")
+				p.Status.Phase, p.Status.PodIPs = corev1.PodRunning, []corev1.PodIP{{IP: addrs[j]}}
+				s.SetPod(p)
 			}
 			s.SetEndpointSlice(sl)
 			slices[i] = sl
@@ -47,8 +50,8 @@ func BenchmarkKubeScale(b *testing.B) {
 			s, _ := fill()
 			b.StartTimer()
 			c := s.Flush()
-			if len(c.Endpoints.Set) != services {
-				b.Fatalf("%d assignments, want %d", len(c.Endpoints.Set), services)
+			if len(c.Endpoints.Set) != services+kube.DirectoryShards {
+				b.Fatalf("%d assignments, want %d and every directory", len(c.Endpoints.Set), services)
 			}
 		}
 	})
@@ -66,6 +69,22 @@ func BenchmarkKubeScale(b *testing.B) {
 			s.SetEndpointSlice(sl)
 			if c := s.Flush(); len(c.Endpoints.Set) != 1 {
 				b.Fatalf("%d assignments changed, want 1", len(c.Endpoints.Set))
+			}
+			i++
+		}
+	})
+	b.Run("pod-address-change", func(b *testing.B) {
+		s, _ := fill()
+		s.Flush()
+		b.ReportAllocs()
+		b.ResetTimer()
+		i := 0
+		for b.Loop() {
+			p := pod("svc-42-3", "sa", "node-a")
+			p.Status.Phase, p.Status.PodIPs = corev1.PodRunning, []corev1.PodIP{{IP: fmt.Sprintf("10.200.%d.%d", i/250%250, i%250)}}
+			s.SetPod(p)
+			if c := s.Flush(); len(c.Endpoints.Set) != 1 || c.Endpoints.Set[kube.DirectoryOf("demo", "svc-42-3")] == nil {
+				b.Fatalf("assignments changed %d, want the directory alone", len(c.Endpoints.Set))
 			}
 			i++
 		}

@@ -356,14 +356,15 @@ func (s *Server) deletePolicy(namespace, name string) {
 
 // slim drops what the Server never reads from an object before the
 // informers store it: managed fields everywhere, and all of a pod but its
-// names, service account and node, so that a large cluster's pods cost
-// little memory.
+// names, service account, node, host networking, phase and IPs, so that a
+// large cluster's pods cost little memory.
 func slim(o any) (any, error) {
 	switch v := o.(type) {
 	case *corev1.Pod:
 		return &corev1.Pod{
 			ObjectMeta: metav1.ObjectMeta{Name: v.Name, Namespace: v.Namespace, UID: v.UID, ResourceVersion: v.ResourceVersion},
-			Spec:       corev1.PodSpec{ServiceAccountName: v.Spec.ServiceAccountName, NodeName: v.Spec.NodeName},
+			Spec:       corev1.PodSpec{ServiceAccountName: v.Spec.ServiceAccountName, NodeName: v.Spec.NodeName, HostNetwork: v.Spec.HostNetwork},
+			Status:     corev1.PodStatus{Phase: v.Status.Phase, PodIP: v.Status.PodIP, PodIPs: v.Status.PodIPs},
 		}, nil
 	case metav1.Object:
 		v.SetManagedFields(nil)

@@ -2,6 +2,9 @@ package kube
 
 import (
 	"cmp"
+	"fmt"
+	"hash/fnv"
+	"net/netip"
 	"slices"
 	"strconv"
 
@@ -9,6 +12,10 @@ import (
 	"google.golang.org/protobuf/proto"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+
+	"github.com/sluice-mesh/sluice/dataplane/model"
+	"github.com/sluice-mesh/sluice/xds/mesh"
+	"github.com/sluice-mesh/sluice/xds/translate"
 )
 
 // State is the cluster as the control plane sees it — Services,
@@ -32,6 +39,10 @@ type State struct {
 	dirty         map[string]struct{}       // Service keys to translate again
 	dirtyPolicies map[string]struct{}       // policy keys whose status to compute again
 
+	shardPods map[int]map[string]struct{} // directory shard → its pods' keys
+	dirs      map[int]directory           // directory shard → what is served for it
+	dirtyDirs map[int]struct{}            // directory shards to render again
+
 	renders uint64 // Services translated and rendered so far
 }
 
@@ -43,6 +54,11 @@ type policyEntry struct {
 	err             error               // why the current version is invalid; nil if valid
 	served          *Policy             // the version served: the current one if valid, else the last valid one; nil if none
 	covered         map[string]struct{} // Services the served version is applied to
+}
+
+// directory is the workload directory served for one namespace.
+type directory struct {
+	cluster, assignment types.Resource
 }
 
 // servedService is what is served for one Service.
@@ -69,6 +85,9 @@ func NewState(trustDomain string) *State {
 		served:        map[string]*servedService{},
 		dirty:         map[string]struct{}{},
 		dirtyPolicies: map[string]struct{}{},
+		shardPods:     map[int]map[string]struct{}{},
+		dirs:          map[int]directory{},
+		dirtyDirs:     map[int]struct{}{},
 	}
 }
 
@@ -162,6 +181,15 @@ func (s *State) SetPod(pod *corev1.Pod) {
 	k := key(pod.Namespace, pod.Name)
 	old := s.pods[k]
 	s.pods[k] = pod
+	shard := directoryShard(k)
+	if s.shardPods[shard] == nil {
+		s.shardPods[shard] = map[string]struct{}{}
+	}
+	s.shardPods[shard][k] = struct{}{}
+	if old == nil || !slices.Equal(peerAddrs(old), peerAddrs(pod)) ||
+		old.Spec.ServiceAccountName != pod.Spec.ServiceAccountName || old.Spec.NodeName != pod.Spec.NodeName {
+		s.dirtyDirs[shard] = struct{}{}
+	}
 	if old != nil && old.Spec.ServiceAccountName == pod.Spec.ServiceAccountName && old.Spec.NodeName == pod.Spec.NodeName {
 		return
 	}
@@ -177,6 +205,9 @@ func (s *State) DeletePod(namespace, name string) {
 		return
 	}
 	delete(s.pods, k)
+	shard := directoryShard(k)
+	delete(s.shardPods[shard], k)
+	s.dirtyDirs[shard] = struct{}{}
 	for svc := range s.podServices[k] {
 		s.dirty[svc] = struct{}{}
 	}
@@ -294,6 +325,15 @@ func (s *State) Flush() Changes {
 	clear(s.dirty)
 	for _, k := range dirty {
 		s.flushService(k, &c)
+	}
+	shards := make([]int, 0, len(s.dirtyDirs))
+	for shard := range s.dirtyDirs {
+		shards = append(shards, shard)
+	}
+	slices.Sort(shards)
+	clear(s.dirtyDirs)
+	for _, shard := range shards {
+		s.flushDirectory(shard, &c)
 	}
 	pols := make([]string, 0, len(s.dirtyPolicies))
 	for k := range s.dirtyPolicies {
@@ -425,6 +465,99 @@ func diff(old, next map[string]types.Resource, u *Update) {
 	}
 }
 
+// DirectoryShards is the number of workload directories the pods are
+// spread over, by a hash of their namespace and name: a pod's change
+// renders and pushes again the directory of its shard alone (about 400
+// pods at 100,000), and a cluster has at most this many.
+const DirectoryShards = 256
+
+// DirectoryName is the name of the workload directory of shard
+// (translate.Directory + "/" + two hex digits).
+func DirectoryName(shard int) string { return fmt.Sprintf("%s/%02x", translate.Directory, shard) }
+
+// DirectoryOf returns the name of the workload directory that lists the
+// pod namespace/name.
+func DirectoryOf(namespace, name string) string {
+	return DirectoryName(directoryShard(key(namespace, name)))
+}
+
+func directoryShard(podKey string) int {
+	h := fnv.New32a()
+	h.Write([]byte(podKey))
+	return int(h.Sum32() % DirectoryShards)
+}
+
+// peerAddrs returns the addresses by which other nodes know pod as a
+// client: its pod IPs, none if it is on the host network or finished.
+func peerAddrs(pod *corev1.Pod) []netip.Addr {
+	if pod.Spec.HostNetwork || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
+		return nil
+	}
+	var out []netip.Addr
+	for _, ip := range pod.Status.PodIPs {
+		if a, err := netip.ParseAddr(ip.IP); err == nil {
+			out = append(out, a.Unmap())
+		}
+	}
+	if len(out) == 0 && pod.Status.PodIP != "" {
+		if a, err := netip.ParseAddr(pod.Status.PodIP); err == nil {
+			out = append(out, a.Unmap())
+		}
+	}
+	return out
+}
+
+// flushDirectory renders the workload directory of shard again — every
+// pod of it with an address, by namespace and name — and records what
+// changed in c. A shard without such pods has none.
+func (s *State) flushDirectory(shard int, c *Changes) {
+	keys := make([]string, 0, len(s.shardPods[shard]))
+	for k := range s.shardPods[shard] {
+		keys = append(keys, k)
+	}
+	if len(keys) == 0 {
+		delete(s.shardPods, shard)
+	}
+	slices.Sort(keys)
+	var peers []model.Peer
+	for _, k := range keys {
+		pod := s.pods[k]
+		addrs := peerAddrs(pod)
+		if len(addrs) == 0 {
+			continue
+		}
+		sa := cmp.Or(pod.Spec.ServiceAccountName, mesh.DefaultServiceAccount)
+		w := &model.Workload{Name: pod.Name, Namespace: pod.Namespace, ServiceAccount: sa, Node: pod.Spec.NodeName,
+			SPIFFEID: mesh.SPIFFEID(s.trustDomain, pod.Namespace, sa)}
+		seen := map[netip.Addr]bool{}
+		for _, a := range addrs {
+			if !seen[a] {
+				seen[a] = true
+				peers = append(peers, model.Peer{Addr: a, Workload: w})
+			}
+		}
+	}
+	name := DirectoryName(shard)
+	old, had := s.dirs[shard]
+	if len(peers) == 0 {
+		if had {
+			c.Clusters.Delete = append(c.Clusters.Delete, name)
+			c.Endpoints.Delete = append(c.Endpoints.Delete, name)
+			delete(s.dirs, shard)
+		}
+		return
+	}
+	cl, cla := mesh.Directory(name, peers)
+	next := directory{cluster: cl, assignment: cla}
+	if !had || !proto.Equal(old.cluster, cl) {
+		c.Clusters.Set[name] = cl
+	}
+	if !had || !proto.Equal(old.assignment, cla) {
+		c.Endpoints.Set[name] = cla
+	}
+	s.dirs[shard] = next
+}
+
 func (s *State) pod(namespace, name string) *corev1.Pod {
 	return s.pods[key(namespace, name)]
 }
@@ -439,6 +572,10 @@ func (s *State) Resources() map[string]map[string]types.Resource {
 				out[kind][name] = r
 			}
 		}
+	}
+	for shard, d := range s.dirs {
+		out[clusterKind][DirectoryName(shard)] = d.cluster
+		out[endpointKind][DirectoryName(shard)] = d.assignment
 	}
 	return out
 }

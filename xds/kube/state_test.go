@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	corev1 "k8s.io/api/core/v1"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/sluice-mesh/sluice/xds/kube"
 	"github.com/sluice-mesh/sluice/xds/mesh"
+	"github.com/sluice-mesh/sluice/xds/translate"
 )
 
 // world fills a State with n Services of one TCP port each, every one with
@@ -181,4 +183,112 @@ func keys[V any](m map[string]V) []string {
 	}
 	slices.Sort(out)
 	return out
+}
+
+// TestStateDirectory checks the workload directories: every pod with an
+// address is listed (host-network and finished pods are not) in the
+// directory of its shard, agents make peers of them, and only a change
+// of what a directory lists changes it.
+func TestStateDirectory(t *testing.T) {
+	s := world(t, 3) // pods without addresses yet: no directory
+	if c := s.Flush(); len(c.Clusters.Set) != 3 {
+		t.Fatalf("clusters %v, want the 3 services' alone", keys(c.Clusters.Set))
+	}
+	running := func(name, ns, sa string, ips ...string) *corev1.Pod {
+		p := pod(name, sa, "node-b")
+		p.Namespace, p.Status.Phase = ns, corev1.PodRunning
+		for _, ip := range ips {
+			p.Status.PodIPs = append(p.Status.PodIPs, corev1.PodIP{IP: ip})
+		}
+		if len(ips) > 0 {
+			p.Status.PodIP = ips[0]
+		}
+		return p
+	}
+	hostNet := running("agent", "jobs", "agent", "192.168.0.2")
+	hostNet.Spec.HostNetwork = true
+	done := running("old", "jobs", "batch", "10.244.7.9")
+	done.Status.Phase = corev1.PodSucceeded
+	listed := []*corev1.Pod{
+		running("cron-0", "jobs", "", "10.244.7.2", "fd00:244::7:2"), running("batch-0", "jobs", "batch", "10.244.7.1"),
+		running("client", "demo", "client", "10.244.8.1"),
+	}
+	for _, p := range append(slices.Clone(listed), hostNet, done) {
+		s.SetPod(p)
+	}
+	c := s.Flush()
+	var dirs []string
+	for _, p := range listed {
+		dirs = append(dirs, kube.DirectoryOf(p.Namespace, p.Name))
+	}
+	slices.Sort(dirs)
+	dirs = slices.Compact(dirs)
+	if !slices.Equal(keys(c.Clusters.Set), dirs) || !slices.Equal(keys(c.Endpoints.Set), dirs) {
+		t.Fatalf("set clusters %v, assignments %v; want the directories %v", keys(c.Clusters.Set), keys(c.Endpoints.Set), dirs)
+	}
+	for _, d := range dirs {
+		if !translate.IsDirectory(d) {
+			t.Errorf("%s is not a directory name to agents", d)
+		}
+	}
+
+	// What an agent makes of what is served: the peers.
+	r := translate.Resources{Listeners: map[string]*listenerv3.Listener{}, Clusters: map[string]*clusterv3.Cluster{}, Endpoints: map[string]*endpointv3.ClusterLoadAssignment{}}
+	for name, res := range s.Resources()["cluster"] {
+		r.Clusters[name] = res.(*clusterv3.Cluster)
+	}
+	for name, res := range s.Resources()["endpoint"] {
+		r.Endpoints[name] = res.(*endpointv3.ClusterLoadAssignment)
+	}
+	for name, res := range s.Resources()["listener"] {
+		r.Listeners[name] = res.(*listenerv3.Listener)
+	}
+	res, err := translate.Translate(r)
+	if err != nil {
+		t.Fatalf("an agent refuses what is served: %v", err)
+	}
+	var got []string
+	for _, p := range res.State.Peers {
+		got = append(got, fmt.Sprintf("%s %s/%s %s %s", p.Addr, p.Workload.Namespace, p.Workload.Name, p.Workload.SPIFFEID, p.Workload.Node))
+	}
+	slices.Sort(got)
+	want := []string{
+		"10.244.7.1 jobs/batch-0 spiffe://cluster.local/ns/jobs/sa/batch node-b",
+		"10.244.7.2 jobs/cron-0 spiffe://cluster.local/ns/jobs/sa/default node-b",
+		"10.244.8.1 demo/client spiffe://cluster.local/ns/demo/sa/client node-b",
+		"fd00:244::7:2 jobs/cron-0 spiffe://cluster.local/ns/jobs/sa/default node-b",
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("peers\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if len(res.State.Services) != 3 {
+		t.Errorf("%d services, want 3", len(res.State.Services))
+	}
+
+	// A pod's status changes, its address does not: nothing changes.
+	again := running("batch-0", "jobs", "batch", "10.244.7.1")
+	again.ResourceVersion = "2"
+	s.SetPod(again)
+	if c := s.Flush(); !c.Empty() {
+		t.Errorf("an unchanged address changed clusters %v, assignments %v", keys(c.Clusters.Set), keys(c.Endpoints.Set))
+	}
+	// A new address changes the pod's directory alone.
+	s.SetPod(running("batch-0", "jobs", "batch", "10.244.7.3"))
+	dir := kube.DirectoryOf("jobs", "batch-0")
+	if c := s.Flush(); len(c.Clusters.Set) != 0 || !slices.Equal(keys(c.Endpoints.Set), []string{dir}) {
+		t.Errorf("a new address changed clusters %v, assignments %v; want %s alone", keys(c.Clusters.Set), keys(c.Endpoints.Set), dir)
+	}
+	// The listed pods go, and with them the directories.
+	for _, p := range listed {
+		s.DeletePod(p.Namespace, p.Name)
+	}
+	c = s.Flush()
+	slices.Sort(c.Clusters.Delete)
+	slices.Sort(c.Endpoints.Delete)
+	if !slices.Equal(c.Clusters.Delete, dirs) || !slices.Equal(c.Endpoints.Delete, dirs) {
+		t.Errorf("deleted clusters %v, assignments %v; want %v", c.Clusters.Delete, c.Endpoints.Delete, dirs)
+	}
+	if n := len(s.Resources()["cluster"]); n != 3 {
+		t.Errorf("%d clusters served, want the 3 services'", n)
+	}
 }

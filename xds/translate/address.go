@@ -35,15 +35,18 @@ func (t *tally) vip(a *corev3.Address, ap, sp *policy) (netip.AddrPort, model.Pr
 	return netip.AddrPortFrom(ip, port), proto, nil
 }
 
-// backend returns the address of an endpoint. Errors are relative to the
-// Address.
-func (t *tally) backend(a *corev3.Address) (netip.AddrPort, *fieldError) {
+// backend returns the address of an endpoint; anyPort allows port 0.
+// Errors are relative to the Address.
+func (t *tally) backend(a *corev3.Address, anyPort bool) (netip.AddrPort, *fieldError) {
 	sa, ip, err := t.socketIP(a, endpointAddressPolicy, endpointSocketPolicy)
 	if err != nil {
 		return netip.AddrPort{}, err
 	}
 	if ip.IsUnspecified() || ip.IsMulticast() {
 		return netip.AddrPort{}, errAt("socket_address.address", "%s is not a backend address (unspecified or multicast)", ip)
+	}
+	if anyPort && sa.GetPortValue() == 0 {
+		return netip.AddrPortFrom(ip, 0), nil
 	}
 	port, err := portOf(sa)
 	if err != nil {

@@ -52,6 +52,7 @@ func (t *tally) assignment(name string, a *endpointv3.ClusterLoadAssignment) ([]
 		n += len(lle.GetLbEndpoints())
 	}
 	eps := make([]model.Endpoint, 0, n)
+	dir := IsDirectory(name)
 	for i, lle := range a.GetEndpoints() {
 		if lle == nil {
 			return nil, errAt(index("endpoints", i), "missing")
@@ -68,7 +69,7 @@ func (t *tally) assignment(name string, a *endpointv3.ClusterLoadAssignment) ([]
 			SubZone: lle.GetLocality().GetSubZone(),
 		}.Ref()
 		for j, lbe := range lle.GetLbEndpoints() {
-			ep, err := t.lbEndpoint(lbe)
+			ep, err := t.lbEndpoint(lbe, dir)
 			if err != nil {
 				return nil, err.in(fmt.Sprintf("endpoints[%d].lb_endpoints[%d]", i, j))
 			}
@@ -84,6 +85,11 @@ func (t *tally) assignment(name string, a *endpointv3.ClusterLoadAssignment) ([]
 		return nil, errAt(fmt.Sprintf("endpoints[%d].lb_endpoints[%d].endpoint.address", i, j),
 			"%s is listed twice (also endpoints[%d].lb_endpoints[%d])",
 			netip.AddrPortFrom(eps[again].Addr, eps[again].Port), fi, fj)
+	}
+	if dir {
+		if err := directoryEndpoints(a, eps); err != nil {
+			return nil, err
+		}
 	}
 	return eps, nil
 }
@@ -126,7 +132,9 @@ func position(a *endpointv3.ClusterLoadAssignment, k int) (int, int) {
 	return -1, -1
 }
 
-func (t *tally) lbEndpoint(lbe *endpointv3.LbEndpoint) (model.Endpoint, *fieldError) {
+// lbEndpoint translates one endpoint; in a workload directory (dir) its
+// port may be 0, as it is not used.
+func (t *tally) lbEndpoint(lbe *endpointv3.LbEndpoint, dir bool) (model.Endpoint, *fieldError) {
 	if lbe == nil {
 		return model.Endpoint{}, errAt("", "missing")
 	}
@@ -140,7 +148,7 @@ func (t *tally) lbEndpoint(lbe *endpointv3.LbEndpoint) (model.Endpoint, *fieldEr
 	if err := t.check(e.ProtoReflect(), endpointPolicy); err != nil {
 		return model.Endpoint{}, err.in("endpoint")
 	}
-	ap, err := t.backend(e.GetAddress())
+	ap, err := t.backend(e.GetAddress(), dir)
 	if err != nil {
 		return model.Endpoint{}, err.in("endpoint.address")
 	}

@@ -51,12 +51,18 @@ func (t *tally) cluster(name string, c *clusterv3.Cluster) (clusterPlan, *fieldE
 		if err != nil {
 			return clusterPlan{}, err.in("eds_cluster_config")
 		}
+		if err := directoryCluster(name, svc); err != nil {
+			return clusterPlan{}, err
+		}
 		if c.GetLoadAssignment() != nil {
 			// Envoy does not read it for an EDS cluster either.
 			t.add("Cluster.load_assignment")
 		}
 		return clusterPlan{eds: svc}, nil
 	case clusterv3.Cluster_STATIC:
+		if IsDirectory(name) {
+			return clusterPlan{}, errAt("type", "STATIC: a workload directory cluster (%s…) must be EDS", Directory)
+		}
 		if c.GetEdsClusterConfig() != nil {
 			// Most likely "type: EDS" was forgotten; Envoy would silently
 			// serve an empty cluster.

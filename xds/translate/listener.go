@@ -341,6 +341,9 @@ func (t *tally) tcpProxy(tp *tcpproxyv3.TcpProxy, p *listenerPlan) *fieldError {
 		if spec.Cluster == "" {
 			return errAt("cluster", "empty cluster name")
 		}
+		if err := notDirectory(spec.Cluster); err != nil {
+			return err.in("cluster")
+		}
 		p.pools = []pool{{cluster: spec.Cluster, weight: 1}}
 		return nil
 	case *tcpproxyv3.TcpProxy_WeightedClusters:
@@ -372,6 +375,9 @@ func (t *tally) weightedClusters(wc *tcpproxyv3.TcpProxy_WeightedCluster) ([]poo
 		}
 		if cw.GetName() == "" {
 			return nil, errAt(index("clusters", i)+".name", "empty cluster name")
+		}
+		if err := notDirectory(cw.GetName()); err != nil {
+			return nil, err.in(index("clusters", i) + ".name")
 		}
 		for j, q := range pools {
 			// Each cluster is one pool (a model Split), named after it.
@@ -436,6 +442,9 @@ func (t *tally) udpListenerFilter(lf *listenerv3.ListenerFilter, p *listenerPlan
 	}
 	cluster, err := t.udpProxy(cfg)
 	if err != nil {
+		return err.in("typed_config")
+	}
+	if err := notDirectory(cluster); err != nil {
 		return err.in("typed_config")
 	}
 	p.pools = []pool{{cluster: cluster, weight: 1}}

@@ -96,6 +96,9 @@ func RDSNames(r Resources) []string {
 // its services the endpoints of that service's address family only; with one
 // address, an endpoint of the other family is an error.
 //
+// The endpoints of the workload directories (IsDirectory), in name order,
+// are State.Peers.
+//
 // Translate checks and translates everything in r, every time: a client
 // that translates its resources after every change uses a Translator.
 func Translate(r Resources) (Result, error) {
@@ -132,7 +135,13 @@ func Translate(r Resources) (Result, error) {
 	if err := validate(services); err != nil {
 		return Result{}, err
 	}
-	res := Result{State: model.State{Services: services}, Ignored: t.counts}
+	var peers []model.Peer
+	for _, name := range sortedKeys(assignments) {
+		if IsDirectory(name) {
+			peers = appendPeers(peers, assignments[name])
+		}
+	}
+	res := Result{State: model.State{Services: services, Peers: peers}, Ignored: t.counts}
 	if len(missing) > 0 {
 		res.Missing = sortedKeys(missing)
 	}

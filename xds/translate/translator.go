@@ -526,7 +526,7 @@ func (t *Translator) stage(li input[listenerv3.Listener], ci input[clusterv3.Clu
 	}
 
 	out := t.outcome(s)
-	res = Result{State: model.State{Services: services}, Ignored: out.ignored, Missing: out.missing}
+	res = Result{State: model.State{Services: services, Peers: t.peers(s)}, Ignored: out.ignored, Missing: out.missing}
 	return res, func() {
 		t.commit(s, names, order, offsets, out)
 		if prev := t.last.State.Services; cap(prev) > 0 && !shareArray(prev, res.State.Services) {
@@ -534,6 +534,39 @@ func (t *Translator) stage(li input[listenerv3.Listener], ci input[clusterv3.Clu
 		}
 		t.last = res
 	}, nil
+}
+
+// peers returns the State.Peers after s: the last result's, unless a
+// workload directory changed, came or went.
+func (t *Translator) peers(s *step) []model.Peer {
+	changed := false
+	for name := range s.assignments {
+		changed = changed || IsDirectory(name)
+	}
+	if !changed {
+		return t.last.State.Peers
+	}
+	var names []string
+	for name := range t.assignments.entries {
+		if _, ok := s.assignments[name]; !ok && IsDirectory(name) {
+			names = append(names, name)
+		}
+	}
+	for name, e := range s.assignments {
+		if e != nil && IsDirectory(name) {
+			names = append(names, name)
+		}
+	}
+	slices.Sort(names)
+	var peers []model.Peer
+	for _, name := range names {
+		e, ok := s.assignments[name]
+		if !ok {
+			e = t.assignments.get(name)
+		}
+		peers = appendPeers(peers, e.eps.all)
+	}
+	return peers
 }
 
 // take returns the Ignored keys of the resource just translated and starts

@@ -427,6 +427,20 @@ func (s *sim) change() {
 		if name := pick(s, r.Listeners); name != "" {
 			r.Listeners[name+"-again"] = r.Listeners[name]
 		}
+	case k >= 98:
+		// A workload directory comes, changes or goes.
+		name := fmt.Sprintf("%s/ns%d", translate.Directory, s.rng.IntN(3))
+		if s.rng.IntN(4) == 0 {
+			delete(r.Endpoints, name)
+			break
+		}
+		eps := make([]*endpointv3.LbEndpoint, 1+s.rng.IntN(3))
+		for i := range eps {
+			eps[i] = withWorkload(lbEndpoint(fmt.Sprintf("10.250.%d.%d", s.rng.IntN(2), s.rng.IntN(50)), 0), map[string]any{
+				"spiffe_id": fmt.Sprintf("spiffe://td/ns/ns/sa/sa%d", s.rng.IntN(4)),
+			})
+		}
+		r.Endpoints[name] = cla(name, eps...)
 	}
 }
 
@@ -448,7 +462,7 @@ func TestTranslatorMatchesTranslate(t *testing.T) {
 	}
 	// What the steps gave, over all seeds: the changes must keep
 	// exercising every outcome.
-	var stats struct{ accepted, refused, validate, missing, complete, ignored, unchanged int }
+	var stats struct{ accepted, refused, validate, missing, complete, ignored, unchanged, peers int }
 	for seed := range uint64(seeds) {
 		t.Run(fmt.Sprint("seed", seed), func(t *testing.T) {
 			s := &sim{rng: rand.New(rand.NewPCG(seed, 7))}
@@ -518,6 +532,9 @@ func TestTranslatorMatchesTranslate(t *testing.T) {
 					if len(res.Ignored) > 0 {
 						stats.ignored++
 					}
+					if len(res.State.Peers) > 0 {
+						stats.peers++
+					}
 					accepted = s.clone()
 				case strings.Contains(err.Error(), "duplicate VIP") || strings.Contains(err.Error(), "address family"):
 					stats.validate++
@@ -537,7 +554,7 @@ func TestTranslatorMatchesTranslate(t *testing.T) {
 		})
 	}
 	t.Logf("%+v", stats)
-	if n := seeds * steps / 10; stats.accepted < n || stats.refused < n || stats.validate == 0 || stats.missing == 0 || stats.complete == 0 || stats.ignored == 0 {
+	if n := seeds * steps / 10; stats.accepted < n || stats.refused < n || stats.validate == 0 || stats.missing == 0 || stats.complete == 0 || stats.ignored == 0 || stats.peers == 0 {
 		t.Errorf("the random changes no longer exercise every outcome: %+v", stats)
 	}
 }
