@@ -2,6 +2,7 @@ package model
 
 import (
 	"net/netip"
+	"regexp"
 	"strings"
 )
 
@@ -111,13 +112,15 @@ const (
 	MatchPrefix
 	MatchSuffix
 	MatchContains
+	MatchRegex // the whole string matches Regex (HTTP routes only)
 )
 
-// StringMatch matches a SPIFFE ID.
+// StringMatch matches a SPIFFE ID, or an HTTP header or query value.
 type StringMatch struct {
 	Kind       MatchKind
 	Value      string
 	IgnoreCase bool
+	Regex      *regexp.Regexp // MatchRegex: anchored at both ends
 }
 
 // Match reports whether s matches.
@@ -135,6 +138,8 @@ func (m StringMatch) Match(s string) bool {
 		return strings.HasSuffix(s, v)
 	case MatchContains:
 		return strings.Contains(s, v)
+	case MatchRegex:
+		return m.Regex != nil && m.Regex.MatchString(s)
 	}
 	return true
 }

@@ -1,0 +1,122 @@
+package model
+
+import (
+	"regexp"
+	"time"
+)
+
+// HTTPRoutes is how an L7 service's requests are routed: the translation
+// of an xDS RouteConfiguration (docs/l7.md). A request takes the virtual
+// host whose domain matches its authority most closely (exact, then the
+// longest "*" suffix, then the longest "*" prefix, then "*"), then that
+// host's first route whose match holds.
+type HTTPRoutes struct {
+	Name         string // the RouteConfiguration's name
+	VirtualHosts []VirtualHost
+	IgnorePort   bool // match a request's authority without its port
+}
+
+// VirtualHost is a set of routes served for some authorities.
+type VirtualHost struct {
+	Name string
+	// Domains are lower-case: "example.com" (exact, also with a port),
+	// "*.example.com" (suffix), "example.*" (prefix) or "*" (any). A host
+	// with "*" is the default.
+	Domains []string
+	Routes  []HTTPRoute
+}
+
+// HTTPRoute is one route: a match and what to do with what matches.
+type HTTPRoute struct {
+	Name   string
+	Match  HTTPMatch
+	Action HTTPAction
+}
+
+// PathKind says how HTTPMatch.Path compares with a request's path (without
+// its query).
+type PathKind uint8
+
+// Path match kinds.
+const (
+	PathPrefix PathKind = iota // the path starts with Path ("" or "/" match every path)
+	PathExact                  // the path is Path
+	PathRegex                  // PathRegex matches the whole path
+)
+
+// HTTPMatch is a predicate on a request: its path, and every one of
+// Headers and Query.
+type HTTPMatch struct {
+	PathKind      PathKind
+	Path          string
+	PathRegex     *regexp.Regexp // PathRegex: anchored at both ends
+	CaseSensitive bool           // for PathPrefix and PathExact; true unless the route says otherwise
+	Headers       []HeaderMatch
+	Query         []QueryMatch
+}
+
+// HeaderMatch holds if the named header (lower-case) is present and its
+// value matches Value — or, with Invert, if that is not so. With Present,
+// presence alone is asked (with Invert, absence).
+type HeaderMatch struct {
+	Name    string
+	Present bool
+	Value   StringMatch // when not Present
+	Invert  bool
+}
+
+// QueryMatch holds if the named query parameter is present and, unless
+// Present, its (first) value matches Value.
+type QueryMatch struct {
+	Name    string
+	Present bool
+	Value   StringMatch
+}
+
+// HTTPAction is where a matched request goes and how.
+type HTTPAction struct {
+	// Clusters are the upstream pools with their weights; a request goes
+	// to one of them with probability weight/sum. One cluster has weight 1.
+	Clusters []WeightedCluster
+	// Timeout bounds the whole request, retries included, until the
+	// response's headers; 0 means none. xDS's default is 15 s.
+	Timeout       time.Duration
+	Retry         *RetryPolicy // nil: no retries
+	PrefixRewrite string       // replaces the matched path prefix (PathPrefix routes only); "" keeps the path
+	// AddHeaders are added to the request (appended, or replacing the
+	// header's values unless Append); RemoveHeaders (lower-case) are removed
+	// first.
+	AddHeaders    []HeaderValue
+	RemoveHeaders []string
+}
+
+// WeightedCluster is one upstream pool of an HTTPAction.
+type WeightedCluster struct {
+	Name   string // the xDS cluster
+	Weight uint32
+}
+
+// RetryOn is a set of conditions under which a request is tried again.
+type RetryOn uint8
+
+// Retry conditions, as xDS's retry_on names them.
+const (
+	Retry5xx            RetryOn = 1 << iota // "5xx": a 5xx response, or no response at all (reset, connect failure, timeout of a try)
+	RetryGatewayError                       // "gateway-error": 502, 503 or 504
+	RetryReset                              // "reset": the upstream reset, disconnected or did not answer in time
+	RetryConnectFailure                     // "connect-failure": the upstream connection could not be made
+)
+
+// RetryPolicy says when and how often a request is tried again.
+type RetryPolicy struct {
+	On            RetryOn
+	NumRetries    uint32        // tries after the first
+	PerTryTimeout time.Duration // 0: each try may take what is left of the route's Timeout
+}
+
+// HeaderValue is a header to add to a request.
+type HeaderValue struct {
+	Name   string // lower-case
+	Value  string
+	Append bool // add a value rather than replace the header's values
+}
