@@ -14,7 +14,9 @@ func route(name string, m model.HTTPMatch) model.HTTPRoute {
 	return model.HTTPRoute{Name: name, Match: m, Action: model.HTTPAction{Clusters: []model.WeightedCluster{{Name: name, Weight: 1}}}}
 }
 
-func prefix(p string) model.HTTPMatch { return model.HTTPMatch{PathKind: model.PathPrefix, Path: p, CaseSensitive: true} }
+func prefix(p string) model.HTTPMatch {
+	return model.HTTPMatch{PathKind: model.PathPrefix, Path: p, CaseSensitive: true}
+}
 
 func TestVirtualHost(t *testing.T) {
 	rt := l7.NewRouter(&model.HTTPRoutes{VirtualHosts: []model.VirtualHost{
@@ -73,12 +75,12 @@ func TestRoute(t *testing.T) {
 		want        string
 	}{
 		{"GET", "/healthz", nil, "exact"},
-		{"GET", "/healthz/x", nil, "rest"},     // exact is exact
-		{"GET", "/healthz?x=1", nil, "exact"},  // the query is not part of the path
-		{"GET", "/items/42", nil, "regex"},     //
-		{"GET", "/items/42/x", nil, "rest"},    // the regex matches the whole path
-		{"GET", "/api/users", nil, "api"},      // case-insensitive prefix
-		{"GET", "/Api/users", nil, "api"},      //
+		{"GET", "/healthz/x", nil, "rest"},    // exact is exact
+		{"GET", "/healthz?x=1", nil, "exact"}, // the query is not part of the path
+		{"GET", "/items/42", nil, "regex"},    //
+		{"GET", "/items/42/x", nil, "rest"},   // the regex matches the whole path
+		{"GET", "/api/users", nil, "api"},     // case-insensitive prefix
+		{"GET", "/Api/users", nil, "api"},     //
 		{"POST", "/x", map[string]string{"X-Canary": "yes"}, "header"},
 		{"GET", "/x", map[string]string{"X-Canary": "yes"}, "rest"}, // :method differs
 		{"POST", "/x", map[string]string{"X-Canary": "yes", "X-Debug": "1"}, "rest"},

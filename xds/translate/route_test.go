@@ -59,7 +59,7 @@ func routes() *routev3.RouteConfiguration {
 					Action: &routev3.Route_Route{Route: &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: "web-v1"}, Timeout: durationpb.New(0)}},
 				},
 				{
-					Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_SafeRegex{SafeRegex: &stringmatcherv3.RegexMatcher{Regex: "/items/[0-9]+"}}},
+					Match:  &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_SafeRegex{SafeRegex: &stringmatcherv3.RegexMatcher{Regex: "/items/[0-9]+"}}},
 					Action: &routev3.Route_Route{Route: &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: "web-v1"}}},
 				},
 			},
@@ -157,7 +157,9 @@ func TestTranslateRoutesRefusals(t *testing.T) {
 		}, r0 + ".match.headers[0].range_match", "range matches are not supported"},
 		{"unknown pseudo-header", func(rc *routev3.RouteConfiguration) { canary(rc).Match.Headers[0].Name = ":status" },
 			r0 + ".match.headers[0].name", "pseudo-headers a route can match"},
-		{"grpc match", func(rc *routev3.RouteConfiguration) { canary(rc).Match.Grpc = &routev3.RouteMatch_GrpcRouteMatchOptions{} },
+		{"grpc match", func(rc *routev3.RouteConfiguration) {
+			canary(rc).Match.Grpc = &routev3.RouteMatch_GrpcRouteMatchOptions{}
+		},
 			r0 + ".match.grpc", "grpc match is not supported"},
 		{"cluster header", func(rc *routev3.RouteConfiguration) {
 			action(rc).ClusterSpecifier = &routev3.RouteAction_ClusterHeader{ClusterHeader: "x-cluster"}
@@ -170,9 +172,13 @@ func TestTranslateRoutesRefusals(t *testing.T) {
 				c.Weight = wrapperspb.UInt32(0)
 			}
 		}, r0 + ".route.weighted_clusters.clusters", "every weight is 0"},
-		{"total weight wrong", func(rc *routev3.RouteConfiguration) { action(rc).GetWeightedClusters().TotalWeight = wrapperspb.UInt32(50) },
+		{"total weight wrong", func(rc *routev3.RouteConfiguration) {
+			action(rc).GetWeightedClusters().TotalWeight = wrapperspb.UInt32(50)
+		},
 			r0 + ".route.weighted_clusters.total_weight", "50, but the weights add up to 100"},
-		{"regex rewrite", func(rc *routev3.RouteConfiguration) { action(rc).RegexRewrite = &stringmatcherv3.RegexMatchAndSubstitute{} },
+		{"regex rewrite", func(rc *routev3.RouteConfiguration) {
+			action(rc).RegexRewrite = &stringmatcherv3.RegexMatchAndSubstitute{}
+		},
 			r0 + ".route.regex_rewrite", "use prefix_rewrite"},
 		{"prefix rewrite of an exact match", func(rc *routev3.RouteConfiguration) {
 			canary(rc).Match.PathSpecifier = &routev3.RouteMatch_Path{Path: "/api"}
