@@ -317,36 +317,29 @@ const (
 func (s *State) Flush() Changes {
 	var c Changes
 	c.Listeners.Set, c.Clusters.Set, c.Endpoints.Set = map[string]types.Resource{}, map[string]types.Resource{}, map[string]types.Resource{}
-	dirty := make([]string, 0, len(s.dirty))
-	for k := range s.dirty {
-		dirty = append(dirty, k)
-	}
-	slices.Sort(dirty)
-	clear(s.dirty)
-	for _, k := range dirty {
+	for _, k := range drain(s.dirty) {
 		s.flushService(k, &c)
 	}
-	shards := make([]int, 0, len(s.dirtyDirs))
-	for shard := range s.dirtyDirs {
-		shards = append(shards, shard)
-	}
-	slices.Sort(shards)
-	clear(s.dirtyDirs)
-	for _, shard := range shards {
+	for _, shard := range drain(s.dirtyDirs) {
 		s.flushDirectory(shard, &c)
 	}
-	pols := make([]string, 0, len(s.dirtyPolicies))
-	for k := range s.dirtyPolicies {
-		pols = append(pols, k)
-	}
-	slices.Sort(pols)
-	clear(s.dirtyPolicies)
-	for _, k := range pols {
+	for _, k := range drain(s.dirtyPolicies) {
 		if e := s.policies[k]; e != nil {
 			c.Statuses = append(c.Statuses, e.status())
 		}
 	}
 	return c
+}
+
+// drain empties the set m and returns what it held, sorted.
+func drain[K cmp.Ordered](m map[K]struct{}) []K {
+	out := make([]K, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	clear(m)
+	return out
 }
 
 func (e *policyEntry) status() PolicyStatus {

@@ -373,21 +373,31 @@ func (t *tally) weightedClusters(wc *tcpproxyv3.TcpProxy_WeightedCluster) ([]poo
 		if err := t.check(cw.ProtoReflect(), clusterWeightPolicy); err != nil {
 			return nil, err.in(index("clusters", i))
 		}
-		if cw.GetName() == "" {
-			return nil, errAt(index("clusters", i)+".name", "empty cluster name")
-		}
-		if err := notDirectory(cw.GetName()); err != nil {
-			return nil, err.in(index("clusters", i) + ".name")
-		}
-		for j, q := range pools {
-			// Each cluster is one pool (a model Split), named after it.
-			if q.cluster == cw.GetName() {
-				return nil, errAt(index("clusters", i)+".name", "cluster %q is listed twice (also clusters[%d])", q.cluster, j)
-			}
+		// Each cluster is one pool (a model Split), named after it.
+		if err := splitName(cw.GetName(), i, func(j int) string { return pools[j].cluster }); err != nil {
+			return nil, err
 		}
 		pools = append(pools, pool{cluster: cw.GetName(), weight: cw.GetWeight()})
 	}
 	return pools, nil
+}
+
+// splitName checks the name of the i-th cluster of a weighted split, the
+// names of the clusters before it being prior(0) … prior(i-1).
+func splitName(name string, i int, prior func(j int) string) *fieldError {
+	field := index("clusters", i) + ".name"
+	if name == "" {
+		return errAt(field, "empty cluster name")
+	}
+	if err := notDirectory(name); err != nil {
+		return err.in(field)
+	}
+	for j := range i {
+		if prior(j) == name {
+			return errAt(field, "cluster %q is listed twice (also clusters[%d])", name, j)
+		}
+	}
+	return nil
 }
 
 func (t *tally) udpListener(l *listenerv3.Listener, p *listenerPlan) *fieldError {

@@ -321,22 +321,24 @@ func (t *tally) authenticated(a *rbacconfigv3.Principal_Authenticated) (model.St
 	if sm == nil {
 		return model.StringMatch{}, nil
 	}
-	m, err := t.stringMatch(sm)
+	m, err := t.stringMatch(sm, rbacStringMatcherPolicy)
 	if err != nil {
 		return model.StringMatch{}, err.in("principal_name")
 	}
 	return m, nil
 }
 
-func (t *tally) stringMatch(sm *stringmatcherv3.StringMatcher) (model.StringMatch, *fieldError) {
-	if err := t.check(sm.ProtoReflect(), rbacStringMatcherPolicy); err != nil {
+// stringMatch translates a StringMatcher checked against pol: RBAC's
+// refuses safe_regex, routes' honours it.
+func (t *tally) stringMatch(sm *stringmatcherv3.StringMatcher, pol *policy) (model.StringMatch, *fieldError) {
+	if err := t.check(sm.ProtoReflect(), pol); err != nil {
 		return model.StringMatch{}, err
 	}
 	m := model.StringMatch{IgnoreCase: sm.GetIgnoreCase()}
 	field := ""
 	switch p := sm.GetMatchPattern().(type) {
 	case *stringmatcherv3.StringMatcher_Exact:
-		// An empty exact match is valid: it matches the empty name only.
+		// An empty exact match is valid: it matches the empty value only.
 		m.Kind, m.Value = model.MatchExact, p.Exact
 		return m, nil
 	case *stringmatcherv3.StringMatcher_Prefix:
@@ -345,13 +347,20 @@ func (t *tally) stringMatch(sm *stringmatcherv3.StringMatcher) (model.StringMatc
 		m.Kind, m.Value, field = model.MatchSuffix, p.Suffix, "suffix"
 	case *stringmatcherv3.StringMatcher_Contains:
 		m.Kind, m.Value, field = model.MatchContains, p.Contains, "contains"
+	case *stringmatcherv3.StringMatcher_SafeRegex:
+		// Only where pol honours it: the check above refuses it elsewhere.
+		re, err := t.regex(p.SafeRegex)
+		if err != nil {
+			return model.StringMatch{}, err.in("safe_regex")
+		}
+		return model.StringMatch{Kind: model.MatchRegex, Regex: re}, nil
 	case nil:
 		return model.StringMatch{}, errAt("", "no match pattern set; want exact, prefix, suffix or contains")
 	default:
 		return model.StringMatch{}, errAt("", "unsupported match pattern %T", p)
 	}
 	if m.Value == "" {
-		// Envoy refuses it too; it would match every name.
+		// Envoy refuses it too; it would match every value.
 		return model.StringMatch{}, errAt(field, "empty; want at least one character")
 	}
 	return m, nil

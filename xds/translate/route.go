@@ -450,7 +450,7 @@ func (t *tally) headerMatch(h *routev3.HeaderMatcher) (model.HeaderMatch, *field
 		}
 		out.Value = model.StringMatch{Kind: model.MatchRegex, Regex: re}
 	case *routev3.HeaderMatcher_StringMatch:
-		out.Value, err = t.routeStringMatch(s.StringMatch)
+		out.Value, err = t.stringMatch(s.StringMatch, routeStringMatcherPolicy)
 		if err != nil {
 			err = err.in("string_match")
 		}
@@ -480,7 +480,7 @@ func (t *tally) queryMatch(q *routev3.QueryParameterMatcher) (model.QueryMatch, 
 	out := model.QueryMatch{Name: q.GetName()}
 	switch s := q.GetQueryParameterMatchSpecifier().(type) {
 	case *routev3.QueryParameterMatcher_StringMatch:
-		v, err := t.routeStringMatch(s.StringMatch)
+		v, err := t.stringMatch(s.StringMatch, routeStringMatcherPolicy)
 		if err != nil {
 			return out, err.in("string_match")
 		}
@@ -501,34 +501,6 @@ func nonEmpty(kind model.MatchKind, v, field string) (model.StringMatch, *fieldE
 		return model.StringMatch{}, errAt(field, "empty; want at least one character")
 	}
 	return model.StringMatch{Kind: kind, Value: v}, nil
-}
-
-func (t *tally) routeStringMatch(sm *stringmatcherv3.StringMatcher) (model.StringMatch, *fieldError) {
-	if err := t.check(sm.ProtoReflect(), routeStringMatcherPolicy); err != nil {
-		return model.StringMatch{}, err
-	}
-	var m model.StringMatch
-	var err *fieldError
-	switch p := sm.GetMatchPattern().(type) {
-	case *stringmatcherv3.StringMatcher_Exact:
-		m = model.StringMatch{Kind: model.MatchExact, Value: p.Exact}
-	case *stringmatcherv3.StringMatcher_Prefix:
-		m, err = nonEmpty(model.MatchPrefix, p.Prefix, "prefix")
-	case *stringmatcherv3.StringMatcher_Suffix:
-		m, err = nonEmpty(model.MatchSuffix, p.Suffix, "suffix")
-	case *stringmatcherv3.StringMatcher_Contains:
-		m, err = nonEmpty(model.MatchContains, p.Contains, "contains")
-	case *stringmatcherv3.StringMatcher_SafeRegex:
-		re, rerr := t.regex(p.SafeRegex)
-		if rerr != nil {
-			return m, rerr.in("safe_regex")
-		}
-		return model.StringMatch{Kind: model.MatchRegex, Regex: re}, nil
-	default:
-		return m, errAt("", "no match pattern set; want exact, prefix, suffix, contains or safe_regex")
-	}
-	m.IgnoreCase = sm.GetIgnoreCase()
-	return m, err
 }
 
 // regex compiles a RegexMatcher; RE2's syntax is Go's. It must match the
@@ -611,16 +583,8 @@ func (t *tally) routeWeightedClusters(wc *routev3.WeightedCluster) ([]model.Weig
 		if err := t.check(cw.ProtoReflect(), clusterWeightPolicyL7); err != nil {
 			return nil, err.in(index("clusters", i))
 		}
-		if cw.GetName() == "" {
-			return nil, errAt(index("clusters", i)+".name", "empty cluster name")
-		}
-		if err := notDirectory(cw.GetName()); err != nil {
-			return nil, err.in(index("clusters", i) + ".name")
-		}
-		for j, q := range out {
-			if q.Name == cw.GetName() {
-				return nil, errAt(index("clusters", i)+".name", "cluster %q is listed twice (also clusters[%d])", q.Name, j)
-			}
+		if err := splitName(cw.GetName(), i, func(j int) string { return out[j].Name }); err != nil {
+			return nil, err
 		}
 		w := cw.GetWeight().GetValue()
 		sum += uint64(w)
