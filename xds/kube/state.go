@@ -56,7 +56,7 @@ type policyEntry struct {
 	covered         map[string]struct{} // Services the served version is applied to
 }
 
-// directory is the workload directory served for one namespace.
+// directory is the workload directory served for one shard.
 type directory struct {
 	cluster, assignment types.Resource
 }
@@ -176,7 +176,8 @@ func (s *State) dropSlice(sk string) {
 }
 
 // SetPod records a new or changed Pod. Only what endpoints take from a pod
-// (service account, node) marks the Services referring to it.
+// (service account, node) marks the Services referring to it; that or a
+// change of its addresses marks its workload directory.
 func (s *State) SetPod(pod *corev1.Pod) {
 	k := key(pod.Namespace, pod.Name)
 	old := s.pods[k]
@@ -186,11 +187,11 @@ func (s *State) SetPod(pod *corev1.Pod) {
 		s.shardPods[shard] = map[string]struct{}{}
 	}
 	s.shardPods[shard][k] = struct{}{}
-	if old == nil || !slices.Equal(peerAddrs(old), peerAddrs(pod)) ||
-		old.Spec.ServiceAccountName != pod.Spec.ServiceAccountName || old.Spec.NodeName != pod.Spec.NodeName {
+	who := old == nil || old.Spec.ServiceAccountName != pod.Spec.ServiceAccountName || old.Spec.NodeName != pod.Spec.NodeName
+	if who || !slices.Equal(peerAddrs(old), peerAddrs(pod)) {
 		s.dirtyDirs[shard] = struct{}{}
 	}
-	if old != nil && old.Spec.ServiceAccountName == pod.Spec.ServiceAccountName && old.Spec.NodeName == pod.Spec.NodeName {
+	if !who {
 		return
 	}
 	for svc := range s.podServices[k] {
