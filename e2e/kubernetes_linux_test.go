@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -179,11 +178,7 @@ func (m *kubeMesh) deployment(ns, name, sa string, replicas int32) string {
 	m.t.Helper()
 	ctx := m.t.Context()
 	labels := map[string]string{"app": name}
-	_, err := m.client.AppsV1().Deployments(ns).Create(ctx, &appsv1.Deployment{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
-		Spec: appsv1.DeploymentSpec{Replicas: &replicas, Selector: &metav1.LabelSelector{MatchLabels: labels},
-			Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: labels}, Spec: backendSpec(sa)}},
-	}, metav1.CreateOptions{})
+	_, err := m.client.AppsV1().Deployments(ns).Create(ctx, kube.Deployment(ns, name, replicas, backendSpec(sa)), metav1.CreateOptions{})
 	if err != nil {
 		m.t.Fatal(err)
 	}
@@ -195,6 +190,17 @@ func (m *kubeMesh) deployment(ns, name, sa string, replicas int32) string {
 		m.t.Fatal(err)
 	}
 	return svc.Spec.ClusterIP
+}
+
+// waitPods waits until n pods of the Deployment ns/app run.
+func (m *kubeMesh) waitPods(ns, app string, n int) {
+	m.t.Helper()
+	m.waitFor(fmt.Sprintf("%d %s pods", n, app), func() error {
+		if got := m.runningPods(ns, app); len(got) != n {
+			return fmt.Errorf("running %v", got)
+		}
+		return nil
+	})
 }
 
 // scale sets the replicas of a Deployment.
@@ -384,12 +390,7 @@ func TestKubernetes(t *testing.T) {
 	outsider := m.clientPod("other", "outsider", "frontend", "n2")
 
 	t.Run("ClusterIP", func(t *testing.T) {
-		m.waitFor("2 web pods", func() error {
-			if got := m.runningPods("shop", "web"); len(got) != 2 {
-				return fmt.Errorf("running %v", got)
-			}
-			return nil
-		})
+		m.waitPods("shop", "web", 2)
 		web := m.runningPods("shop", "web")
 		m.reachesExactly(front, url, web)
 		m.reachesExactly(batch, url, web)
@@ -397,12 +398,7 @@ func TestKubernetes(t *testing.T) {
 
 	t.Run("ScaleAndDelete", func(t *testing.T) {
 		m.scale("shop", "web", 3)
-		m.waitFor("3 web pods", func() error {
-			if got := m.runningPods("shop", "web"); len(got) != 3 {
-				return fmt.Errorf("running %v", got)
-			}
-			return nil
-		})
+		m.waitPods("shop", "web", 3)
 		m.reachesExactly(front, url, m.runningPods("shop", "web"))
 		victim := m.runningPods("shop", "web")[0]
 		if err := m.client.CoreV1().Pods("shop").Delete(m.t.Context(), victim, metav1.DeleteOptions{}); err != nil {
@@ -418,12 +414,7 @@ func TestKubernetes(t *testing.T) {
 		})
 		m.reachesExactly(batch, url, m.runningPods("shop", "web"))
 		m.scale("shop", "web", 2)
-		m.waitFor("2 web pods", func() error {
-			if got := m.runningPods("shop", "web"); len(got) != 2 {
-				return fmt.Errorf("running %v", got)
-			}
-			return nil
-		})
+		m.waitPods("shop", "web", 2)
 		m.reachesExactly(front, url, m.runningPods("shop", "web"))
 	})
 

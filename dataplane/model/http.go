@@ -78,8 +78,9 @@ type HTTPAction struct {
 	// Clusters are the upstream pools with their weights; a request goes
 	// to one of them with probability weight/sum. One cluster has weight 1.
 	Clusters []WeightedCluster
-	// Timeout bounds the whole request, retries included, until the
-	// response's headers; 0 means none. xDS's default is 15 s.
+	// Timeout bounds the whole request, retries included, from the end of
+	// the request until the end of the response, as xDS's route timeout
+	// does; 0 means none. xDS's default is 15 s.
 	Timeout       time.Duration
 	Retry         *RetryPolicy // nil: no retries
 	PrefixRewrite string       // replaces the matched path prefix (PathPrefix routes only); "" keeps the path

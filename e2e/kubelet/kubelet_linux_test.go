@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -72,24 +71,13 @@ func TestKubelet(t *testing.T) {
 		t.Fatal(err)
 	}
 	labels := map[string]string{"app": "web"}
-	replicas := int32(2)
-	_, err = client.AppsV1().Deployments(ns).Create(ctx, &appsv1.Deployment{
-		ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: ns},
-		Spec: appsv1.DeploymentSpec{
-			Replicas: &replicas,
-			Selector: &metav1.LabelSelector{MatchLabels: labels},
-			Template: corev1.PodTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: labels},
-				Spec: corev1.PodSpec{Containers: []corev1.Container{{
-					Name: "web", Image: "sluice",
-					Args:           []string{"demo-backend", "--name", "$(POD_NAME)", "--listen", ":8080"},
-					Env:            []corev1.EnvVar{{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}}},
-					Ports:          []corev1.ContainerPort{{Name: "http", ContainerPort: 8080}},
-					ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromString("http")}}},
-				}}},
-			},
-		},
-	}, metav1.CreateOptions{})
+	_, err = client.AppsV1().Deployments(ns).Create(ctx, kube.Deployment(ns, "web", 2, corev1.PodSpec{Containers: []corev1.Container{{
+		Name: "web", Image: "sluice",
+		Args:           []string{"demo-backend", "--name", "$(POD_NAME)", "--listen", ":8080"},
+		Env:            []corev1.EnvVar{{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}}},
+		Ports:          []corev1.ContainerPort{{Name: "http", ContainerPort: 8080}},
+		ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromString("http")}}},
+	}}}), metav1.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
