@@ -121,3 +121,25 @@ type HeaderValue struct {
 	Value  string
 	Append bool // add a value rather than replace the header's values
 }
+
+// L7 says how an L7 service — one whose xDS listener carries an
+// http_connection_manager — is served: the kernel hands its connections to
+// the node's L7 proxy, which authorizes and routes each request.
+type L7 struct {
+	// RouteConfig names the RouteConfiguration (RDS) the routes come from;
+	// "" when the listener carries them inline.
+	RouteConfig string
+	Routes      *HTTPRoutes // required
+	// Policies are the listener's HTTP RBAC filters (envoy.filters.http.rbac),
+	// in filter order; a request must pass every one.
+	Policies []Policy
+	// Clusters are the upstream pools the routes name, each with its
+	// endpoints (chosen by health and priority as for L4 services).
+	Clusters []Cluster
+}
+
+// Cluster is an upstream pool of an L7 service.
+type Cluster struct {
+	Name      string
+	Endpoints []Endpoint
+}

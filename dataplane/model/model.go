@@ -91,6 +91,9 @@ type Service struct {
 	Splits    []Split    // optional: instead of Endpoints
 	Policies  []Policy   // optional: L4 authorization, TCP only; every policy must allow a connection
 	FastPath  FastPath   // optional: the same-node fast path for its TCP connections (docs/fastpath.md)
+	// L7: the service is served by the node's L7 proxy (docs/l7.md); TCP
+	// only, and then it has no Endpoints or Splits of its own.
+	L7 *L7
 }
 
 // FastPath is a setting of the same-node fast path (docs/fastpath.md), on
