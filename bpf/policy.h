@@ -197,8 +197,9 @@ static __always_inline enum decide_result decide(const __u32 *dst, __u16 port, _
     return DECIDE_DONE;
 }
 
-/* trusted_identity returns claimed if the source address belongs to it,
- * and 0 (unknown) otherwise. */
+/* trusted_identity returns claimed if the source address belongs to it or
+ * to an L7 proxy (which speaks for its clients), and 0 (unknown)
+ * otherwise. */
 static __always_inline __u32 trusted_identity(const __u32 *src, __u8 family, __u32 claimed)
 {
     if (!claimed)
@@ -206,7 +207,7 @@ static __always_inline __u32 trusted_identity(const __u32 *src, __u8 family, __u
     struct sl_addr_key ak = {.family = family};
     __builtin_memcpy(ak.addr, src, sizeof(ak.addr));
     __u32 *owner = bpf_map_lookup_elem(&sl_addrs, &ak);
-    return owner && *owner == claimed ? claimed : 0;
+    return owner && (*owner == claimed || *owner == SL_OWNER_PROXY) ? claimed : 0;
 }
 
 static __always_inline void count_rule(__u32 rule, int deny, int at)

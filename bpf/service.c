@@ -59,6 +59,20 @@ struct {
 } sl_revnat SEC(".maps");
 
 struct {
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __uint(max_entries, 2);
+    __type(key, struct sl_l7_key);
+    __type(value, struct sl_l7_origin);
+} sl_l7_conns SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_SK_STORAGE);
+    __uint(map_flags, BPF_F_NO_PREALLOC);
+    __type(key, int);
+    __type(value, struct sl_proxied_value);
+} sl_proxied SEC(".maps");
+
+struct {
     __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
     __uint(max_entries, SL_STAT_SLOTS);
     __type(key, enum sl_stat);
@@ -193,6 +207,7 @@ static __always_inline void remember_origin(struct bpf_sock_addr *ctx, const str
     o->family = key->family;
     o->proto = key->proto;
     o->fast = svc->flags & SL_SVC_FAST_MASK;
+    o->l7 = (svc->flags & SL_SVC_L7) != 0;
 }
 
 /* forget_origin drops a stale record when a socket (re)connects elsewhere. */
@@ -255,6 +270,10 @@ static __always_inline int authorize_connect(struct bpf_sock_addr *ctx, const __
     struct sl_cgroup_value *w = local_workload();
     struct bpf_sock *sk = ctx->sk;
     __u32 identity = w ? w->identity : 0;
+    /* An upstream socket of the L7 proxy speaks for the proxy's client. */
+    struct sl_proxied_value *p = sk ? bpf_sk_storage_get(&sl_proxied, sk, 0, 0) : NULL;
+    if (p)
+        identity = p->identity;
     __u32 src[4] = {};
     int src_known = 0;
 
@@ -603,6 +622,30 @@ static __always_inline int handshake_key(struct bpf_sock_ops *skops, struct sl_h
     hk->src_port = bpf_htons((__u16)bpf_ntohl(skops->remote_port));
     hk->dst_port = bpf_htons((__u16)skops->local_port);
     return 1;
+}
+
+/* l7_record tells the L7 proxy, as the client sends its SYN, which
+ * service the client dialed and who the client is. */
+static __always_inline void l7_record(struct bpf_sock_ops *skops)
+{
+    struct bpf_sock *sk = skops->sk;
+    if (!sk)
+        return;
+    struct sl_sock_origin *o = bpf_sk_storage_get(&sl_origins, sk, 0, 0);
+    if (!o || !o->l7)
+        return;
+    __u32 local[4] = {}, remote[4] = {};
+    struct sl_l7_key k = {};
+    if (!sock_addrs(skops, local, remote, &k.family))
+        return;
+    __builtin_memcpy(k.addr, local, sizeof(k.addr));
+    k.port = bpf_htons((__u16)skops->local_port);
+    struct sl_l7_origin v = {.svc_id = o->svc_id, .vport = o->vport, .family = o->family};
+    __builtin_memcpy(v.vip, o->vip, sizeof(v.vip));
+    struct sl_conn *c = bpf_sk_storage_get(&sl_conns, sk, 0, 0);
+    if (c)
+        v.identity = c->identity;
+    bpf_map_update_elem(&sl_l7_conns, &k, &v, BPF_ANY);
 }
 
 /* client_established stops the tag callbacks and records the client's
@@ -1180,6 +1223,7 @@ int sl_sockops(struct bpf_sock_ops *skops)
     switch (skops->op) {
     case BPF_SOCK_OPS_TCP_CONNECT_CB:
         tag_enable(skops);
+        l7_record(skops);
         break;
     case BPF_SOCK_OPS_HDR_OPT_LEN_CB:
         tag_reserve(skops);

@@ -70,7 +70,7 @@ struct sl_svc_value {
     __u32 id;           /* stable service id, keys sl_backends */
     __u32 count;        /* backends in the active set, indexes 0..count-1 */
     __u32 total_weight; /* sum of the active set's weights */
-    __u32 flags;        /* SL_SVC_FAST_MASK: the fast-path setting (SL_FAST_*) */
+    __u32 flags;        /* SL_SVC_FAST_MASK: the fast-path setting (SL_FAST_*); SL_SVC_L7 */
 };
 
 /* Fast-path settings, of a service (sl_svc_value.flags) or of a local
@@ -79,6 +79,9 @@ struct sl_svc_value {
 #define SL_FAST_ON 1
 #define SL_FAST_OFF 2
 #define SL_SVC_FAST_MASK 3
+/* An L7 service: its one backend is the node's L7 proxy, which must learn
+ * the VIP the client dialed and who the client is (sl_l7_conns). */
+#define SL_SVC_L7 4
 
 /* Key of sl_backends: the index-th backend of a service's active set. */
 struct sl_be_key {
@@ -108,7 +111,7 @@ struct sl_sock_origin {
     __u8 family;
     __u8 proto;
     __u8 fast; /* the service's fast-path setting (SL_FAST_*) */
-    __u8 pad;
+    __u8 l7;   /* the service is an L7 service: be_addr is the L7 proxy */
 };
 
 /* Key of sl_revnat (LRU): an unconnected UDP socket that sent to a backend. */
@@ -317,6 +320,42 @@ struct sl_fast_count {
     __u64 to_server;
     __u64 to_client;
     __s32 refs;
+    __u32 pad;
+};
+
+/* --- The L7 proxy ----------------------------------------------------------
+ *
+ * A connection to an L7 service goes to the node's L7 proxy. When the
+ * client sends its SYN, the client's address:port is recorded in sl_l7_conns
+ * (LRU) with the service it dialed and its identity; the proxy looks its
+ * accepted connection up there by the client's address and deletes the
+ * entry. The proxy's own upstream sockets carry the identity of the client
+ * they serve: the proxy stores it on the socket (sl_proxied, socket-local
+ * storage written through the socket's fd) before connecting, and the
+ * connect hook uses it instead of the proxy's own. A destination trusts
+ * such a tag when the source address is a proxy's (SL_OWNER_PROXY in
+ * sl_addrs).
+ */
+#define SL_OWNER_PROXY 0xffffffff
+
+struct sl_l7_key {
+    __u32 addr[4]; /* the client's address */
+    __u16 port;    /* the client's port, network byte order */
+    __u8 family;
+    __u8 pad;
+};
+
+struct sl_l7_origin {
+    __u32 vip[4]; /* the service the client dialed */
+    __u32 identity; /* the client's identity; 0 unknown */
+    __u32 svc_id;
+    __u16 vport;
+    __u8 family;
+    __u8 pad;
+};
+
+struct sl_proxied_value {
+    __u32 identity; /* the identity an upstream socket of the proxy carries */
     __u32 pad;
 };
 

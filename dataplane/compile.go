@@ -17,6 +17,7 @@ type activeSet struct {
 	Backends    []activeBackend // canonical order: by pool name, then address, then port
 	TotalWeight uint32
 	FastPath    model.FastPath // the service's setting, which the kernel reads with its backends
+	L7          bool           // an L7 service: its backends are the node's L7 proxy
 }
 
 type activeBackend struct {
@@ -226,7 +227,7 @@ func chooseActiveSet(i int, svc *model.Service) (activeSet, error) {
 	for _, p := range pools {
 		splitTotal += uint64(p.weight)
 	}
-	set := activeSet{Backends: make([]activeBackend, 0, n), FastPath: svc.FastPath}
+	set := activeSet{Backends: make([]activeBackend, 0, n), FastPath: svc.FastPath, L7: svc.L7 != nil}
 	var cum uint64
 	for _, p := range pools {
 		for _, ep := range p.eps {

@@ -160,6 +160,7 @@ func (d *Dataplane) load() error {
 		"sl_fast":       c.FastPath,
 		"sl_fast_bytes": c.FastPath,
 		"sl_fast_addrs": 2 * c.Workloads, // one address per family
+		"sl_l7_conns":   c.L7Conns,
 	}
 	for name, m := range spec.Maps {
 		if strings.HasPrefix(name, ".") {

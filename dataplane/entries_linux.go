@@ -130,8 +130,15 @@ func flatten(services map[model.ServiceKey]*compiled) kernelEntries {
 // (SL_SVC_FAST_MASK).
 const svcFastPathMask = 3
 
+// svcL7 marks an L7 service in sl_svc_value.flags (SL_SVC_L7).
+const svcL7 = 4
+
 func svcValueOf(set activeSet) serviceSlSvcValue {
-	return serviceSlSvcValue{Id: set.ID, Count: uint32(len(set.Backends)), TotalWeight: set.TotalWeight, Flags: uint32(set.FastPath)}
+	flags := uint32(set.FastPath)
+	if set.L7 {
+		flags |= svcL7
+	}
+	return serviceSlSvcValue{Id: set.ID, Count: uint32(len(set.Backends)), TotalWeight: set.TotalWeight, Flags: flags}
 }
 
 func addBackends(m map[serviceSlBeKey]serviceSlBeValue, set activeSet) {
@@ -152,7 +159,7 @@ func adopt(e kernelEntries) (services map[model.ServiceKey]*compiled, strays []s
 	owned := make(map[serviceSlBeKey]bool, len(e.backends))
 	for k, v := range e.services {
 		set := activeSet{ID: v.Id, TotalWeight: v.TotalWeight, Backends: make([]activeBackend, v.Count),
-			FastPath: model.FastPath(v.Flags & svcFastPathMask)}
+			FastPath: model.FastPath(v.Flags & svcFastPathMask), L7: v.Flags&svcL7 != 0}
 		for i := range set.Backends {
 			bk := serviceSlBeKey{SvcId: v.Id, Index: uint32(i)}
 			be := e.backends[bk]

@@ -3,6 +3,7 @@ package dataplane
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net/netip"
 	"slices"
 
@@ -94,6 +95,16 @@ func compileAuthz(s model.State, c Capacity) (*compiledAuthz, error) {
 			return nil, bad("workload address "+ai.Addr.String(), fmt.Sprintf("claimed by identities %d and %d", prev, ai.Identity), model.ErrInvalidState)
 		}
 		out.addrs[k] = ai.Identity
+	}
+	for _, a := range ids.Proxies {
+		if !a.IsValid() || a.Is4In6() || a.Zone() != "" {
+			return nil, bad("L7 proxy address "+a.String(), "invalid, zoned or v4-mapped", model.ErrInvalidState)
+		}
+		k := addrKey(a)
+		if prev, dup := out.addrs[k]; dup && prev != ownerProxy {
+			return nil, bad("L7 proxy address "+a.String(), fmt.Sprintf("also the address of a workload (identity %d)", prev), model.ErrInvalidState)
+		}
+		out.addrs[k] = ownerProxy
 	}
 	tables, err := policy.Compile(s.Services, ids.Names)
 	if err != nil {
@@ -434,3 +445,6 @@ func tablesEqual(a, b *policy.Tables) bool {
 	return slices.Equal(a.Dests, b.Dests) && slices.Equal(a.Classes, b.Classes) &&
 		slices.Equal(a.Verdicts, b.Verdicts) && slices.Equal(a.Rules, b.Rules)
 }
+
+// ownerProxy marks an L7 proxy's address in sl_addrs (SL_OWNER_PROXY).
+const ownerProxy = math.MaxUint32

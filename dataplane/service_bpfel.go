@@ -163,6 +163,24 @@ type serviceSlHandshakeKey struct {
 	Pad     [3]uint8
 }
 
+type serviceSlL7Key struct {
+	_      structs.HostLayout
+	Addr   [4]uint32
+	Port   uint16
+	Family uint8
+	Pad    uint8
+}
+
+type serviceSlL7Origin struct {
+	_        structs.HostLayout
+	Vip      [4]uint32
+	Identity uint32
+	SvcId    uint32
+	Vport    uint16
+	Family   uint8
+	Pad      uint8
+}
+
 type serviceSlNodeConfig struct {
 	_     structs.HostLayout
 	Flags uint32
@@ -173,6 +191,12 @@ type serviceSlPolicyConfig struct {
 	_     structs.HostLayout
 	Gen   uint32
 	Flags uint32
+}
+
+type serviceSlProxiedValue struct {
+	_        structs.HostLayout
+	Identity uint32
+	Pad      uint32
 }
 
 type serviceSlRevnatKey struct {
@@ -208,7 +232,7 @@ type serviceSlSockOrigin struct {
 	Family uint8
 	Proto  uint8
 	Fast   uint8
-	Pad    uint8
+	L7     uint8
 }
 
 type serviceSlStat uint32
@@ -285,8 +309,10 @@ const (
 	serviceMapSlFastAddrs       = "sl_fast_addrs"
 	serviceMapSlFastBytes       = "sl_fast_bytes"
 	serviceMapSlHandshakes      = "sl_handshakes"
+	serviceMapSlL7Conns         = "sl_l7_conns"
 	serviceMapSlOrigins         = "sl_origins"
 	serviceMapSlPolicyActive    = "sl_policy_active"
+	serviceMapSlProxied         = "sl_proxied"
 	serviceMapSlRevnat          = "sl_revnat"
 	serviceMapSlRuleStats       = "sl_rule_stats"
 	serviceMapSlServices        = "sl_services"
@@ -383,8 +409,10 @@ type serviceMapSpecs struct {
 	SlFastAddrs    *ebpf.MapSpec `ebpf:"sl_fast_addrs"`
 	SlFastBytes    *ebpf.MapSpec `ebpf:"sl_fast_bytes"`
 	SlHandshakes   *ebpf.MapSpec `ebpf:"sl_handshakes"`
+	SlL7Conns      *ebpf.MapSpec `ebpf:"sl_l7_conns"`
 	SlOrigins      *ebpf.MapSpec `ebpf:"sl_origins"`
 	SlPolicyActive *ebpf.MapSpec `ebpf:"sl_policy_active"`
+	SlProxied      *ebpf.MapSpec `ebpf:"sl_proxied"`
 	SlRevnat       *ebpf.MapSpec `ebpf:"sl_revnat"`
 	SlRuleStats    *ebpf.MapSpec `ebpf:"sl_rule_stats"`
 	SlServices     *ebpf.MapSpec `ebpf:"sl_services"`
@@ -433,8 +461,10 @@ type serviceMaps struct {
 	SlFastAddrs    *ebpf.Map `ebpf:"sl_fast_addrs"`
 	SlFastBytes    *ebpf.Map `ebpf:"sl_fast_bytes"`
 	SlHandshakes   *ebpf.Map `ebpf:"sl_handshakes"`
+	SlL7Conns      *ebpf.Map `ebpf:"sl_l7_conns"`
 	SlOrigins      *ebpf.Map `ebpf:"sl_origins"`
 	SlPolicyActive *ebpf.Map `ebpf:"sl_policy_active"`
+	SlProxied      *ebpf.Map `ebpf:"sl_proxied"`
 	SlRevnat       *ebpf.Map `ebpf:"sl_revnat"`
 	SlRuleStats    *ebpf.Map `ebpf:"sl_rule_stats"`
 	SlServices     *ebpf.Map `ebpf:"sl_services"`
@@ -457,8 +487,10 @@ func (m *serviceMaps) Close() error {
 		m.SlFastAddrs,
 		m.SlFastBytes,
 		m.SlHandshakes,
+		m.SlL7Conns,
 		m.SlOrigins,
 		m.SlPolicyActive,
+		m.SlProxied,
 		m.SlRevnat,
 		m.SlRuleStats,
 		m.SlServices,

@@ -17,6 +17,7 @@ type Capacity struct {
 	Rules       int // policy rules, each with its own counters
 	EventBytes  int // size of the event ring buffer; a power of two, at least 4096
 	FastPath    int // sockets on the same-node fast path (two per connection)
+	L7Conns     int // connections to L7 services the L7 proxy has not picked up yet (LRU)
 }
 
 // DefaultCapacity is used for every zero field of Capacity.
@@ -24,6 +25,7 @@ var DefaultCapacity = Capacity{
 	Services: 16384, Backends: 131072, UDPReverse: 65536,
 	Workloads: 4096, Addresses: 131072, PolicyDests: 65536, Classes: 16384,
 	Verdicts: 131072, Rules: 16384, EventBytes: 1 << 22, FastPath: 65536,
+	L7Conns: 65536,
 }
 
 // WithDefaults returns c with zero fields set from DefaultCapacity.
@@ -49,6 +51,7 @@ func (c Capacity) WithDefaults() Capacity {
 		{&c.Rules, DefaultCapacity.Rules},
 		{&c.EventBytes, DefaultCapacity.EventBytes},
 		{&c.FastPath, DefaultCapacity.FastPath},
+		{&c.L7Conns, DefaultCapacity.L7Conns},
 	} {
 		if *f.v == 0 {
 			*f.v = f.d

@@ -249,6 +249,7 @@ func Label(i int, s *Service) string {
 func (s *Service) Equal(o *Service) bool {
 	return s.Name == o.Name && s.VIP == o.VIP && s.Port == o.Port && s.Protocol == o.Protocol &&
 		s.FastPath == o.FastPath && endpointsEqual(s.Endpoints, o.Endpoints) &&
+		(s.L7 == o.L7 || s.L7 != nil && o.L7 != nil && reflect.DeepEqual(s.L7, o.L7)) &&
 		(len(s.Policies) == 0 && len(o.Policies) == 0 || reflect.DeepEqual(s.Policies, o.Policies)) &&
 		slices.EqualFunc(s.Splits, o.Splits, func(a, b Split) bool {
 			return a.Name == b.Name && a.Weight == b.Weight && endpointsEqual(a.Endpoints, b.Endpoints)

@@ -152,6 +152,10 @@ type Identities struct {
 	Names   map[uint32]string // numeric identity → SPIFFE ID; 0 is never a key
 	Cgroups []CgroupIdentity  // local workloads
 	Addrs   []AddrIdentity    // workload addresses, local and remote
+	// Proxies are the addresses the node's L7 proxy connects from: a
+	// connection from one carries the identity of the proxy's client, and
+	// its tag is trusted whatever identity it claims (docs/l7.md).
+	Proxies []netip.Addr
 }
 
 // CgroupIdentity binds a local workload's cgroup to its identity.

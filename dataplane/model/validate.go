@@ -59,6 +59,12 @@ func ValidateService(i int, svc *Service) error {
 		return bad("protocol must be TCP or UDP")
 	case len(svc.Endpoints) > 0 && len(svc.Splits) > 0:
 		return bad("has both endpoints and splits; use one")
+	case svc.L7 != nil && svc.Protocol != TCP:
+		return bad("an L7 service must be TCP")
+	case svc.L7 != nil && len(svc.Splits) > 0:
+		return bad("an L7 service has no splits: its routes choose clusters")
+	case svc.L7 != nil && svc.L7.Routes == nil:
+		return bad("an L7 service needs routes")
 	case svc.FastPath > FastPathOff:
 		return bad("fast path setting " + svc.FastPath.String() + " is not unset, on or off")
 	}
