@@ -6,11 +6,17 @@ import (
 	"strings"
 )
 
-// Policy is one L4 authorization filter on a service's listener (an xDS
-// envoy.filters.network.rbac). A connection to the service must pass every
-// policy of the service. A policy has enforced rules, shadow (dry-run)
-// rules, or both; shadow rules never block, they only record what they
-// would have done.
+// Policy is one authorization filter of a service: an L4 one on its
+// listener (an xDS envoy.filters.network.rbac, in Service.Policies), which
+// a connection must pass, or an HTTP one (envoy.filters.http.rbac, in
+// L7.Policies), which each request must pass. A service's connections or
+// requests must pass every policy of its kind. A policy has enforced
+// rules, shadow (dry-run) rules, or both; shadow rules never block, they
+// only record what they would have done.
+//
+// The HTTP kinds — PermissionHeader, PermissionPath and PrincipalHeader —
+// may appear in HTTP policies only: an L4 policy is decided before any
+// request is seen, and dataplane/policy refuses them.
 type Policy struct {
 	Name    string   // required: the filter's name (or stat prefix), used in counters and events
 	Rules   *RuleSet // optional: enforced rules; nil enforces nothing
@@ -20,6 +26,8 @@ type Policy struct {
 	// terminated (RBAC enforcement_type CONTINUOUS). Otherwise a verdict
 	// holds for the connection's lifetime, as Envoy's default
 	// ONE_TIME_ON_FIRST_BYTE does.
+	// Continuous applies to L4 policies only: an HTTP policy decides
+	// each request anew.
 	Continuous bool
 }
 
@@ -67,15 +75,17 @@ const (
 	PrincipalAnd                                // all of Ids
 	PrincipalOr                                 // any of Ids
 	PrincipalNot                                // not Ids[0]
+	PrincipalHeader                             // HTTP only: the request's header matches Header
 )
 
 // Principal is a predicate on a connection's source: its identity and its
-// address.
+// address — and, in an HTTP policy, on the request's headers.
 type Principal struct {
-	Kind PrincipalKind
-	Name StringMatch  // PrincipalAuthenticated; the zero value matches every mesh identity
-	CIDR netip.Prefix // PrincipalSourceIP; masked
-	Ids  []Principal  // PrincipalAnd, PrincipalOr, PrincipalNot (exactly one)
+	Kind   PrincipalKind
+	Name   StringMatch  // PrincipalAuthenticated; the zero value matches every mesh identity
+	CIDR   netip.Prefix // PrincipalSourceIP; masked
+	Ids    []Principal  // PrincipalAnd, PrincipalOr, PrincipalNot (exactly one)
+	Header HeaderMatch  // PrincipalHeader; matched as a route matches headers
 }
 
 // PermissionKind says which field of a Permission is in use.
@@ -83,23 +93,34 @@ type PermissionKind uint8
 
 // Permission kinds.
 const (
-	PermissionAny  PermissionKind = iota // every destination
-	PermissionPort                       // destination port in [Port, PortEnd]
-	PermissionIP                         // destination address in CIDR
-	PermissionAnd                        // all of Rules
-	PermissionOr                         // any of Rules
-	PermissionNot                        // not Rules[0]
+	PermissionAny    PermissionKind = iota // every destination
+	PermissionPort                         // destination port in [Port, PortEnd]
+	PermissionIP                           // destination address in CIDR
+	PermissionAnd                          // all of Rules
+	PermissionOr                           // any of Rules
+	PermissionNot                          // not Rules[0]
+	PermissionHeader                       // HTTP only: the request's header matches Header
+	PermissionPath                         // HTTP only: the request's path matches Path
 )
 
-// Permission is a predicate on a connection's destination. The destination
-// of a connection to a service is the service's VIP and port (the listener's
-// address), whichever backend gets the connection.
+// Permission is a predicate on a connection's destination — and, in an
+// HTTP policy, on the request. The destination of a connection to a
+// service is the service's VIP and port (the listener's address),
+// whichever backend gets the connection.
 type Permission struct {
 	Kind    PermissionKind
 	Port    uint16       // PermissionPort: first port
 	PortEnd uint16       // PermissionPort: last port, >= Port
 	CIDR    netip.Prefix // PermissionIP; masked
 	Rules   []Permission // PermissionAnd, PermissionOr, PermissionNot (exactly one)
+	// Header (PermissionHeader) is matched as a route matches headers
+	// (HTTPMatch.Headers): pseudo-headers :method, :authority, :path (with
+	// the query) and :scheme; several values joined by commas.
+	Header HeaderMatch
+	// Path (PermissionPath) is matched against the request's path as sent,
+	// without the query (xDS url_path), as a route's path is: not
+	// decoded, not normalised.
+	Path StringMatch
 }
 
 // MatchKind says how a StringMatch compares.
@@ -112,10 +133,10 @@ const (
 	MatchPrefix
 	MatchSuffix
 	MatchContains
-	MatchRegex // the whole string matches Regex (HTTP routes only)
+	MatchRegex // the whole string matches Regex (HTTP routes and HTTP policies only)
 )
 
-// StringMatch matches a SPIFFE ID, or an HTTP header or query value.
+// StringMatch matches a SPIFFE ID, or an HTTP header, query value or path.
 type StringMatch struct {
 	Kind       MatchKind
 	Value      string

@@ -464,6 +464,8 @@ func (c *compiler) principal(p *model.Principal, depth int) (node, *fault) {
 			return node{}, &fault{reason: fmt.Sprintf("NOT needs exactly one principal, has %d", len(p.Ids))}
 		}
 		n.op = opNot
+	case model.PrincipalHeader:
+		return node{}, &fault{reason: reasonHTTP("header principal")}
 	default:
 		return node{}, &fault{reason: fmt.Sprintf("unknown principal kind %d", p.Kind)}
 	}
@@ -507,6 +509,10 @@ func (c *compiler) permission(p *model.Permission, svc *model.Service, depth int
 		if len(p.Rules) != 1 {
 			return false, &fault{reason: fmt.Sprintf("NOT needs exactly one permission, has %d", len(p.Rules))}
 		}
+	case model.PermissionHeader:
+		return false, &fault{reason: reasonHTTP("header permission")}
+	case model.PermissionPath:
+		return false, &fault{reason: reasonHTTP("path permission")}
 	default:
 		return false, &fault{reason: fmt.Sprintf("unknown permission kind %d", p.Kind)}
 	}
@@ -528,6 +534,11 @@ func (c *compiler) permission(p *model.Permission, svc *model.Service, depth int
 		return some, nil
 	}
 	return !all, nil // NOT of its one permission
+}
+
+// reasonHTTP is why an L4 policy cannot hold what, which needs a request.
+func reasonHTTP(what string) string {
+	return "a " + what + " needs an HTTP request; it belongs in an L7 service's HTTP policy, not in an L4 policy, which is decided at connect"
 }
 
 // checkPrefix returns why p cannot be a policy's CIDR, or "".

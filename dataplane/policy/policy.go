@@ -72,7 +72,8 @@
 //
 // A malformed input is refused with a *model.EntryError that names the
 // service, policy and rule, and whose class is ErrInvalid: an unknown kind
-// or action; an AND or OR of nothing; a NOT of other than one; a port range
+// or action; an HTTP principal or permission (header, path), which needs a
+// request and belongs in an L7 service's policies; an AND or OR of nothing; a NOT of other than one; a port range
 // that ends before it starts; an invalid, unmasked or IPv4-mapped CIDR; a
 // rule without name, principals or permissions; principals or permissions
 // nested more than 64 deep, or more than 65536 of them in one rule; an

@@ -36,35 +36,45 @@ func (t *tally) rbacFilter(f *rbacv3.RBAC, name string, i int) (model.Policy, bo
 	default:
 		return model.Policy{}, false, errAt("enforcement_type", "unknown value %d; want ONE_TIME_ON_FIRST_BYTE or CONTINUOUS", int32(et))
 	}
-	if r := f.GetRules(); r != nil {
-		rs, log, err := t.ruleSet(r)
-		if err != nil {
-			return model.Policy{}, false, err.in("rules")
-		}
-		pol.Rules, pol.Monitor = rs, log
-	}
-	if r := f.GetShadowRules(); r != nil {
-		rs, log, err := t.ruleSet(r)
-		if err != nil {
-			return model.Policy{}, false, err.in("shadow_rules")
-		}
-		if log {
-			return model.Policy{}, false, errAt("shadow_rules.action",
-				"LOG is not supported in shadow rules, which only record anyway; use ALLOW or DENY")
-		}
-		if pol.Monitor {
-			return model.Policy{}, false, errAt("shadow_rules",
-				"not supported together with rules of action LOG (rules.action), which only record as well; drop one of them")
-		}
-		pol.Shadow = rs
+	if err := t.ruleSets(&pol, f.GetRules(), f.GetShadowRules(), false); err != nil {
+		return model.Policy{}, false, err
 	}
 	return pol, pol.Rules != nil || pol.Shadow != nil, nil
 }
 
+// ruleSets translates the rules and shadow_rules of an RBAC filter (L4, or
+// HTTP if http) into pol; either may be nil.
+func (t *tally) ruleSets(pol *model.Policy, rules, shadow *rbacconfigv3.RBAC, http bool) *fieldError {
+	if rules != nil {
+		rs, log, err := t.ruleSet(rules, http)
+		if err != nil {
+			return err.in("rules")
+		}
+		pol.Rules, pol.Monitor = rs, log
+	}
+	if shadow != nil {
+		rs, log, err := t.ruleSet(shadow, http)
+		if err != nil {
+			return err.in("shadow_rules")
+		}
+		if log {
+			return errAt("shadow_rules.action",
+				"LOG is not supported in shadow rules, which only record anyway; use ALLOW or DENY")
+		}
+		if pol.Monitor {
+			return errAt("shadow_rules",
+				"not supported together with rules of action LOG (rules.action), which only record as well; drop one of them")
+		}
+		pol.Shadow = rs
+	}
+	return nil
+}
+
 // ruleSet translates an RBAC's action and policies, and reports whether the
 // action is LOG (recorded, never enforced). The rules are in name order,
-// the order Envoy evaluates them in.
-func (t *tally) ruleSet(r *rbacconfigv3.RBAC) (*model.RuleSet, bool, *fieldError) {
+// the order Envoy evaluates them in. With http, the rules may match
+// requests (headers, paths); without, they are L4 and refuse to.
+func (t *tally) ruleSet(r *rbacconfigv3.RBAC, http bool) (*model.RuleSet, bool, *fieldError) {
 	if err := t.check(r.ProtoReflect(), rbacRulesPolicy); err != nil {
 		return nil, false, err
 	}
@@ -90,7 +100,7 @@ func (t *tally) ruleSet(r *rbacconfigv3.RBAC) (*model.RuleSet, bool, *fieldError
 		if name == "" {
 			return nil, false, errAt(seg, "empty policy name; Sluice names a rule's counters after it")
 		}
-		rule, err := t.rbacRule(policies[name])
+		rule, err := t.rbacRule(policies[name], http)
 		if err != nil {
 			return nil, false, err.in(seg)
 		}
@@ -101,7 +111,7 @@ func (t *tally) ruleSet(r *rbacconfigv3.RBAC) (*model.RuleSet, bool, *fieldError
 }
 
 // rbacRule translates one RBAC policy; its name is left to the caller.
-func (t *tally) rbacRule(p *rbacconfigv3.Policy) (model.Rule, *fieldError) {
+func (t *tally) rbacRule(p *rbacconfigv3.Policy, http bool) (model.Rule, *fieldError) {
 	if p == nil {
 		return model.Rule{}, errAt("", "missing")
 	}
@@ -121,24 +131,30 @@ func (t *tally) rbacRule(p *rbacconfigv3.Policy) (model.Rule, *fieldError) {
 	}
 	for i, pm := range perms {
 		var err *fieldError
-		if rule.Permissions[i], err = t.permission(pm); err != nil {
+		if rule.Permissions[i], err = t.permission(pm, http); err != nil {
 			return model.Rule{}, err.in(index("permissions", i))
 		}
 	}
 	for i, pr := range princs {
 		var err *fieldError
-		if rule.Principals[i], err = t.principal(pr); err != nil {
+		if rule.Principals[i], err = t.principal(pr, http); err != nil {
 			return model.Rule{}, err.in(index("principals", i))
 		}
 	}
 	return rule, nil
 }
 
-func (t *tally) permission(pm *rbacconfigv3.Permission) (model.Permission, *fieldError) {
+// permission translates an RBAC permission; http says whether it is of an
+// HTTP RBAC, where it may match the request's headers and path.
+func (t *tally) permission(pm *rbacconfigv3.Permission, http bool) (model.Permission, *fieldError) {
 	if pm == nil {
 		return model.Permission{}, errAt("", "missing")
 	}
-	if err := t.check(pm.ProtoReflect(), rbacPermissionPolicy); err != nil {
+	pol := rbacPermissionPolicy
+	if http {
+		pol = httpRBACPermissionPolicy
+	}
+	if err := t.check(pm.ProtoReflect(), pol); err != nil {
 		return model.Permission{}, err
 	}
 	switch r := pm.GetRule().(type) {
@@ -166,24 +182,47 @@ func (t *tally) permission(pm *rbacconfigv3.Permission) (model.Permission, *fiel
 		}
 		return model.Permission{Kind: model.PermissionIP, CIDR: cidr}, nil
 	case *rbacconfigv3.Permission_AndRules:
-		rules, err := t.permissionSet(r.AndRules)
+		rules, err := t.permissionSet(r.AndRules, http)
 		if err != nil {
 			return model.Permission{}, err.in("and_rules")
 		}
 		return model.Permission{Kind: model.PermissionAnd, Rules: rules}, nil
 	case *rbacconfigv3.Permission_OrRules:
-		rules, err := t.permissionSet(r.OrRules)
+		rules, err := t.permissionSet(r.OrRules, http)
 		if err != nil {
 			return model.Permission{}, err.in("or_rules")
 		}
 		return model.Permission{Kind: model.PermissionOr, Rules: rules}, nil
 	case *rbacconfigv3.Permission_NotRule:
-		not, err := t.permission(r.NotRule)
+		not, err := t.permission(r.NotRule, http)
 		if err != nil {
 			return model.Permission{}, err.in("not_rule")
 		}
 		return model.Permission{Kind: model.PermissionNot, Rules: []model.Permission{not}}, nil
+	case *rbacconfigv3.Permission_Header:
+		// The field policy refuses a header at L4, unless its payload is
+		// nil: refused here then.
+		if !http {
+			return model.Permission{}, errAt("header", "%s", reasonL7("header"))
+		}
+		h, err := t.headerMatch(r.Header, httpRBACMatchers)
+		if err != nil {
+			return model.Permission{}, err.in("header")
+		}
+		return model.Permission{Kind: model.PermissionHeader, Header: h}, nil
+	case *rbacconfigv3.Permission_UrlPath:
+		if !http {
+			return model.Permission{}, errAt("url_path", "%s", reasonL7("URL path"))
+		}
+		path, err := t.urlPath(r.UrlPath)
+		if err != nil {
+			return model.Permission{}, err.in("url_path")
+		}
+		return model.Permission{Kind: model.PermissionPath, Path: path}, nil
 	case nil:
+		if http {
+			return model.Permission{}, errAt("", "no rule set; want any, header, url_path, destination_port, destination_port_range, destination_ip, and_rules, or_rules or not_rule")
+		}
 		return model.Permission{}, errAt("", "no rule set; want any, destination_port, destination_port_range, destination_ip, and_rules, or_rules or not_rule")
 	}
 	// Only a oneof member whose payload is a nil message gets here (the
@@ -215,7 +254,7 @@ func (t *tally) portRange(r *rbacconfigv3.Permission_DestinationPortRange) (mode
 	return model.Permission{Kind: model.PermissionPort, Port: uint16(start), PortEnd: uint16(end - 1)}, nil
 }
 
-func (t *tally) permissionSet(s *rbacconfigv3.Permission_Set) ([]model.Permission, *fieldError) {
+func (t *tally) permissionSet(s *rbacconfigv3.Permission_Set, http bool) ([]model.Permission, *fieldError) {
 	if err := t.check(s.ProtoReflect(), rbacPermissionSetPolicy); err != nil {
 		return nil, err
 	}
@@ -226,18 +265,24 @@ func (t *tally) permissionSet(s *rbacconfigv3.Permission_Set) ([]model.Permissio
 	out := make([]model.Permission, len(rules))
 	for i, pm := range rules {
 		var err *fieldError
-		if out[i], err = t.permission(pm); err != nil {
+		if out[i], err = t.permission(pm, http); err != nil {
 			return nil, err.in(index("rules", i))
 		}
 	}
 	return out, nil
 }
 
-func (t *tally) principal(pr *rbacconfigv3.Principal) (model.Principal, *fieldError) {
+// principal translates an RBAC principal; http says whether it is of an
+// HTTP RBAC, where it may match the request's headers.
+func (t *tally) principal(pr *rbacconfigv3.Principal, http bool) (model.Principal, *fieldError) {
 	if pr == nil {
 		return model.Principal{}, errAt("", "missing")
 	}
-	if err := t.check(pr.ProtoReflect(), rbacPrincipalPolicy); err != nil {
+	pol := rbacPrincipalPolicy
+	if http {
+		pol = httpRBACPrincipalPolicy
+	}
+	if err := t.check(pr.ProtoReflect(), pol); err != nil {
 		return model.Principal{}, err
 	}
 	switch id := pr.GetIdentifier().(type) {
@@ -258,27 +303,40 @@ func (t *tally) principal(pr *rbacconfigv3.Principal) (model.Principal, *fieldEr
 		return t.sourceIP(id.DirectRemoteIp, "direct_remote_ip")
 	case *rbacconfigv3.Principal_RemoteIp:
 		// The same as direct_remote_ip: Sluice takes no address from PROXY
-		// protocol or headers.
+		// protocol or headers (x-forwarded-for), which a client could forge.
 		return t.sourceIP(id.RemoteIp, "remote_ip")
 	case *rbacconfigv3.Principal_AndIds:
-		ids, err := t.principalSet(id.AndIds)
+		ids, err := t.principalSet(id.AndIds, http)
 		if err != nil {
 			return model.Principal{}, err.in("and_ids")
 		}
 		return model.Principal{Kind: model.PrincipalAnd, Ids: ids}, nil
 	case *rbacconfigv3.Principal_OrIds:
-		ids, err := t.principalSet(id.OrIds)
+		ids, err := t.principalSet(id.OrIds, http)
 		if err != nil {
 			return model.Principal{}, err.in("or_ids")
 		}
 		return model.Principal{Kind: model.PrincipalOr, Ids: ids}, nil
 	case *rbacconfigv3.Principal_NotId:
-		not, err := t.principal(id.NotId)
+		not, err := t.principal(id.NotId, http)
 		if err != nil {
 			return model.Principal{}, err.in("not_id")
 		}
 		return model.Principal{Kind: model.PrincipalNot, Ids: []model.Principal{not}}, nil
+	case *rbacconfigv3.Principal_Header:
+		// As in permission: refused at L4 also with a nil payload.
+		if !http {
+			return model.Principal{}, errAt("header", "%s", reasonL7("header"))
+		}
+		h, err := t.headerMatch(id.Header, httpRBACMatchers)
+		if err != nil {
+			return model.Principal{}, err.in("header")
+		}
+		return model.Principal{Kind: model.PrincipalHeader, Header: h}, nil
 	case nil:
+		if http {
+			return model.Principal{}, errAt("", "no identifier set; want any, authenticated, remote_ip, direct_remote_ip, source_ip, header, and_ids, or_ids or not_id")
+		}
 		return model.Principal{}, errAt("", "no identifier set; want any, authenticated, remote_ip, direct_remote_ip, source_ip, and_ids, or_ids or not_id")
 	}
 	// As in permission: a refused member with a nil payload.
@@ -293,7 +351,7 @@ func (t *tally) sourceIP(c *corev3.CidrRange, field string) (model.Principal, *f
 	return model.Principal{Kind: model.PrincipalSourceIP, CIDR: cidr}, nil
 }
 
-func (t *tally) principalSet(s *rbacconfigv3.Principal_Set) ([]model.Principal, *fieldError) {
+func (t *tally) principalSet(s *rbacconfigv3.Principal_Set, http bool) ([]model.Principal, *fieldError) {
 	if err := t.check(s.ProtoReflect(), rbacPrincipalSetPolicy); err != nil {
 		return nil, err
 	}
@@ -304,7 +362,7 @@ func (t *tally) principalSet(s *rbacconfigv3.Principal_Set) ([]model.Principal, 
 	out := make([]model.Principal, len(ids))
 	for i, pr := range ids {
 		var err *fieldError
-		if out[i], err = t.principal(pr); err != nil {
+		if out[i], err = t.principal(pr, http); err != nil {
 			return nil, err.in(index("ids", i))
 		}
 	}
@@ -321,35 +379,40 @@ func (t *tally) authenticated(a *rbacconfigv3.Principal_Authenticated) (model.St
 	if sm == nil {
 		return model.StringMatch{}, nil
 	}
-	m, err := t.stringMatch(sm, rbacStringMatcherPolicy)
+	m, err := t.stringMatch(sm, rbacNameMatchers)
 	if err != nil {
 		return model.StringMatch{}, err.in("principal_name")
 	}
 	return m, nil
 }
 
-// stringMatch translates a StringMatcher checked against pol: RBAC's
-// refuses safe_regex, routes' honours it.
-func (t *tally) stringMatch(sm *stringmatcherv3.StringMatcher, pol *policy) (model.StringMatch, *fieldError) {
-	if err := t.check(sm.ProtoReflect(), pol); err != nil {
+// stringMatch translates a StringMatcher checked against m's policies:
+// principal names refuse safe_regex, routes and HTTP RBAC requests honour
+// it.
+func (t *tally) stringMatch(sm *stringmatcherv3.StringMatcher, m *matchers) (model.StringMatch, *fieldError) {
+	if err := t.check(sm.ProtoReflect(), m.str); err != nil {
 		return model.StringMatch{}, err
 	}
-	m := model.StringMatch{IgnoreCase: sm.GetIgnoreCase()}
+	out := model.StringMatch{IgnoreCase: sm.GetIgnoreCase()}
 	field := ""
 	switch p := sm.GetMatchPattern().(type) {
 	case *stringmatcherv3.StringMatcher_Exact:
 		// An empty exact match is valid: it matches the empty value only.
-		m.Kind, m.Value = model.MatchExact, p.Exact
-		return m, nil
+		out.Kind, out.Value = model.MatchExact, p.Exact
+		return out, nil
 	case *stringmatcherv3.StringMatcher_Prefix:
-		m.Kind, m.Value, field = model.MatchPrefix, p.Prefix, "prefix"
+		out.Kind, out.Value, field = model.MatchPrefix, p.Prefix, "prefix"
 	case *stringmatcherv3.StringMatcher_Suffix:
-		m.Kind, m.Value, field = model.MatchSuffix, p.Suffix, "suffix"
+		out.Kind, out.Value, field = model.MatchSuffix, p.Suffix, "suffix"
 	case *stringmatcherv3.StringMatcher_Contains:
-		m.Kind, m.Value, field = model.MatchContains, p.Contains, "contains"
+		out.Kind, out.Value, field = model.MatchContains, p.Contains, "contains"
 	case *stringmatcherv3.StringMatcher_SafeRegex:
-		// Only where pol honours it: the check above refuses it elsewhere.
-		re, err := t.regex(p.SafeRegex)
+		// Only where m.str honours it: the check above refuses it elsewhere,
+		// unless its payload is nil.
+		if m.regex == nil {
+			return model.StringMatch{}, errAt("safe_regex", "regular expressions are not supported here")
+		}
+		re, err := t.regex(p.SafeRegex, m.regex)
 		if err != nil {
 			return model.StringMatch{}, err.in("safe_regex")
 		}
@@ -359,11 +422,11 @@ func (t *tally) stringMatch(sm *stringmatcherv3.StringMatcher, pol *policy) (mod
 	default:
 		return model.StringMatch{}, errAt("", "unsupported match pattern %T", p)
 	}
-	if m.Value == "" {
+	if out.Value == "" {
 		// Envoy refuses it too; it would match every value.
 		return model.StringMatch{}, errAt(field, "empty; want at least one character")
 	}
-	return m, nil
+	return out, nil
 }
 
 // cidr parses a CidrRange, masked. An absent prefix_len is 0, as in Envoy:

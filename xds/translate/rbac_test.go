@@ -8,6 +8,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	rbacconfigv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
 	stringmatcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
@@ -579,5 +580,16 @@ func TestTranslateRefusesRBAC(t *testing.T) {
 		{"refusal deep in permission sets", permission(&rbacconfigv3.Permission{Rule: &rbacconfigv3.Permission_AndRules{AndRules: &rbacconfigv3.Permission_Set{
 			Rules: []*rbacconfigv3.Permission{port(80), {Rule: &rbacconfigv3.Permission_NotRule{NotRule: withField(&rbacconfigv3.Permission{}, "requested_server_name")}}},
 		}}}), "Listener", lname, pm0 + ".and_rules.rules[1].not_rule.requested_server_name", "SNI"},
+
+		// What an HTTP RBAC honours stays refused at L4, also when well formed.
+		{"permission header of a method", permission(&rbacconfigv3.Permission{Rule: &rbacconfigv3.Permission_Header{Header: methodIs("GET")}}),
+			"Listener", lname, pm0 + ".header", "header " + l7},
+		{"permission url_path prefix", permission(urlPrefix("/admin")), "Listener", lname, pm0 + ".url_path", "URL path " + l7},
+		{"url_path deep in permission sets", permission(&rbacconfigv3.Permission{Rule: &rbacconfigv3.Permission_OrRules{OrRules: &rbacconfigv3.Permission_Set{
+			Rules: []*rbacconfigv3.Permission{port(80), urlPrefix("/admin")},
+		}}}), "Listener", lname, pm0 + ".or_rules.rules[1].url_path", "URL path " + l7},
+		{"principal header of a user agent", principal(&rbacconfigv3.Principal{Identifier: &rbacconfigv3.Principal_Header{Header: &routev3.HeaderMatcher{
+			Name: "user-agent", HeaderMatchSpecifier: &routev3.HeaderMatcher_PresentMatch{PresentMatch: true},
+		}}}), "Listener", lname, pr0 + ".header", "header " + l7},
 	})
 }

@@ -45,6 +45,38 @@ const (
 	reasonClusterHdr = "choosing the cluster by a request header is not supported; use cluster or weighted_clusters"
 )
 
+// The rules of the matchers that routes and HTTP RBAC rules share; each
+// place has its own policies (routeMatchers, httpRBACMatchers), so that
+// ignored fields are counted where they were set.
+var (
+	headerMatcherRules = map[protoreflect.Name]rule{
+		"name":                          honour,
+		"exact_match":                   honour,
+		"safe_regex_match":              honour,
+		"present_match":                 honour,
+		"prefix_match":                  honour,
+		"suffix_match":                  honour,
+		"contains_match":                honour,
+		"string_match":                  honour,
+		"invert_match":                  honour,
+		"range_match":                   refuse("range matches are not supported"),
+		"treat_missing_header_as_empty": refuse("treat_missing_header_as_empty is not supported"),
+	}
+	stringMatcherRules = map[protoreflect.Name]rule{
+		"exact":       honour,
+		"prefix":      honour,
+		"suffix":      honour,
+		"contains":    honour,
+		"safe_regex":  honour,
+		"ignore_case": honour,
+		"custom":      refuse("custom string matchers are not supported"),
+	}
+	regexMatcherRules = map[protoreflect.Name]rule{
+		"regex":      honour,
+		"google_re2": ignore,
+	}
+)
+
 var (
 	routeConfigPolicy = newPolicy("RouteConfiguration", &routev3.RouteConfiguration{}, map[protoreflect.Name]rule{
 		"name":                                    honour,
@@ -128,37 +160,19 @@ var (
 		"dynamic_metadata":      refuse("dynamic metadata matching is not supported"),
 		"filter_state":          refuse("filter state matching is not supported"),
 	})
-	headerMatcherPolicy = newPolicy("Route.match.headers", &routev3.HeaderMatcher{}, map[protoreflect.Name]rule{
-		"name":                          honour,
-		"exact_match":                   honour,
-		"safe_regex_match":              honour,
-		"present_match":                 honour,
-		"prefix_match":                  honour,
-		"suffix_match":                  honour,
-		"contains_match":                honour,
-		"string_match":                  honour,
-		"invert_match":                  honour,
-		"range_match":                   refuse("range matches are not supported"),
-		"treat_missing_header_as_empty": refuse("treat_missing_header_as_empty is not supported"),
-	})
+	headerMatcherPolicy = newPolicy("Route.match.headers", &routev3.HeaderMatcher{}, headerMatcherRules)
+
 	queryMatcherPolicy = newPolicy("Route.match.query_parameters", &routev3.QueryParameterMatcher{}, map[protoreflect.Name]rule{
 		"name":          honour,
 		"string_match":  honour,
 		"present_match": honour,
 	})
-	routeStringMatcherPolicy = newPolicy("Route.match.string_match", &stringmatcherv3.StringMatcher{}, map[protoreflect.Name]rule{
-		"exact":       honour,
-		"prefix":      honour,
-		"suffix":      honour,
-		"contains":    honour,
-		"safe_regex":  honour,
-		"ignore_case": honour,
-		"custom":      refuse("custom string matchers are not supported"),
-	})
-	regexMatcherPolicy = newPolicy("Route.match.safe_regex", &stringmatcherv3.RegexMatcher{}, map[protoreflect.Name]rule{
-		"regex":      honour,
-		"google_re2": ignore,
-	})
+	routeStringMatcherPolicy = newPolicy("Route.match.string_match", &stringmatcherv3.StringMatcher{}, stringMatcherRules)
+	regexMatcherPolicy       = newPolicy("Route.match.safe_regex", &stringmatcherv3.RegexMatcher{}, regexMatcherRules)
+
+	// routeMatchers are the policies of a route's header and query matchers.
+	routeMatchers = &matchers{what: "a route", header: headerMatcherPolicy, str: routeStringMatcherPolicy, regex: regexMatcherPolicy}
+
 	routeActionPolicy = newPolicy("Route.route", &routev3.RouteAction{}, map[protoreflect.Name]rule{
 		"cluster":                         honour,
 		"weighted_clusters":               honour,
@@ -389,7 +403,7 @@ func (t *tally) routeMatch(m *routev3.RouteMatch) (model.HTTPMatch, *fieldError)
 	case *routev3.RouteMatch_Path:
 		out.PathKind, out.Path = model.PathExact, p.Path
 	case *routev3.RouteMatch_SafeRegex:
-		re, err := t.regex(p.SafeRegex)
+		re, err := t.regex(p.SafeRegex, regexMatcherPolicy)
 		if err != nil {
 			return out, err.in("safe_regex")
 		}
@@ -398,7 +412,7 @@ func (t *tally) routeMatch(m *routev3.RouteMatch) (model.HTTPMatch, *fieldError)
 		return out, errAt("", "no path match; set prefix, path or safe_regex")
 	}
 	for i, h := range m.GetHeaders() {
-		hm, err := t.headerMatch(h)
+		hm, err := t.headerMatch(h, routeMatchers)
 		if err != nil {
 			return out, err.in(index("headers", i))
 		}
@@ -414,22 +428,39 @@ func (t *tally) routeMatch(m *routev3.RouteMatch) (model.HTTPMatch, *fieldError)
 	return out, nil
 }
 
-// pseudoHeaders are the pseudo-headers a route may match on.
+// pseudoHeaders are the pseudo-headers a route or an HTTP RBAC may match on.
 var pseudoHeaders = map[string]bool{":method": true, ":authority": true, ":path": true, ":scheme": true}
 
-func (t *tally) headerMatch(h *routev3.HeaderMatcher) (model.HeaderMatch, *fieldError) {
+// matchers are the field policies of the header and string matchers at one
+// place in a resource (a route's match, an HTTP RBAC's rules), so that their
+// ignored fields are counted under that place's key.
+type matchers struct {
+	what   string  // what does the matching, for errors: "a route"
+	header *policy // HeaderMatcher
+	str    *policy // StringMatcher
+	regex  *policy // RegexMatcher; nil where str refuses safe_regex
+}
+
+// headerMatch translates a HeaderMatcher checked against m's policies.
+// The header host is :authority, as in xDS, where a request's Host header
+// is its :authority.
+func (t *tally) headerMatch(h *routev3.HeaderMatcher, m *matchers) (model.HeaderMatch, *fieldError) {
 	if h == nil {
 		return model.HeaderMatch{}, errAt("", "missing")
 	}
-	if err := t.check(h.ProtoReflect(), headerMatcherPolicy); err != nil {
+	if err := t.check(h.ProtoReflect(), m.header); err != nil {
 		return model.HeaderMatch{}, err
 	}
 	name := strings.ToLower(h.GetName())
 	switch {
 	case name == "":
 		return model.HeaderMatch{}, errAt("name", "empty")
+	case name == "host":
+		// Go's server takes Host out of a request's headers, so a
+		// matcher of "host" would never see it.
+		name = ":authority"
 	case strings.HasPrefix(name, ":") && !pseudoHeaders[name]:
-		return model.HeaderMatch{}, errAt("name", "%q: the pseudo-headers a route can match are :method, :authority, :path and :scheme", name)
+		return model.HeaderMatch{}, errAt("name", "%q: the pseudo-headers %s can match are :method, :authority, :path and :scheme", name, m.what)
 	}
 	out := model.HeaderMatch{Name: name, Invert: h.GetInvertMatch()}
 	var err *fieldError
@@ -444,13 +475,13 @@ func (t *tally) headerMatch(h *routev3.HeaderMatcher) (model.HeaderMatch, *field
 		out.Value, err = nonEmpty(model.MatchContains, s.ContainsMatch, "contains_match")
 	case *routev3.HeaderMatcher_SafeRegexMatch:
 		var re *regexp.Regexp
-		re, err = t.regex(s.SafeRegexMatch)
+		re, err = t.regex(s.SafeRegexMatch, m.regex)
 		if err != nil {
 			err = err.in("safe_regex_match")
 		}
 		out.Value = model.StringMatch{Kind: model.MatchRegex, Regex: re}
 	case *routev3.HeaderMatcher_StringMatch:
-		out.Value, err = t.stringMatch(s.StringMatch, routeStringMatcherPolicy)
+		out.Value, err = t.stringMatch(s.StringMatch, m)
 		if err != nil {
 			err = err.in("string_match")
 		}
@@ -480,7 +511,7 @@ func (t *tally) queryMatch(q *routev3.QueryParameterMatcher) (model.QueryMatch, 
 	out := model.QueryMatch{Name: q.GetName()}
 	switch s := q.GetQueryParameterMatchSpecifier().(type) {
 	case *routev3.QueryParameterMatcher_StringMatch:
-		v, err := t.stringMatch(s.StringMatch, routeStringMatcherPolicy)
+		v, err := t.stringMatch(s.StringMatch, routeMatchers)
 		if err != nil {
 			return out, err.in("string_match")
 		}
@@ -503,10 +534,10 @@ func nonEmpty(kind model.MatchKind, v, field string) (model.StringMatch, *fieldE
 	return model.StringMatch{Kind: kind, Value: v}, nil
 }
 
-// regex compiles a RegexMatcher; RE2's syntax is Go's. It must match the
-// whole value, as in xDS.
-func (t *tally) regex(rm *stringmatcherv3.RegexMatcher) (*regexp.Regexp, *fieldError) {
-	if err := t.check(rm.ProtoReflect(), regexMatcherPolicy); err != nil {
+// regex compiles a RegexMatcher checked against pol; RE2's syntax is Go's.
+// It must match the whole value, as in xDS.
+func (t *tally) regex(rm *stringmatcherv3.RegexMatcher, pol *policy) (*regexp.Regexp, *fieldError) {
+	if err := t.check(rm.ProtoReflect(), pol); err != nil {
 		return nil, err
 	}
 	if rm.GetRegex() == "" {

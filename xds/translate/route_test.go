@@ -212,3 +212,19 @@ func TestTranslateRoutesRefusals(t *testing.T) {
 		})
 	}
 }
+
+// TestRouteHostHeaderIsAuthority checks that a route's matcher of the
+// header host matches :authority, as in xDS: Go's server takes Host out of
+// a request's headers, so "host" would never match.
+func TestRouteHostHeaderIsAuthority(t *testing.T) {
+	rc := routes()
+	m := rc.VirtualHosts[0].Routes[1].Match
+	m.Headers = []*routev3.HeaderMatcher{{Name: "Host", HeaderMatchSpecifier: &routev3.HeaderMatcher_ExactMatch{ExactMatch: "web.shop"}}}
+	got, _, err := translate.TranslateRoutes("web", rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h := got.VirtualHosts[0].Routes[1].Match.Headers; len(h) != 1 || h[0].Name != ":authority" {
+		t.Errorf("header matches %+v, want one of :authority", h)
+	}
+}

@@ -296,6 +296,11 @@ var (
 		"safe_regex":  refuse("regular expressions are not supported"),
 		"custom":      refuse("custom string matchers are not supported"),
 	})
+
+	// rbacNameMatchers are the policies of an authenticated principal's
+	// name, which has no header matchers and refuses regexes.
+	rbacNameMatchers = &matchers{what: "an RBAC principal", str: rbacStringMatcherPolicy}
+
 	rbacCIDRPolicy = newPolicy("RBAC.rules.policies.cidr", &corev3.CidrRange{}, map[protoreflect.Name]rule{
 		"address_prefix": honour,
 		"prefix_len":     honour,

@@ -43,7 +43,7 @@ type Result struct {
 // field, so a control plane operator can find it (it is sent back as the
 // NACK's error_detail).
 type ResourceError struct {
-	Type   string // "Listener", "Cluster", "ClusterLoadAssignment" or "RouteConfiguration"
+	Type   string // "Listener", "Cluster", "ClusterLoadAssignment", "RouteConfiguration", or "HTTP RBAC" (TranslateHTTPRBAC)
 	Name   string // resource name
 	Field  string // path within the resource, e.g. "filter_chains[0].filters[0].typed_config"
 	Reason string
