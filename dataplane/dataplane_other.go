@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net/netip"
 )
 
 // ErrNotSupported is returned off Linux: the dataplane needs Linux BPF.
@@ -88,3 +89,24 @@ func (*Dataplane) SetFlows(bool) error { return ErrNotSupported }
 
 // FastPathSockets is not supported on this system.
 func (*Dataplane) FastPathSockets() (int, error) { return 0, ErrNotSupported }
+
+// L7Conns is unavailable off Linux.
+type L7Conns struct{}
+
+// L7Origin is what the kernel recorded of a connection to an L7 service.
+type L7Origin struct {
+	Service  netip.AddrPort
+	Identity uint32
+}
+
+// OpenL7Conns fails with ErrNotSupported.
+func OpenL7Conns(string) (*L7Conns, error) { return nil, ErrNotSupported }
+
+// Close does nothing.
+func (*L7Conns) Close() error { return nil }
+
+// Take fails with ErrNotSupported.
+func (*L7Conns) Take(netip.AddrPort) (L7Origin, error) { return L7Origin{}, ErrNotSupported }
+
+// Speak fails with ErrNotSupported.
+func (*L7Conns) Speak(int, uint32) error { return ErrNotSupported }

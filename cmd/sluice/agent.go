@@ -20,6 +20,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sluice-mesh/sluice/dataplane"
+	"github.com/sluice-mesh/sluice/dataplane/l7"
 	"github.com/sluice-mesh/sluice/dataplane/model"
 	"github.com/sluice-mesh/sluice/identity"
 	"github.com/sluice-mesh/sluice/sockops"
@@ -52,6 +53,7 @@ type agentFlags struct {
 	flowBuffer  int
 	metricsAddr string
 	socket      string
+	l7Proxy     []string // where the node's L7 proxy listens, host:port per family
 	// uninstallOnExit removes the datapath when the agent exits instead
 	// of leaving it in place.
 	uninstallOnExit bool
@@ -127,6 +129,7 @@ func newAgentCommand() *cobra.Command {
 	fl.IntVar(&f.flowBuffer, "flow-buffer", 8192, "most recent flows kept in memory for `sluice observe`")
 	fl.StringVar(&f.metricsAddr, "metrics-addr", "127.0.0.1:9464", "address for /metrics, /healthz and /readyz; empty for none")
 	fl.StringVar(&f.socket, "socket", observe.DefaultSocket, "unix socket of the local API (`sluice observe`, `sluice status`), readable by root only")
+	fl.StringSliceVar(&f.l7Proxy, "l7-proxy", nil, "where this node's L7 proxy (`sluice proxy`) listens, IPv4:port and/or [IPv6]:port: connections to L7 services go there (docs/l7.md); none: they are refused")
 	fl.DurationVar(&f.pollEvery, "config-poll", time.Second, "how often the mesh file is checked for edits, and local workloads' cgroups for changes")
 	fl.DurationVar(&f.warmTimeout, "warming-timeout", 15*time.Second, "how long to wait for resources listeners need before applying without them")
 	fl.DurationVar(&f.keepalive, "xds-keepalive", xds.DefaultKeepalive, "ping the control plane after this long without traffic (at least 10s; a server closes the connection on pings more frequent than its policy allows, and gRPC servers allow one per 5m by default)")
@@ -155,6 +158,10 @@ func runAgent(ctx context.Context, f agentFlags, log *slog.Logger) (err error) {
 		return fmt.Errorf("--flow-buffer %d: give a positive number of flows", f.flowBuffer)
 	}
 	mode, err := xds.ParseMode(f.xdsMode)
+	if err != nil {
+		return err
+	}
+	proxy, err := parseL7Proxy("--l7-proxy", f.l7Proxy)
 	if err != nil {
 		return err
 	}
@@ -253,8 +260,9 @@ func runAgent(ctx context.Context, f agentFlags, log *slog.Logger) (err error) {
 		log.Info("agent stopped; datapath removed (--uninstall-on-exit)", "pin_dir", f.pinDir, "cgroup", f.cgroup)
 	}()
 	warn := &warnOnce{log: log.With("component", "identity")}
+	feed := l7.NewFeed()
 	ids := &identityApplier{
-		next: &releasingApplier{dp: dp, release: debug.FreeOSMemory},
+		next: &l7Applier{proxy: proxy, feed: feed, next: &releasingApplier{dp: dp, release: debug.FreeOSMemory}},
 		locals: func() []identity.Local {
 			return resolveWorkloads(workloads(), f.node.NodeName, mount, f.fastPath, warn)
 		},
@@ -316,7 +324,9 @@ func runAgent(ctx context.Context, f agentFlags, log *slog.Logger) (err error) {
 	}
 	src.client = client
 	ready := func() (bool, string) { return readiness(client.Status(), serverName) }
-	waitLocal, err := serveLocal(ctx, f.socket, f.metricsAddr, observe.NewServer(store, src.status, log.With("component", "observe")), mets, ready, log)
+	api := observe.NewServer(store, src.status, log.With("component", "observe"))
+	api.Handle("GET "+l7.FeedPath, feed)
+	waitLocal, err := serveLocal(ctx, f.socket, f.metricsAddr, api, mets, ready, log)
 	if err != nil {
 		return err
 	}
@@ -583,4 +593,41 @@ func withCapacityHint(err error) error {
 		return err
 	}
 	return fmt.Errorf("%w; raise %s (maps keep the size they were made with: run `sluice uninstall`, then start the agent with the new value)", err, flag)
+}
+
+// parseL7Proxy reads the L7 proxy's addresses from flag (the agent's
+// --l7-proxy, the proxy's --listen): at most one per family.
+func parseL7Proxy(flag string, specs []string) (dataplane.L7Proxy, error) {
+	var p dataplane.L7Proxy
+	for _, s := range specs {
+		ap, err := netip.ParseAddrPort(s)
+		if err != nil {
+			return nil, fmt.Errorf("%s %q: want IPv4:port or [IPv6]:port: %v", flag, s, err)
+		}
+		ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+		switch {
+		case ap.Port() == 0 || ap.Addr().IsUnspecified() || ap.Addr().Zone() != "":
+			return nil, fmt.Errorf("%s %q: give the proxy's own address and port (not 0.0.0.0, [::], a zone or port 0): clients are sent there", flag, s)
+		}
+		if prev, dup := p.For(ap.Addr()); dup {
+			return nil, fmt.Errorf("%s %q: %s is already the proxy's address of that family; give one per family", flag, s, prev)
+		}
+		p = append(p, ap)
+	}
+	return p, nil
+}
+
+// l7Applier routes L7 services to the node's L7 proxy, and once a state is
+// in force, hands its L7 part to the proxy (l7.Feed).
+type l7Applier struct {
+	proxy dataplane.L7Proxy
+	feed  *l7.Feed
+	next  interface{ Apply(model.State) error }
+}
+
+func (a *l7Applier) Apply(s model.State) error {
+	if err := a.next.Apply(a.proxy.Route(s)); err != nil {
+		return err
+	}
+	return a.feed.Publish(s.Services, s.Identities.Names)
 }

@@ -137,7 +137,7 @@ func sameLocals(a, b []identity.Local) bool {
 
 func hasPolicy(services []model.Service) bool {
 	for i := range services {
-		if len(services[i].Policies) > 0 {
+		if len(services[i].Policies) > 0 || services[i].L7 != nil && len(services[i].L7.Policies) > 0 {
 			return true
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"net"
+	"os"
 	"os/exec"
 	"strings"
 	"sync"
@@ -29,11 +30,24 @@ type daemon struct {
 // startDaemon starts bin with args and registers it with the cluster, which
 // stops it at Close.
 func (c *Cluster) startDaemon(name, bin string, args ...string) (*daemon, error) {
-	d := &daemon{name: name, done: make(chan struct{})}
-	d.cmd = exec.Command(bin, args...)
+	return c.startDaemonIn(name, "", exec.Command(bin, args...))
+}
+
+// startDaemonIn starts cmd as a daemon of the cluster in cgroup dir (none:
+// the caller's).
+func (c *Cluster) startDaemonIn(name, dir string, cmd *exec.Cmd) (*daemon, error) {
+	d := &daemon{name: name, done: make(chan struct{}), cmd: cmd}
 	d.cmd.Stdout, d.cmd.Stderr = &d.log, &d.log
 	// Should the caller die without Close, the daemon goes with it.
 	d.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if dir != "" {
+		fd, err := os.Open(dir)
+		if err != nil {
+			return nil, fmt.Errorf("start %s: %w", name, err)
+		}
+		defer fd.Close()
+		d.cmd.SysProcAttr.UseCgroupFD, d.cmd.SysProcAttr.CgroupFD = true, int(fd.Fd())
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed {

@@ -50,6 +50,8 @@ func run(role string) int {
 		return exchangeRole()
 	case "load":
 		return loadRole()
+	case "http":
+		return httpRole()
 	}
 	fmt.Fprintln(os.Stderr, "unknown role", role)
 	return 2

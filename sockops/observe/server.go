@@ -56,6 +56,11 @@ func NewServer(store *flow.Store, status func() Status, log *slog.Logger) *Serve
 	return s
 }
 
+// Handle serves pattern (as http.ServeMux does) on the API's socket with h:
+// what else the agent offers its own node's processes (the L7 proxy's
+// feed). Call it before Serve.
+func (s *Server) Handle(pattern string, h http.Handler) { s.mux.Handle(pattern, h) }
+
 // ServeHTTP implements http.Handler.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
 
