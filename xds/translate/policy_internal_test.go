@@ -52,6 +52,12 @@ func policies() map[string]*policy {
 		"rbacStringMatcher": rbacStringMatcherPolicy,
 		"rbacCIDR":          rbacCIDRPolicy,
 		"rbacPortRange":     rbacPortRangePolicy,
+		"hcm":               hcmPolicy,
+		"hcmProtocol":       hcmProtocolPolicy,
+		"rds":               rdsPolicy,
+		"rdsConfigSource":   rdsConfigSourcePolicy,
+		"httpFilter":        httpFilterPolicy,
+		"router":            routerPolicy,
 	}
 }
 
