@@ -20,6 +20,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -534,6 +535,7 @@ func (c *Client) translateAndApply(synced bool) (translate.Result, error) {
 		Listeners: slices.Collect(maps.Keys(c.dirty[resourcev3.ListenerType])),
 		Clusters:  slices.Collect(maps.Keys(c.dirty[resourcev3.ClusterType])),
 		Endpoints: slices.Collect(maps.Keys(c.dirty[resourcev3.EndpointType])),
+		Routes:    slices.Collect(maps.Keys(c.dirty[resourcev3.RouteType])),
 	}
 	in, err := c.accepted.translateInput(c.dirty)
 	if err != nil {
@@ -748,9 +750,7 @@ func (c *Client) decodeOne(u *update, raw rawResource, p *translate.Preparer) de
 	return decoded{name: name, res: resource{version: version, sum: sum, prep: prepare(p, name, msg)}}
 }
 
-// prepare prepares a decoded resource for translation. Route
-// configurations are not translated yet (listeners that would use them are
-// refused): they get no preparation.
+// prepare prepares a decoded resource for translation.
 func prepare(p *translate.Preparer, name string, msg proto.Message) *translate.Prepared {
 	switch m := msg.(type) {
 	case *listenerv3.Listener:
@@ -759,6 +759,8 @@ func prepare(p *translate.Preparer, name string, msg proto.Message) *translate.P
 		return p.Cluster(name, m)
 	case *endpointv3.ClusterLoadAssignment:
 		return p.Assignment(name, m)
+	case *routev3.RouteConfiguration:
+		return p.Route(name, m)
 	}
 	return nil
 }

@@ -23,6 +23,7 @@ import (
 
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 
 	"github.com/sluice-mesh/sluice/dataplane/model"
@@ -148,6 +149,56 @@ func TestDirectoryChangeApplied(t *testing.T) {
 	}
 }
 
+// An L7 service's route configuration is subscribed once its listener is
+// accepted (the listener waits for it, warming), translated with its
+// clusters, and followed as it changes; a refused one is NACKed naming it.
+func TestL7RoutesFollowed(t *testing.T) {
+	for _, mode := range modes {
+		t.Run(string(mode), func(t *testing.T) {
+			api := l7svc{"demo/api:80", "10.96.0.40", 80, webV1.name}
+			v1 := mesh{services: []svc{webV1, db}, l7: []l7svc{api}}
+			cp, rec, c, _ := synced(t, mode, v1)
+			if st := c.Status(); st.Resources["RDS"] != 1 || st.NACKs != 0 {
+				t.Errorf("status %+v: want one route configuration accepted, no NACK", st)
+			}
+
+			// The routes change to the other cluster.
+			api.cluster = db.name
+			v2 := mesh{services: []svc{webV1, db}, l7: []l7svc{api}}
+			cp.set("2", v2)
+			waitApplied(t, rec, v2.summary())
+
+			// A refused route configuration is NACKed and the routes
+			// before stay in force.
+			_, applies := rec.last()
+			bad := v2.resources()
+			bad[resourcev3.RouteType] = []types.Resource{routeConfig("demo/api:80-routes", "sluice.io/workloads")}
+			snap, err := cachev3.NewSnapshot("3", bad)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := cp.cache.SetSnapshot(context.Background(), "mesh", snap); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, "a NACK at the server", func() bool { return len(cp.nackMessages()) > 0 })
+			if msg := cp.nackMessages()[0]; !strings.Contains(msg, `RouteConfiguration "demo/api:80-routes"`) {
+				t.Errorf("NACK error_detail %q does not name the route configuration", msg)
+			}
+			if st := c.Status(); st.LastNACK == nil || st.LastNACK.Type != "RDS" {
+				t.Errorf("status does not report the RDS NACK: %+v", st.LastNACK)
+			}
+			if got, n := rec.last(); got != v2.summary() || n != applies {
+				t.Errorf("after the NACK the applier got %d states (had %d), last:\n%s\nwant:\n%s", n, applies, got, v2.summary())
+			}
+
+			// The L7 service goes.
+			v4 := mesh{services: []svc{webV1, db}}
+			cp.set("4", v4)
+			waitApplied(t, rec, v4.summary())
+		})
+	}
+}
+
 // A response Sluice cannot honour is NACKed with an error naming the
 // resource and field, and the previous state stays applied; a later good
 // response is applied.
@@ -157,7 +208,7 @@ func TestNACKKeepsPreviousState(t *testing.T) {
 			good := mesh{services: []svc{webV1}}
 			cp, rec, c, applies := synced(t, mode, good)
 
-			bad := mesh{services: []svc{webV1, db}, extra: []types.Resource{httpListener("demo/api:80", "10.96.0.40", 80)}}
+			bad := mesh{services: []svc{webV1, db}, extra: []types.Resource{refusedListener("demo/api:80", "10.96.0.40", 80)}}
 			cp.set("2", bad)
 			waitFor(t, "a NACK at the server", func() bool { return len(cp.nackMessages()) > 0 })
 			msg := cp.nackMessages()[0]

@@ -93,7 +93,7 @@ func clip(err error) error {
 // (Delta) or the version of the response that carried it (SotW), and the
 // hash of its encoding, prepared for translation (the decoded message is
 // not kept). prep is nil once the translator has accepted it (see
-// Client.translateAndApply), and for route configurations.
+// Client.translateAndApply).
 type resource struct {
 	version string
 	sum     *[sha256.Size]byte // SotW only
@@ -285,6 +285,7 @@ func (s resourceSet) translateInput(dirty map[string]map[string]bool) (translate
 		Listeners: prepared(resourcev3.ListenerType),
 		Clusters:  prepared(resourcev3.ClusterType),
 		Endpoints: prepared(resourcev3.EndpointType),
+		Routes:    prepared(resourcev3.RouteType),
 	}
 	return in, err
 }

@@ -15,6 +15,8 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -161,9 +163,20 @@ func (cp *controlPlane) set(version string, m mesh) {
 // mesh is a test description of services, rendered into xDS resources.
 type mesh struct {
 	services []svc
+	l7       []l7svc
 	extra    []types.Resource // raw listeners added as they are (for bad input)
 	noCLA    bool             // leave assignments out (warming)
 	peers    []string         // "ip spiffe-id": the workload directory sluice.io/workloads/test
+}
+
+// l7svc is an L7 service whose listener reads the routes "<name>-routes"
+// (RDS), which send every request to the cluster of one of the mesh's
+// services.
+type l7svc struct {
+	name    string
+	vip     string
+	port    uint32
+	cluster string // the name of a svc of the mesh
 }
 
 type svc struct {
@@ -181,6 +194,10 @@ func (m mesh) resources() map[resourcev3.Type][]types.Resource {
 		if !m.noCLA {
 			out[resourcev3.EndpointType] = append(out[resourcev3.EndpointType], assignment(s.name, s.endpoints...))
 		}
+	}
+	for _, s := range m.l7 {
+		out[resourcev3.ListenerType] = append(out[resourcev3.ListenerType], httpListener(s.name, s.vip, s.port, s.name+"-routes"))
+		out[resourcev3.RouteType] = append(out[resourcev3.RouteType], routeConfig(s.name+"-routes", s.cluster))
 	}
 	out[resourcev3.ListenerType] = append(out[resourcev3.ListenerType], m.extra...)
 	if len(m.peers) > 0 {
@@ -226,12 +243,43 @@ func tcpListener(name, vip string, port uint32, cluster string) *listenerv3.List
 	}
 }
 
-// httpListener is a listener Sluice refuses for now (L7).
-func httpListener(name, vip string, port uint32) *listenerv3.Listener {
-	hcm := &hcmv3.HttpConnectionManager{StatPrefix: name, RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{RouteConfigName: "routes"}}}
+// httpListener is an L7 listener that reads the route configuration
+// routes (RDS).
+func httpListener(name, vip string, port uint32, routes string) *listenerv3.Listener {
+	hcm := &hcmv3.HttpConnectionManager{
+		StatPrefix:     name,
+		RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{RouteConfigName: routes}},
+		HttpFilters: []*hcmv3.HttpFilter{{
+			Name: "envoy.filters.http.router", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: typed(&routerv3.Router{})},
+		}},
+	}
 	l := tcpListener(name, vip, port, "")
 	l.FilterChains[0].Filters[0] = &listenerv3.Filter{Name: "envoy.filters.network.http_connection_manager", ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: typed(hcm)}}
 	return l
+}
+
+// refusedListener is a listener Sluice refuses: an L7 one without the
+// router HTTP filter.
+func refusedListener(name, vip string, port uint32) *listenerv3.Listener {
+	l := httpListener(name, vip, port, "routes")
+	hcm := &hcmv3.HttpConnectionManager{}
+	if err := l.FilterChains[0].Filters[0].GetTypedConfig().UnmarshalTo(hcm); err != nil {
+		panic(err)
+	}
+	hcm.HttpFilters = nil
+	l.FilterChains[0].Filters[0].ConfigType = &listenerv3.Filter_TypedConfig{TypedConfig: typed(hcm)}
+	return l
+}
+
+// routeConfig is a route configuration that sends every request to cluster.
+func routeConfig(name, cluster string) *routev3.RouteConfiguration {
+	return &routev3.RouteConfiguration{Name: name, VirtualHosts: []*routev3.VirtualHost{{
+		Name: "any", Domains: []string{"*"},
+		Routes: []*routev3.Route{{
+			Match:  &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
+			Action: &routev3.Route_Route{Route: &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: cluster}}},
+		}},
+	}}}
 }
 
 func edsCluster(name string) *clusterv3.Cluster {
@@ -260,16 +308,23 @@ func assignment(cluster string, eps ...string) *endpointv3.ClusterLoadAssignment
 }
 
 // summary renders what the test expects a state to hold, independent of
-// how the client builds it: "name vip:port/TCP -> ep,ep" per service, sorted.
+// how the client builds it: "name vip:port/TCP -> ep,ep" per service, and
+// "name vip:port/TCP L7 routes/virtual hosts -> cluster=ep,ep" per L7
+// service, sorted.
 func (m mesh) summary() string {
 	var lines []string
+	endpoints := map[string]string{}
 	for _, s := range m.services {
 		eps := append([]string(nil), s.endpoints...)
 		sort.Strings(eps)
 		if m.noCLA {
 			eps = nil
 		}
-		lines = append(lines, fmt.Sprintf("%s %s/TCP -> %s", s.name, net.JoinHostPort(s.vip, fmt.Sprint(s.port)), strings.Join(eps, ",")))
+		endpoints[s.name] = strings.Join(eps, ",")
+		lines = append(lines, fmt.Sprintf("%s %s/TCP -> %s", s.name, net.JoinHostPort(s.vip, fmt.Sprint(s.port)), endpoints[s.name]))
+	}
+	for _, s := range m.l7 {
+		lines = append(lines, fmt.Sprintf("%s %s/TCP L7 %s-routes/1 -> %s=%s", s.name, net.JoinHostPort(s.vip, fmt.Sprint(s.port)), s.name, s.cluster, endpoints[s.cluster]))
 	}
 	for _, p := range m.peers {
 		lines = append(lines, "peer "+p)
@@ -281,6 +336,19 @@ func (m mesh) summary() string {
 func summarize(s model.State) string {
 	var lines []string
 	for _, svc := range s.Services {
+		if svc.L7 != nil {
+			var clusters []string
+			for _, c := range svc.L7.Clusters {
+				var eps []string
+				for _, ep := range c.Endpoints {
+					eps = append(eps, net.JoinHostPort(ep.Addr.String(), fmt.Sprint(ep.Port)))
+				}
+				sort.Strings(eps)
+				clusters = append(clusters, c.Name+"="+strings.Join(eps, ","))
+			}
+			lines = append(lines, fmt.Sprintf("%s %s L7 %s/%d -> %s", svc.Name, svc.Key(), svc.L7.Routes.Name, len(svc.L7.Routes.VirtualHosts), strings.Join(clusters, " ")))
+			continue
+		}
 		var eps []string
 		for _, p := range svc.Pools() {
 			for _, ep := range p.Endpoints {

@@ -92,7 +92,7 @@ func (t *tally) edsConfig(cluster string, eds *clusterv3.Cluster_EdsClusterConfi
 		return "", err
 	}
 	if src := eds.GetEdsConfig(); src != nil {
-		if err := t.configSource(src); err != nil {
+		if err := t.configSource(src, edsConfigSourcePolicy); err != nil {
 			return "", err.in("eds_config")
 		}
 	}
@@ -108,9 +108,9 @@ func edsName(cluster string, eds *clusterv3.Cluster_EdsClusterConfig) string {
 }
 
 // configSource accepts only ADS: the agent has one xDS stream, and the
-// resources it translates all arrive on it.
-func (t *tally) configSource(src *corev3.ConfigSource) *fieldError {
-	if err := t.check(src.ProtoReflect(), edsConfigSourcePolicy); err != nil {
+// resources it translates all arrive on it. p is the policy of src's place.
+func (t *tally) configSource(src *corev3.ConfigSource, p *policy) *fieldError {
+	if err := t.check(src.ProtoReflect(), p); err != nil {
 		return err
 	}
 	ads := src.GetAds()

@@ -16,20 +16,23 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/sluice-mesh/sluice/xds/translate"
 )
 
 // Fuzz input format: a sequence of parts, each a kind byte (0 Listener,
-// 1 Cluster, 2 ClusterLoadAssignment, taken modulo 3), a little-endian
-// uint16 length, and that many bytes of the resource in protobuf wire format.
-// A short last part takes what is left.
+// 1 Cluster, 2 ClusterLoadAssignment, 3 RouteConfiguration, taken modulo
+// 4), a little-endian uint16 length, and that many bytes of the resource in
+// protobuf wire format. A short last part takes what is left.
 
 const (
 	partListener = iota
 	partCluster
 	partAssignment
+	partRoute
+	partKinds
 )
 
 // encodeParts is the inverse of decodeParts, for seeds.
@@ -53,6 +56,9 @@ func encodeParts(r translate.Resources) []byte {
 	for _, k := range sortedNames(r.Endpoints) {
 		add(partAssignment, r.Endpoints[k])
 	}
+	for _, k := range sortedNames(r.Routes) {
+		add(partRoute, r.Routes[k])
+	}
 	return b
 }
 
@@ -61,9 +67,10 @@ func decodeParts(b []byte) translate.Resources {
 		Listeners: map[string]*listenerv3.Listener{},
 		Clusters:  map[string]*clusterv3.Cluster{},
 		Endpoints: map[string]*endpointv3.ClusterLoadAssignment{},
+		Routes:    map[string]*routev3.RouteConfiguration{},
 	}
 	for len(b) >= 3 {
-		kind := b[0] % 3
+		kind := b[0] % partKinds
 		n := int(binary.LittleEndian.Uint16(b[1:3]))
 		b = b[3:]
 		n = min(n, len(b))
@@ -85,6 +92,11 @@ func decodeParts(b []byte) translate.Resources {
 			if proto.Unmarshal(part, a) == nil {
 				r.Endpoints[a.GetClusterName()] = a
 			}
+		case partRoute:
+			rc := &routev3.RouteConfiguration{}
+			if proto.Unmarshal(part, rc) == nil {
+				r.Routes[rc.GetName()] = rc
+			}
 		}
 	}
 	return r
@@ -93,6 +105,7 @@ func decodeParts(b []byte) translate.Resources {
 func FuzzTranslate(f *testing.F) {
 	// More seeds, made from real resources, are in testdata/fuzz/FuzzTranslate.
 	f.Add(encodeParts(demo()))
+	f.Add(encodeParts(l7Mesh()))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		r := decodeParts(b)
 		translate.EDSNames(r)
@@ -116,8 +129,8 @@ func FuzzTranslate(f *testing.F) {
 }
 
 // Mutation input format, for FuzzTranslator: a sequence of operations on
-// a decoded set, each an op byte and its operand. The op's kind is op%3 (as
-// in a part) and its action op/3%4: 0 upserts the resource that follows,
+// a decoded set, each an op byte and its operand. The op's kind is op%4 (as
+// in a part) and its action op/4%4: 0 upserts the resource that follows,
 // encoded as in a part; 1 deletes, 2 replaces with a copy (same content, new
 // pointer), 3 replaces with nil the resource whose index among the kind's
 // sorted names is the next byte.
@@ -132,13 +145,9 @@ const (
 // mutate returns a copy of r changed by the operations in b. Resources it
 // does not change keep their pointers.
 func mutate(r translate.Resources, b []byte) translate.Resources {
-	out := translate.Resources{
-		Listeners: maps.Clone(r.Listeners),
-		Clusters:  maps.Clone(r.Clusters),
-		Endpoints: maps.Clone(r.Endpoints),
-	}
+	out := copyMaps(r)
 	for len(b) >= 2 {
-		kind, action := b[0]%3, b[0]/3%4
+		kind, action := b[0]%partKinds, b[0]/partKinds%4
 		if action == opUpsert {
 			if len(b) < 3 {
 				break
@@ -150,6 +159,7 @@ func mutate(r translate.Resources, b []byte) translate.Resources {
 			maps.Copy(out.Listeners, d.Listeners)
 			maps.Copy(out.Clusters, d.Clusters)
 			maps.Copy(out.Endpoints, d.Endpoints)
+			maps.Copy(out.Routes, d.Routes)
 			b = b[3+n:]
 			continue
 		}
@@ -162,6 +172,8 @@ func mutate(r translate.Resources, b []byte) translate.Resources {
 			change(out.Clusters, i, action)
 		case partAssignment:
 			change(out.Endpoints, i, action)
+		case partRoute:
+			change(out.Routes, i, action)
 		}
 	}
 	return out
@@ -188,11 +200,13 @@ func change[M proto.Message](m map[string]M, i int, action byte) {
 func FuzzTranslator(f *testing.F) {
 	ops := [][]byte{
 		nil,
-		{3*opCopy + partListener, 0, 3*opCopy + partCluster, 0, 3*opCopy + partAssignment, 0},
-		{3*opDelete + partAssignment, 0},
-		{3*opDelete + partCluster, 1, 3*opNil + partListener, 0},
+		{partKinds*opCopy + partListener, 0, partKinds*opCopy + partCluster, 0, partKinds*opCopy + partAssignment, 0},
+		{partKinds*opDelete + partAssignment, 0},
+		{partKinds*opDelete + partCluster, 1, partKinds*opNil + partListener, 0},
+		{partKinds*opCopy + partRoute, 0, partKinds*opDelete + partCluster, 0},
+		{partKinds*opDelete + partRoute, 0},
 	}
-	seeds := [][]byte{encodeParts(demo())}
+	seeds := [][]byte{encodeParts(demo()), encodeParts(l7Mesh())}
 	for _, s := range seedCorpus(f) {
 		seeds = append(seeds, s.input)
 	}
@@ -203,7 +217,7 @@ func FuzzTranslator(f *testing.F) {
 	}
 	changed := demo()
 	changed.Endpoints["web"] = cla("web", lbEndpoint("10.244.1.5", 8080))
-	f.Add(encodeParts(demo()), append([]byte{3*opUpsert + partAssignment}, encodeParts(translate.Resources{Endpoints: changed.Endpoints})[1:]...))
+	f.Add(encodeParts(demo()), append([]byte{partKinds*opUpsert + partAssignment}, encodeParts(translate.Resources{Endpoints: changed.Endpoints})[1:]...))
 	f.Fuzz(func(t *testing.T, base, ops []byte) {
 		r := decodeParts(base)
 		changed := mutate(r, ops)
@@ -253,7 +267,7 @@ func TestSeedCorpus(t *testing.T) {
 	for _, s := range seedCorpus(t) {
 		name := s.name
 		r := decodeParts(s.input)
-		if len(r.Listeners)+len(r.Clusters)+len(r.Endpoints) == 0 {
+		if len(r.Listeners)+len(r.Clusters)+len(r.Endpoints)+len(r.Routes) == 0 {
 			t.Errorf("%s: holds no resource", name)
 		}
 		_, err := translate.Translate(r)

@@ -9,6 +9,9 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	udpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/udp/udp_proxy/v3"
 	"google.golang.org/protobuf/proto"
@@ -235,4 +238,89 @@ func proxyOf(l *listenerv3.Listener) *tcpproxyv3.TcpProxy {
 
 func setProxy(l *listenerv3.Listener, tp *tcpproxyv3.TcpProxy) {
 	l.FilterChains[0].Filters[0] = filter("envoy.filters.network.tcp_proxy", tp)
+}
+
+// routerFilter is the HTTP filter an HTTP connection manager ends with.
+func routerFilter() *hcmv3.HttpFilter {
+	return httpFilter("envoy.filters.http.router", &routerv3.Router{})
+}
+
+func httpFilter(name string, cfg proto.Message) *hcmv3.HttpFilter {
+	return &hcmv3.HttpFilter{Name: name, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(cfg)}}
+}
+
+// rdsHCM is an HTTP connection manager that reads the route configuration
+// routes over ADS and has the router as its one HTTP filter.
+func rdsHCM(routes string) *hcmv3.HttpConnectionManager {
+	return &hcmv3.HttpConnectionManager{
+		StatPrefix: "http",
+		RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{
+			RouteConfigName: routes, ConfigSource: adsSource(),
+		}},
+		HttpFilters: []*hcmv3.HttpFilter{routerFilter()},
+	}
+}
+
+// inlineHCM is an HTTP connection manager that carries its routes.
+func inlineHCM(rc *routev3.RouteConfiguration) *hcmv3.HttpConnectionManager {
+	h := rdsHCM("")
+	h.RouteSpecifier = &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: rc}
+	return h
+}
+
+// httpListener is a TCP listener on ip:port whose one filter is h.
+func httpListener(name, ip string, port uint32, h *hcmv3.HttpConnectionManager) *listenerv3.Listener {
+	return &listenerv3.Listener{
+		Name:    name,
+		Address: sockAddr(ip, port),
+		FilterChains: []*listenerv3.FilterChain{{
+			Filters: []*listenerv3.Filter{filter("envoy.filters.network.http_connection_manager", h)},
+		}},
+	}
+}
+
+// hcmOf returns the HttpConnectionManager of the last filter of a
+// listener's chain, for cases to change it; setHCM puts it back.
+func hcmOf(l *listenerv3.Listener) *hcmv3.HttpConnectionManager {
+	fs := l.GetFilterChains()[0].GetFilters()
+	h := &hcmv3.HttpConnectionManager{}
+	if err := fs[len(fs)-1].GetTypedConfig().UnmarshalTo(h); err != nil {
+		panic(err)
+	}
+	return h
+}
+
+func setHCM(l *listenerv3.Listener, h *hcmv3.HttpConnectionManager) {
+	fs := l.FilterChains[0].Filters
+	fs[len(fs)-1] = filter("envoy.filters.network.http_connection_manager", h)
+}
+
+// routeConfig is a route configuration whose one virtual host, for any
+// domain, has routes.
+func routeConfig(name string, routes ...*routev3.Route) *routev3.RouteConfiguration {
+	return &routev3.RouteConfiguration{
+		Name:         name,
+		VirtualHosts: []*routev3.VirtualHost{{Name: "any", Domains: []string{"*"}, Routes: routes}},
+	}
+}
+
+// prefixRoute routes the requests whose path starts with prefix to one
+// cluster, or to several (name, weight pairs) by weight.
+func prefixRoute(prefix string, clusters ...any) *routev3.Route {
+	a := &routev3.RouteAction{}
+	if len(clusters) == 1 {
+		a.ClusterSpecifier = &routev3.RouteAction_Cluster{Cluster: clusters[0].(string)}
+	} else {
+		wc := &routev3.WeightedCluster{}
+		for i := 0; i+1 < len(clusters); i += 2 {
+			wc.Clusters = append(wc.Clusters, &routev3.WeightedCluster_ClusterWeight{
+				Name: clusters[i].(string), Weight: wrapperspb.UInt32(uint32(clusters[i+1].(int))),
+			})
+		}
+		a.ClusterSpecifier = &routev3.RouteAction_WeightedClusters{WeightedClusters: wc}
+	}
+	return &routev3.Route{
+		Match:  &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: prefix}},
+		Action: &routev3.Route_Route{Route: a},
+	}
 }

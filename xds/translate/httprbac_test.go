@@ -50,7 +50,7 @@ func andPerms(pms ...*rbacconfigv3.Permission) *rbacconfigv3.Permission {
 
 // httpFilter is an HTTP RBAC exercising every honoured field, and the
 // ignored ones.
-func httpFilter() *rbachttpv3.RBAC {
+func httpRBACConfig() *rbachttpv3.RBAC {
 	const frontend = "spiffe://cluster.local/ns/shop/sa/frontend"
 	return &rbachttpv3.RBAC{
 		RulesStatPrefix:       "authz.",     // ignored
@@ -145,7 +145,7 @@ func TestTranslateHTTPRBAC(t *testing.T) {
 			mRule("no-delete", []model.Permission{hdr(":method", model.StringMatch{Kind: model.MatchExact, Value: "DELETE"})}, mAnyPrincipal),
 		}},
 	}
-	got, ignored, err := translate.TranslateHTTPRBAC("envoy.filters.http.rbac", httpFilter())
+	got, ignored, err := translate.TranslateHTTPRBAC("envoy.filters.http.rbac", httpRBACConfig())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -48,7 +48,8 @@ var harmlessListenerFilters = map[string]func() proto.Message{
 type listenerPlan struct {
 	name  string
 	addrs []netip.AddrPort // the main address first, then additional_addresses in order
-	pools []pool
+	pools []pool           // L4: the tcp_proxy's or udp_proxy's clusters
+	l7    *l7Plan          // an HTTP connection manager: an L7 service, without pools
 	// policies are the RBAC filters' policies in filter order, nil if
 	// none. Every service of the listener shares the slice.
 	policies []model.Policy
@@ -263,72 +264,81 @@ func (t *tally) filterChain(fc *listenerv3.FilterChain, p *listenerPlan) *fieldE
 	if m := fc.GetFilterChainMatch(); !isEmpty(m.ProtoReflect()) {
 		return errAt("filter_chain_match", "filter chain matching is not supported; %s", reasonConnectTime)
 	}
-	// Any number of RBAC filters, then the tcp_proxy, which is terminal:
-	// Envoy refuses a chain in which a filter follows it.
+	// Any number of RBAC filters, then a tcp_proxy (an L4 service) or an
+	// http_connection_manager (an L7 service), which are terminal: Envoy
+	// refuses a chain in which a filter follows one.
 	filters := fc.GetFilters()
-	proxy := -1
+	terminal, last := -1, ""
 	for i, f := range filters {
-		isProxy, err := t.networkFilter(f, i, p)
+		kind, err := t.networkFilter(f, i, p)
 		if err != nil {
 			return err.in(index("filters", i))
 		}
-		if proxy >= 0 {
-			return errAt(index("filters", i), "follows tcp_proxy (filters[%d]), a terminal filter, which must be the last of the chain", proxy)
+		if terminal >= 0 {
+			return errAt(index("filters", i), "follows %s (filters[%d]), a terminal filter, which must be the last of the chain", last, terminal)
 		}
-		if isProxy {
-			proxy = i
+		if kind != "" {
+			terminal, last = i, kind
 		}
 	}
 	switch {
 	case len(filters) == 0:
-		return errAt("filters", "empty; want a tcp_proxy, after any RBAC filters")
-	case proxy < 0:
-		return errAt("filters", "no tcp_proxy; the chain must end with one, after any RBAC filters")
+		return errAt("filters", "empty; want a tcp_proxy or an http_connection_manager, after any RBAC filters")
+	case terminal < 0:
+		return errAt("filters", "no tcp_proxy or http_connection_manager; the chain must end with one, after any RBAC filters")
 	}
 	return nil
 }
 
-// networkFilter accepts a tcp_proxy filter, reporting true, and an RBAC
-// filter, whose policy it adds to p; it refuses every other kind, naming
-// the type. i is the filter's index in its chain.
-func (t *tally) networkFilter(f *listenerv3.Filter, i int, p *listenerPlan) (bool, *fieldError) {
+// networkFilter accepts a terminal filter, tcp_proxy or
+// http_connection_manager, whose translation it puts in p and whose kind it
+// returns, and an RBAC filter, whose policy it adds to p; it refuses every
+// other kind, naming the type. i is the filter's index in its chain.
+func (t *tally) networkFilter(f *listenerv3.Filter, i int, p *listenerPlan) (string, *fieldError) {
 	if f == nil {
-		return false, errAt("", "missing")
+		return "", errAt("", "missing")
 	}
 	if err := t.check(f.ProtoReflect(), filterPolicy); err != nil {
-		return false, err
+		return "", err
 	}
 	tc := f.GetTypedConfig()
 	if tc == nil {
-		return false, errAt("typed_config", "missing; Sluice identifies filters by the type of typed_config")
+		return "", errAt("typed_config", "missing; Sluice identifies filters by the type of typed_config")
 	}
 	switch name := typeName(tc); name {
 	case typeTCPProxy:
 		tp := &tcpproxyv3.TcpProxy{}
 		if err := unpack(tc, tp); err != nil {
-			return false, err.in("typed_config")
+			return "", err.in("typed_config")
 		}
 		if err := t.tcpProxy(tp, p); err != nil {
-			return false, err.in("typed_config")
+			return "", err.in("typed_config")
 		}
-		return true, nil
+		return "tcp_proxy", nil
+	case typeHCM:
+		h := &hcmv3.HttpConnectionManager{}
+		if err := unpack(tc, h); err != nil {
+			return "", err.in("typed_config")
+		}
+		if err := t.httpConnectionManager(h, p); err != nil {
+			return "", err.in("typed_config")
+		}
+		return "http_connection_manager", nil
 	case typeRBAC:
 		cfg := &rbacv3.RBAC{}
 		if err := unpack(tc, cfg); err != nil {
-			return false, err.in("typed_config")
+			return "", err.in("typed_config")
 		}
 		pol, ok, err := t.rbacFilter(cfg, f.GetName(), i)
 		if err != nil {
-			return false, err.in("typed_config")
+			return "", err.in("typed_config")
 		}
 		if ok {
 			p.policies = append(p.policies, pol)
 		}
-		return false, nil
-	case typeHCM:
-		return false, errAt("", "unsupported filter type %s: L7 services are not supported yet", name)
+		return "", nil
 	default:
-		return false, errAt("", "unsupported filter type %s", typeLabel(name))
+		return "", errAt("", "unsupported filter type %s", typeLabel(name))
 	}
 }
 

@@ -59,6 +59,12 @@ func policies() map[string]*policy {
 		"httpRBACHeaderMatcher": httpRBACHeaderMatcherPolicy,
 		"httpRBACStringMatcher": httpRBACStringMatcherPolicy,
 		"httpRBACRegex":         httpRBACRegexPolicy,
+		"hcm":                   hcmPolicy,
+		"hcmProtocol":           hcmProtocolPolicy,
+		"rds":                   rdsPolicy,
+		"rdsConfigSource":       rdsConfigSourcePolicy,
+		"httpFilter":            httpFilterPolicy,
+		"router":                routerPolicy,
 	}
 }
 

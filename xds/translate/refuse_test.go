@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	xdscorev3 "github.com/cncf/xds/go/xds/core/v3"
 	matcherv3 "github.com/cncf/xds/go/xds/type/matcher/v3"
@@ -12,6 +13,8 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	proxyprotocolv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/proxy_protocol/v3"
 	tlsinspectorv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/tls_inspector/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
@@ -212,22 +215,108 @@ func TestTranslateRefusesListeners(t *testing.T) {
 		}), "Listener", lname, fc0 + ".filters[1]", "follows tcp_proxy (filters[0]), a terminal filter, which must be the last of the chain"},
 		{"no filter", changeListener(func(l *listenerv3.Listener) { l.FilterChains[0].Filters = nil }),
 			"Listener", lname, fc0 + ".filters", "empty; want a tcp_proxy"},
-		{"HTTP connection manager", setFilter(mustAny(&hcmv3.HttpConnectionManager{})),
-			"Listener", lname, f0, "unsupported filter type envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager: L7 services are not supported yet"},
 		{"network RBAC without tcp_proxy", setFilter(mustAny(&rbacv3.RBAC{StatPrefix: "rbac"})),
-			"Listener", lname, fc0 + ".filters", "no tcp_proxy; the chain must end with one"},
+			"Listener", lname, fc0 + ".filters", "no tcp_proxy or http_connection_manager; the chain must end with one"},
 		{"other filter", setFilter(mustAny(&structpb.Struct{})),
 			"Listener", lname, f0, "unsupported filter type google.protobuf.Struct"},
 		{"filter with a malformed type URL", setFilter(&anypb.Any{TypeUrl: "type.googleapis.com/"}),
 			"Listener", lname, f0, `unsupported filter type ""`},
 		{"filter without typed_config", setFilter(nil),
 			"Listener", lname, tc0, "missing"},
+		{"undecodable HTTP connection manager", setFilter(&anypb.Any{
+			TypeUrl: "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager", Value: []byte{0x12, 0x7f},
+		}), "Listener", lname, tc0, "cannot decode envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"},
 		{"undecodable tcp_proxy", setFilter(&anypb.Any{
 			TypeUrl: "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy", Value: []byte{0x12, 0x7f},
 		}), "Listener", lname, tc0, "cannot decode envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"},
 		{"filter config discovery", changeListener(func(l *listenerv3.Listener) {
 			l.FilterChains[0].Filters[0].ConfigType = &listenerv3.Filter_ConfigDiscovery{ConfigDiscovery: &corev3.ExtensionConfigSource{}}
 		}), "Listener", lname, f0 + ".config_discovery", "filter config discovery is not supported"},
+
+		// HTTP connection manager (L7).
+		{"HCM with scoped_routes", changeHCM(func(h *hcmv3.HttpConnectionManager) {
+			h.RouteSpecifier = &hcmv3.HttpConnectionManager_ScopedRoutes{ScopedRoutes: &hcmv3.ScopedRoutes{}}
+		}), "Listener", lname, tc0 + ".scoped_routes", "scoped routes are not supported; use rds or route_config"},
+		{"HCM without routes", changeHCM(func(h *hcmv3.HttpConnectionManager) { h.RouteSpecifier = nil }),
+			"Listener", lname, tc0 + ".rds", "missing; set rds or route_config"},
+		{"RDS from another source than ADS", changeHCM(func(h *hcmv3.HttpConnectionManager) {
+			h.GetRds().ConfigSource = &corev3.ConfigSource{ConfigSourceSpecifier: &corev3.ConfigSource_ApiConfigSource{ApiConfigSource: &corev3.ApiConfigSource{}}}
+		}), "Listener", lname, tc0 + ".rds.config_source.api_config_source", "only ADS is supported"},
+		{"RDS config source without ads", changeHCM(func(h *hcmv3.HttpConnectionManager) {
+			h.GetRds().ConfigSource = &corev3.ConfigSource{ResourceApiVersion: corev3.ApiVersion_V3}
+		}), "Listener", lname, tc0 + ".rds.config_source", "only ADS is supported; set ads: {}"},
+		{"RDS without a name", changeHCM(func(h *hcmv3.HttpConnectionManager) { h.GetRds().RouteConfigName = "" }),
+			"Listener", lname, tc0 + ".rds.route_config_name", "empty; name the RouteConfiguration"},
+		{"inline route refused", changeHCM(func(h *hcmv3.HttpConnectionManager) {
+			rc := routeConfig("inline", prefixRoute("/", "web"))
+			rc.VirtualHosts[0].Routes[0].Action = &routev3.Route_Redirect{Redirect: &routev3.RedirectAction{}}
+			h.RouteSpecifier = &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: rc}
+		}), "Listener", lname, tc0 + ".route_config.virtual_hosts[0].routes[0].redirect", "redirects are not supported yet"},
+		{"inline route to a workload directory", changeHCM(func(h *hcmv3.HttpConnectionManager) {
+			h.RouteSpecifier = &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: routeConfig("", prefixRoute("/", translate.Directory))}
+		}), "Listener", lname, tc0 + ".route_config.virtual_hosts[0].routes[0].route.cluster", "is a workload directory"},
+		{"HTTP/3 codec", changeHCM(func(h *hcmv3.HttpConnectionManager) { h.CodecType = hcmv3.HttpConnectionManager_HTTP3 }),
+			"Listener", lname, tc0 + ".codec_type", "HTTP3 is not supported; use AUTO, HTTP1 or HTTP2"},
+		{"path normalization", changeHCM(func(h *hcmv3.HttpConnectionManager) { h.NormalizePath = wrapperspb.Bool(true) }),
+			"Listener", lname, tc0 + ".normalize_path", "path normalization is not supported"},
+		{"escaped slashes unescaped", changeHCM(func(h *hcmv3.HttpConnectionManager) {
+			h.PathWithEscapedSlashesAction = hcmv3.HttpConnectionManager_UNESCAPE_AND_FORWARD
+		}), "Listener", lname, tc0 + ".path_with_escaped_slashes_action", "UNESCAPE_AND_FORWARD is not supported"},
+		{"merge_slashes", changeHCM(func(h *hcmv3.HttpConnectionManager) { h.MergeSlashes = true }),
+			"Listener", lname, tc0 + ".merge_slashes", "merging slashes is not supported"},
+		{"HCM header change", changeHCM(func(h *hcmv3.HttpConnectionManager) { h.Via = "sluice" }),
+			"Listener", lname, tc0 + ".via", "changes request headers"},
+		{"HCM strips the host port", changeHCM(func(h *hcmv3.HttpConnectionManager) {
+			h.StripPortMode = &hcmv3.HttpConnectionManager_StripAnyHostPort{StripAnyHostPort: true}
+		}), "Listener", lname, tc0 + ".strip_any_host_port", "use ignore_port_in_host_matching"},
+		{"headers with underscores dropped", changeHCM(func(h *hcmv3.HttpConnectionManager) {
+			h.CommonHttpProtocolOptions = &corev3.HttpProtocolOptions{
+				IdleTimeout:                  durationpb.New(time.Minute),
+				HeadersWithUnderscoresAction: corev3.HttpProtocolOptions_DROP_HEADER,
+			}
+		}), "Listener", lname, tc0 + ".common_http_protocol_options.headers_with_underscores_action", "headers are forwarded as sent"},
+		{"no router", changeHCM(func(h *hcmv3.HttpConnectionManager) { h.HttpFilters = nil }),
+			"Listener", lname, tc0 + ".http_filters", "no router (envoy.extensions.filters.http.router.v3.Router); it must be the last HTTP filter"},
+		{"router not last", changeHCM(func(h *hcmv3.HttpConnectionManager) {
+			optional := httpFilter("x", &structpb.Struct{})
+			optional.IsOptional = true
+			h.HttpFilters = append(h.HttpFilters, optional)
+		}), "Listener", lname, tc0 + ".http_filters[1]", "follows the router (http_filters[0]), which must be the last HTTP filter"},
+		{"unknown HTTP filter", changeHCM(func(h *hcmv3.HttpConnectionManager) {
+			h.HttpFilters = append([]*hcmv3.HttpFilter{httpFilter("x", &structpb.Struct{})}, h.HttpFilters...)
+		}), "Listener", lname, tc0 + ".http_filters[0]", "unsupported HTTP filter type google.protobuf.Struct"},
+		{"disabled unknown HTTP filter", changeHCM(func(h *hcmv3.HttpConnectionManager) {
+			f := httpFilter("x", &structpb.Struct{})
+			f.Disabled = true
+			h.HttpFilters = append([]*hcmv3.HttpFilter{f}, h.HttpFilters...)
+		}), "Listener", lname, tc0 + ".http_filters[0]", "unsupported HTTP filter type google.protobuf.Struct"},
+		{"HTTP filter without typed_config", changeHCM(func(h *hcmv3.HttpConnectionManager) { h.HttpFilters[0].ConfigType = nil }),
+			"Listener", lname, tc0 + ".http_filters[0].typed_config", "missing"},
+		{"HTTP filter config discovery", changeHCM(func(h *hcmv3.HttpConnectionManager) {
+			h.HttpFilters[0].ConfigType = &hcmv3.HttpFilter_ConfigDiscovery{ConfigDiscovery: &corev3.ExtensionConfigSource{}}
+		}), "Listener", lname, tc0 + ".http_filters[0].config_discovery", "filter config discovery is not supported"},
+		{"disabled router", changeHCM(func(h *hcmv3.HttpConnectionManager) { h.HttpFilters[0].Disabled = true }),
+			"Listener", lname, tc0 + ".http_filters[0].disabled", "the router cannot be disabled"},
+		{"router with upstream filters", changeHCM(func(h *hcmv3.HttpConnectionManager) {
+			h.HttpFilters[0] = httpFilter("router", &routerv3.Router{UpstreamHttpFilters: []*hcmv3.HttpFilter{{Name: "x"}}})
+		}), "Listener", lname, tc0 + ".http_filters[0].typed_config.upstream_http_filters", "upstream HTTP filters are not supported"},
+		{"filter after the HCM", func(r *translate.Resources) {
+			changeHCM(func(*hcmv3.HttpConnectionManager) {})(r)
+			fc := listener(*r).FilterChains[0]
+			fc.Filters = append(fc.Filters, filter("rbac", &rbacv3.RBAC{StatPrefix: "rbac"}))
+		}, "Listener", lname, fc0 + ".filters[1]", "follows http_connection_manager (filters[0]), a terminal filter, which must be the last of the chain"},
+		{"tcp_proxy and HCM in one chain", changeListener(func(l *listenerv3.Listener) {
+			l.FilterChains[0].Filters = append(l.FilterChains[0].Filters, filter("hcm", rdsHCM("web")))
+		}), "Listener", lname, fc0 + ".filters[1]", "follows tcp_proxy (filters[0]), a terminal filter, which must be the last of the chain"},
+		{"HCM and tcp_proxy in one chain", func(r *translate.Resources) {
+			changeHCM(func(*hcmv3.HttpConnectionManager) {})(r)
+			fc := listener(*r).FilterChains[0]
+			fc.Filters = append(fc.Filters, filter("tcp", tcpProxy("web")))
+		}, "Listener", lname, fc0 + ".filters[1]", "follows http_connection_manager (filters[0]), a terminal filter"},
+		{"HCM on a UDP listener", func(r *translate.Resources) {
+			setUDP(udpCluster("web"))(r)
+			listener(*r).FilterChains = []*listenerv3.FilterChain{{Filters: []*listenerv3.Filter{filter("hcm", rdsHCM("web"))}}}
+		}, "Listener", lname, "filter_chains", "a UDP listener takes no filter chains"},
 
 		// tcp_proxy.
 		{"tcp_proxy without cluster", changeProxy(func(tp *tcpproxyv3.TcpProxy) { tp.ClusterSpecifier = nil }),
@@ -501,6 +590,45 @@ func TestTranslateRefusesAssignments(t *testing.T) {
 	})
 }
 
+func TestTranslateRefusesRouteConfigurations(t *testing.T) {
+	// The listener reads the routes "web" (RDS); routes that no listener
+	// reads are checked too.
+	withRoutes := func(f func(r *translate.Resources)) func(r *translate.Resources) {
+		return func(r *translate.Resources) {
+			changeHCM(func(*hcmv3.HttpConnectionManager) {})(r)
+			r.Routes = map[string]*routev3.RouteConfiguration{"web": routeConfig("web", prefixRoute("/", "web"))}
+			f(r)
+		}
+	}
+	runRefusals(t, []refusal{
+		{"a refused route", withRoutes(func(r *translate.Resources) {
+			r.Routes["web"].VirtualHosts[0].Routes[0].Action = &routev3.Route_Redirect{Redirect: &routev3.RedirectAction{}}
+		}), "RouteConfiguration", "web", "virtual_hosts[0].routes[0].redirect", "redirects are not supported yet"},
+		{"name differs from key", withRoutes(func(r *translate.Resources) { r.Routes["web"].Name = "Web" }),
+			"RouteConfiguration", "web", "name", `"Web" differs from the resource name "web"`},
+		{"nil route configuration", withRoutes(func(r *translate.Resources) { r.Routes["web"] = nil }),
+			"RouteConfiguration", "web", "", "nil resource"},
+		{"unused route configurations are checked", func(r *translate.Resources) {
+			r.Routes = map[string]*routev3.RouteConfiguration{"spare": routeConfig("spare", prefixRoute("/", translate.Directory))}
+		}, "RouteConfiguration", "spare", "virtual_hosts[0].routes[0].route.cluster", "is a workload directory"},
+		{"assignment errors come before route errors", withRoutes(func(r *translate.Resources) {
+			r.Routes["web"].VirtualHosts[0].Domains = nil
+			assignment(*r).ClusterName = "x"
+		}), "ClusterLoadAssignment", "web", "cluster_name", `"x" differs`},
+	})
+}
+
+// changeHCM makes demo()'s listener an L7 one, on the same address, that
+// reads the routes "web" (RDS), and changes its HttpConnectionManager
+// with f.
+func changeHCM(f func(h *hcmv3.HttpConnectionManager)) func(r *translate.Resources) {
+	return func(r *translate.Resources) {
+		h := rdsHCM("web")
+		f(h)
+		r.Listeners[lname] = httpListener(lname, "10.96.0.10", 80, h)
+	}
+}
+
 func runRefusals(t *testing.T, tests []refusal) {
 	t.Helper()
 	for _, tt := range tests {
@@ -533,12 +661,14 @@ func runRefusals(t *testing.T, tests []refusal) {
 	}
 }
 
-func TestHCMErrorText(t *testing.T) {
+func TestL7ErrorText(t *testing.T) {
 	// The exact text operators see, as documented in docs/xds.md.
 	r := demo()
-	setFilter(mustAny(&hcmv3.HttpConnectionManager{}))(&r)
+	changeHCM(func(h *hcmv3.HttpConnectionManager) {
+		h.RouteSpecifier = &hcmv3.HttpConnectionManager_ScopedRoutes{ScopedRoutes: &hcmv3.ScopedRoutes{}}
+	})(&r)
 	_, err := translate.Translate(r)
-	want := `Listener "demo/web:80": filter_chains[0].filters[0]: unsupported filter type envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager: L7 services are not supported yet`
+	want := `Listener "demo/web:80": filter_chains[0].filters[0].typed_config.scoped_routes: scoped routes are not supported; use rds or route_config`
 	if err == nil || err.Error() != want {
 		t.Errorf("error = %v\nwant    %s", err, want)
 	}

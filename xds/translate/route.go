@@ -270,6 +270,20 @@ func (t *tally) routeConfig(name string, rc *routev3.RouteConfiguration) (*model
 	if err := nameMatches(rc.GetName(), name); err != nil {
 		return nil, err
 	}
+	return t.routeTable(name, rc)
+}
+
+// inlineRoutes translates the route configuration an HTTP connection
+// manager carries inline (route_config), whose name is optional.
+func (t *tally) inlineRoutes(rc *routev3.RouteConfiguration) (*model.HTTPRoutes, *fieldError) {
+	if err := t.check(rc.ProtoReflect(), routeConfigPolicy); err != nil {
+		return nil, err
+	}
+	return t.routeTable(rc.GetName(), rc)
+}
+
+// routeTable translates the virtual hosts of a checked route configuration.
+func (t *tally) routeTable(name string, rc *routev3.RouteConfiguration) (*model.HTTPRoutes, *fieldError) {
 	out := &model.HTTPRoutes{Name: name, VirtualHosts: make([]model.VirtualHost, 0, len(rc.GetVirtualHosts())), IgnorePort: rc.GetIgnorePortInHostMatching()}
 	owner := map[string]int{} // domain → virtual host
 	for i, vh := range rc.GetVirtualHosts() {

@@ -375,7 +375,15 @@ var (
 		"eds_config":   honour,
 		"service_name": honour,
 	})
-	edsConfigSourcePolicy = newPolicy("Cluster.eds_cluster_config.eds_config", &corev3.ConfigSource{}, map[protoreflect.Name]rule{
+	edsConfigSourcePolicy = configSourcePolicy("Cluster.eds_cluster_config.eds_config")
+	// adsPolicy is the policy of AggregatedConfigSource, which has no
+	// fields: its key is never shown.
+	adsPolicy = newPolicy("ConfigSource.ads", &corev3.AggregatedConfigSource{}, nil)
+)
+
+// configSourcePolicy is the policy of a ConfigSource: only ADS.
+func configSourcePolicy(key string) *policy {
+	return newPolicy(key, &corev3.ConfigSource{}, map[protoreflect.Name]rule{
 		"ads":                   honour,
 		"resource_api_version":  honour,
 		"initial_fetch_timeout": ignore,
@@ -385,8 +393,7 @@ var (
 		"api_config_source":     refuse(reasonOnlyADS),
 		"self":                  refuse(reasonOnlyADS),
 	})
-	adsPolicy = newPolicy("Cluster.eds_cluster_config.eds_config.ads", &corev3.AggregatedConfigSource{}, nil)
-)
+}
 
 // ClusterLoadAssignment.
 var (

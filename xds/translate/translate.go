@@ -31,11 +31,15 @@ type Result struct {
 	// resources in which a field was set that Sluice accepts but does not act
 	// on because it does not change connect-time routing.
 	Ignored map[string]int
-	// Missing lists, sorted, the clusters and cluster load assignments that
-	// a listener needs and that are not present yet (an EDS cluster whose
-	// assignment has not arrived, a cluster not yet sent). Services using
-	// them have no endpoints from them in State. A client may wait for them
-	// before applying State, as Envoy does while warming.
+	// Missing lists, sorted, the clusters, cluster load assignments and
+	// route configurations that a listener needs and that are not present
+	// yet (an EDS cluster whose assignment has not arrived, a cluster or
+	// RDS route configuration not yet sent), as "Cluster/<name>",
+	// "ClusterLoadAssignment/<name>" and "RouteConfiguration/<name>".
+	// Services using them have no endpoints from them in State; an L7
+	// service whose route configuration is missing has routes of that name
+	// without a virtual host, so no request has a route. A client may wait
+	// for them before applying State, as Envoy does while warming.
 	Missing []string
 }
 
@@ -86,7 +90,8 @@ func RDSNames(r Resources) []string {
 
 // Translate returns the dataplane state r describes, or a *ResourceError for
 // the first resource (in name order, listeners first, then clusters, then
-// assignments) that Sluice cannot honour. It never panics, whatever r holds.
+// assignments, then route configurations) that Sluice cannot honour. It
+// never panics, whatever r holds.
 //
 // Every resource in r is checked, also those no listener uses, so a client
 // NACKs a bad resource when it arrives rather than when it is first used.
@@ -94,7 +99,15 @@ func RDSNames(r Resources) []string {
 // then additional_addresses in order); endpoints keep the order of their
 // assignment. A listener with several addresses (dual-stack) gives each of
 // its services the endpoints of that service's address family only; with one
-// address, an endpoint of the other family is an error.
+// address, an endpoint of the other family is an error (for an L4 service:
+// an L7 service's clusters are reached by the L7 proxy, which connects
+// afresh).
+//
+// A listener with an http_connection_manager is an L7 service (Service.L7):
+// its routes come inline or from the RouteConfiguration it names (RDS), its
+// clusters are every cluster its routes name, sorted, each with its
+// endpoints resolved as a tcp_proxy's cluster is, and it has no endpoints of
+// its own.
 //
 // The endpoints of the workload directories (IsDirectory), in name order,
 // are State.Peers.
@@ -130,8 +143,17 @@ func Translate(r Resources) (Result, error) {
 		t.done()
 		assignments[name] = eps
 	}
+	routes := make(map[string]routePlan, len(r.Routes))
+	for _, name := range sortedKeys(r.Routes) {
+		rc, err := t.routeConfig(name, r.Routes[name])
+		if err != nil {
+			return Result{}, err.resource("RouteConfiguration", name)
+		}
+		t.done()
+		routes[name] = newRoutePlan(rc)
+	}
 
-	services, missing := assemble(plans, clusters, assignments)
+	services, missing := assemble(plans, clusters, assignments, routes)
 	if err := validate(services); err != nil {
 		return Result{}, err
 	}
@@ -157,10 +179,10 @@ func validate(services []model.Service) error {
 	return nil
 }
 
-// assemble puts checked listeners, clusters and assignments together into
-// services, and says which clusters and assignments the listeners need and
-// do not have (as "Cluster/<name>" and "ClusterLoadAssignment/<name>").
-func assemble(plans []*listenerPlan, clusters map[string]clusterPlan, assignments map[string][]model.Endpoint) ([]model.Service, map[string]bool) {
+// assemble puts checked listeners, clusters, assignments and route
+// configurations together into services, and says which of them the
+// listeners need and do not have (see Result.Missing).
+func assemble(plans []*listenerPlan, clusters map[string]clusterPlan, assignments map[string][]model.Endpoint, routes map[string]routePlan) ([]model.Service, map[string]bool) {
 	missing := make(map[string]bool)
 	resolve := func(cluster string) []model.Endpoint {
 		c, ok := clusters[cluster]
@@ -207,21 +229,49 @@ func assemble(plans []*listenerPlan, clusters map[string]clusterPlan, assignment
 	pick := func(i int, vip netip.Addr) []model.Endpoint { return endpointsFor(pools[i], vip, dualStack) }
 	for _, p := range plans {
 		pools = pools[:0]
-		for _, pl := range p.pools {
-			pools = append(pools, resolve(pl.cluster))
+		var rp routePlan
+		if p.l7 == nil {
+			for _, pl := range p.pools {
+				pools = append(pools, resolve(pl.cluster))
+			}
+		} else {
+			rp = p.l7.inline
+			if p.l7.rds != "" {
+				var ok bool
+				if rp, ok = routes[p.l7.rds]; !ok {
+					missing["RouteConfiguration/"+p.l7.rds] = true
+					rp = missingRoutes(p.l7.rds)
+				}
+			}
+			for _, c := range rp.clusters {
+				pools = append(pools, resolve(c))
+			}
 		}
 		dualStack = len(p.addrs) > 1
-		services = appendServices(services, p, pick)
+		services = appendServices(services, p, rp, pick)
 	}
 	return services, missing
 }
 
 // appendServices appends to dst the services of listener p, one per
-// address; pick returns the endpoints of p's i-th pool for the service at
-// vip.
-func appendServices(dst []model.Service, p *listenerPlan, pick func(i int, vip netip.Addr) []model.Endpoint) []model.Service {
+// address; pick returns the endpoints of p's i-th cluster for the service
+// at vip: of its i-th pool, or for an L7 listener of the i-th cluster its
+// routes rp name.
+func appendServices(dst []model.Service, p *listenerPlan, rp routePlan, pick func(i int, vip netip.Addr) []model.Endpoint) []model.Service {
 	for _, ap := range p.addrs {
 		svc := model.Service{Name: p.name, VIP: ap.Addr(), Port: ap.Port(), Protocol: p.proto, Policies: p.policies, FastPath: p.fastPath}
+		if p.l7 != nil {
+			l7 := &model.L7{RouteConfig: p.l7.rds, Routes: rp.routes, Policies: p.l7.policies}
+			if len(rp.clusters) > 0 {
+				l7.Clusters = make([]model.Cluster, len(rp.clusters))
+				for i, c := range rp.clusters {
+					l7.Clusters[i] = model.Cluster{Name: c, Endpoints: pick(i, ap.Addr())}
+				}
+			}
+			svc.L7 = l7
+			dst = append(dst, svc)
+			continue
+		}
 		if p.weighted {
 			// A split is named after its cluster, which is unique within
 			// the listener.

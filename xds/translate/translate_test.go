@@ -12,6 +12,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	originaldstv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_dst/v3"
 	tlsinspectorv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/tls_inspector/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
@@ -637,6 +638,15 @@ func dump(svcs []model.Service) string {
 		for _, sp := range s.Splits {
 			fmt.Fprintf(&b, "\n    split %s w=%d eps=%s", sp.Name, sp.Weight, dumpEndpoints(sp.Endpoints))
 		}
+		if l7 := s.L7; l7 != nil {
+			fmt.Fprintf(&b, "\n    L7 route_config=%q policies=%d", l7.RouteConfig, len(l7.Policies))
+			if l7.Routes != nil {
+				fmt.Fprintf(&b, " routes=%q virtual_hosts=%d", l7.Routes.Name, len(l7.Routes.VirtualHosts))
+			}
+			for _, c := range l7.Clusters {
+				fmt.Fprintf(&b, "\n    cluster %s eps=%s", c.Name, dumpEndpoints(c.Endpoints))
+			}
+		}
 	}
 	return b.String()
 }
@@ -676,12 +686,23 @@ func cloneResources(r translate.Resources) translate.Resources {
 			c.Endpoints[k] = proto.Clone(v).(*endpointv3.ClusterLoadAssignment)
 		}
 	}
+	if r.Routes != nil {
+		c.Routes = map[string]*routev3.RouteConfiguration{}
+		for k, v := range r.Routes {
+			c.Routes[k] = proto.Clone(v).(*routev3.RouteConfiguration)
+		}
+	}
 	return c
 }
 
 func equalResources(a, b translate.Resources) bool {
-	if len(a.Listeners) != len(b.Listeners) || len(a.Clusters) != len(b.Clusters) || len(a.Endpoints) != len(b.Endpoints) {
+	if len(a.Listeners) != len(b.Listeners) || len(a.Clusters) != len(b.Clusters) || len(a.Endpoints) != len(b.Endpoints) || len(a.Routes) != len(b.Routes) {
 		return false
+	}
+	for k, v := range a.Routes {
+		if !proto.Equal(v, b.Routes[k]) {
+			return false
+		}
 	}
 	for k, v := range a.Listeners {
 		if !proto.Equal(v, b.Listeners[k]) {

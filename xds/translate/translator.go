@@ -11,6 +11,7 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 
 	"github.com/sluice-mesh/sluice/dataplane/model"
 )
@@ -34,7 +35,8 @@ import (
 //
 // Results share memory with each other and with the Translator: a service
 // that did not change has the Endpoints, Splits and Policies slices (the
-// same backing arrays) it had in the previous result, and State.Services,
+// same backing arrays) and the L7 it had in the previous result, services
+// reading one route configuration share its routes, and State.Services,
 // Ignored and Missing are those of the previous result when they did not
 // change.
 // Callers must not modify anything a Result holds.
@@ -60,13 +62,18 @@ type Translator struct {
 	listeners   memo[listenerv3.Listener, *listenerEntry]
 	clusters    memo[clusterv3.Cluster, *clusterEntry]
 	assignments memo[endpointv3.ClusterLoadAssignment, *assignmentEntry]
+	routes      memo[routev3.RouteConfiguration, *routeEntry]
 
-	// clusterUsers names, per cluster name, the listeners with a pool of
-	// it, whether it exists or not; edsUsers names, per assignment name, the
-	// EDS clusters reading it. They say which listeners a changed cluster or
-	// assignment affects.
+	// clusterUsers names, per cluster name, the listeners whose services
+	// resolve it (with a pool of it, or whose routes name it), whether it
+	// exists or not; edsUsers names, per assignment name, the EDS clusters
+	// reading it; rdsUsers, per route configuration name, the listeners
+	// reading it through RDS, whether it exists or not. They say which
+	// listeners a changed cluster, assignment or route configuration
+	// affects.
 	clusterUsers users
 	edsUsers     users
+	rdsUsers     users
 
 	names   []string                 // the listener names, sorted; never modified
 	order   []*listenerEntry         // listeners[names[i]]; never modified
@@ -194,7 +201,7 @@ func (m *memo[M, E]) diffNames(now map[string]*M, names []string) (changed, remo
 // just the changed resources, and can drop each message once its
 // translation is accepted.
 type Hint struct {
-	Listeners, Clusters, Endpoints []string
+	Listeners, Clusters, Endpoints, Routes []string
 }
 
 // listenerEntry is an accepted listener and the services it gave.
@@ -203,11 +210,44 @@ type listenerEntry struct {
 	plan     *listenerPlan
 	keys     []string        // Ignored keys it sets
 	services []model.Service // never modified
-	missing  []string        // Result.Missing names its pools need, with repeats
-	routes   []string        // the route configurations it refers to (RDS)
+	missing  []string        // Result.Missing names its services need, with repeats
+	// routeClusters are, for an L7 listener, the clusters its routes name
+	// (of the routes it has in this translation). Never modified.
+	routeClusters []string
 }
 
 func (e *listenerEntry) message() weak.Pointer[listenerv3.Listener] { return e.msg }
+
+// clusters returns the number of clusters e's services resolve, and the
+// name of the i-th: its plan's pools, or the clusters its routes name.
+func (e *listenerEntry) clusters() (int, func(i int) string) {
+	if e.plan.l7 != nil {
+		return len(e.routeClusters), func(i int) string { return e.routeClusters[i] }
+	}
+	return len(e.plan.pools), func(i int) string { return e.plan.pools[i].cluster }
+}
+
+// addUsers adds e, the entry of listener name, to the users of the
+// clusters and route configuration it reads; removeUsers removes it.
+func (t *Translator) addUsers(name string, e *listenerEntry) {
+	n, cluster := e.clusters()
+	for i := range n {
+		t.clusterUsers.add(cluster(i), name)
+	}
+	if l7 := e.plan.l7; l7 != nil && l7.rds != "" {
+		t.rdsUsers.add(l7.rds, name)
+	}
+}
+
+func (t *Translator) removeUsers(name string, e *listenerEntry) {
+	n, cluster := e.clusters()
+	for i := range n {
+		t.clusterUsers.remove(cluster(i), name)
+	}
+	if l7 := e.plan.l7; l7 != nil && l7.rds != "" {
+		t.rdsUsers.remove(l7.rds, name)
+	}
+}
 
 // clusterEntry is an accepted cluster.
 type clusterEntry struct {
@@ -218,6 +258,15 @@ type clusterEntry struct {
 }
 
 func (e *clusterEntry) message() weak.Pointer[clusterv3.Cluster] { return e.msg }
+
+// routeEntry is an accepted RouteConfiguration.
+type routeEntry struct {
+	msg  weak.Pointer[routev3.RouteConfiguration]
+	plan routePlan
+	keys []string
+}
+
+func (e *routeEntry) message() weak.Pointer[routev3.RouteConfiguration] { return e.msg }
 
 // assignmentEntry is an accepted ClusterLoadAssignment.
 type assignmentEntry struct {
@@ -265,8 +314,10 @@ func NewTranslator() *Translator {
 		listeners:    newMemo[listenerv3.Listener, *listenerEntry](),
 		clusters:     newMemo[clusterv3.Cluster, *clusterEntry](),
 		assignments:  newMemo[endpointv3.ClusterLoadAssignment, *assignmentEntry](),
+		routes:       newMemo[routev3.RouteConfiguration, *routeEntry](),
 		clusterUsers: newUsers(0),
 		edsUsers:     newUsers(0),
+		rdsUsers:     newUsers(0),
 		keys:         make(map[model.ServiceKey]int),
 		missing:      make(map[string]int),
 		last:         Result{Ignored: map[string]int{}},
@@ -276,9 +327,10 @@ func NewTranslator() *Translator {
 // step is one translation in progress: what differs from the last accepted
 // one. A nil entry is a resource that is gone.
 type step struct {
-	listeners   map[string]*listenerEntry // changed, added, removed, or affected by a changed cluster or assignment
+	listeners   map[string]*listenerEntry // changed, added, removed, or affected by a changed cluster, assignment or route configuration
 	clusters    map[string]*clusterEntry  // changed, added or removed
 	assignments map[string]*assignmentEntry
+	routes      map[string]*routeEntry
 
 	changed []string        // listeners changed, added or removed, sorted: their addresses may differ
 	fresh   map[string]bool // listeners whose services differ from the accepted ones
@@ -287,7 +339,8 @@ type step struct {
 // Translate returns what the package's Translate returns for r, the same
 // error included, translating again only what differs from the last
 // accepted call: the resources whose pointer changed, and the services of
-// listeners using a cluster or assignment that changed, arrived or went.
+// listeners using a cluster, assignment or route configuration that
+// changed, arrived or went.
 func (t *Translator) Translate(r Resources) (Result, error) {
 	return t.TranslateHint(r, nil)
 }
@@ -315,6 +368,7 @@ func (t *Translator) Stage(r Resources, h *Hint) (res Result, accept func(), err
 	lc, lr := diffWith(&t.listeners, r.Listeners, h, func(h *Hint) []string { return h.Listeners })
 	cc, cr := diffWith(&t.clusters, r.Clusters, h, func(h *Hint) []string { return h.Clusters })
 	ac, ar := diffWith(&t.assignments, r.Endpoints, h, func(h *Hint) []string { return h.Endpoints })
+	rc, rr := diffWith(&t.routes, r.Routes, h, func(h *Hint) []string { return h.Routes })
 	return t.stage(
 		input[listenerv3.Listener]{lc, lr, func(name string) (*Prepared, weak.Pointer[listenerv3.Listener]) {
 			l := r.Listeners[name]
@@ -328,6 +382,10 @@ func (t *Translator) Stage(r Resources, h *Hint) (res Result, accept func(), err
 			a := r.Endpoints[name]
 			return p.Assignment(name, a), weak.Make(a)
 		}},
+		input[routev3.RouteConfiguration]{rc, rr, func(name string) (*Prepared, weak.Pointer[routev3.RouteConfiguration]) {
+			c := r.Routes[name]
+			return p.Route(name, c), weak.Make(c)
+		}},
 	)
 }
 
@@ -339,9 +397,9 @@ type Prepared struct {
 	err     *ResourceError
 	keys    []string         // Ignored keys it sets
 	plan    *listenerPlan    // Listener
-	routes  []string         // Listener: the route configurations it refers to
 	cluster clusterPlan      // Cluster
 	eps     []model.Endpoint // ClusterLoadAssignment
+	routes  routePlan        // RouteConfiguration
 }
 
 // Err returns why the resource is refused, or nil. StagePrepared refuses
@@ -372,7 +430,7 @@ func (p *Preparer) Listener(name string, l *listenerv3.Listener) *Prepared {
 	if err != nil {
 		return &Prepared{err: err.resource("Listener", name)}
 	}
-	return &Prepared{plan: plan, keys: keys, routes: routeConfigNames(l, nil)}
+	return &Prepared{plan: plan, keys: keys}
 }
 
 // Cluster prepares a cluster.
@@ -397,9 +455,20 @@ func (p *Preparer) Assignment(name string, a *endpointv3.ClusterLoadAssignment) 
 	return &Prepared{eps: eps, keys: keys}
 }
 
+// Route prepares a RouteConfiguration.
+func (p *Preparer) Route(name string, rc *routev3.RouteConfiguration) *Prepared {
+	tl := p.tally()
+	routes, err := tl.routeConfig(name, rc)
+	keys := tl.take()
+	if err != nil {
+		return &Prepared{err: err.resource("RouteConfiguration", name)}
+	}
+	return &Prepared{routes: newRoutePlan(routes), keys: keys}
+}
+
 // PreparedResources holds prepared resources by type and name.
 type PreparedResources struct {
-	Listeners, Clusters, Endpoints map[string]*Prepared
+	Listeners, Clusters, Endpoints, Routes map[string]*Prepared
 }
 
 // StagePrepared is Stage given prepared resources and the exact changes
@@ -413,6 +482,7 @@ func (t *Translator) StagePrepared(p PreparedResources, h Hint) (res Result, acc
 	lc, lr := preparedChanges(&t.listeners, p.Listeners, h.Listeners)
 	cc, cr := preparedChanges(&t.clusters, p.Clusters, h.Clusters)
 	ac, ar := preparedChanges(&t.assignments, p.Endpoints, h.Endpoints)
+	rc, rr := preparedChanges(&t.routes, p.Routes, h.Routes)
 	return t.stage(
 		input[listenerv3.Listener]{lc, lr, func(name string) (*Prepared, weak.Pointer[listenerv3.Listener]) {
 			return p.Listeners[name], weak.Pointer[listenerv3.Listener]{}
@@ -422,6 +492,9 @@ func (t *Translator) StagePrepared(p PreparedResources, h Hint) (res Result, acc
 		}},
 		input[endpointv3.ClusterLoadAssignment]{ac, ar, func(name string) (*Prepared, weak.Pointer[endpointv3.ClusterLoadAssignment]) {
 			return p.Endpoints[name], weak.Pointer[endpointv3.ClusterLoadAssignment]{}
+		}},
+		input[routev3.RouteConfiguration]{rc, rr, func(name string) (*Prepared, weak.Pointer[routev3.RouteConfiguration]) {
+			return p.Routes[name], weak.Pointer[routev3.RouteConfiguration]{}
 		}},
 	)
 }
@@ -449,7 +522,7 @@ type input[M any] struct {
 	get              func(name string) (*Prepared, weak.Pointer[M])
 }
 
-func (t *Translator) stage(li input[listenerv3.Listener], ci input[clusterv3.Cluster], ai input[endpointv3.ClusterLoadAssignment]) (res Result, accept func(), err error) {
+func (t *Translator) stage(li input[listenerv3.Listener], ci input[clusterv3.Cluster], ai input[endpointv3.ClusterLoadAssignment], ri input[routev3.RouteConfiguration]) (res Result, accept func(), err error) {
 	if t.keys == nil {
 		*t = *NewTranslator()
 	}
@@ -464,7 +537,7 @@ func (t *Translator) stage(li input[listenerv3.Listener], ci input[clusterv3.Clu
 		if p.err != nil {
 			return Result{}, nil, p.err
 		}
-		s.listeners[name] = &listenerEntry{msg: id, plan: p.plan, keys: p.keys, routes: p.routes}
+		s.listeners[name] = &listenerEntry{msg: id, plan: p.plan, keys: p.keys}
 	}
 	for _, name := range li.removed {
 		s.listeners[name] = nil
@@ -508,6 +581,18 @@ func (t *Translator) stage(li input[listenerv3.Listener], ci input[clusterv3.Clu
 	}
 	for _, name := range ai.removed {
 		s.assignments[name] = nil
+	}
+
+	s.routes = make(map[string]*routeEntry, len(ri.changed)+len(ri.removed))
+	for _, name := range ri.changed {
+		p, id := ri.get(name)
+		if p.err != nil {
+			return Result{}, nil, p.err
+		}
+		s.routes[name] = &routeEntry{msg: id, plan: p.routes, keys: p.keys}
+	}
+	for _, name := range ri.removed {
+		s.routes[name] = nil
 	}
 
 	t.affected(s)
@@ -581,27 +666,33 @@ func (t *tally) take() []string {
 }
 
 // affected adds to s.listeners the unchanged listeners whose services may
-// change: those with a pool of a cluster that changed, arrived or went, or
-// whose EDS assignment did.
+// change: those resolving a cluster that changed, arrived or went, or whose
+// EDS assignment did, and those reading a route configuration that did.
 func (t *Translator) affected(s *step) {
-	touch := func(cluster string) {
-		for name := range t.clusterUsers.of(cluster) {
+	touch := func(listeners iter.Seq[string]) {
+		for name := range listeners {
 			if _, ok := s.listeners[name]; ok {
 				continue
 			}
 			old := t.listeners.get(name)
-			s.listeners[name] = &listenerEntry{msg: old.msg, plan: old.plan, keys: old.keys, routes: old.routes}
+			s.listeners[name] = &listenerEntry{msg: old.msg, plan: old.plan, keys: old.keys}
 		}
 	}
 	for name := range s.clusters {
-		touch(name)
+		touch(t.clusterUsers.of(name))
 	}
 	for name := range s.assignments {
 		// Clusters that changed are touched above, with their new
 		// assignment names.
 		for cluster := range t.edsUsers.of(name) {
-			touch(cluster)
+			touch(t.clusterUsers.of(cluster))
 		}
+	}
+	// A listener whose routes changed may resolve other clusters now; it
+	// resolves them against s, so the clusters and assignments that changed
+	// along with the routes are seen.
+	for name := range s.routes {
+		touch(t.rdsUsers.of(name))
 	}
 }
 
@@ -609,12 +700,21 @@ func (t *Translator) affected(s *step) {
 // accepted services if they are the same.
 func (t *Translator) assemble(s *step, name string, e *listenerEntry) {
 	p := e.plan
-	sets := make([]*endpoints, len(p.pools))
-	for i, pl := range p.pools {
-		sets[i], e.missing = s.resolve(t, pl.cluster, e.missing)
+	var rp routePlan
+	if p.l7 != nil {
+		rp = p.l7.inline
+		if p.l7.rds != "" {
+			rp, e.missing = s.route(t, p.l7.rds, e.missing)
+		}
+		e.routeClusters = rp.clusters
+	}
+	n, cluster := e.clusters()
+	sets := make([]*endpoints, n)
+	for i := range n {
+		sets[i], e.missing = s.resolve(t, cluster(i), e.missing)
 	}
 	dualStack := len(p.addrs) > 1
-	e.services = appendServices(make([]model.Service, 0, len(p.addrs)), p, func(i int, vip netip.Addr) []model.Endpoint {
+	e.services = appendServices(make([]model.Service, 0, len(p.addrs)), p, rp, func(i int, vip netip.Addr) []model.Endpoint {
 		return sets[i].of(vip, dualStack)
 	})
 	if old := t.listeners.get(name); old != nil && sameServices(old.services, e.services) {
@@ -645,6 +745,19 @@ func (s *step) resolve(t *Translator, cluster string, missing []string) (*endpoi
 		return nil, append(missing, "ClusterLoadAssignment/"+c.eds)
 	}
 	return a.eps, missing
+}
+
+// route returns the routes of the route configuration name in s, or none
+// and missing with it added, as Translate's assemble does.
+func (s *step) route(t *Translator, name string, missing []string) (routePlan, []string) {
+	r, ok := s.routes[name]
+	if !ok {
+		r = t.routes.get(name)
+	}
+	if r == nil {
+		return missingRoutes(name), append(missing, "RouteConfiguration/"+name)
+	}
+	return r.plan, missing
 }
 
 // nextOrder returns the listener names, sorted, and their entries after s,
@@ -870,6 +983,14 @@ func (t *Translator) outcome(s *step) outcome {
 			count(e.keys, +1)
 		}
 	}
+	for name, e := range s.routes {
+		if old := t.routes.get(name); old != nil {
+			count(old.keys, -1)
+		}
+		if e != nil {
+			count(e.keys, +1)
+		}
+	}
 
 	// The Ignored and Missing of earlier results are never modified: they
 	// are replaced when they change.
@@ -922,6 +1043,7 @@ func (t *Translator) commit(s *step, names []string, order []*listenerEntry, off
 		t.edsUsers = newUsers(len(s.clusters))
 	}
 	t.assignments.reserve(len(s.assignments))
+	t.routes.reserve(len(s.routes))
 	for k, d := range keyDelta(s, &t.listeners) {
 		if n := t.keys[k] + d; n == 0 {
 			delete(t.keys, k)
@@ -932,20 +1054,21 @@ func (t *Translator) commit(s *step, names []string, order []*listenerEntry, off
 	for name, e := range s.listeners {
 		old := t.listeners.get(name)
 		if old != nil && e != nil && old.plan == e.plan {
-			// Affected by a cluster or assignment only.
+			// Affected by a cluster, assignment or route configuration
+			// only: its routes may name other clusters now.
+			if !slices.Equal(old.routeClusters, e.routeClusters) {
+				t.removeUsers(name, old)
+				t.addUsers(name, e)
+			}
 			t.listeners.put(name, e)
 			continue
 		}
 		if old != nil {
-			for _, pl := range old.plan.pools {
-				t.clusterUsers.remove(pl.cluster, name)
-			}
+			t.removeUsers(name, old)
 			t.listeners.remove(name)
 		}
 		if e != nil {
-			for _, pl := range e.plan.pools {
-				t.clusterUsers.add(pl.cluster, name)
-			}
+			t.addUsers(name, e)
 			t.listeners.put(name, e)
 		}
 	}
@@ -969,6 +1092,12 @@ func (t *Translator) commit(s *step, names []string, order []*listenerEntry, off
 			t.assignments.put(name, e)
 		}
 	}
+	for name, e := range s.routes {
+		t.routes.remove(name)
+		if e != nil {
+			t.routes.put(name, e)
+		}
+	}
 	t.names, t.order, t.offsets = names, order, offsets
 	t.missing = out.missingCount
 }
@@ -977,27 +1106,14 @@ func (t *Translator) commit(s *step, names []string, order []*listenerEntry, off
 // need, as EDSNames does for the resources of the last accepted
 // translation.
 func (t *Translator) EDSNames() []string {
-	names := make([]string, 0, len(t.edsUsers.one)+len(t.edsUsers.many))
-	for name := range t.edsUsers.one {
-		names = append(names, name)
-	}
-	for name := range t.edsUsers.many {
-		names = append(names, name)
-	}
-	slices.Sort(names)
-	return names
+	return t.edsUsers.keys()
 }
 
 // RDSNames returns, sorted, the route configuration names the accepted
 // listeners refer to, as RDSNames does for the resources of the last
 // accepted translation.
 func (t *Translator) RDSNames() []string {
-	var names []string
-	for _, e := range t.listeners.entries {
-		names = append(names, e.routes...)
-	}
-	slices.Sort(names)
-	return slices.Compact(names)
+	return t.rdsUsers.keys()
 }
 
 // users holds, per name, the set of names using it. Most names have one
@@ -1040,6 +1156,19 @@ func (u *users) remove(key, name string) {
 	}
 }
 
+// keys returns, sorted, the names that have users.
+func (u *users) keys() []string {
+	names := make([]string, 0, len(u.one)+len(u.many))
+	for name := range u.one {
+		names = append(names, name)
+	}
+	for name := range u.many {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	return names
+}
+
 // of returns the users of key.
 func (u *users) of(key string) iter.Seq[string] {
 	return func(yield func(string) bool) {
@@ -1071,16 +1200,38 @@ func sameEndpoints(a, b []model.Endpoint) bool {
 }
 
 // sameServices reports whether a and b are the same services with the same
-// endpoint slices and equal policies.
+// endpoint slices, equal policies and the same routes.
 func sameServices(a, b []model.Service) bool {
 	return slices.EqualFunc(a, b, func(x, y model.Service) bool {
 		return x.Name == y.Name && x.VIP == y.VIP && x.Port == y.Port && x.Protocol == y.Protocol && x.FastPath == y.FastPath &&
-			samePolicies(x.Policies, y.Policies) &&
+			samePolicies(x.Policies, y.Policies) && sameL7(x.L7, y.L7) &&
 			sameSlice(x.Endpoints, y.Endpoints) && (x.Splits == nil) == (y.Splits == nil) &&
 			slices.EqualFunc(x.Splits, y.Splits, func(p, q model.Split) bool {
 				return p.Name == q.Name && p.Weight == q.Weight && sameSlice(p.Endpoints, q.Endpoints)
 			})
 	})
+}
+
+// sameL7 reports whether a and b are the same L7 serving: the same routes
+// (the same translation of a route configuration, or both the routes of one
+// that is missing), equal policies, and the same clusters with the same
+// endpoint slices.
+func sameL7(a, b *model.L7) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return a.RouteConfig == b.RouteConfig && sameRoutes(a.Routes, b.Routes) && samePolicies(a.Policies, b.Policies) &&
+		(a.Clusters == nil) == (b.Clusters == nil) &&
+		slices.EqualFunc(a.Clusters, b.Clusters, func(p, q model.Cluster) bool {
+			return p.Name == q.Name && sameSlice(p.Endpoints, q.Endpoints)
+		})
+}
+
+// sameRoutes reports whether a and b are the same translation, or both
+// the empty routes of a missing route configuration (missingRoutes), which
+// are made anew each time.
+func sameRoutes(a, b *model.HTTPRoutes) bool {
+	return a == b || a.VirtualHosts == nil && b.VirtualHosts == nil && a.Name == b.Name && a.IgnorePort == b.IgnorePort
 }
 
 // samePolicies reports whether a and b are equal policies. A listener

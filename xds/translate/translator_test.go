@@ -14,6 +14,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	udpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/udp/udp_proxy/v3"
 	"google.golang.org/protobuf/proto"
@@ -62,11 +63,13 @@ func sameStaged(t testing.TB, what string, tr *translate.Translator, base, r tra
 		Listeners: changedNames(base.Listeners, r.Listeners),
 		Clusters:  changedNames(base.Clusters, r.Clusters),
 		Endpoints: changedNames(base.Endpoints, r.Endpoints),
+		Routes:    changedNames(base.Routes, r.Routes),
 	}
 	in := translate.Resources{
 		Listeners: withoutUnchanged(base.Listeners, r.Listeners),
 		Clusters:  withoutUnchanged(base.Clusters, r.Clusters),
 		Endpoints: withoutUnchanged(base.Endpoints, r.Endpoints),
+		Routes:    withoutUnchanged(base.Routes, r.Routes),
 	}
 	var got translate.Result
 	var commit func()
@@ -77,6 +80,7 @@ func sameStaged(t testing.TB, what string, tr *translate.Translator, base, r tra
 			Listeners: prepare(in.Listeners, p.Listener),
 			Clusters:  prepare(in.Clusters, p.Cluster),
 			Endpoints: prepare(in.Endpoints, p.Assignment),
+			Routes:    prepare(in.Routes, p.Route),
 		}, *h)
 	} else {
 		got, commit, gotErr = tr.Stage(in, h)
@@ -96,7 +100,10 @@ func sameStaged(t testing.TB, what string, tr *translate.Translator, base, r tra
 	if got, want := tr.EDSNames(), translate.EDSNames(r); !slices.Equal(got, want) {
 		t.Fatalf("%s: staged Translator.EDSNames %q, EDSNames %q", what, got, want)
 	}
-	return translate.Resources{Listeners: maps.Clone(r.Listeners), Clusters: maps.Clone(r.Clusters), Endpoints: maps.Clone(r.Endpoints)}
+	if got, want := tr.RDSNames(), translate.RDSNames(r); !slices.Equal(got, want) {
+		t.Fatalf("%s: staged Translator.RDSNames %q, RDSNames %q", what, got, want)
+	}
+	return copyMaps(r)
 }
 
 // prepare prepares the messages of m that are not nil.
@@ -135,6 +142,7 @@ func sameWithHint(t testing.TB, what string, tr *translate.Translator, base, r t
 			Listeners: changedNames(base.Listeners, r.Listeners),
 			Clusters:  changedNames(base.Clusters, r.Clusters),
 			Endpoints: changedNames(base.Endpoints, r.Endpoints),
+			Routes:    changedNames(base.Routes, r.Routes),
 		}
 	}
 	got, gotErr := tr.TranslateHint(r, h)
@@ -179,6 +187,17 @@ func samePointers(prev, next translate.Resources) translate.Resources {
 		Listeners: keepEqual(prev.Listeners, next.Listeners),
 		Clusters:  keepEqual(prev.Clusters, next.Clusters),
 		Endpoints: keepEqual(prev.Endpoints, next.Endpoints),
+		Routes:    keepEqual(prev.Routes, next.Routes),
+	}
+}
+
+// copyMaps returns r with its maps copied (not the messages).
+func copyMaps(r translate.Resources) translate.Resources {
+	return translate.Resources{
+		Listeners: maps.Clone(r.Listeners),
+		Clusters:  maps.Clone(r.Clusters),
+		Endpoints: maps.Clone(r.Endpoints),
+		Routes:    maps.Clone(r.Routes),
 	}
 }
 
@@ -269,8 +288,10 @@ func (s *sim) listener(i int) *listenerv3.Listener {
 		l := proxy()
 		l.FilterChains[0].Filters[0] = filter("hcm", &hcmv3.HttpConnectionManager{StatPrefix: "http"})
 		return l
-	case k < 14:
+	case k < 11:
 		return proxy()
+	case k < 14:
+		return s.httpListener(i, name)
 	case k < 17: // dual stack
 		l := proxy()
 		l.AdditionalAddresses = []*listenerv3.AdditionalAddress{{Address: sockAddr(fmt.Sprintf("fd00:96::%x", i+1), 80)}}
@@ -379,7 +400,9 @@ func drop[M any](s *sim, m map[string]M) {
 // change makes one random change to s.r.
 func (s *sim) change() {
 	r := &s.r
-	switch k := s.rng.IntN(100); {
+	switch k := s.rng.IntN(110); {
+	case k >= 100:
+		s.changeRoutes()
 	case k < 20:
 		i := s.rng.IntN(simListeners)
 		r.Listeners[fmt.Sprintf("l%03d", i)] = s.listener(i)
@@ -411,10 +434,12 @@ func (s *sim) change() {
 		// The control plane catches up: every missing resource arrives.
 		res, _ := translate.Translate(*r)
 		for _, m := range res.Missing {
-			typ, name, _ := strings.Cut(m, "/")
-			if typ == "Cluster" {
+			switch typ, name, _ := strings.Cut(m, "/"); typ {
+			case "Cluster":
 				r.Clusters[name] = edsCluster(name, "")
-			} else {
+			case "RouteConfiguration":
+				r.Routes[name] = s.route(name)
+			default:
 				r.Endpoints[name] = cla(name, lbEndpoint("10.244.3.1", 80))
 			}
 		}
@@ -444,13 +469,7 @@ func (s *sim) change() {
 	}
 }
 
-func (s *sim) clone() translate.Resources {
-	return translate.Resources{
-		Listeners: maps.Clone(s.r.Listeners),
-		Clusters:  maps.Clone(s.r.Clusters),
-		Endpoints: maps.Clone(s.r.Endpoints),
-	}
-}
+func (s *sim) clone() translate.Resources { return copyMaps(s.r) }
 
 // TestTranslatorMatchesTranslate changes a mesh at random, a few resources
 // at a time, and checks after every change that a Translator fed every set
@@ -462,7 +481,7 @@ func TestTranslatorMatchesTranslate(t *testing.T) {
 	}
 	// What the steps gave, over all seeds: the changes must keep
 	// exercising every outcome.
-	var stats struct{ accepted, refused, validate, missing, complete, ignored, unchanged, peers int }
+	var stats struct{ accepted, refused, validate, missing, complete, ignored, unchanged, peers, l7, routesMissing int }
 	for seed := range uint64(seeds) {
 		t.Run(fmt.Sprint("seed", seed), func(t *testing.T) {
 			s := &sim{rng: rand.New(rand.NewPCG(seed, 7))}
@@ -470,10 +489,17 @@ func TestTranslatorMatchesTranslate(t *testing.T) {
 				Listeners: map[string]*listenerv3.Listener{},
 				Clusters:  map[string]*clusterv3.Cluster{},
 				Endpoints: map[string]*endpointv3.ClusterLoadAssignment{},
+				Routes:    map[string]*routev3.RouteConfiguration{},
 			}
-			// Valid to start with, some clusters and assignments not
-			// there yet.
+			// Valid to start with, some clusters, assignments and route
+			// configurations not there yet.
 			s.valid = true
+			for i := range simRoutes {
+				if i%4 != 3 {
+					name := fmt.Sprintf("r%d", i)
+					s.r.Routes[name] = s.route(name)
+				}
+			}
 			for i := range simListeners {
 				if i%5 != 0 {
 					l := s.listener(i)
@@ -535,6 +561,12 @@ func TestTranslatorMatchesTranslate(t *testing.T) {
 					if len(res.State.Peers) > 0 {
 						stats.peers++
 					}
+					if slices.ContainsFunc(res.State.Services, func(svc model.Service) bool { return svc.L7 != nil }) {
+						stats.l7++
+					}
+					if slices.ContainsFunc(res.Missing, func(m string) bool { return strings.HasPrefix(m, "RouteConfiguration/") }) {
+						stats.routesMissing++
+					}
 					accepted = s.clone()
 				case strings.Contains(err.Error(), "duplicate VIP") || strings.Contains(err.Error(), "address family"):
 					stats.validate++
@@ -554,7 +586,8 @@ func TestTranslatorMatchesTranslate(t *testing.T) {
 		})
 	}
 	t.Logf("%+v", stats)
-	if n := seeds * steps / 10; stats.accepted < n || stats.refused < n || stats.validate == 0 || stats.missing == 0 || stats.complete == 0 || stats.ignored == 0 || stats.peers == 0 {
+	if n := seeds * steps / 10; stats.accepted < n || stats.refused < n || stats.validate == 0 || stats.missing == 0 || stats.complete == 0 || stats.ignored == 0 || stats.peers == 0 ||
+		stats.l7 == 0 || stats.routesMissing == 0 {
 		t.Errorf("the random changes no longer exercise every outcome: %+v", stats)
 	}
 }
