@@ -1,12 +1,11 @@
-// Package l7 holds the pieces of Sluice's L7 path that need no I/O: which
-// route an HTTP request takes (Router), which upstream cluster it goes to
-// and how its path and headers change.
 package l7
 
 import (
 	"cmp"
+	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"slices"
 	"strings"
 
@@ -201,6 +200,60 @@ func Pick(clusters []model.WeightedCluster, n uint64) string {
 		n -= uint64(c.Weight)
 	}
 	return clusters[len(clusters)-1].Name
+}
+
+// PickEndpoint chooses the endpoint of a try among endpoints: a usable one
+// (Health.Usable) of the best priority (the lowest number) that has any,
+// with probability proportional to its weight (0 counts as 1); n is
+// uniformly random. Endpoints in avoid (those a request already tried) are
+// chosen only when the priority has no other. It reports false if no
+// endpoint is usable.
+func PickEndpoint(endpoints []model.Endpoint, avoid []netip.AddrPort, n uint64) (netip.AddrPort, bool) {
+	best, found := uint32(0), false
+	for i := range endpoints {
+		if e := &endpoints[i]; e.Health.Usable() && (!found || e.Priority < best) {
+			best, found = e.Priority, true
+		}
+	}
+	if !found {
+		return netip.AddrPort{}, false
+	}
+	addr := func(e *model.Endpoint) netip.AddrPort { return netip.AddrPortFrom(e.Addr, e.Port) }
+	weight := func(e *model.Endpoint) uint64 { return max(uint64(e.Weight), 1) }
+	for _, avoiding := range []bool{len(avoid) > 0, false} {
+		eligible := func(e *model.Endpoint) bool {
+			if !e.Health.Usable() || e.Priority != best {
+				return false
+			}
+			if avoiding {
+				for _, a := range avoid {
+					if a == addr(e) {
+						return false
+					}
+				}
+			}
+			return true
+		}
+		var sum uint64
+		for i := range endpoints {
+			if eligible(&endpoints[i]) {
+				sum += weight(&endpoints[i])
+			}
+		}
+		if sum == 0 {
+			continue
+		}
+		k := n % sum
+		for i := range endpoints {
+			if e := &endpoints[i]; eligible(e) {
+				if k < weight(e) {
+					return addr(e), true
+				}
+				k -= weight(e)
+			}
+		}
+	}
+	panic(fmt.Sprintf("l7: no endpoint chosen among %d", len(endpoints)))
 }
 
 // Rewrite returns the path a request is sent upstream with: path with the
