@@ -24,13 +24,18 @@ func (p L7Proxy) For(vip netip.Addr) (netip.AddrPort, bool) {
 // Route returns s as the kernel serves it with the L7 proxy p: each L7
 // service's one endpoint is the proxy's address of its family (none if the
 // proxy has no address of that family: its connections are refused), and
-// the proxy's addresses are trusted to carry their clients' identities. s
-// itself is not changed.
-func (p L7Proxy) Route(s model.State) model.State {
-	if len(p) > 0 {
-		s.Identities.Proxies = make([]netip.Addr, len(p))
-		for i, ap := range p {
-			s.Identities.Proxies[i] = ap.Addr()
+// the proxy's addresses and peers (other nodes' proxies) are trusted to
+// carry their clients' identities. s itself is not changed.
+func (p L7Proxy) Route(s model.State, peers []netip.Addr) model.State {
+	if len(p)+len(peers) > 0 {
+		s.Identities.Proxies = make([]netip.Addr, 0, len(p)+len(peers))
+		for _, ap := range p {
+			s.Identities.Proxies = append(s.Identities.Proxies, ap.Addr())
+		}
+		for _, a := range peers {
+			if !slices.Contains(s.Identities.Proxies, a) {
+				s.Identities.Proxies = append(s.Identities.Proxies, a)
+			}
 		}
 	}
 	if !slices.ContainsFunc(s.Services, func(svc model.Service) bool { return svc.L7 != nil }) {

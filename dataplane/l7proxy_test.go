@@ -19,7 +19,8 @@ func TestL7ProxyRoute(t *testing.T) {
 		{Name: "web6", VIP: netip.MustParseAddr("fd00::2"), Port: 80, Protocol: model.TCP, L7: l7},
 	}}
 	p := L7Proxy{netip.MustParseAddrPort("10.244.255.1:15001")}
-	out := p.Route(in)
+	peer := netip.MustParseAddr("10.244.255.2")
+	out := p.Route(in, []netip.Addr{peer, p[0].Addr()})
 	if got := out.Services[0].Endpoints; len(got) != 1 || got[0] != ep[0] {
 		t.Errorf("L4 service endpoints: %v, want %v", got, ep)
 	}
@@ -32,17 +33,17 @@ func TestL7ProxyRoute(t *testing.T) {
 	if in.Services[1].Endpoints != nil {
 		t.Errorf("Route changed its input: %v", in.Services[1].Endpoints)
 	}
-	if got := out.Identities.Proxies; len(got) != 1 || got[0] != p[0].Addr() {
-		t.Errorf("trusted proxies: %v, want [%s]", got, p[0].Addr())
+	if got := out.Identities.Proxies; len(got) != 2 || got[0] != p[0].Addr() || got[1] != peer {
+		t.Errorf("trusted proxies: %v, want [%s %s]", got, p[0].Addr(), peer)
 	}
 	if err := out.Validate(); err != nil {
 		t.Errorf("routed state: %v", err)
 	}
-	if got := (L7Proxy{}).Route(in); got.Identities.Proxies != nil || len(got.Services[1].Endpoints) != 0 {
+	if got := (L7Proxy{}).Route(in, nil); got.Identities.Proxies != nil || len(got.Services[1].Endpoints) != 0 {
 		t.Errorf("no proxy: proxies %v, L7 endpoints %v, want none", got.Identities.Proxies, got.Services[1].Endpoints)
 	}
 	l4only := model.State{Services: in.Services[:1]}
-	if got := p.Route(l4only); &got.Services[0] != &l4only.Services[0] {
+	if got := p.Route(l4only, nil); &got.Services[0] != &l4only.Services[0] {
 		t.Errorf("a state without L7 services must keep its services as they are")
 	}
 }

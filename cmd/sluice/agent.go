@@ -54,6 +54,7 @@ type agentFlags struct {
 	metricsAddr string
 	socket      string
 	l7Proxy     []string // where the node's L7 proxy listens, host:port per family
+	l7Peers     []string // other nodes' L7 proxies' addresses
 	// uninstallOnExit removes the datapath when the agent exits instead
 	// of leaving it in place.
 	uninstallOnExit bool
@@ -130,6 +131,7 @@ func newAgentCommand() *cobra.Command {
 	fl.StringVar(&f.metricsAddr, "metrics-addr", "127.0.0.1:9464", "address for /metrics, /healthz and /readyz; empty for none")
 	fl.StringVar(&f.socket, "socket", observe.DefaultSocket, "unix socket of the local API (`sluice observe`, `sluice status`), readable by root only")
 	fl.StringSliceVar(&f.l7Proxy, "l7-proxy", nil, "where this node's L7 proxy (`sluice proxy`) listens, IPv4:port and/or [IPv6]:port: connections to L7 services go there (docs/l7.md); none: they are refused")
+	fl.StringSliceVar(&f.l7Peers, "l7-peer-proxies", nil, "addresses other nodes' L7 proxies connect from (their --l7-proxy addresses): connections from them are trusted to carry their clients' identities (docs/l7.md)")
 	fl.DurationVar(&f.pollEvery, "config-poll", time.Second, "how often the mesh file is checked for edits, and local workloads' cgroups for changes")
 	fl.DurationVar(&f.warmTimeout, "warming-timeout", 15*time.Second, "how long to wait for resources listeners need before applying without them")
 	fl.DurationVar(&f.keepalive, "xds-keepalive", xds.DefaultKeepalive, "ping the control plane after this long without traffic (at least 10s; a server closes the connection on pings more frequent than its policy allows, and gRPC servers allow one per 5m by default)")
@@ -164,6 +166,14 @@ func runAgent(ctx context.Context, f agentFlags, log *slog.Logger) (err error) {
 	proxy, err := parseL7Proxy("--l7-proxy", f.l7Proxy)
 	if err != nil {
 		return err
+	}
+	var peers []netip.Addr
+	for _, s := range f.l7Peers {
+		a, err := netip.ParseAddr(s)
+		if err != nil || a.Zone() != "" || a.IsUnspecified() {
+			return fmt.Errorf("--l7-peer-proxies %q: want an IP address (a node's L7 proxy address, no port)", s)
+		}
+		peers = append(peers, a.Unmap())
 	}
 	f.node.Version = version()
 
@@ -262,7 +272,7 @@ func runAgent(ctx context.Context, f agentFlags, log *slog.Logger) (err error) {
 	warn := &warnOnce{log: log.With("component", "identity")}
 	feed := l7.NewFeed()
 	ids := &identityApplier{
-		next: &l7Applier{proxy: proxy, feed: feed, next: &releasingApplier{dp: dp, release: debug.FreeOSMemory}},
+		next: &l7Applier{proxy: proxy, peers: peers, feed: feed, next: &releasingApplier{dp: dp, release: debug.FreeOSMemory}},
 		locals: func() []identity.Local {
 			return resolveWorkloads(workloads(), f.node.NodeName, mount, f.fastPath, warn)
 		},
@@ -621,12 +631,13 @@ func parseL7Proxy(flag string, specs []string) (dataplane.L7Proxy, error) {
 // in force, hands its L7 part to the proxy (l7.Feed).
 type l7Applier struct {
 	proxy dataplane.L7Proxy
+	peers []netip.Addr
 	feed  *l7.Feed
 	next  interface{ Apply(model.State) error }
 }
 
 func (a *l7Applier) Apply(s model.State) error {
-	if err := a.next.Apply(a.proxy.Route(s)); err != nil {
+	if err := a.next.Apply(a.proxy.Route(s, a.peers)); err != nil {
 		return err
 	}
 	return a.feed.Publish(s.Services, s.Identities.Names)

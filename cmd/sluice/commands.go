@@ -20,7 +20,7 @@ func newRootCommand() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newAgentCommand(), newControlPlaneCommand(), newDemoCommand(), newDemoBackendCommand(), newUninstallCommand(), newVersionCommand(), newObserveCommand(), newStatusCommand())
+	root.AddCommand(newAgentCommand(), newControlPlaneCommand(), newDemoCommand(), newDemoBackendCommand(), newUninstallCommand(), newVersionCommand(), newObserveCommand(), newStatusCommand(), newProxyCommand())
 	return root
 }
 

@@ -512,7 +512,7 @@ func TestLocalReplies(t *testing.T) {
 	}
 }
 
-func TestAuthorize(t *testing.T) {
+func TestProxyAuthorizeHook(t *testing.T) {
 	b := newBackend(t, text("hello"))
 	f := start(t, l7.Options{}, service([]model.HTTPRoute{route("web", prefix("/"))}, cluster("web", endpoint(t, b.URL))))
 	cfg, err := l7.NewConfig([]model.Service{service([]model.HTTPRoute{route("web", prefix("/"))}, cluster("web", endpoint(t, b.URL)))}, nil)

@@ -25,7 +25,6 @@ var (
 	meshSrc    = netip.MustParseAddrPort("10.244.1.5:40000")
 	mappedSrc  = netip.MustParseAddrPort("[::ffff:10.244.1.5]:40000")
 	outsideSrc = netip.MustParseAddrPort("192.168.1.9:5000")
-	vip        = netip.MustParseAddrPort("10.96.0.10:80")
 )
 
 func lookup(id uint32) string { return names[id] }

@@ -42,10 +42,12 @@ func (n *Node) StartProxy(ctx context.Context, bin string, args ...string) (*Pro
 		}
 	}
 	p := &Proxy{Node: n, Listen: n.ProxyAddr()}
-	all := append([]string{"netns", "exec", n.NetNS, bin, "proxy",
+	// nsenter, not `ip netns exec`: that remounts /sys, hiding the bpffs
+	// the agent pinned the maps in.
+	all := append([]string{"--net=/run/netns/" + n.NetNS, bin, "proxy",
 		"--listen", p.Listen.String(), "--pin-dir", n.PinDir,
 		"--agent-socket", filepath.Join(c.Dir, n.Name+".sock")}, args...)
-	d, err := c.startDaemonIn("proxy "+n.Name, dir, exec.Command("ip", all...))
+	d, err := c.startDaemonIn("proxy "+n.Name, dir, exec.Command("nsenter", all...))
 	if err != nil {
 		return nil, err
 	}
@@ -79,7 +81,7 @@ func probeInNetns(ctx context.Context, netns string, addr netip.AddrPort) error 
 // Log is what the proxy printed so far.
 func (p *Proxy) Log() string { return p.d.log.String() }
 
-// Pid is the proxy's process id (that of `ip netns exec`, which execs it).
+// Pid is the proxy's process id (that of nsenter, which execs it).
 func (p *Proxy) Pid() int { return p.d.cmd.Process.Pid }
 
 // Stop stops the proxy (SIGTERM, then SIGKILL after 10 s).

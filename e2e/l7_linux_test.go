@@ -1,0 +1,463 @@
+package e2e_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"net/netip"
+	"os"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/sluice-mesh/sluice/dataplane/model"
+	"github.com/sluice-mesh/sluice/e2e/cluster"
+	"github.com/sluice-mesh/sluice/e2e/probe"
+	"github.com/sluice-mesh/sluice/e2e/testenv"
+	"github.com/sluice-mesh/sluice/xds/mesh"
+)
+
+// l7VIP is the L7 service of the L7 tests.
+var l7VIP = netip.MustParseAddr("10.96.50.1")
+
+// l7Mesh is the simulated cluster of the L7 tests: two routed nodes, each
+// with its agent and L7 proxy, fed by a control plane in the test.
+type l7Mesh struct {
+	t       *testing.T
+	bin     string
+	c       *cluster.Cluster
+	nodes   map[string]*cluster.Node
+	pods    map[string]*cluster.Pod
+	agents  map[string]*cluster.Agent
+	proxies map[string]*cluster.Proxy
+	xds     *xdsServer
+	mf      *cluster.MeshFile
+	res     mesh.Resources
+}
+
+func newL7Mesh(t *testing.T) *l7Mesh {
+	testenv.RequirePrivileged(t)
+	m := &l7Mesh{t: t, bin: buildSluice(t), nodes: map[string]*cluster.Node{}, pods: map[string]*cluster.Pod{},
+		agents: map[string]*cluster.Agent{}, proxies: map[string]*cluster.Proxy{}}
+	c, err := cluster.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := c.Close(); err != nil {
+			t.Errorf("cluster close: %v", err)
+		}
+	})
+	m.c = c
+	for _, n := range []string{"n1", "n2"} {
+		if m.nodes[n], err = c.AddRoutedNode(n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pods := []struct{ node, name, addr string }{
+		{"n1", "frontend", "10.244.1.10"}, {"n1", "batch", "10.244.1.11"},
+		{"n1", "web-v1", "10.244.1.20"}, {"n2", "web-v2", "10.244.2.20"}, {"n2", "web-flap", "10.244.2.21"},
+	}
+	var ws []cluster.Workload
+	for _, p := range pods {
+		pod, err := m.nodes[p.node].AddPod(p.name, netip.MustParseAddr(p.addr))
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.pods[p.name] = pod
+		ws = append(ws, pod.Workload("shop", p.name))
+	}
+	// The pools the routes send to are services of their own (L4), so
+	// that the control plane sends their clusters; web-v2's admits the
+	// frontend only, at its endpoint, whoever dials it.
+	svc := func(name, vip string, policies ...cluster.Policy) cluster.Service {
+		return cluster.Service{Name: name, Namespace: "shop", VIPs: []netip.Addr{netip.MustParseAddr(vip)},
+			Ports: []cluster.Port{{Port: 80, TargetPort: 8080}}, Endpoints: []cluster.Endpoint{{Address: m.pods[name].IP}}, Policies: policies}
+	}
+	onlyFrontend := cluster.Policy{Name: "only-frontend", Rules: []cluster.Rule{{Name: "frontend",
+		From: []cluster.Source{{ServiceAccounts: []string{"frontend"}}}}}}
+	msh := cluster.Mesh{Workloads: ws, Services: []cluster.Service{
+		svc("web-v1", "10.96.51.1"), svc("web-v2", "10.96.51.2", onlyFrontend), svc("web-flap", "10.96.51.3"),
+	}}
+	if m.mf, err = cluster.WriteMesh(c.Dir+"/mesh.yaml", msh); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(m.mf.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	parsed, err := mesh.Parse(m.mf.Path, data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.res = parsed.Resources()
+	m.xds = startXDSServer(t)
+	m.publish("1", l7Routes())
+
+	m.serve("web-v1", false)
+	m.serve("web-v2", false)
+	m.serve("web-flap", true)
+	for _, n := range []string{"n1", "n2"} {
+		m.startAgent(n)
+		p, err := m.nodes[n].StartProxy(context.Background(), m.bin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.proxies[n] = p
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			for n, p := range m.proxies {
+				t.Logf("proxy %s log:\n%s", n, p.Log())
+			}
+		}
+	})
+	return m
+}
+
+func (m *l7Mesh) startAgent(node string) {
+	m.t.Helper()
+	n := m.nodes[node]
+	a, err := n.StartAgent(cluster.AgentConfig{Binary: m.bin, ControlPlane: &cluster.ControlPlane{Addr: m.xds.addr, Mesh: m.mf},
+		Args: []string{"--l7-proxy", n.ProxyAddr().String(), "--l7-peer-proxies", m.peerProxies(node)}})
+	if err != nil {
+		m.t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := a.Ready(ctx); err != nil {
+		m.t.Fatalf("agent %s: %v\n%s", node, err, a.Log())
+	}
+	m.agents[node] = a
+}
+
+// peerProxies lists the other nodes' proxy addresses.
+func (m *l7Mesh) peerProxies(node string) string {
+	var out []string
+	for name, n := range m.nodes {
+		if name != node {
+			out = append(out, n.Addr.String())
+		}
+	}
+	return strings.Join(out, ",")
+}
+
+// serve runs the http role in a pod, on port 8080.
+func (m *l7Mesh) serve(pod string, flap bool) {
+	m.t.Helper()
+	p := m.pods[pod]
+	cmd := p.Command(context.Background(), os.Args[0])
+	cmd.Env = append(os.Environ(), probe.RoleEnv+"=http", probe.ListenEnv+"=0.0.0.0:8080", probe.NameEnv+"="+pod)
+	if flap {
+		cmd.Env = append(cmd.Env, probe.FlapEnv+"=1")
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		m.t.Fatal(err)
+	}
+	if err := p.Start(cmd); err != nil {
+		m.t.Fatal(err)
+	}
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil || line != "ready\n" {
+		m.t.Fatalf("http server in %s: %q %v", pod, line, err)
+	}
+}
+
+// clusterOf returns the cluster of the L4 service at vip.
+func (m *l7Mesh) clusterOf(vip string) string {
+	m.t.Helper()
+	for _, l := range m.res.Listeners {
+		if l.GetAddress().GetSocketAddress().GetAddress() == vip {
+			for _, c := range m.res.Clusters {
+				if c.Name == l.Name {
+					return c.Name
+				}
+			}
+		}
+	}
+	m.t.Fatalf("no cluster for the service at %s", vip)
+	return ""
+}
+
+// l7Route is one route of the test's route configuration.
+type l7Route struct {
+	prefix  string
+	header  [2]string // name, exact value; "" for none
+	split   map[string]uint32
+	cluster string
+	retry   bool
+	timeout time.Duration
+}
+
+// l7Routes are the routes of the tests, by service VIP of their pools.
+func l7Routes() []l7Route {
+	return []l7Route{
+		{prefix: "/", header: [2]string{"x-version", "v2"}, cluster: "10.96.51.2"},
+		{prefix: "/split", split: map[string]uint32{"10.96.51.1": 80, "10.96.51.2": 20}},
+		{prefix: "/flap-retry", cluster: "10.96.51.3", retry: true},
+		{prefix: "/flap", cluster: "10.96.51.3"},
+		{prefix: "/slow", cluster: "10.96.51.1", timeout: 300 * time.Millisecond},
+		{prefix: "/", cluster: "10.96.51.1"},
+	}
+}
+
+// publish serves the mesh's L4 resources plus the L7 service web at
+// l7VIP:80, whose RDS route configuration "web" holds routes.
+func (m *l7Mesh) publish(version string, routes []l7Route) {
+	m.t.Helper()
+	vh := &routev3.VirtualHost{Name: "web", Domains: []string{"*"}}
+	for i, r := range routes {
+		rt := &routev3.Route{Name: fmt.Sprintf("r%d", i),
+			Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: r.prefix}}}
+		if r.header[0] != "" {
+			rt.Match.Headers = []*routev3.HeaderMatcher{{Name: r.header[0], HeaderMatchSpecifier: &routev3.HeaderMatcher_StringMatch{
+				StringMatch: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: r.header[1]}}}}}
+		}
+		act := &routev3.RouteAction{}
+		if r.split != nil {
+			wc := &routev3.WeightedCluster{}
+			for vip, w := range r.split {
+				wc.Clusters = append(wc.Clusters, &routev3.WeightedCluster_ClusterWeight{Name: m.clusterOf(vip), Weight: wrapperspb.UInt32(w)})
+			}
+			act.ClusterSpecifier = &routev3.RouteAction_WeightedClusters{WeightedClusters: wc}
+		} else {
+			act.ClusterSpecifier = &routev3.RouteAction_Cluster{Cluster: m.clusterOf(r.cluster)}
+		}
+		if r.retry {
+			act.RetryPolicy = &routev3.RetryPolicy{RetryOn: "5xx", NumRetries: wrapperspb.UInt32(3)}
+		}
+		if r.timeout > 0 {
+			act.Timeout = durationpb.New(r.timeout)
+		}
+		rt.Action = &routev3.Route_Route{Route: act}
+		vh.Routes = append(vh.Routes, rt)
+	}
+	rc := &routev3.RouteConfiguration{Name: "web", VirtualHosts: []*routev3.VirtualHost{vh}}
+	router, _ := anypb.New(&routerv3.Router{})
+	hcm, err := anypb.New(&hcmv3.HttpConnectionManager{
+		StatPrefix: "web",
+		RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{RouteConfigName: "web",
+			ConfigSource: &corev3.ConfigSource{ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}},
+				ResourceApiVersion: corev3.ApiVersion_V3}}},
+		HttpFilters: []*hcmv3.HttpFilter{{Name: "envoy.filters.http.router", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: router}}},
+	})
+	if err != nil {
+		m.t.Fatal(err)
+	}
+	l := &listenerv3.Listener{Name: "shop/web:80",
+		Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+			Address: l7VIP.String(), PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: 80}}}},
+		FilterChains: []*listenerv3.FilterChain{{Filters: []*listenerv3.Filter{{Name: "envoy.filters.network.http_connection_manager",
+			ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: hcm}}}}}}
+	// The clients back no service: a workload directory tells every node
+	// who they are (docs/xds.md).
+	var peers []model.Peer
+	for _, name := range []string{"frontend", "batch"} {
+		p := m.pods[name]
+		peers = append(peers, model.Peer{Addr: p.IP, Workload: &model.Workload{Name: name, Namespace: "shop", ServiceAccount: name,
+			Node: p.Node.Name, SPIFFEID: "spiffe://cluster.local/ns/shop/sa/" + name}})
+	}
+	dc, dla := mesh.Directory("sluice.io/workloads", peers)
+	res := map[resourcev3.Type][]types.Resource{resourcev3.ListenerType: {l}, resourcev3.RouteType: {rc},
+		resourcev3.ClusterType: {dc}, resourcev3.EndpointType: {dla}}
+	for _, l := range m.res.Listeners {
+		res[resourcev3.ListenerType] = append(res[resourcev3.ListenerType], l)
+	}
+	for _, c := range m.res.Clusters {
+		res[resourcev3.ClusterType] = append(res[resourcev3.ClusterType], c)
+	}
+	for _, e := range m.res.Endpoints {
+		res[resourcev3.EndpointType] = append(res[resourcev3.EndpointType], e)
+	}
+	snap, err := cachev3.NewSnapshot(version, res)
+	if err != nil {
+		m.t.Fatal(err)
+	}
+	m.xds.set(m.t, snap)
+}
+
+// curl runs curl in a pod with args and returns its output.
+func (m *l7Mesh) curl(pod string, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := m.pods[pod].Command(ctx, "curl", append([]string{"-sS", "--max-time", "20"}, args...)...)
+	out, err := m.pods[pod].Output(cmd)
+	return string(out), err
+}
+
+// answers decodes the http role's answers in out (one per request), with
+// the status code curl wrote after each ("%{http_code}\n").
+type l7Answer struct {
+	probe.HTTPAnswer
+	Code int
+}
+
+func answers(t *testing.T, out string) []l7Answer {
+	t.Helper()
+	var got []l7Answer
+	dec := json.NewDecoder(strings.NewReader(out))
+	for {
+		var a l7Answer
+		if err := dec.Decode(&a.HTTPAnswer); err != nil {
+			if err != io.EOF {
+				t.Fatalf("decode answers: %v in %q", err, out)
+			}
+			return got
+		}
+		if err := dec.Decode(&a.Code); err != nil {
+			t.Fatalf("decode the status code after an answer: %v in %q", err, out)
+		}
+		got = append(got, a)
+	}
+}
+
+// get requests url n times on one connection (keep-alive) from pod.
+func (m *l7Mesh) get(t *testing.T, pod, url string, n int, args ...string) []l7Answer {
+	t.Helper()
+	all := append([]string{"-w", "\n%{http_code}\n"}, args...)
+	for range n {
+		all = append(all, url)
+	}
+	out, err := m.curl(pod, all...)
+	if err != nil {
+		t.Fatalf("curl %s from %s: %v\n%s", url, pod, err, out)
+	}
+	got := answers(t, out)
+	if len(got) != n {
+		t.Fatalf("curl %s from %s: %d answers, want %d:\n%s", url, pod, len(got), n, out)
+	}
+	return got
+}
+
+func names(as []l7Answer) map[string]int {
+	out := map[string]int{}
+	for _, a := range as {
+		out[fmt.Sprintf("%s %d", a.Name, a.Code)]++
+	}
+	return out
+}
+
+// TestL7 serves an L7 service through the nodes' L7 proxies: requests from
+// pods are routed by path, header and weight to pools on both nodes, over
+// HTTP/1.1; retries, timeouts and the client's identity upstream hold;
+// killing an agent under load drops nothing. (curl's HTTP/2 with prior
+// knowledge fails through the proxy so far: docs/l7.md, Status.)
+func TestL7(t *testing.T) {
+	m := newL7Mesh(t)
+	base := "http://" + l7VIP.String()
+
+	t.Run("HTTP1", func(t *testing.T) {
+		got := m.get(t, "frontend", base+"/hello", 3)
+		for _, a := range got {
+			if a.Code != 200 || a.Name != "web-v1" || a.Proto != "HTTP/1.1" || a.Path != "/hello" || a.Host != l7VIP.String() {
+				t.Errorf("GET /hello: %+v, want 200 from web-v1 over HTTP/1.1, path /hello, host %s", a, l7VIP)
+			}
+		}
+	})
+	t.Run("HeaderRouteAcrossNodes", func(t *testing.T) {
+		for _, a := range m.get(t, "frontend", base+"/", 3, "-H", "x-version: v2") {
+			if a.Code != 200 || a.Name != "web-v2" {
+				t.Errorf("GET / with x-version: v2: %+v, want 200 from web-v2 (on n2)", a)
+			}
+		}
+	})
+	t.Run("WeightedSplit", func(t *testing.T) {
+		const n = 400
+		got := names(m.get(t, "frontend", base+"/split", n))
+		v1 := got["web-v1 200"]
+		// Binomial(n, 0.8): within 5 standard deviations.
+		sd := math.Sqrt(n * 0.8 * 0.2)
+		if got["web-v1 200"]+got["web-v2 200"] != n || math.Abs(float64(v1)-0.8*n) > 5*sd {
+			t.Errorf("80/20 split over %d requests: %v, want web-v1 within %.0f±%.0f", n, got, 0.8*n, 5*sd)
+		}
+		t.Logf("80/20 split: %v", got)
+	})
+	t.Run("Retries", func(t *testing.T) {
+		without := names(m.get(t, "frontend", base+"/flap", 20))
+		if without["web-flap 503"] == 0 {
+			t.Errorf("without retries: %v, want some 503s from the flapping backend", without)
+		}
+		with := names(m.get(t, "frontend", base+"/flap-retry", 20))
+		if with["web-flap 200"] != 20 {
+			t.Errorf("with retry_on 5xx: %v, want 20 × 200", with)
+		}
+	})
+	t.Run("Timeout", func(t *testing.T) {
+		out, err := m.curl("frontend", "-o", "/dev/null", "-w", "%{http_code}", base+"/slow?sleep=3s")
+		if err != nil || out != "504" {
+			t.Errorf("GET /slow?sleep=3s with a 300ms route timeout: %q %v, want 504", out, err)
+		}
+		if out, err := m.curl("frontend", "-o", "/dev/null", "-w", "%{http_code}", base+"/slow?sleep=10ms"); err != nil || out != "200" {
+			t.Errorf("GET /slow?sleep=10ms: %q %v, want 200", out, err)
+		}
+	})
+	t.Run("IdentityUpstream", func(t *testing.T) {
+		// web-v2 admits the frontend only: through the proxy, the
+		// frontend still gets in and batch does not.
+		if got := names(m.get(t, "frontend", base+"/", 2, "-H", "x-version: v2")); got["web-v2 200"] != 2 {
+			t.Errorf("frontend → web-v2 through the proxy: %v, want 2 × 200", got)
+		}
+		out, err := m.curl("batch", "-o", "/dev/null", "-w", "%{http_code}", "-H", "x-version: v2", base+"/")
+		if err != nil || out[0] != '5' {
+			t.Errorf("batch → web-v2 through the proxy: %q %v, want a 5xx: web-v2's policy refuses batch's identity upstream", out, err)
+		}
+		if got := names(m.get(t, "batch", base+"/", 1)); got["web-v1 200"] != 1 {
+			t.Errorf("batch → web-v1 (no policy): %v, want 200", got)
+		}
+	})
+	t.Run("AgentKilledUnderLoad", func(t *testing.T) {
+		// Requests keep flowing on one connection while n1's agent is
+		// killed; none fails, and the proxy still serves after it is back.
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		args := []string{"-sS", "--max-time", "50", "-w", "\n%{http_code}\n"}
+		const n = 150
+		for range n {
+			args = append(args, base+"/load?sleep=20ms")
+		}
+		cmd := m.pods["frontend"].Command(ctx, "curl", args...)
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := m.pods["frontend"].Start(cmd); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Second)
+		a := m.agents["n1"]
+		if err := syscall.Kill(a.Pid(), syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		data, _ := io.ReadAll(out)
+		if err := cmd.Wait(); err != nil {
+			t.Errorf("curl under load while the agent was killed: %v", err)
+		}
+		got := names(answers(t, string(data)))
+		if got["web-v1 200"] != n {
+			t.Errorf("%d requests while n1's agent was killed: %v, want all 200 from web-v1", n, got)
+		}
+		_ = a.Stop()
+		m.startAgent("n1")
+		if got := names(m.get(t, "frontend", base+"/after", 2)); got["web-v1 200"] != 2 {
+			t.Errorf("after the agent's restart: %v, want 2 × 200", got)
+		}
+	})
+}
