@@ -5,6 +5,7 @@ import (
 	"net/netip"
 
 	"github.com/sluice-mesh/sluice/dataplane/model"
+	"github.com/sluice-mesh/sluice/dataplane/policy"
 )
 
 // Authorizer decides whether requests pass an L7 service's HTTP policies
@@ -42,25 +43,15 @@ func NewAuthorizer(policies []model.Policy, identities func(uint32) string) *Aut
 }
 
 // Shadow is what the dry-run rule sets of an Authorizer's policies would
-// have done with a request.
-type Shadow uint8
+// have done with a request: the same outcomes as at L4.
+type Shadow = policy.Shadow
 
 // Dry-run outcomes.
 const (
-	ShadowNone  Shadow = iota // no policy has a dry-run rule set
-	ShadowAllow               // they would have allowed the request
-	ShadowDeny                // they would have denied it
+	ShadowNone  = policy.ShadowNone  // no policy has a dry-run rule set
+	ShadowAllow = policy.ShadowAllow // they would have allowed the request
+	ShadowDeny  = policy.ShadowDeny  // they would have denied it
 )
-
-func (s Shadow) String() string {
-	switch s {
-	case ShadowAllow:
-		return "allow"
-	case ShadowDeny:
-		return "deny"
-	}
-	return "none"
-}
 
 // Decision is the outcome of authorizing one request.
 type Decision struct {
