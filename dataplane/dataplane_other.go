@@ -93,12 +93,6 @@ func (*Dataplane) FastPathSockets() (int, error) { return 0, ErrNotSupported }
 // L7Conns is unavailable off Linux.
 type L7Conns struct{}
 
-// L7Origin is what the kernel recorded of a connection to an L7 service.
-type L7Origin struct {
-	Service  netip.AddrPort
-	Identity uint32
-}
-
 // OpenL7Conns fails with ErrNotSupported.
 func OpenL7Conns(string) (*L7Conns, error) { return nil, ErrNotSupported }
 

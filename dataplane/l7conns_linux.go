@@ -18,12 +18,6 @@ type L7Conns struct {
 	proxied *ebpf.Map // sl_proxied
 }
 
-// L7Origin is what the kernel recorded of a connection to an L7 service.
-type L7Origin struct {
-	Service  netip.AddrPort // the VIP:port the client dialed
-	Identity uint32         // the client's identity; 0 unknown
-}
-
 // ErrNoOrigin: the dataplane has no record of a connection; it did not
 // come through an L7 service's VIP, or its record was already taken.
 var ErrNoOrigin = errors.New("no record of this connection: it was not redirected to the L7 proxy by the dataplane")

@@ -69,3 +69,10 @@ func (p L7Proxy) Route(s model.State, peers []netip.Addr) model.State {
 	s.Services = services
 	return s
 }
+
+// L7Origin is what the kernel recorded of a connection to an L7 service
+// (L7Conns.Take).
+type L7Origin struct {
+	Service  netip.AddrPort // the VIP:port the client dialed
+	Identity uint32         // the client's identity; 0 unknown
+}

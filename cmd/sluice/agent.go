@@ -615,8 +615,7 @@ func parseL7Proxy(flag string, specs []string) (dataplane.L7Proxy, error) {
 			return nil, fmt.Errorf("%s %q: want IPv4:port or [IPv6]:port: %v", flag, s, err)
 		}
 		ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-		switch {
-		case ap.Port() == 0 || ap.Addr().IsUnspecified() || ap.Addr().Zone() != "":
+		if ap.Port() == 0 || ap.Addr().IsUnspecified() || ap.Addr().Zone() != "" {
 			return nil, fmt.Errorf("%s %q: give the proxy's own address and port (not 0.0.0.0, [::], a zone or port 0): clients are sent there", flag, s)
 		}
 		if prev, dup := p.For(ap.Addr()); dup {
@@ -628,7 +627,8 @@ func parseL7Proxy(flag string, specs []string) (dataplane.L7Proxy, error) {
 }
 
 // l7Applier routes L7 services to the node's L7 proxy, and once a state is
-// in force, hands its L7 part to the proxy (l7.Feed).
+// in force, hands its L7 part to the proxy (l7.Feed). The part is encoded
+// first: a state it fails for is refused before anything is applied.
 type l7Applier struct {
 	proxy dataplane.L7Proxy
 	peers []netip.Addr
@@ -637,8 +637,13 @@ type l7Applier struct {
 }
 
 func (a *l7Applier) Apply(s model.State) error {
+	next, err := a.feed.Prepare(s.Services, s.Identities.Names)
+	if err != nil {
+		return err
+	}
 	if err := a.next.Apply(a.proxy.Route(s, a.peers)); err != nil {
 		return err
 	}
-	return a.feed.Publish(s.Services, s.Identities.Names)
+	next.Publish()
+	return nil
 }

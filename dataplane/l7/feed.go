@@ -41,6 +41,25 @@ func NewFeed() *Feed { return &Feed{changed: make(chan struct{})} }
 // Publish makes services (those with L7 set; the others are skipped) and
 // identities the current snapshot, unless they equal it.
 func (f *Feed) Publish(services []model.Service, identities map[uint32]string) error {
+	next, err := f.Prepare(services, identities)
+	if err != nil {
+		return err
+	}
+	next.Publish()
+	return nil
+}
+
+// Next is a snapshot ready to be published: encoded, so that publishing it
+// cannot fail once what it describes is in force.
+type Next struct {
+	f    *Feed
+	s    *Snapshot // nil: the same as the current one
+	line []byte
+}
+
+// Prepare encodes the snapshot Publish would publish, without publishing
+// it. Prepare and publish one snapshot at a time.
+func (f *Feed) Prepare(services []model.Service, identities map[uint32]string) (*Next, error) {
 	var l7 []model.Service
 	for i := range services {
 		if services[i].L7 != nil {
@@ -48,24 +67,34 @@ func (f *Feed) Publish(services []model.Service, identities map[uint32]string) e
 		}
 	}
 	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.cur != nil && reflect.DeepEqual(f.cur.Identities, identities) &&
-		len(f.cur.Services) == len(l7) && servicesEqual(f.cur.Services, l7) {
-		return nil
+	cur := f.cur
+	f.mu.Unlock()
+	if cur != nil && reflect.DeepEqual(cur.Identities, identities) &&
+		len(cur.Services) == len(l7) && servicesEqual(cur.Services, l7) {
+		return &Next{f: f}, nil
 	}
-	s := &Snapshot{Services: l7, Identities: identities}
-	if f.cur != nil {
-		s.Version = f.cur.Version
+	s := &Snapshot{Services: l7, Identities: identities, Version: 1}
+	if cur != nil {
+		s.Version = cur.Version + 1
 	}
-	s.Version++
 	line, err := json.Marshal(s)
 	if err != nil {
-		return fmt.Errorf("encode the L7 proxy's configuration: %w", err)
+		return nil, fmt.Errorf("encode the L7 proxy's configuration: %w", err)
 	}
-	f.cur, f.line = s, append(line, '\n')
+	return &Next{f: f, s: s, line: append(line, '\n')}, nil
+}
+
+// Publish makes the prepared snapshot the current one.
+func (n *Next) Publish() {
+	if n.s == nil {
+		return
+	}
+	f := n.f
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.cur, f.line = n.s, n.line
 	close(f.changed)
 	f.changed = make(chan struct{})
-	return nil
 }
 
 func servicesEqual(a, b []model.Service) bool {
