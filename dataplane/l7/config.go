@@ -80,9 +80,22 @@ func NewConfig(services []model.Service, identities map[uint32]string) (*Config,
 				}
 			}
 		}
-		c.Services[key] = &Service{Name: s.Name, L7: s.L7, Router: NewRouter(s.L7.Routes)}
+		svc := &Service{Name: s.Name, L7: s.L7, Router: NewRouter(s.L7.Routes)}
+		if len(s.L7.Policies) > 0 {
+			svc.Authorize = authorizeBy(NewAuthorizer(s.L7.Policies, func(id uint32) string { return identities[id] }))
+		}
+		c.Services[key] = svc
 	}
 	return c, nil
+}
+
+// authorizeBy decides a request by the service's HTTP policies: from the
+// client's address and identity, to the VIP:port it dialed.
+func authorizeBy(a *Authorizer) func(*http.Request, Origin) Verdict {
+	return func(r *http.Request, o Origin) Verdict {
+		d := a.Authorize(r, o.Client, o.Service, o.Identity)
+		return Verdict{Allowed: d.Allowed, Policy: d.Policy, Rule: d.Rule}
+	}
 }
 
 func routeLabel(i int, rt *model.HTTPRoute) string {

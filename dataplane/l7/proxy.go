@@ -314,11 +314,9 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	if svc.Authorize != nil {
 		if v := svc.Authorize(r, ci.origin); !v.Allowed {
 			x.rec.Denied = &v
-			msg := "denied"
-			if v.Policy != "" || v.Rule != "" {
-				msg = fmt.Sprintf("denied by policy %s rule %s", v.Policy, v.Rule)
-			}
-			p.reply(w, r, x, http.StatusForbidden, msg)
+			// The body names no policy: which rule denied is for the
+			// mesh's operators (the request's record), not its clients.
+			p.reply(w, r, x, http.StatusForbidden, "access denied")
 			return
 		}
 	}

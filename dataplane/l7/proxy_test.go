@@ -530,7 +530,7 @@ func TestProxyAuthorizeHook(t *testing.T) {
 	f.proxy.SetConfig(cfg)
 	c := f.client()
 	r := f.get(c, "/", "X-Deny", "1")
-	if r.code != 403 || r.body != "sluice: denied by policy ns/deny-test rule no-x-deny\n" {
+	if r.code != 403 || r.body != "sluice: access denied\n" {
 		t.Errorf("denied: got %d %q", r.code, r.body)
 	}
 	if r.res.Close {
@@ -894,5 +894,57 @@ func TestShutdownTunnel(t *testing.T) {
 	var ne net.Error
 	if n, err := br.Read(make([]byte, 1)); err == nil || errors.As(err, &ne) && ne.Timeout() {
 		t.Errorf("after Close, the tunnel gave %d bytes, %v; want it closed", n, err)
+	}
+}
+
+// TestHTTPPolicies checks that NewConfig enforces a service's HTTP
+// policies: by method, path and the client's identity, with a 403 that
+// leaves the connection usable.
+func TestHTTPPolicies(t *testing.T) {
+	b := newBackend(t, text("hello"))
+	svc := service([]model.HTTPRoute{route("web", prefix("/"))}, cluster("web", endpoint(t, b.URL)))
+	svc.L7.Policies = []model.Policy{
+		allow("readers", rrule("client-reads", perms(method("GET")), authn(exactly("spiffe://test/ns/default/sa/client")))),
+		deny("no-admin", rrule("admin-path", perms(path(model.StringMatch{Kind: model.MatchPrefix, Value: "/admin"})))),
+	}
+	f := start(t, l7.Options{}, svc)
+	c := f.client()
+	cases := []struct {
+		method, path string
+		code         int
+		body         string
+	}{
+		{"GET", "/", 200, "hello"},
+		{"POST", "/", 403, "sluice: access denied\n"},
+		{"GET", "/admin/users", 403, "sluice: access denied\n"},
+		{"GET", "/again", 200, "hello"},
+	}
+	for _, tc := range cases {
+		req, err := http.NewRequest(tc.method, f.url(tc.path), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r := f.do(c, req); r.code != tc.code || r.body != tc.body {
+			t.Errorf("%s %s: got %d %q, want %d %q", tc.method, tc.path, r.code, r.body, tc.code, tc.body)
+		}
+	}
+	if n := f.accepts.Load(); n != 1 {
+		t.Errorf("%d connections, want one for all requests", n)
+	}
+	if n := b.requests.Load(); n != 2 {
+		t.Errorf("backend got %d requests, want the 2 allowed", n)
+	}
+	rs := f.waitRecords(len(cases))
+	if rs[2].Denied == nil || *rs[2].Denied != (l7.Verdict{Policy: "no-admin", Rule: "admin-path"}) || rs[0].Denied != nil {
+		t.Errorf("records' verdicts: %+v, %+v", rs[0].Denied, rs[2].Denied)
+	}
+
+	// A client whose identity the proxy does not know is no authenticated
+	// principal.
+	stranger := start(t, l7.Options{Origin: func(_, remote netip.AddrPort) (l7.Origin, error) {
+		return l7.Origin{Service: vip, Client: remote, Identity: 99}, nil
+	}}, svc)
+	if r := stranger.get(stranger.client(), "/"); r.code != 403 {
+		t.Errorf("GET / by an unknown identity: got %d %q, want 403", r.code, r.body)
 	}
 }
