@@ -405,6 +405,28 @@ func TestL7(t *testing.T) {
 			}
 		}
 	})
+	t.Run("GRPC", func(t *testing.T) {
+		// grpc-go both ends: unary calls, a bidirectional stream and a
+		// server stream over one connection through the proxy, trailers
+		// and error statuses intact.
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		cmd := m.pods["frontend"].Command(ctx, os.Args[0])
+		cmd.Env = append(os.Environ(), probe.RoleEnv+"=grpc-client", probe.DialEnv+"="+l7VIP.String()+":80")
+		out, err := m.pods["frontend"].Output(cmd)
+		if err != nil {
+			t.Fatalf("grpc client: %v\n%s", err, out)
+		}
+		var got probe.GRPCResult
+		if err := json.Unmarshal(out, &got); err != nil {
+			t.Fatalf("grpc client output %q: %v", out, err)
+		}
+		want := probe.GRPCResult{Server: "web-v1", Unary: 5, Duplex: 10, Streamed: 5, Trailer: "done",
+			Status: "NotFound: no such item", FailedTr: "failed"}
+		if got != want {
+			t.Errorf("gRPC through the proxy: %+v, want %+v", got, want)
+		}
+	})
 	t.Run("HTTPPolicy", func(t *testing.T) {
 		// batch is denied /admin and served / on the same connection;
 		// the frontend is served /admin.

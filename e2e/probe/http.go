@@ -29,8 +29,9 @@ type HTTPAnswer struct {
 // httpRole serves HTTP/1.1 and HTTP/2 cleartext (prior knowledge) on
 // ListenEnv and answers each request with an HTTPAnswer naming NameEnv.
 // /status/<code> answers with that code; ?sleep=<duration> waits first.
-// With FlapEnv set, every other request gets 503. It prints "ready" once
-// it listens.
+// With FlapEnv set, every other request gets 503. gRPC requests are
+// served by grpc.testing.TestService (grpc.go). It prints "ready" once it
+// listens.
 func httpRole() int {
 	name := os.Getenv(NameEnv)
 	flap := os.Getenv(FlapEnv) != ""
@@ -57,6 +58,16 @@ func httpRole() int {
 		_ = json.NewEncoder(w).Encode(HTTPAnswer{Name: name, Proto: r.Proto, Method: r.Method, Path: r.URL.RequestURI(),
 			Host: r.Host, Remote: r.RemoteAddr, Headers: r.Header})
 	})
+	// gRPC requests go to the gRPC service, on the same port.
+	grpcSrv := newGRPCServer(name)
+	web := h
+	h = func(w http.ResponseWriter, r *http.Request) {
+		if r.ProtoMajor == 2 && strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
+			grpcSrv.ServeHTTP(w, r)
+			return
+		}
+		web(w, r)
+	}
 	var protocols http.Protocols
 	protocols.SetHTTP1(true)
 	protocols.SetUnencryptedHTTP2(true)

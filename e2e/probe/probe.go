@@ -52,6 +52,8 @@ func run(role string) int {
 		return loadRole()
 	case "http":
 		return httpRole()
+	case "grpc-client":
+		return grpcClientRole()
 	}
 	fmt.Fprintln(os.Stderr, "unknown role", role)
 	return 2
