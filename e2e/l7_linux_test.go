@@ -138,7 +138,7 @@ func (m *l7Mesh) startAgent(node string) {
 	m.t.Helper()
 	n := m.nodes[node]
 	a, err := n.StartAgent(cluster.AgentConfig{Binary: m.bin, ControlPlane: &cluster.ControlPlane{Addr: m.xds.addr, Mesh: m.mf},
-		Args: []string{"--l7-proxy", n.ProxyAddr().String(), "--l7-peer-proxies", m.peerProxies(node)}})
+		Args: []string{"--l7-proxy", n.ProxyAddr().String()}})
 	if err != nil {
 		m.t.Fatal(err)
 	}
@@ -148,17 +148,6 @@ func (m *l7Mesh) startAgent(node string) {
 		m.t.Fatalf("agent %s: %v\n%s", node, err, a.Log())
 	}
 	m.agents[node] = a
-}
-
-// peerProxies lists the other nodes' proxy addresses.
-func (m *l7Mesh) peerProxies(node string) string {
-	var out []string
-	for name, n := range m.nodes {
-		if name != node {
-			out = append(out, n.Addr.String())
-		}
-	}
-	return strings.Join(out, ",")
 }
 
 // serve runs the http role in a pod, on port 8080.
@@ -294,6 +283,12 @@ func (m *l7Mesh) publish(version string, routes []l7Route) {
 		p := m.pods[name]
 		peers = append(peers, model.Peer{Addr: p.IP, Workload: &model.Workload{Name: name, Namespace: "shop", ServiceAccount: name,
 			Node: p.Node.Name, SPIFFEID: "spiffe://cluster.local/ns/shop/sa/" + name}})
+	}
+	// So do the nodes' L7 proxies, which other nodes must trust to speak
+	// for their clients.
+	for name, n := range m.nodes {
+		peers = append(peers, model.Peer{Addr: n.ProxyAddr().Addr(), Workload: &model.Workload{Node: name, L7Proxy: true,
+			SPIFFEID: "spiffe://cluster.local/ns/sluice-system/sa/sluice-agent"}})
 	}
 	dc, dla := mesh.Directory("sluice.io/workloads", peers)
 	res := map[resourcev3.Type][]types.Resource{resourcev3.ListenerType: {l}, resourcev3.RouteType: {rc},

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -439,8 +440,24 @@ func TestBuildPeers(t *testing.T) {
 			t.Errorf("%s node: cgroups %+v, want batch's with the directory's number 4242", node, ids.Cgroups)
 		}
 	}
+	// A node's L7 proxy claims no identity: it speaks for its clients.
+	proxy := model.Peer{Addr: addr("192.168.0.2"), Workload: &model.Workload{SPIFFEID: "spiffe://td/ns/sluice/sa/agent", L7Proxy: true}}
+	ids, _, err := identity.BuildListed(services, append(slices.Clone(peers), proxy), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range ids.Addrs {
+		if a.Addr == proxy.Addr {
+			t.Errorf("the L7 proxy's address is bound to identity %d", a.Identity)
+		}
+	}
+	for _, name := range ids.Names {
+		if name == proxy.Workload.SPIFFEID {
+			t.Errorf("the L7 proxy's SPIFFE ID got a number")
+		}
+	}
 	bad := &model.Workload{Name: "batch-1", Namespace: "jobs", SPIFFEID: w.SPIFFEID, Identity: 4243}
-	_, _, err := identity.BuildListed(services, append(peers, model.Peer{Addr: addr("10.244.1.12"), Workload: bad}), nil, nil)
+	_, _, err = identity.BuildListed(services, append(peers, model.Peer{Addr: addr("10.244.1.12"), Workload: bad}), nil, nil)
 	if err == nil || !strings.Contains(err.Error(), "directory workload jobs/batch-1 (10.244.1.12)") || !strings.Contains(err.Error(), "4242") {
 		t.Errorf("two numbers for one SPIFFE ID: error %v, want one naming the directory workload", err)
 	}

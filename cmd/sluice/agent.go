@@ -629,6 +629,22 @@ func parseL7Proxy(flag string, specs []string) (dataplane.L7Proxy, error) {
 // l7Applier routes L7 services to the node's L7 proxy, and once a state is
 // in force, hands its L7 part to the proxy (l7.Feed). The part is encoded
 // first: a state it fails for is refused before anything is applied.
+// peerProxies returns the L7 proxies the agent trusts to speak for their
+// clients besides its own: those of --l7-peer-proxies and those the control
+// plane lists in its workload directories (model.Workload.L7Proxy).
+func peerProxies(flagged []netip.Addr, peers []model.Peer) []netip.Addr {
+	out := flagged
+	for i := range peers {
+		if w := peers[i].Workload; w != nil && w.L7Proxy && !slices.Contains(out, peers[i].Addr) {
+			if len(out) == len(flagged) {
+				out = slices.Clone(flagged)
+			}
+			out = append(out, peers[i].Addr)
+		}
+	}
+	return out
+}
+
 type l7Applier struct {
 	proxy dataplane.L7Proxy
 	peers []netip.Addr
@@ -641,7 +657,7 @@ func (a *l7Applier) Apply(s model.State) error {
 	if err != nil {
 		return err
 	}
-	if err := a.next.Apply(a.proxy.Route(s, a.peers)); err != nil {
+	if err := a.next.Apply(a.proxy.Route(s, peerProxies(a.peers, s.Peers))); err != nil {
 		return err
 	}
 	next.Publish()

@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -570,4 +571,24 @@ type logWriter struct{ t *testing.T }
 func (w logWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimSuffix(string(p), "\n"))
 	return len(p), nil
+}
+
+func TestPeerProxies(t *testing.T) {
+	a, b, c := netip.MustParseAddr("192.168.0.1"), netip.MustParseAddr("192.168.0.2"), netip.MustParseAddr("10.244.1.5")
+	flagged := []netip.Addr{a}
+	peers := []model.Peer{
+		{Addr: b, Workload: &model.Workload{SPIFFEID: "spiffe://td/ns/sluice/sa/agent", L7Proxy: true}},
+		{Addr: a, Workload: &model.Workload{SPIFFEID: "spiffe://td/ns/sluice/sa/agent", L7Proxy: true}},
+		{Addr: c, Workload: &model.Workload{SPIFFEID: "spiffe://td/ns/shop/sa/batch"}},
+	}
+	got := peerProxies(flagged, peers)
+	if want := []netip.Addr{a, b}; !slices.Equal(got, want) {
+		t.Errorf("peerProxies = %v, want %v (flagged, then the directory's L7 proxies once, not its workloads)", got, want)
+	}
+	if len(flagged) != 1 || cap(flagged) != 1 {
+		t.Errorf("the flag's list was changed: %v", flagged)
+	}
+	if got := peerProxies(nil, peers[2:]); got != nil {
+		t.Errorf("no proxies: %v", got)
+	}
 }

@@ -154,6 +154,11 @@ type Workload struct {
 	Node           string
 	SPIFFEID       string // spiffe://<trust-domain>/ns/<ns>/sa/<sa>
 	Identity       uint32 // numeric identity allocated by the control plane; 0 if none
+	// L7Proxy marks a node's L7 proxy, listed in a workload directory
+	// (State.Peers only): its address connects upstream on behalf of
+	// its clients and is trusted to carry their identities, so it claims
+	// no identity of its own.
+	L7Proxy bool
 }
 
 // Locality places an endpoint in the topology.

@@ -358,6 +358,9 @@ func workloadStruct(w *model.Workload) *structpb.Struct {
 	if w.Identity != 0 {
 		f["identity"] = structpb.NewNumberValue(float64(w.Identity))
 	}
+	if w.L7Proxy {
+		f["l7_proxy"] = structpb.NewBoolValue(true)
+	}
 	return &structpb.Struct{Fields: f}
 }
 

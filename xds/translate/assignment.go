@@ -167,6 +167,10 @@ func (t *tally) lbEndpoint(lbe *endpointv3.LbEndpoint, dir bool) (model.Endpoint
 		if err != nil {
 			return model.Endpoint{}, err.in("metadata")
 		}
+		if w != nil && w.L7Proxy && !dir {
+			return model.Endpoint{}, errAt(fmt.Sprintf("metadata.filter_metadata[%q].%s", workloadKey, workloadProxyKey),
+				"an L7 proxy is listed in a workload directory (%s…), not as a service's endpoint", Directory)
+		}
 		ep.Workload = w
 	}
 	return ep, nil
@@ -208,7 +212,10 @@ var workloadStrings = []struct {
 	{"node", func(w *model.Workload, s string) { w.Node = s }},
 }
 
-const workloadIdentityKey = "identity"
+const (
+	workloadIdentityKey = "identity"
+	workloadProxyKey    = "l7_proxy"
+)
 
 // workload reads the workload metadata of an endpoint. Unknown keys are
 // refused: Sluice owns this schema, and a misspelt key would otherwise
@@ -237,6 +244,14 @@ func workload(s *structpb.Struct) (*model.Workload, *fieldError) {
 		}
 		w.Identity = id
 	}
+	if v, ok := fields[workloadProxyKey]; ok {
+		known++
+		b, ok := v.GetKind().(*structpb.Value_BoolValue)
+		if !ok {
+			return nil, errAt(workloadProxyKey, "want a bool, got %s", kindName(v))
+		}
+		w.L7Proxy = b.BoolValue
+	}
 	if known < len(fields) {
 		var unknown []string
 		for k := range fields {
@@ -246,13 +261,13 @@ func workload(s *structpb.Struct) (*model.Workload, *fieldError) {
 		}
 		sort.Strings(unknown)
 		return nil, errAt(fmt.Sprintf("[%q]", unknown[0]),
-			"unknown key; the keys are spiffe_id, namespace, service_account, workload, node and identity")
+			"unknown key; the keys are spiffe_id, namespace, service_account, workload, node, identity and l7_proxy")
 	}
 	return w, nil
 }
 
 func isWorkloadKey(k string) bool {
-	if k == workloadIdentityKey {
+	if k == workloadIdentityKey || k == workloadProxyKey {
 		return true
 	}
 	for _, ws := range workloadStrings {

@@ -121,8 +121,36 @@ func TestDirectoryRefusals(t *testing.T) {
 		{"directory address twice", withDir(func(r *translate.Resources) {
 			r.Endpoints[dir] = cla(dir, client("10.244.9.1", "cron"), client("10.244.9.1", "batch"))
 		}), "ClusterLoadAssignment", dir, "endpoints[0].lb_endpoints[1].endpoint.address", "listed twice"},
+		{"L7 proxy as a service's endpoint", changeEndpoint(func(e *endpointv3.LbEndpoint) {
+			withWorkload(e, map[string]any{"spiffe_id": "spiffe://td/ns/sluice/sa/agent", "l7_proxy": true})
+		}), "ClusterLoadAssignment", "web", "endpoints[0].lb_endpoints[0].metadata.filter_metadata[\"sluice.io/workload\"].l7_proxy", "listed in a workload directory"},
+		{"l7_proxy not a bool", withDir(func(r *translate.Resources) {
+			r.Endpoints[dir] = cla(dir, withWorkload(lbEndpoint("10.244.9.2", 0), map[string]any{"spiffe_id": "spiffe://td/ns/sluice/sa/agent", "l7_proxy": "yes"}))
+		}), "ClusterLoadAssignment", dir, "endpoints[0].lb_endpoints[0].metadata.filter_metadata[\"sluice.io/workload\"].l7_proxy", "want a bool"},
 		{"port 0 outside a directory", changeEndpoint(func(e *endpointv3.LbEndpoint) {
 			e.GetEndpoint().Address = sockAddr("10.244.1.5", 0)
 		}), "ClusterLoadAssignment", "web", "endpoints[0].lb_endpoints[0].endpoint.address.socket_address.port_value", "not a port"},
 	})
+}
+
+// TestDirectoryProxy checks that a directory lists a node's L7 proxy as a
+// peer marked L7Proxy, in both translation paths.
+func TestDirectoryProxy(t *testing.T) {
+	r := demo()
+	dir := translate.Directory + "/proxies"
+	directory(&r, dir, withWorkload(lbEndpoint("192.168.0.2", 15001), map[string]any{
+		"spiffe_id": "spiffe://td/ns/sluice/sa/agent", "node": "n2", "l7_proxy": true,
+	}), client("10.244.9.1", "cron"))
+	res, err := translate.Translate(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []model.Peer{
+		{Addr: ip("192.168.0.2"), Workload: &model.Workload{SPIFFEID: "spiffe://td/ns/sluice/sa/agent", Node: "n2", L7Proxy: true}},
+		{Addr: ip("10.244.9.1"), Workload: &model.Workload{Name: "cron-0", Namespace: "shop", ServiceAccount: "cron", SPIFFEID: "spiffe://td/ns/shop/sa/cron"}},
+	}
+	if !reflect.DeepEqual(res.State.Peers, want) {
+		t.Errorf("peers %+v, want %+v", res.State.Peers, want)
+	}
+	checkTranslator(t, r)
 }
