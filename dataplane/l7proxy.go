@@ -25,8 +25,13 @@ func (p L7Proxy) For(vip netip.Addr) (netip.AddrPort, bool) {
 // service's one endpoint is the proxy's address of its family (none if the
 // proxy has no address of that family: its connections are refused), and
 // the proxy's addresses and peers (other nodes' proxies) are trusted to
-// carry their clients' identities. s itself is not changed.
+// carry their clients' identities — only while s has an L7 service: a
+// mesh without one needs no address to speak for others. s itself is not
+// changed.
 func (p L7Proxy) Route(s model.State, peers []netip.Addr) model.State {
+	if !slices.ContainsFunc(s.Services, func(svc model.Service) bool { return svc.L7 != nil }) {
+		return s
+	}
 	if len(p)+len(peers) > 0 {
 		s.Identities.Proxies = make([]netip.Addr, 0, len(p)+len(peers))
 		for _, ap := range p {
@@ -37,9 +42,6 @@ func (p L7Proxy) Route(s model.State, peers []netip.Addr) model.State {
 				s.Identities.Proxies = append(s.Identities.Proxies, a)
 			}
 		}
-	}
-	if !slices.ContainsFunc(s.Services, func(svc model.Service) bool { return svc.L7 != nil }) {
-		return s
 	}
 	// One endpoint slice per family, shared by every L7 service, so
 	// states compare cheaply (model.Service.Equal).

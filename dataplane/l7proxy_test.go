@@ -43,7 +43,7 @@ func TestL7ProxyRoute(t *testing.T) {
 		t.Errorf("no proxy: proxies %v, L7 endpoints %v, want none", got.Identities.Proxies, got.Services[1].Endpoints)
 	}
 	l4only := model.State{Services: in.Services[:1]}
-	if got := p.Route(l4only, nil); &got.Services[0] != &l4only.Services[0] {
-		t.Errorf("a state without L7 services must keep its services as they are")
+	if got := p.Route(l4only, []netip.Addr{peer}); &got.Services[0] != &l4only.Services[0] || got.Identities.Proxies != nil {
+		t.Errorf("a state without L7 services must keep its services as they are and trust no proxy: proxies %v", got.Identities.Proxies)
 	}
 }

@@ -866,6 +866,21 @@ func TestManifestsFlags(t *testing.T) {
 		t.Fatal("found no --socket default in sluice agent --help")
 	}
 	agent.mounted(t, filepath.Dir(socket))
+
+	// The L7 proxy listens where the agent hands L7 connections, and
+	// reaches the agent's pins and socket where the agent keeps them.
+	proxy := runOf(t, runs, "proxy")
+	if l, a := proxy.flags["listen"], agent.flags["l7-proxy"]; l == "" || l != a {
+		t.Errorf("%s listens on %q, the agent's --l7-proxy is %q", proxy, l, a)
+	}
+	if p := value(proxy, "pin-dir"); p != pinDir {
+		t.Errorf("%s: --pin-dir %q, the agent's is %q", proxy, p, pinDir)
+	}
+	if s := value(proxy, "agent-socket"); s != socket {
+		t.Errorf("%s: --agent-socket %q, the agent's --socket is %q", proxy, s, socket)
+	}
+	proxy.mounted(t, pinDir)
+	proxy.mounted(t, filepath.Dir(socket))
 }
 
 // sluiceRun is one container that runs the sluice image.
