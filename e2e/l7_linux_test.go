@@ -487,6 +487,41 @@ func TestL7(t *testing.T) {
 			t.Errorf("batch → web-v1 (no policy): %v, want 200", got)
 		}
 	})
+	t.Run("ConfigChangeInFlight", func(t *testing.T) {
+		// A request in flight when the routes change finishes where it
+		// started; the requests after the change take the new routes.
+		type result struct {
+			out string
+			err error
+		}
+		inFlight := make(chan result, 1)
+		go func() {
+			out, err := m.curl("frontend", "-w", "\n%{http_code}\n", base+"/hello?sleep=2s")
+			inFlight <- result{out, err}
+		}()
+		time.Sleep(500 * time.Millisecond)
+		moved := append([]l7Route{{prefix: "/hello", cluster: "10.96.51.2"}}, l7Routes()...)
+		m.publish("moved", moved)
+		defer m.publish("restored", l7Routes())
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			if a := m.get(t, "frontend", base+"/hello", 1); a[0].Name == "web-v2" {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the new route did not apply within 10 s")
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		r := <-inFlight
+		if r.err != nil {
+			t.Fatalf("request in flight across the change: %v\n%s", r.err, r.out)
+		}
+		a := answers(t, r.out)
+		if len(a) != 1 || a[0].Code != 200 || a[0].Name != "web-v1" {
+			t.Errorf("request in flight across the change: %+v, want 200 from web-v1 (the route it started on)", a)
+		}
+	})
 	t.Run("AgentKilledUnderLoad", func(t *testing.T) {
 		// Requests keep flowing on one connection while n1's agent is
 		// killed; none fails, and the proxy still serves after it is back.
