@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/sluice-mesh/sluice/dataplane"
+	"github.com/sluice-mesh/sluice/dataplane/l7"
 	"github.com/sluice-mesh/sluice/dataplane/model"
 	"github.com/sluice-mesh/sluice/dataplane/policy"
 	"github.com/sluice-mesh/sluice/identity"
@@ -96,6 +97,19 @@ func (e *Enricher) index() *index {
 		for _, sp := range s.Splits {
 			add(sp.Endpoints)
 		}
+		if s.L7 != nil {
+			// The upstreams of the node's L7 proxy: who the endpoint of a
+			// request record is.
+			for _, c := range s.L7.Clusters {
+				for _, ep := range c.Endpoints {
+					if w := ep.Workload; w != nil {
+						if _, ok := idx.peers[ep.Addr]; !ok {
+							idx.peers[ep.Addr] = peer{w.Name, w.Namespace, w.SPIFFEID}
+						}
+					}
+				}
+			}
+		}
 	}
 	e.idx = idx
 	return idx
@@ -148,6 +162,52 @@ func (e *Enricher) Flow(ev dataplane.Event) flow.Flow {
 		f.Service = &flow.Service{Name: name}
 	}
 	return f
+}
+
+// Request makes the flow record of a request the node's L7 proxy served
+// (flow.EventRequest, reporter flow.ReporterProxy): the source is the
+// client, named by its address and the identity the proxy knew it by;
+// the service is the L7 service; the destination is the endpoint of the
+// request's last try. A request authorization denied is verdict denied,
+// reason "http-policy", with the deciding "<policy>#<rule>".
+func (e *Enricher) Request(r l7.WireRecord) flow.Flow {
+	idx := e.index()
+	f := flow.Flow{
+		Time:        r.Start.Add(r.Duration),
+		Node:        e.node,
+		Event:       flow.EventRequest,
+		Reporter:    flow.ReporterProxy,
+		Verdict:     flow.VerdictAllowed,
+		Protocol:    "http",
+		Source:      idx.peer(unmap(r.Client)),
+		Destination: idx.peer(unmap(r.Upstream)),
+		Duration:    r.Duration,
+		HTTP: &flow.HTTP{
+			Method: r.Method, Path: r.Path, PathTruncated: r.PathTruncated, Authority: r.Authority,
+			Protocol: r.Proto, Code: r.Code, Route: r.Route, Cluster: r.Cluster, Tries: r.Tries, Error: r.Error,
+		},
+	}
+	if r.GRPC {
+		f.Protocol = "grpc"
+	}
+	if r.ClientID != "" {
+		f.Source.Identity = r.ClientID
+	}
+	if vip := unmap(r.Service); vip.IsValid() || r.ServiceName != "" {
+		f.Service = &flow.Service{Name: serviceName(r.ServiceName), VIP: vip}
+		if f.Service.Name == "" {
+			f.Service.Name = idx.vips[vip]
+		}
+	}
+	if d := r.Denied; d != nil {
+		f.Verdict, f.Reason = flow.VerdictDenied, "http-policy"
+		f.Policy = ruleName(policy.Rule{Policy: d.Policy, Rule: d.Rule, Default: d.Rule == ""})
+	}
+	return f
+}
+
+func unmap(a netip.AddrPort) netip.AddrPort {
+	return netip.AddrPortFrom(a.Addr().Unmap(), a.Port())
 }
 
 func (idx *index) peer(a netip.AddrPort) flow.Peer {

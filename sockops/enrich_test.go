@@ -2,10 +2,12 @@ package sockops_test
 
 import (
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/sluice-mesh/sluice/dataplane"
+	"github.com/sluice-mesh/sluice/dataplane/l7"
 	"github.com/sluice-mesh/sluice/dataplane/model"
 	"github.com/sluice-mesh/sluice/dataplane/policy"
 	"github.com/sluice-mesh/sluice/identity"
@@ -87,5 +89,82 @@ func TestEnricherFlow(t *testing.T) {
 	e.SetState(nil, nil)
 	if f := e.Flow(tests[0].ev); f.Source.Workload != "" || f.Service.Name != "" {
 		t.Errorf("after the state changed: %+v", f)
+	}
+}
+
+// A request record of the L7 proxy becomes a request flow: the client by
+// its address and the identity the proxy knew it by, the L7 service, the
+// upstream endpoint named from the service's clusters; a denied request
+// is verdict denied with reason http-policy and the deciding rule.
+func TestEnricherRequest(t *testing.T) {
+	e := sockops.NewEnricher("node-1", nil)
+	ap := netip.MustParseAddrPort
+	cartV2 := &model.Workload{Name: "cart-v2-1", Namespace: "shop", SPIFFEID: "spiffe://td/ns/shop/sa/cart"}
+	services := []model.Service{{Name: "shop/cart:80", VIP: netip.MustParseAddr("10.96.0.10"), Port: 80, Protocol: model.TCP,
+		L7: &model.L7{Clusters: []model.Cluster{{Name: "cart-v2", Endpoints: []model.Endpoint{
+			{Addr: netip.MustParseAddr("10.244.2.5"), Port: 8080, Workload: cartV2}}}}}}}
+	client := identity.Workload{Name: "web-1", Namespace: "shop", SPIFFEID: "spiffe://td/ns/shop/sa/web",
+		Addrs: []netip.Addr{netip.MustParseAddr("10.244.1.4")}}
+	e.SetState(services, []identity.Workload{client})
+
+	start := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	rec := l7.RequestRecord{
+		Origin:   l7.Origin{Service: ap("10.96.0.10:80"), Client: ap("10.244.1.4:43210"), Identity: 7},
+		ClientID: "spiffe://td/ns/shop/sa/web", Service: "shop/cart:80", Route: "items", Cluster: "cart-v2",
+		Upstream: ap("10.244.2.5:8080"), Method: "GET", Authority: "cart.shop", Path: "/items/" + strings.Repeat("x", 300),
+		Proto: "HTTP/1.1", Code: 200, Tries: 2, Start: start, Duration: 1500 * time.Microsecond,
+	}
+	got := e.Request(l7.NewWireRecord(rec))
+	want := flow.Flow{
+		Time: start.Add(1500 * time.Microsecond), Node: "node-1", Event: flow.EventRequest, Reporter: flow.ReporterProxy,
+		Verdict: flow.VerdictAllowed, Protocol: "http",
+		Source:      flow.Peer{Workload: "web-1", Namespace: "shop", Identity: client.SPIFFEID, Address: ap("10.244.1.4:43210")},
+		Destination: flow.Peer{Workload: "cart-v2-1", Namespace: "shop", Identity: cartV2.SPIFFEID, Address: ap("10.244.2.5:8080")},
+		Duration:    1500 * time.Microsecond,
+	}
+	wantHTTP := flow.HTTP{Method: "GET", Path: rec.Path[:l7.MaxRecordText], PathTruncated: true, Authority: "cart.shop",
+		Protocol: "HTTP/1.1", Code: 200, Route: "items", Cluster: "cart-v2", Tries: 2}
+	if got.Service == nil || *got.Service != (flow.Service{Name: "shop/cart", VIP: ap("10.96.0.10:80")}) {
+		t.Errorf("service %+v, want shop/cart 10.96.0.10:80", got.Service)
+	}
+	if got.HTTP == nil || *got.HTTP != wantHTTP {
+		t.Errorf("http %+v, want %+v", got.HTTP, wantHTTP)
+	}
+	got.Service, got.HTTP = nil, nil
+	if got != want {
+		t.Errorf("got  %+v\nwant %+v", got, want)
+	}
+
+	// Denied by HTTP policy, no upstream tried; gRPC; an IPv4-mapped
+	// client address; the identity the proxy knew wins over the address's.
+	denied := rec
+	denied.Origin.Client = ap("[::ffff:10.244.1.4]:5000")
+	denied.ClientID = "spiffe://td/ns/shop/sa/other"
+	denied.Upstream, denied.Route, denied.Cluster, denied.Tries = netip.AddrPort{}, "", "", 0
+	denied.Path, denied.Code, denied.GRPC, denied.Err = "/pkg.Svc/Call", 403, true, "denied"
+	denied.Denied = &l7.Verdict{Policy: "shop/cart-http"}
+	f := e.Request(l7.NewWireRecord(denied))
+	if f.Verdict != flow.VerdictDenied || f.Reason != "http-policy" || f.Policy != "shop/cart-http#default" {
+		t.Errorf("denied: verdict %q reason %q policy %q, want denied http-policy shop/cart-http#default", f.Verdict, f.Reason, f.Policy)
+	}
+	if f.Protocol != "grpc" || f.HTTP.Code != 403 || f.HTTP.Error != "denied" || f.HTTP.PathTruncated {
+		t.Errorf("denied: protocol %q http %+v", f.Protocol, f.HTTP)
+	}
+	if f.Source.Address != ap("10.244.1.4:5000") || f.Source.Workload != "web-1" || f.Source.Identity != denied.ClientID {
+		t.Errorf("denied: source %+v", f.Source)
+	}
+	if f.Destination != (flow.Peer{}) {
+		t.Errorf("denied: destination %+v, want none", f.Destination)
+	}
+	withRule := denied
+	withRule.Denied = &l7.Verdict{Policy: "shop/cart-http", Rule: "no-delete"}
+	if f := e.Request(l7.NewWireRecord(withRule)); f.Policy != "shop/cart-http#no-delete" {
+		t.Errorf("policy %q, want shop/cart-http#no-delete", f.Policy)
+	}
+
+	// A connection of unknown origin: no service, no client.
+	lost := l7.RequestRecord{Method: "GET", Path: "/", Proto: "HTTP/1.1", Code: 502, Start: start, Err: "no connection information"}
+	if f := e.Request(l7.NewWireRecord(lost)); f.Service != nil || f.Source.Address.IsValid() || f.HTTP.Code != 502 {
+		t.Errorf("unknown origin: %+v", f)
 	}
 }

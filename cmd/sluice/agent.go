@@ -290,6 +290,7 @@ func runAgent(ctx context.Context, f agentFlags, log *slog.Logger) (err error) {
 		capacity: f.capacity.WithDefaults(), dp: dp, store: store, ids: ids, log: log}
 	mets := metrics.New(f.node.NodeName, src.status)
 	sink := &flowSink{enricher: enricher, store: store, metrics: mets, log: log.With("component", "policy"), hold: f.flowBuffer}
+	src.sink = sink
 	ids.onApplied = func(s model.State, locals []identity.Local, listed []identity.Workload) {
 		ws := slices.Clone(listed)
 		for _, p := range s.Peers {
@@ -336,6 +337,7 @@ func runAgent(ctx context.Context, f agentFlags, log *slog.Logger) (err error) {
 	ready := func() (bool, string) { return readiness(client.Status(), serverName) }
 	api := observe.NewServer(store, src.status, log.With("component", "observe"))
 	api.Handle("GET "+l7.FeedPath, feed)
+	api.Handle("POST "+l7.RecordsPath, l7.RecordsHandler(sink.requests))
 	waitLocal, err := serveLocal(ctx, f.socket, f.metricsAddr, api, mets, ready, log)
 	if err != nil {
 		return err

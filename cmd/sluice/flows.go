@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/sluice-mesh/sluice/dataplane"
+	"github.com/sluice-mesh/sluice/dataplane/l7"
 	"github.com/sluice-mesh/sluice/sockops"
 	"github.com/sluice-mesh/sluice/sockops/flow"
 	"github.com/sluice-mesh/sluice/sockops/metrics"
@@ -45,6 +46,27 @@ type flowSink struct {
 	mu      sync.Mutex        // guards the rest while not named
 	held    []dataplane.Event // read before it had
 	dropped int               // events beyond hold, recorded unnamed
+
+	lostProxy atomic.Uint64 // request records the L7 proxy reported it dropped
+}
+
+// errNoState is what the sink answers the L7 proxy's request records
+// before it can name them; the proxy keeps them and sends them again.
+var errNoState = errors.New("the agent has no state yet to name them by; send them again later")
+
+// requests records the request records of the node's L7 proxy, and the
+// number it reports it dropped. Before the enricher has a state it takes
+// none: the proxy keeps them until the agent can name their peers.
+func (s *flowSink) requests(records []l7.WireRecord, lost uint64) error {
+	if !s.named.Load() {
+		return errNoState
+	}
+	s.lostProxy.Add(lost)
+	for i := range records {
+		f := s.store.Add(s.enricher.Request(records[i]))
+		s.metrics.Observe(f)
+	}
+	return nil
 }
 
 func (s *flowSink) observe(e dataplane.Event) {
@@ -105,6 +127,7 @@ type statusSource struct {
 	dp       *dataplane.Dataplane
 	client   *xds.Client
 	store    *flow.Store
+	sink     *flowSink
 	ids      *identityApplier
 	log      *slog.Logger
 }
@@ -136,6 +159,9 @@ func (s *statusSource) status() observe.Status {
 	}
 	fs := s.store.Stats()
 	st.Flows = observe.Flows{Stored: fs.Stored, Capacity: fs.Capacity, Total: fs.Total, LostSubscribers: fs.LostSubscribers}
+	if s.sink != nil {
+		st.Flows.LostProxy = s.sink.lostProxy.Load()
+	}
 	st.FastPath = observe.FastPath{Default: "off", Active: fast}
 	if s.fastPath {
 		st.FastPath.Default = "on"

@@ -33,6 +33,9 @@ type observeFlags struct {
 	fromIdentity string
 	verdict      string
 	port         int
+	event        string
+	httpMethod   string
+	httpCode     string
 	output       string
 }
 
@@ -46,7 +49,8 @@ func newObserveCommand() *cobra.Command {
 			"a flow is shown if it matches every one given. See docs/observe.md.",
 		Example: "  sluice observe --last 20 --verdict denied\n" +
 			"  sluice observe -f --namespace shop -o json\n" +
-			"  sluice observe --since 5m --from-identity 'spiffe://example.org/ns/shop/*' -o table",
+			"  sluice observe --since 5m --from-identity 'spiffe://example.org/ns/shop/*' -o table\n" +
+			"  sluice observe -f --event request --http-code 5xx",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runObserve(cmd.Context(), f, cmd.OutOrStdout(), cmd.ErrOrStderr())
@@ -64,6 +68,9 @@ func newObserveCommand() *cobra.Command {
 	fl.StringVar(&f.fromIdentity, "from-identity", "", "only flows from this SPIFFE ID, or IDs with a prefix ending in * (spiffe://td/ns/shop/*)")
 	fl.StringVar(&f.verdict, "verdict", "", "only flows with this verdict: allowed, denied or audit")
 	fl.IntVar(&f.port, "port", 0, "only flows to this port: the backend's or the service's")
+	fl.StringVar(&f.event, "event", "", "only flows of this event: open, close, deny, terminate, or request (the L7 proxy's requests)")
+	fl.StringVar(&f.httpMethod, "http-method", "", "only requests with this method (GET, POST, ...)")
+	fl.StringVar(&f.httpCode, "http-code", "", "only requests answered with this code (404) or class of codes (5xx)")
 	fl.StringVarP(&f.output, "output", "o", string(flow.FormatCompact), "output format: table, compact or json")
 	return cmd
 }
@@ -107,6 +114,23 @@ func (f observeFlags) query(now time.Time) (observe.Query, flow.Format, error) {
 		return observe.Query{}, "", fmt.Errorf("--port %d: want a port, 1 to 65535", f.port)
 	}
 	q.Filter.Port = uint16(f.port)
+	if f.event != "" {
+		if q.Filter.Event, err = flow.ParseEvent(f.event); err != nil {
+			return observe.Query{}, "", fmt.Errorf("--event: %w", err)
+		}
+	}
+	if f.httpMethod != "" {
+		if err := flow.CheckHTTPMethod(f.httpMethod); err != nil {
+			return observe.Query{}, "", fmt.Errorf("--http-method: %w", err)
+		}
+		q.Filter.HTTPMethod = f.httpMethod
+	}
+	if f.httpCode != "" {
+		if err := flow.CheckHTTPCode(f.httpCode); err != nil {
+			return observe.Query{}, "", fmt.Errorf("--http-code: %w", err)
+		}
+		q.Filter.HTTPCode = f.httpCode
+	}
 	return q, format, nil
 }
 
@@ -263,8 +287,8 @@ func renderStatus(w io.Writer, s observe.Status, now time.Time) error {
 	line("map writes", "%d entries since the agent started", s.Dataplane.EntriesWritten)
 
 	fl := s.Flows
-	line("flows", "%d/%d stored (%s), %d recorded; lost: %d in the kernel, %d to slow subscribers",
-		fl.Stored, fl.Capacity, percent(fl.Stored, fl.Capacity), fl.Total, fl.LostKernel, fl.LostSubscribers)
+	line("flows", "%d/%d stored (%s), %d recorded; lost: %d in the kernel, %d to slow subscribers, %d in the L7 proxy",
+		fl.Stored, fl.Capacity, percent(fl.Stored, fl.Capacity), fl.Total, fl.LostKernel, fl.LostSubscribers, fl.LostProxy)
 
 	fp := s.FastPath
 	line("fast path", "default %s; %d sockets on it, %d registered, %s carried; left on the normal path: %d (map full), %d (peer not ready), %d (splice)",

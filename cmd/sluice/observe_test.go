@@ -41,7 +41,7 @@ func fixedStatus() observe.Status {
 			{Name: "sl_backends", Entries: 950, Capacity: 1000},
 			{Name: "sl_unsized", Entries: 3},
 		},
-		Flows:    observe.Flows{Stored: 2500, Capacity: 10000, Total: 123456, LostKernel: 7, LostSubscribers: 42},
+		Flows:    observe.Flows{Stored: 2500, Capacity: 10000, Total: 123456, LostKernel: 7, LostSubscribers: 42, LostProxy: 3},
 		FastPath: observe.FastPath{Default: "on", Registered: 880, Active: 14, Redirected: 3 << 20, Full: 0, Fallbacks: 2, SpliceExcluded: 1},
 	}
 }
@@ -69,7 +69,7 @@ func TestStatusText(t *testing.T) {
 		"            sl_backends  950/1000  95.0%\n" +
 		"            sl_unsized   3/0       -\n" +
 		"map writes  1234 entries since the agent started\n" +
-		"flows       2500/10000 stored (25.0%), 123456 recorded; lost: 7 in the kernel, 42 to slow subscribers\n" +
+		"flows       2500/10000 stored (25.0%), 123456 recorded; lost: 7 in the kernel, 42 to slow subscribers, 3 in the L7 proxy\n" +
 		"fast path   default on; 14 sockets on it, 880 registered, 3.0 MiB carried; left on the normal path: 0 (map full), 2 (peer not ready), 1 (splice)\n"
 	if got := b.String(); got != want {
 		t.Errorf("status text:\n%s\nwant:\n%s", got, want)
@@ -154,9 +154,13 @@ func TestObserveFlagErrors(t *testing.T) {
 		{[]string{"observe", "--from-workload", "a/b/c"}, []string{"--from-workload", `"a/b/c"`}},
 		{[]string{"observe", "--to-workload", "shop/"}, []string{"--to-workload", `"shop/"`}},
 		{[]string{"observe", "--from-identity", "web"}, []string{"--from-identity", "spiffe://"}},
+		{[]string{"observe", "--event", "requests"}, []string{"--event", `"requests"`, "request"}},
+		{[]string{"observe", "--http-code", "5XX"}, []string{"--http-code", `"5XX"`, "5xx"}},
+		{[]string{"observe", "--http-method", "GET /"}, []string{"--http-method", `"GET /"`}},
 		{[]string{"status", "-o", "yaml"}, []string{"-o", `"yaml"`, "text or json"}},
 		// Valid flags reach the socket.
 		{[]string{"observe", "-f", "--verdict", "audit", "-o", "table"}, []string{missing, "not running"}},
+		{[]string{"observe", "--event", "request", "--http-code", "5xx", "--http-method", "GET"}, []string{missing, "not running"}},
 		{[]string{"status"}, []string{missing, "not running"}},
 	}
 	for _, tt := range tests {
@@ -346,7 +350,7 @@ func TestStatusCommand(t *testing.T) {
 		t.Fatalf("status -o json: %v:\n%s", err, stdout.String())
 	}
 	want := fixedStatus()
-	want.Flows = observe.Flows{Stored: 3, Capacity: 50, Total: 3, LostKernel: 7}
+	want.Flows = observe.Flows{Stored: 3, Capacity: 50, Total: 3, LostKernel: 7, LostProxy: 3}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("status -o json =\n%+v\nwant\n%+v", got, want)
 	}

@@ -20,6 +20,10 @@ import (
 	"github.com/sluice-mesh/sluice/sockops/observe"
 )
 
+// recordsFlushTimeout bounds how long a stopping proxy tries to send the
+// agent its last request records.
+const recordsFlushTimeout = 2 * time.Second
+
 type proxyFlags struct {
 	listen   []string
 	pinDir   string
@@ -94,6 +98,14 @@ func runProxy(ctx context.Context, f proxyFlags, log *slog.Logger) error {
 		listeners = append(listeners, l)
 	}
 
+	agent := &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", f.socket)
+		},
+		DisableCompression: true,
+	}}
+	records := l7.NewRecordSender(l7.RecordSenderOptions{Client: agent, Logger: log.With("component", "records")})
 	p := l7.New(l7.Options{
 		Origin: func(_, remote netip.AddrPort) (l7.Origin, error) {
 			o, err := conns.Take(remote)
@@ -103,15 +115,20 @@ func runProxy(ctx context.Context, f proxyFlags, log *slog.Logger) error {
 			return l7.Origin{Service: o.Service, Client: remote, Identity: o.Identity}, nil
 		},
 		Dial:   upstreamDialer(addrs, conns),
+		Record: records.Record,
 		Logger: log,
 	})
-	agent := &http.Client{Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", f.socket)
-		},
-		DisableCompression: true,
-	}}
+	// Records are sent on through the drain, and flushed after it.
+	recordsCtx, stopRecords := context.WithCancel(context.Background())
+	defer stopRecords()
+	recordsDone := make(chan struct{})
+	go func() {
+		defer close(recordsDone)
+		records.Run(recordsCtx)
+	}()
+	// The feed ends with the proxy's serving, also when a listener fails.
+	ctx, stopFeed := context.WithCancel(ctx)
+	defer stopFeed()
 	feedDone := make(chan struct{})
 	go func() {
 		defer close(feedDone)
@@ -136,10 +153,20 @@ func runProxy(ctx context.Context, f proxyFlags, log *slog.Logger) error {
 	case <-ctx.Done():
 		err = nil
 	}
+	stopFeed()
 	drain, cancel := context.WithTimeout(context.Background(), f.drain)
 	defer cancel()
 	if serr := p.Shutdown(drain); serr != nil {
 		log.Warn("requests still in flight when the drain time ended were cut", "drain", f.drain, "err", serr)
+	}
+	stopRecords()
+	<-recordsDone
+	// Best effort: the last requests are recorded if the agent takes
+	// them now.
+	flush, cancelFlush := context.WithTimeout(context.Background(), recordsFlushTimeout)
+	defer cancelFlush()
+	if ferr := records.Flush(flush); ferr != nil {
+		log.Warn("request records not sent to the agent before stopping", "waiting", records.Stats().Waiting, "err", ferr)
 	}
 	<-feedDone
 	log.Info("L7 proxy stopped")

@@ -5,5 +5,7 @@
 // The routing decisions need no I/O and are usable on their own: which
 // route a request takes (Router), which cluster and endpoint it goes to
 // (Pick, PickEndpoint) and how its path and headers change (Rewrite,
-// EditHeaders). Proxy is the engine around them (docs/l7.md).
+// EditHeaders). Proxy is the engine around them (docs/l7.md), and
+// RecordSender takes the record of each request it served to the agent
+// (WireRecord, POST RecordsPath).
 package l7

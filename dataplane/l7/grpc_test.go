@@ -242,7 +242,7 @@ func TestGRPC(t *testing.T) {
 	})
 
 	for _, r := range f.waitRecords(calls) {
-		if r.Proto != "HTTP/2.0" || r.Tries > 1 || !strings.HasPrefix(r.Path, "/grpc.testing.TestService/") {
+		if r.Proto != "HTTP/2.0" || !r.GRPC || r.Tries > 1 || !strings.HasPrefix(r.Path, "/grpc.testing.TestService/") {
 			t.Errorf("record %+v", r)
 		}
 	}

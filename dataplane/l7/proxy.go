@@ -63,6 +63,7 @@ type RequestRecord struct {
 	// before any rewrite.
 	Authority, Path string
 	Proto           string // the client's protocol: HTTP/1.1, HTTP/2.0
+	GRPC            bool   // the request is gRPC (its content type is application/grpc...)
 	// Code is the response status: the upstream's, or the proxy's own
 	// (for a gRPC request, the HTTP status its grpc-status stands for);
 	// StatusClientClosed if the client left first.
@@ -271,7 +272,7 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	x := &exchange{rand: p.rand, h2: r.ProtoMajor == 2}
 	x.rec = RequestRecord{
 		Method: r.Method, Authority: r.Host, Path: r.URL.EscapedPath(), Proto: r.Proto,
-		Start: time.Now(),
+		GRPC: strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc"), Start: time.Now(),
 	}
 	defer func() {
 		if v := recover(); v != nil {

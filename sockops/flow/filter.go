@@ -2,6 +2,7 @@ package flow
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -27,6 +28,15 @@ type Filter struct {
 	Port uint16
 	// Since drops flows whose Time is before it.
 	Since time.Time
+	// Event is the flow's event: "request" selects the L7 proxy's
+	// request records.
+	Event Event
+	// HTTPMethod is a request's method, in any case ("get" matches GET).
+	// Flows without a request do not match it.
+	HTTPMethod string
+	// HTTPCode is a request's response code, "404", or a class of them,
+	// "5xx" (CheckHTTPCode). Flows without a request do not match it.
+	HTTPCode string
 }
 
 // Match reports whether fl selects f.
@@ -48,8 +58,24 @@ func (fl Filter) Match(f Flow) bool {
 		return false
 	case !fl.Since.IsZero() && f.Time.Before(fl.Since):
 		return false
+	case fl.Event != "" && f.Event != fl.Event:
+		return false
+	case fl.HTTPMethod != "" && (f.HTTP == nil || !strings.EqualFold(f.HTTP.Method, fl.HTTPMethod)):
+		return false
+	case fl.HTTPCode != "" && (f.HTTP == nil || !matchCode(fl.HTTPCode, f.HTTP.Code)):
+		return false
 	}
 	return true
+}
+
+// matchCode matches a code by want, a code or a class ("5xx") that
+// CheckHTTPCode accepted; it does not allocate.
+func matchCode(want string, code int) bool {
+	if len(want) == 3 && want[1:] == "xx" {
+		return code/100 == int(want[0]-'0')
+	}
+	n, err := strconv.Atoi(want)
+	return err == nil && n == code
 }
 
 func matchWorkload(want string, p Peer) bool {
@@ -73,6 +99,41 @@ func matchIdentity(want, id string) bool {
 		return strings.HasPrefix(id, prefix)
 	}
 	return id == want
+}
+
+// ParseEvent returns the event named s.
+func ParseEvent(s string) (Event, error) {
+	switch e := Event(s); e {
+	case EventOpen, EventClose, EventDeny, EventTerminate, EventRequest:
+		return e, nil
+	}
+	return "", fmt.Errorf("unknown event %q: want open, close, deny, terminate or request", s)
+}
+
+// CheckHTTPCode checks a response code filter: a code, 100 to 599 (or
+// 0, a request the proxy recorded no response of), or a class of codes,
+// 1xx to 5xx.
+func CheckHTTPCode(s string) error {
+	if len(s) == 3 && s[1:] == "xx" && s[0] >= '1' && s[0] <= '5' {
+		return nil
+	}
+	if n, err := strconv.Atoi(s); err == nil && (n == 0 || n >= 100 && n <= 599) && strconv.Itoa(n) == s {
+		return nil
+	}
+	return fmt.Errorf("response code %q: want a code (404) or a class of codes (1xx to 5xx)", s)
+}
+
+// CheckHTTPMethod checks a method filter: an HTTP token (GET, POST, ...).
+func CheckHTTPMethod(s string) error {
+	if s == "" || len(s) > 32 {
+		return fmt.Errorf("method %q: want an HTTP method such as GET or POST", s)
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !('A' <= c && c <= 'Z' || 'a' <= c && c <= 'z' || '0' <= c && c <= '9' || strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0) {
+			return fmt.Errorf("method %q: want an HTTP method such as GET or POST", s)
+		}
+	}
+	return nil
 }
 
 // ParseVerdict returns the verdict named s.

@@ -25,6 +25,9 @@ var webToCart = flow.Flow{
 func TestFilterMatch(t *testing.T) {
 	direct := webToCart
 	direct.Service = nil
+	req := webToCart
+	req.Event, req.Protocol = flow.EventRequest, "http"
+	req.HTTP = &flow.HTTP{Method: "GET", Path: "/items", Code: 503}
 	tests := []struct {
 		name string
 		fl   flow.Filter
@@ -60,8 +63,21 @@ func TestFilterMatch(t *testing.T) {
 		{"service port, dialed directly", flow.Filter{Port: 80}, direct, false},
 		{"since equal", flow.Filter{Since: t0}, webToCart, true},
 		{"since after", flow.Filter{Since: t0.Add(time.Nanosecond)}, webToCart, false},
+		{"event", flow.Filter{Event: flow.EventOpen}, webToCart, true},
+		{"other event", flow.Filter{Event: flow.EventRequest}, webToCart, false},
+		{"request event", flow.Filter{Event: flow.EventRequest}, req, true},
+		{"method", flow.Filter{HTTPMethod: "GET"}, req, true},
+		{"method in another case", flow.Filter{HTTPMethod: "get"}, req, true},
+		{"other method", flow.Filter{HTTPMethod: "POST"}, req, false},
+		{"method of a connection", flow.Filter{HTTPMethod: "GET"}, webToCart, false},
+		{"code", flow.Filter{HTTPCode: "503"}, req, true},
+		{"other code", flow.Filter{HTTPCode: "500"}, req, false},
+		{"code class", flow.Filter{HTTPCode: "5xx"}, req, true},
+		{"other code class", flow.Filter{HTTPCode: "2xx"}, req, false},
+		{"code of a connection", flow.Filter{HTTPCode: "5xx"}, webToCart, false},
 		{"all fields", flow.Filter{FromWorkload: "shop/web", ToWorkload: "cart-1", Namespace: "store", ToService: "cart",
-			FromIdentity: "spiffe://td/*", Verdict: flow.VerdictAllowed, Port: 80, Since: t0.Add(-time.Second)}, webToCart, true},
+			FromIdentity: "spiffe://td/*", Verdict: flow.VerdictAllowed, Port: 80, Since: t0.Add(-time.Second),
+			Event: flow.EventRequest, HTTPMethod: "GET", HTTPCode: "5xx"}, req, true},
 		{"all fields but one", flow.Filter{FromWorkload: "shop/web", ToWorkload: "cart-1", Namespace: "store", ToService: "cart",
 			FromIdentity: "spiffe://td/*", Verdict: flow.VerdictAudit, Port: 80}, webToCart, false},
 	}
@@ -88,6 +104,50 @@ func TestParseVerdict(t *testing.T) {
 			if !strings.Contains(err.Error(), want) {
 				t.Errorf("ParseVerdict(%q) error %q does not mention %s", bad, err, want)
 			}
+		}
+	}
+}
+
+func TestParseEvent(t *testing.T) {
+	for _, e := range []flow.Event{flow.EventOpen, flow.EventClose, flow.EventDeny, flow.EventTerminate, flow.EventRequest} {
+		if got, err := flow.ParseEvent(string(e)); err != nil || got != e {
+			t.Errorf("ParseEvent(%q) = %q, %v", e, got, err)
+		}
+	}
+	_, err := flow.ParseEvent("requests")
+	if err == nil || !strings.Contains(err.Error(), `"requests"`) || !strings.Contains(err.Error(), "request") {
+		t.Errorf("ParseEvent(requests) error = %v, want one naming the value and the events", err)
+	}
+}
+
+func TestCheckHTTPFilters(t *testing.T) {
+	tests := []struct {
+		check func(string) error
+		in    string
+		ok    bool
+	}{
+		{flow.CheckHTTPCode, "200", true},
+		{flow.CheckHTTPCode, "5xx", true},
+		{flow.CheckHTTPCode, "1xx", true},
+		{flow.CheckHTTPCode, "0", true},
+		{flow.CheckHTTPCode, "6xx", false},
+		{flow.CheckHTTPCode, "5XX", false},
+		{flow.CheckHTTPCode, "99", false},
+		{flow.CheckHTTPCode, "600", false},
+		{flow.CheckHTTPCode, "0200", false},
+		{flow.CheckHTTPCode, "ok", false},
+		{flow.CheckHTTPMethod, "GET", true},
+		{flow.CheckHTTPMethod, "purge", true},
+		{flow.CheckHTTPMethod, "GET POST", false},
+		{flow.CheckHTTPMethod, "", false},
+	}
+	for _, tt := range tests {
+		err := tt.check(tt.in)
+		if (err == nil) != tt.ok {
+			t.Errorf("check(%q) = %v, want ok %v", tt.in, err, tt.ok)
+		}
+		if err != nil && !strings.Contains(err.Error(), `"`+tt.in+`"`) {
+			t.Errorf("check(%q) error %q does not name the value", tt.in, err)
 		}
 	}
 }

@@ -8,7 +8,8 @@ import (
 	"time"
 )
 
-// Event says what happened to a connection.
+// Event says what happened to a connection, or, for an L7 service, to a
+// request.
 type Event string
 
 // Flow events.
@@ -17,6 +18,7 @@ const (
 	EventClose     Event = "close"     // the connection closed; bytes, duration, RTT are final
 	EventDeny      Event = "deny"      // policy refused the connection (or, in dry-run, would have)
 	EventTerminate Event = "terminate" // a connection that policy now denies was destroyed
+	EventRequest   Event = "request"   // the L7 proxy finished a request; HTTP says what it was
 )
 
 // Verdict is the policy's decision on a flow.
@@ -37,6 +39,9 @@ type Reporter string
 const (
 	ReporterSource      Reporter = "source"      // the client's node saw it
 	ReporterDestination Reporter = "destination" // the server's node saw it
+	// ReporterProxy is the node's L7 proxy, on the client's node: it
+	// reports requests (as Istio's waypoint reporter does in ambient mode).
+	ReporterProxy Reporter = "proxy"
 )
 
 // Peer is one end of a flow. Fields the agent does not know are empty.
@@ -63,16 +68,43 @@ type Flow struct {
 	Event       Event         `json:"event"`
 	Reporter    Reporter      `json:"reporter"`
 	Verdict     Verdict       `json:"verdict"`
-	Reason      string        `json:"reason,omitempty"` // why a deny or audit happened, e.g. "policy"
+	Reason      string        `json:"reason,omitempty"` // why a deny or audit happened: "policy", a request's "http-policy"
 	Policy      string        `json:"policy,omitempty"` // the rule that decided: "<policy>#<rule>"
-	Protocol    string        `json:"protocol"`         // "tcp"
+	Protocol    string        `json:"protocol"`         // "tcp"; a request's "http" or "grpc"
 	Source      Peer          `json:"source"`
 	Service     *Service      `json:"service,omitempty"` // nil when the client dialed a workload directly
 	Destination Peer          `json:"destination"`       // the chosen backend
 	BytesSent   uint64        `json:"bytes_sent"`        // source → destination
 	BytesRecv   uint64        `json:"bytes_received"`    // destination → source
-	Duration    time.Duration `json:"duration_ns"`       // open to close
+	Duration    time.Duration `json:"duration_ns"`       // open to close; a request's latency
 	RTT         time.Duration `json:"rtt_ns"`            // smoothed round-trip time at close
 	Retransmits uint32        `json:"retransmits"`
-	FastPath    bool          `json:"fast_path"` // the same-node fast path carried its bytes
+	FastPath    bool          `json:"fast_path"`      // the same-node fast path carried its bytes
+	HTTP        *HTTP         `json:"http,omitempty"` // set on request events only
+}
+
+// HTTP is what a request flow (EventRequest) says of its request. The
+// flow's Source is the client, its Service the L7 service the client
+// dialed, its Destination the endpoint of the last try (no address when
+// none was tried), and its Duration the time from the request's start to
+// the end of its response; its Time is when the response ended.
+type HTTP struct {
+	Method string `json:"method"`
+	// Path is the client's, escaped, without the query string (which may
+	// hold secrets and is not recorded), cut to 256 bytes (l7.MaxRecordText):
+	// a record's size stays bounded whatever a client sends.
+	Path          string `json:"path"`
+	PathTruncated bool   `json:"path_truncated,omitempty"` // Path was longer
+	Authority     string `json:"authority,omitempty"`      // the client's Host or :authority, cut likewise
+	Protocol      string `json:"protocol"`                 // the client's: "HTTP/1.1", "HTTP/2.0"
+	// Code is the response's status: the upstream's, or the proxy's own
+	// answer (a gRPC client gets it as a grpc-status); 499 when the
+	// client left before the response; 0 when the proxy recorded none.
+	Code    int    `json:"code"`
+	Route   string `json:"route,omitempty"`   // the route taken
+	Cluster string `json:"cluster,omitempty"` // the cluster drawn
+	Tries   int    `json:"tries,omitempty"`   // tries sent upstream: 1 + retries
+	// Error says why the proxy answered itself or cut the response, cut
+	// likewise.
+	Error string `json:"error,omitempty"`
 }

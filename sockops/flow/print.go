@@ -120,11 +120,11 @@ func (p *Printer) write() error {
 }
 
 // tableHeader and tableWidths are read-only.
-var tableHeader = [...]string{"TIME", "EVENT", "SOURCE", "SERVICE", "DESTINATION", "VERDICT", "SENT", "RECEIVED", "DURATION", "RTT", "FAST", "POLICY"}
+var tableHeader = [...]string{"TIME", "EVENT", "SOURCE", "SERVICE", "DESTINATION", "VERDICT", "SENT", "RECEIVED", "DURATION", "RTT", "FAST", "POLICY", "REQUEST"}
 
 // tableWidths are the columns' minimum widths when the table is streamed,
 // wide enough for typical names and IPv4 addresses.
-var tableWidths = [...]int{12, 9, 20, 26, 34, 7, 8, 8, 9, 8, 4, 0}
+var tableWidths = [...]int{12, 9, 20, 26, 34, 7, 8, 8, 9, 8, 4, 20, 0}
 
 // row appends a table row: cells separated by tabs for the tabwriter, or
 // padded to the minimum widths when streamed.
@@ -148,13 +148,17 @@ func (p *Printer) row(b []byte, cells []string) []byte {
 
 func (p *Printer) cells(f Flow) []string {
 	none := "-"
-	svc, sent, recv, dur, rtt, fast, policy := none, none, none, none, none, none, none
+	svc, sent, recv, dur, rtt, fast, policy, req := none, none, none, none, none, none, none, none
 	if f.Service != nil {
 		svc = service(*f.Service)
 	}
 	if f.Event == EventClose || f.Event == EventTerminate {
 		sent, recv = strconv.FormatUint(f.BytesSent, 10), strconv.FormatUint(f.BytesRecv, 10)
 		dur, rtt = duration(f.Duration), duration(f.RTT)
+	}
+	if f.HTTP != nil {
+		dur = duration(f.Duration)
+		req = string(httpError(request(nil, f.HTTP), f.HTTP))
 	}
 	if f.FastPath {
 		fast = "yes"
@@ -163,12 +167,34 @@ func (p *Printer) cells(f Flow) []string {
 		policy = f.Policy
 	}
 	return []string{p.clock(f.Time), string(f.Event), source(f.Source), svc, destination(f.Destination),
-		string(f.Verdict), sent, recv, dur, rtt, fast, policy}
+		string(f.Verdict), sent, recv, dur, rtt, fast, policy, req}
+}
+
+// request appends a request's method, path and response code:
+//
+//	GET /cart/items 200
+//
+// A path that was cut ends in "...".
+func request(b []byte, h *HTTP) []byte {
+	b = append(append(append(b, h.Method...), ' '), h.Path...)
+	if h.PathTruncated {
+		b = append(b, "..."...)
+	}
+	return strconv.AppendInt(append(b, ' '), int64(h.Code), 10)
+}
+
+// httpError appends a request's error, if it has one, quoted.
+func httpError(b []byte, h *HTTP) []byte {
+	if h == nil || h.Error == "" {
+		return b
+	}
+	return strconv.AppendQuote(append(b, " error="...), h.Error)
 }
 
 // compact appends f's compact line, without the newline:
 //
 //	12:00:01.123 open  shop/web -> cart (10.96.0.10:80) -> shop/cart-1 10.244.1.5:8080 allowed fast
+//	12:00:01.130 request shop/web -> cart (10.96.0.10:80) -> shop/cart-1 10.244.1.5:8080 allowed GET /items 200 dur=1.2ms
 func (p *Printer) compact(b []byte, f Flow) []byte {
 	b = append(b, p.clock(f.Time)...)
 	b = fmt.Appendf(b, " %-5s %s", f.Event, source(f.Source))
@@ -182,6 +208,13 @@ func (p *Printer) compact(b []byte, f Flow) []byte {
 	b = append(b, " -> "...)
 	b = append(b, destination(f.Destination)...)
 	b = append(append(b, ' '), f.Verdict...)
+	if f.HTTP != nil {
+		b = request(append(b, ' '), f.HTTP)
+		b = append(append(b, " dur="...), duration(f.Duration)...)
+		if f.HTTP.Tries > 1 {
+			b = strconv.AppendInt(append(b, " tries="...), int64(f.HTTP.Tries), 10)
+		}
+	}
 	if f.FastPath {
 		b = append(b, " fast"...)
 	}
@@ -191,6 +224,7 @@ func (p *Printer) compact(b []byte, f Flow) []byte {
 	if f.Reason != "" {
 		b = append(append(b, " reason="...), f.Reason...)
 	}
+	b = httpError(b, f.HTTP)
 	if f.Event == EventClose || f.Event == EventTerminate {
 		b = fmt.Appendf(b, " sent=%d recv=%d dur=%s rtt=%s", f.BytesSent, f.BytesRecv, duration(f.Duration), duration(f.RTT))
 		if f.Retransmits > 0 {

@@ -14,7 +14,8 @@ import (
 )
 
 // printed returns fixed flows: an open via a service on the fast path, its
-// close, and a direct connection policy denied.
+// close, a direct connection policy denied, a request the L7 proxy served
+// after a retry, and one HTTP policy denied.
 func printed() []flow.Flow {
 	open := webToCart
 	open.Seq, open.Node, open.Reporter = 12, "node-a", flow.ReporterSource
@@ -32,7 +33,18 @@ func printed() []flow.Flow {
 		Source:      flow.Peer{Address: netip.MustParseAddrPort("192.168.5.9:51000")},
 		Destination: flow.Peer{Workload: "cart-1", Namespace: "store", Address: netip.MustParseAddrPort("10.244.1.5:8080")},
 	}
-	return []flow.Flow{open, closed, deny}
+	req := webToCart
+	req.Seq, req.Node, req.Event, req.Reporter, req.Protocol = 15, "node-a", flow.EventRequest, flow.ReporterProxy, "http"
+	req.Time = time.Date(2026, 3, 1, 12, 0, 4, 0, time.UTC)
+	req.Duration = 1234567 * time.Nanosecond
+	req.HTTP = &flow.HTTP{Method: "GET", Path: "/items/42", Authority: "cart", Protocol: "HTTP/1.1", Code: 200,
+		Route: "items", Cluster: "cart-v1", Tries: 2}
+	denied := req
+	denied.Seq, denied.Verdict, denied.Reason, denied.Policy = 16, flow.VerdictDenied, "http-policy", "store/cart-http#default"
+	denied.Destination, denied.Duration = flow.Peer{}, 85*time.Microsecond
+	denied.HTTP = &flow.HTTP{Method: "DELETE", Path: "/items/" + strings.Repeat("x", 20), PathTruncated: true, Protocol: "HTTP/2.0",
+		Code: 403, Error: "denied by policy"}
+	return []flow.Flow{open, closed, deny, req, denied}
 }
 
 func print(t *testing.T, format flow.Format, opts flow.PrinterOptions, flows []flow.Flow) string {
@@ -55,7 +67,9 @@ func TestPrintCompact(t *testing.T) {
 	want := "" +
 		"12:00:01.123 open  shop/web -> cart (10.96.0.10:80) -> store/cart-1 10.244.1.5:8080 allowed fast\n" +
 		"12:00:02.626 close shop/web -> cart (10.96.0.10:80) -> store/cart-1 10.244.1.5:8080 allowed fast sent=1234 recv=56789 dur=1.503s rtt=120µs retrans=2\n" +
-		"12:00:03.000 deny  192.168.5.9:51000 -> store/cart-1 10.244.1.5:8080 denied policy=store/cart-ingress#1 reason=policy\n"
+		"12:00:03.000 deny  192.168.5.9:51000 -> store/cart-1 10.244.1.5:8080 denied policy=store/cart-ingress#1 reason=policy\n" +
+		"12:00:04.000 request shop/web -> cart (10.96.0.10:80) -> store/cart-1 10.244.1.5:8080 allowed GET /items/42 200 dur=1.235ms tries=2\n" +
+		"12:00:04.000 request shop/web -> cart (10.96.0.10:80) -> - denied DELETE /items/xxxxxxxxxxxxxxxxxxxx... 403 dur=85µs policy=store/cart-http#default reason=http-policy error=\"denied by policy\"\n"
 	if got != want {
 		t.Errorf("compact output:\n%s\nwant:\n%s", got, want)
 	}
@@ -82,6 +96,8 @@ func TestPrintJSON(t *testing.T) {
 		append(slices.Clone(stable), "service"),
 		append(slices.Clone(stable), "service"),
 		append(slices.Clone(stable), "reason", "policy"),
+		append(slices.Clone(stable), "service", "http"),
+		append(slices.Clone(stable), "service", "http", "reason", "policy"),
 	}
 	for i, line := range lines {
 		want, err := json.Marshal(flows[i])
@@ -133,15 +149,46 @@ func TestPrintJSON(t *testing.T) {
 	if back.Destination != flows[1].Destination || *back.Service != *flows[1].Service || back.Duration != flows[1].Duration || !back.Time.Equal(flows[1].Time) {
 		t.Errorf("decoded %+v, want %+v", back, flows[1])
 	}
+
+	// A request's part, with the names the stable interface fixes.
+	var req struct {
+		Event    string         `json:"event"`
+		Reporter string         `json:"reporter"`
+		Protocol string         `json:"protocol"`
+		Duration int64          `json:"duration_ns"`
+		HTTP     map[string]any `json:"http"`
+	}
+	if err := json.Unmarshal([]byte(lines[3]), &req); err != nil {
+		t.Fatal(err)
+	}
+	wantHTTP := map[string]any{"method": "GET", "path": "/items/42", "authority": "cart", "protocol": "HTTP/1.1",
+		"code": 200.0, "route": "items", "cluster": "cart-v1", "tries": 2.0}
+	if req.Event != "request" || req.Reporter != "proxy" || req.Protocol != "http" || req.Duration != 1234567 || !maps.Equal(req.HTTP, wantHTTP) {
+		t.Errorf("request line %s;\nwant event request, reporter proxy, protocol http, duration_ns 1234567, http %v", lines[3], wantHTTP)
+	}
+	if err := json.Unmarshal([]byte(lines[4]), &req); err != nil {
+		t.Fatal(err)
+	}
+	if req.HTTP["path_truncated"] != true || req.HTTP["error"] != "denied by policy" || req.HTTP["code"] != 403.0 {
+		t.Errorf("denied request's http part %v", req.HTTP)
+	}
+	if err := json.Unmarshal([]byte(lines[4]), &back); err != nil {
+		t.Fatal(err)
+	}
+	if back.HTTP == nil || *back.HTTP != *flows[4].HTTP {
+		t.Errorf("decoded http %+v, want %+v", back.HTTP, flows[4].HTTP)
+	}
 }
 
 func TestPrintTable(t *testing.T) {
 	got := print(t, flow.FormatTable, flow.PrinterOptions{}, printed())
 	want := "" +
-		"TIME          EVENT  SOURCE             SERVICE             DESTINATION                   VERDICT  SENT  RECEIVED  DURATION  RTT    FAST  POLICY\n" +
-		"12:00:01.123  open   shop/web           cart 10.96.0.10:80  store/cart-1 10.244.1.5:8080  allowed  -     -         -         -      yes   -\n" +
-		"12:00:02.626  close  shop/web           cart 10.96.0.10:80  store/cart-1 10.244.1.5:8080  allowed  1234  56789     1.503s    120µs  yes   -\n" +
-		"12:00:03.000  deny   192.168.5.9:51000  -                   store/cart-1 10.244.1.5:8080  denied   -     -         -         -      -     store/cart-ingress#1\n"
+		"TIME          EVENT    SOURCE             SERVICE             DESTINATION                   VERDICT  SENT  RECEIVED  DURATION  RTT    FAST  POLICY                   REQUEST\n" +
+		"12:00:01.123  open     shop/web           cart 10.96.0.10:80  store/cart-1 10.244.1.5:8080  allowed  -     -         -         -      yes   -                        -\n" +
+		"12:00:02.626  close    shop/web           cart 10.96.0.10:80  store/cart-1 10.244.1.5:8080  allowed  1234  56789     1.503s    120µs  yes   -                        -\n" +
+		"12:00:03.000  deny     192.168.5.9:51000  -                   store/cart-1 10.244.1.5:8080  denied   -     -         -         -      -     store/cart-ingress#1     -\n" +
+		"12:00:04.000  request  shop/web           cart 10.96.0.10:80  store/cart-1 10.244.1.5:8080  allowed  -     -         1.235ms   -      -     -                        GET /items/42 200\n" +
+		"12:00:04.000  request  shop/web           cart 10.96.0.10:80  -                             denied   -     -         85µs      -      -     store/cart-http#default  DELETE /items/xxxxxxxxxxxxxxxxxxxx... 403 error=\"denied by policy\"\n"
 	if got != want {
 		t.Errorf("table output:\n%s\nwant:\n%s", got, want)
 	}
@@ -178,7 +225,7 @@ func TestPrintTableStream(t *testing.T) {
 	}
 	// Every row's verdict starts under the VERDICT header.
 	at := strings.Index(lines[0], "VERDICT")
-	for i, v := range []string{"allowed", "allowed", "denied"} {
+	for i, v := range []string{"allowed", "allowed", "denied", "allowed", "denied"} {
 		if got := strings.Index(lines[i+1], v); got != at {
 			t.Errorf("row %d: %s at byte %d, want %d under VERDICT:\n%s", i+1, v, got, at, b.String())
 		}

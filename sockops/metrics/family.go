@@ -16,11 +16,12 @@ const (
 	closedName      = "sluice_tcp_connections_closed_total"
 	deniedName      = "sluice_tcp_connections_denied_total"
 	auditDeniedName = "sluice_tcp_connections_audit_denied_total"
+	requestsName    = "sluice_requests_total"
 
 	// unknown fills a label the flow record leaves empty, as Istio does.
 	unknown = "unknown"
 	// overflow replaces the workload, namespace, principal and service
-	// labels of a label set folded past its counter's cap.
+	// labels of a label set folded past its family's cap.
 	overflow = "overflow"
 )
 
@@ -40,8 +41,21 @@ var peerLabels = []string{
 // same-node fast path carried the connection's bytes.
 var closeLabels = append(append([]string(nil), peerLabels...), "fast_path")
 
+// requestLabels add Istio's request_protocol and response_code.
+var requestLabels = append(append([]string(nil), peerLabels...), "request_protocol", "response_code")
+
+// labelKind says which labels a family's series have.
+type labelKind int
+
+const (
+	peerKind    labelKind = iota // peerLabels
+	closeKind                    // closeLabels
+	requestKind                  // requestLabels
+)
+
 // labelSet is one series' label values. Being comparable, it keys the
-// families' maps without building a string.
+// families' maps without building a string. The fields a family's
+// labelKind lacks stay zero.
 type labelSet struct {
 	reporter     string
 	srcWorkload  string
@@ -51,11 +65,46 @@ type labelSet struct {
 	dstWorkload  string
 	dstNamespace string
 	dstPrincipal string
-	fastPath     bool // always false in families without the fast_path label
+	fastPath     bool     // closeKind
+	protocol     protocol // requestKind
+	code         uint16   // requestKind: formatted only when a series is made
+	// The last three fit in the padding after the strings: the request
+	// labels do not make the key of the connection counters longer.
+}
+
+// protocol is the request_protocol label, as a number so that labelSet
+// stays short.
+type protocol uint8
+
+const (
+	protocolNone protocol = iota // not a request
+	protocolHTTP
+	protocolGRPC
+	protocolOther
+)
+
+func protocolOf(s string) protocol {
+	switch s {
+	case "http":
+		return protocolHTTP
+	case "grpc":
+		return protocolGRPC
+	}
+	return protocolOther
+}
+
+func (p protocol) String() string {
+	switch p {
+	case protocolHTTP:
+		return "http"
+	case protocolGRPC:
+		return "grpc"
+	}
+	return unknown
 }
 
 // labelsOf takes f by pointer so Observe does not copy the record again.
-func labelsOf(f *flow.Flow, withFastPath bool) labelSet {
+func labelsOf(f *flow.Flow, kind labelKind) labelSet {
 	l := labelSet{
 		reporter:     orUnknown(string(f.Reporter)),
 		srcWorkload:  orUnknown(f.Source.Workload),
@@ -65,10 +114,18 @@ func labelsOf(f *flow.Flow, withFastPath bool) labelSet {
 		dstWorkload:  orUnknown(f.Destination.Workload),
 		dstNamespace: orUnknown(f.Destination.Namespace),
 		dstPrincipal: orUnknown(f.Destination.Identity),
-		fastPath:     withFastPath && f.FastPath,
 	}
 	if f.Service != nil {
 		l.dstService = orUnknown(f.Service.Name)
+	}
+	switch kind {
+	case closeKind:
+		l.fastPath = f.FastPath
+	case requestKind:
+		l.protocol = protocolOf(f.Protocol)
+		if f.HTTP != nil && f.HTTP.Code > 0 && f.HTTP.Code <= 999 {
+			l.code = uint16(f.HTTP.Code) // else 0: no status recorded
+		}
 	}
 	return l
 }
@@ -80,9 +137,10 @@ func orUnknown(s string) string {
 	return s
 }
 
-// folded is the overflow label set l is counted in past the cap. reporter
-// and fast_path are kept: they take two values each, and say which end saw
-// the connection and which path carried it.
+// folded is the overflow label set l is counted in past the cap. reporter,
+// fast_path, request_protocol and response_code are kept: they take few
+// values each, and say which end saw the connection, which path carried
+// it, and whether requests fail.
 func (l labelSet) folded() labelSet {
 	return labelSet{
 		reporter:     l.reporter,
@@ -94,21 +152,26 @@ func (l labelSet) folded() labelSet {
 		dstNamespace: overflow,
 		dstPrincipal: overflow,
 		fastPath:     l.fastPath,
+		protocol:     l.protocol,
+		code:         l.code,
 	}
 }
 
-// values are l's label values in peerLabels (or closeLabels) order, made
-// valid UTF-8: client_golang panics on anything else, and the values come
-// from workload names and identities the agent does not control.
-func (l labelSet) values(withFastPath bool) []string {
+// values are l's label values in the order of kind's labels, made valid
+// UTF-8: client_golang panics on anything else, and the values come from
+// workload names and identities the agent does not control.
+func (l labelSet) values(kind labelKind) []string {
 	v := []string{
 		l.reporter,
 		l.srcWorkload, l.srcNamespace, l.srcPrincipal,
 		l.dstService,
 		l.dstWorkload, l.dstNamespace, l.dstPrincipal,
 	}
-	if withFastPath {
+	switch kind {
+	case closeKind:
 		v = append(v, strconv.FormatBool(l.fastPath))
+	case requestKind:
+		v = append(v, l.protocol.String(), strconv.Itoa(int(l.code)))
 	}
 	for i, s := range v {
 		if !utf8.ValidString(s) {
@@ -118,35 +181,36 @@ func (l labelSet) values(withFastPath bool) []string {
 	return v
 }
 
-// series holds one label set's counters, resolved once so that counting
+// series holds one label set's metrics, resolved once so that counting
 // skips client_golang's label hashing.
 type series struct {
-	count prometheus.Counter
-	sent  prometheus.Counter // closed family only
-	recv  prometheus.Counter // closed family only
+	count    prometheus.Counter
+	sent     prometheus.Counter  // closed family only
+	recv     prometheus.Counter  // closed family only
+	duration prometheus.Observer // requests family only
 }
 
-// family is one counter, or counters that share label sets, with a cap on
+// family is one metric, or metrics that share label sets, with a cap on
 // its distinct label sets. Label sets are never forgotten: a series lives
 // as long as the agent, as Istio's do, so the cap bounds memory too.
 type family struct {
-	name         string
-	limit        int
-	withFastPath bool
-	vecs         []*prometheus.CounterVec // count, then sent and recv if any
-	overflowed   prometheus.Counter
+	name       string
+	limit      int
+	kind       labelKind
+	resolve    func(values []string) *series // the series of label values in kind's order
+	overflowed prometheus.Counter
 
 	mu     sync.RWMutex
 	sets   map[labelSet]*series // guarded by mu; at most limit entries
-	folded map[labelSet]*series // guarded by mu; one per reporter and fast_path value
+	folded map[labelSet]*series // guarded by mu; one per value of the labels folded() keeps
 }
 
-func newFamily(name string, limit int, overflowed *prometheus.CounterVec, withFastPath bool, vecs ...*prometheus.CounterVec) *family {
+func newFamily(name string, limit int, overflowed *prometheus.CounterVec, kind labelKind, resolve func(values []string) *series) *family {
 	return &family{
-		name:         name,
-		limit:        limit,
-		withFastPath: withFastPath,
-		vecs:         vecs,
+		name:    name,
+		limit:   limit,
+		kind:    kind,
+		resolve: resolve,
 		// Made now so the counter reads 0 until the cap is first reached.
 		overflowed: overflowed.WithLabelValues(name),
 		sets:       make(map[labelSet]*series),
@@ -194,11 +258,5 @@ func (fam *family) series(l labelSet) *series {
 }
 
 func (fam *family) newSeries(l labelSet) *series {
-	v := l.values(fam.withFastPath)
-	s := &series{count: fam.vecs[0].WithLabelValues(v...)}
-	if len(fam.vecs) == 3 {
-		s.sent = fam.vecs[1].WithLabelValues(v...)
-		s.recv = fam.vecs[2].WithLabelValues(v...)
-	}
-	return s
+	return fam.resolve(l.values(fam.kind))
 }

@@ -82,7 +82,7 @@ func newHealth(node string, status func() observe.Status) *health {
 		flowsStored: d("sluice_flows_stored",
 			"Flow records the agent holds in memory."),
 		flowEventsLost: d("sluice_flow_events_lost_total",
-			"Flow events lost: where=kernel, the ring buffer had no room; where=subscribers, slow followers missed them.",
+			"Flow events lost: where=kernel, the ring buffer had no room; where=subscribers, slow followers missed them; where=proxy, request records the L7 proxy dropped.",
 			"where"),
 		fpRegistered: d("sluice_fastpath_sockets_registered_total",
 			"Sockets put on the same-node fast path."),
@@ -163,6 +163,7 @@ func (h *health) Collect(ch chan<- prometheus.Metric) {
 	gauge(h.flowsStored, float64(st.Flows.Stored))
 	counter(h.flowEventsLost, st.Flows.LostKernel, "kernel")
 	counter(h.flowEventsLost, st.Flows.LostSubscribers, "subscribers")
+	counter(h.flowEventsLost, st.Flows.LostProxy, "proxy")
 
 	counter(h.fpRegistered, st.FastPath.Registered)
 	gauge(h.fpActive, float64(st.FastPath.Active))

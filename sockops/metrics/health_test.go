@@ -67,7 +67,7 @@ const healthHelp = `
 # TYPE sluice_map_fill_ratio gauge
 # HELP sluice_flows_stored Flow records the agent holds in memory.
 # TYPE sluice_flows_stored gauge
-# HELP sluice_flow_events_lost_total Flow events lost: where=kernel, the ring buffer had no room; where=subscribers, slow followers missed them.
+# HELP sluice_flow_events_lost_total Flow events lost: where=kernel, the ring buffer had no room; where=subscribers, slow followers missed them; where=proxy, request records the L7 proxy dropped.
 # TYPE sluice_flow_events_lost_total counter
 # HELP sluice_fastpath_sockets_registered_total Sockets put on the same-node fast path.
 # TYPE sluice_fastpath_sockets_registered_total counter
@@ -116,7 +116,7 @@ func fixedStatus() observe.Status {
 			{Name: "sl_services", Entries: 1, Capacity: 1}, // repeated: ignored
 			{Name: "sl_empty", Entries: 0, Capacity: 0},    // no ratio
 		},
-		Flows: observe.Flows{Stored: 4096, Capacity: 8192, Total: 100000, LostKernel: 3, LostSubscribers: 250},
+		Flows: observe.Flows{Stored: 4096, Capacity: 8192, Total: 100000, LostKernel: 3, LostSubscribers: 250, LostProxy: 9},
 		FastPath: observe.FastPath{
 			Default:        "on",
 			Registered:     500,
@@ -155,6 +155,7 @@ sluice_map_fill_ratio{map="sl_backends"} 0.000724792480468750
 sluice_map_fill_ratio{map="sl_services"} 0.0018310546875
 sluice_flows_stored 4096
 sluice_flow_events_lost_total{where="kernel"} 3
+sluice_flow_events_lost_total{where="proxy"} 9
 sluice_flow_events_lost_total{where="subscribers"} 250
 sluice_fastpath_sockets_registered_total 500
 sluice_fastpath_sockets_active 40

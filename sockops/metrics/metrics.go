@@ -23,13 +23,21 @@ const DefaultMaxLabelSets = 10000
 type Metrics struct {
 	handler http.Handler
 
-	// One family per counter, or per group of counters that share label
-	// sets (closed connections and their bytes); each has its own cap.
+	// One family per counter, or per group of metrics that share label
+	// sets (closed connections and their bytes; requests and their
+	// durations); each has its own cap.
 	opened      *family
 	closed      *family
 	denied      *family
 	auditDenied *family
+	requests    *family
 }
+
+// requestDurationBuckets are the upper bounds, in seconds, of
+// sluice_request_duration_seconds' buckets: 1-2.5-5 steps from half a
+// millisecond, for requests within a cluster, to 30 s, for slow ones and
+// long route timeouts. Read-only.
+var requestDurationBuckets = []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30}
 
 // Option changes how New builds Metrics.
 type Option func(*options)
@@ -98,42 +106,68 @@ func New(node string, status func() observe.Status, opts ...Option) *Metrics {
 	auditDenied := counter(auditDeniedName,
 		"TCP connections a dry-run (audit) policy rule would have refused; they were allowed.",
 		peerLabels)
+	requests := counter(requestsName,
+		"Requests the L7 proxy served, by response code, including those it answered itself (403 denied by HTTP policy, 503 no upstream, 499 client gone).",
+		requestLabels)
+	durations := prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "sluice_request_duration_seconds",
+		Help:    "Time from a request's start at the L7 proxy to the end of its response.",
+		Buckets: requestDurationBuckets,
+	}, requestLabels)
+	reg.MustRegister(durations)
 
+	count := func(v *prometheus.CounterVec) func([]string) *series {
+		return func(lv []string) *series { return &series{count: v.WithLabelValues(lv...)} }
+	}
 	return &Metrics{
-		handler:     promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
-		opened:      newFamily(openedName, o.maxLabelSets, overflowed, false, opened),
-		closed:      newFamily(closedName, o.maxLabelSets, overflowed, true, closedCount, sent, recv),
-		denied:      newFamily(deniedName, o.maxLabelSets, overflowed, false, denied),
-		auditDenied: newFamily(auditDeniedName, o.maxLabelSets, overflowed, false, auditDenied),
+		handler: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
+		opened:  newFamily(openedName, o.maxLabelSets, overflowed, peerKind, count(opened)),
+		closed: newFamily(closedName, o.maxLabelSets, overflowed, closeKind, func(lv []string) *series {
+			return &series{count: closedCount.WithLabelValues(lv...), sent: sent.WithLabelValues(lv...), recv: recv.WithLabelValues(lv...)}
+		}),
+		denied:      newFamily(deniedName, o.maxLabelSets, overflowed, peerKind, count(denied)),
+		auditDenied: newFamily(auditDeniedName, o.maxLabelSets, overflowed, peerKind, count(auditDenied)),
+		requests: newFamily(requestsName, o.maxLabelSets, overflowed, requestKind, func(lv []string) *series {
+			return &series{count: requests.WithLabelValues(lv...), duration: durations.WithLabelValues(lv...)}
+		}),
 	}
 }
 
 // Observe counts one flow record. It runs for every flow: once a record's
 // label set has been seen it takes a read lock and a few atomic adds,
-// without allocating. Records of a protocol other than TCP are ignored; an
-// empty Protocol is taken as TCP, the only protocol flow records carry.
-// Terminate records are not counted: the metric set has no counter for
-// connections policy destroyed.
+// without allocating. Request records (EventRequest, with HTTP set) count
+// in the request metrics, whatever their protocol. Connection records of
+// a protocol other than TCP are ignored; an empty Protocol is taken as
+// TCP. Terminate records are not counted: the metric set has no counter
+// for connections policy destroyed.
 func (m *Metrics) Observe(f flow.Flow) {
+	if f.Event == flow.EventRequest {
+		if f.HTTP != nil {
+			s := m.requests.series(labelsOf(&f, requestKind))
+			s.count.Inc()
+			s.duration.Observe(f.Duration.Seconds())
+		}
+		return
+	}
 	if f.Protocol != "" && f.Protocol != "tcp" {
 		return
 	}
 	switch f.Event {
 	case flow.EventOpen:
 		if f.Verdict == flow.VerdictAllowed || f.Verdict == flow.VerdictAudit {
-			m.opened.series(labelsOf(&f, false)).count.Inc()
+			m.opened.series(labelsOf(&f, peerKind)).count.Inc()
 		}
 	case flow.EventClose:
-		s := m.closed.series(labelsOf(&f, true))
+		s := m.closed.series(labelsOf(&f, closeKind))
 		s.count.Inc()
 		s.sent.Add(float64(f.BytesSent))
 		s.recv.Add(float64(f.BytesRecv))
 	case flow.EventDeny:
 		switch f.Verdict {
 		case flow.VerdictDenied:
-			m.denied.series(labelsOf(&f, false)).count.Inc()
+			m.denied.series(labelsOf(&f, peerKind)).count.Inc()
 		case flow.VerdictAudit:
-			m.auditDenied.series(labelsOf(&f, false)).count.Inc()
+			m.auditDenied.series(labelsOf(&f, peerKind)).count.Inc()
 		}
 	}
 }

@@ -159,6 +159,7 @@ var flowNames = []string{
 }
 
 const noOverflow = `
+sluice_metrics_label_sets_overflowed_total{metric="sluice_requests_total"} 0
 sluice_metrics_label_sets_overflowed_total{metric="sluice_tcp_connections_audit_denied_total"} 0
 sluice_metrics_label_sets_overflowed_total{metric="sluice_tcp_connections_closed_total"} 0
 sluice_metrics_label_sets_overflowed_total{metric="sluice_tcp_connections_denied_total"} 0
@@ -306,6 +307,7 @@ sluice_tcp_received_bytes_total` + labels(fc, "source_workload", "w0", "fast_pat
 sluice_tcp_received_bytes_total` + labels(fc, "source_workload", "w1", "fast_path", "true") + ` 20
 sluice_tcp_received_bytes_total` + labels(folded, "fast_path", "true") + ` 22
 sluice_tcp_received_bytes_total` + labels(folded, "fast_path", "false") + ` 2
+sluice_metrics_label_sets_overflowed_total{metric="sluice_requests_total"} 0
 sluice_metrics_label_sets_overflowed_total{metric="sluice_tcp_connections_audit_denied_total"} 0
 sluice_metrics_label_sets_overflowed_total{metric="sluice_tcp_connections_closed_total"} 3
 sluice_metrics_label_sets_overflowed_total{metric="sluice_tcp_connections_denied_total"} 0
@@ -367,7 +369,153 @@ func TestObserveConcurrently(t *testing.T) {
 	}
 }
 
+// request is a frontend → cart request through the L7 proxy.
+func request(code int, d time.Duration, grpc bool) flow.Flow {
+	f := record(flow.EventRequest, flow.VerdictAllowed)
+	f.Reporter, f.Protocol, f.Duration = flow.ReporterProxy, "http", d
+	if grpc {
+		f.Protocol = "grpc"
+	}
+	f.HTTP = &flow.HTTP{Method: "GET", Path: "/items", Protocol: "HTTP/1.1", Code: code, Tries: 1}
+	return f
+}
+
+// rq are the labels of a frontend → cart request.
+var rq = func() map[string]string {
+	m := maps.Clone(fc)
+	m["reporter"], m["request_protocol"], m["response_code"] = "proxy", "http", "200"
+	return m
+}()
+
+func TestObserveRequests(t *testing.T) {
+	m := metrics.New("node-a", nil)
+	denied := request(403, 100*time.Microsecond, false)
+	denied.Verdict, denied.Destination = flow.VerdictDenied, flow.Peer{}
+	noHTTP := request(200, time.Millisecond, false)
+	noHTTP.HTTP = nil // not a request record: not counted
+	for _, f := range []flow.Flow{
+		request(200, 300*time.Microsecond, false),
+		request(200, 2*time.Millisecond, false),
+		request(200, 40*time.Second, false),
+		request(503, 7*time.Millisecond, false),
+		request(200, 20*time.Millisecond, true),
+		denied,
+		noHTTP,
+	} {
+		m.Observe(f)
+	}
+
+	buckets := func(l string, counts ...int) string {
+		var b strings.Builder
+		for i, le := range []string{"0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10", "30", "+Inf"} {
+			fmt.Fprintf(&b, "sluice_request_duration_seconds_bucket%s %d\n", strings.Replace(l, "}", `,le="`+le+`"}`, 1), counts[i])
+		}
+		return b.String()
+	}
+	ok := labels(rq)
+	unavailable := labels(rq, "response_code", "503")
+	grpc := labels(rq, "request_protocol", "grpc")
+	forbidden := labels(rq, "response_code", "403", "destination_workload", "unknown",
+		"destination_workload_namespace", "unknown", "destination_principal", "unknown")
+	want := `
+# HELP sluice_requests_total Requests the L7 proxy served, by response code, including those it answered itself (403 denied by HTTP policy, 503 no upstream, 499 client gone).
+# TYPE sluice_requests_total counter
+sluice_requests_total` + ok + ` 3
+sluice_requests_total` + unavailable + ` 1
+sluice_requests_total` + grpc + ` 1
+sluice_requests_total` + forbidden + ` 1
+# HELP sluice_request_duration_seconds Time from a request's start at the L7 proxy to the end of its response.
+# TYPE sluice_request_duration_seconds histogram
+` + buckets(ok, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 3) + `sluice_request_duration_seconds_sum` + ok + ` 40.0023
+sluice_request_duration_seconds_count` + ok + ` 3
+` + buckets(unavailable, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1) + `sluice_request_duration_seconds_sum` + unavailable + ` 0.007
+sluice_request_duration_seconds_count` + unavailable + ` 1
+` + buckets(grpc, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1) + `sluice_request_duration_seconds_sum` + grpc + ` 0.02
+sluice_request_duration_seconds_count` + grpc + ` 1
+` + buckets(forbidden, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1) + `sluice_request_duration_seconds_sum` + forbidden + ` 0.0001
+sluice_request_duration_seconds_count` + forbidden + ` 1
+`
+	url := serve(t, m, nil) + "/metrics"
+	if err := testutil.ScrapeAndCompare(url, strings.NewReader(want), "sluice_requests_total", "sluice_request_duration_seconds"); err != nil {
+		t.Error(err)
+	}
+	// Request records count in no connection counter.
+	s := samples(t, url)
+	for _, name := range flowNames[:6] {
+		if n := sum(s, name); n != 0 {
+			t.Errorf("%s = %v after request records only", name, n)
+		}
+	}
+}
+
+// Past the cap, a request's label set folds into an overflow series that
+// keeps its reporter, protocol and code, for the counter and the
+// histogram alike.
+func TestRequestsCardinalityCap(t *testing.T) {
+	m := metrics.New("node-a", nil, metrics.WithMaxLabelSets(1))
+	from := func(workload string, code int) flow.Flow {
+		f := request(code, time.Millisecond, false)
+		f.Source.Workload = workload
+		return f
+	}
+	for _, f := range []flow.Flow{from("w0", 200), from("w1", 200), from("w2", 200), from("w3", 500), from("w0", 200)} {
+		m.Observe(f)
+	}
+	folded := maps.Clone(rq)
+	for k := range folded {
+		if k != "reporter" && k != "request_protocol" && k != "response_code" {
+			folded[k] = "overflow"
+		}
+	}
+	s := samples(t, serve(t, m, nil)+"/metrics")
+	for series, want := range map[string]float64{
+		"sluice_requests_total" + labels(rq, "source_workload", "w0"):                              2,
+		"sluice_requests_total" + labels(folded):                                                   2,
+		"sluice_requests_total" + labels(folded, "response_code", "500"):                           1,
+		"sluice_request_duration_seconds_count" + labels(folded):                                   2,
+		"sluice_request_duration_seconds_count" + labels(folded, "response_code", "500"):           1,
+		"sluice_request_duration_seconds_count" + labels(rq, "source_workload", "w0"):              2,
+		`sluice_metrics_label_sets_overflowed_total{metric="sluice_requests_total"}`:               3,
+		`sluice_metrics_label_sets_overflowed_total{metric="sluice_tcp_connections_opened_total"}`: 0,
+	} {
+		if got := s[series]; got != want {
+			t.Errorf("%s = %v, want %v", series, got, want)
+		}
+	}
+	if n := sum(s, "sluice_requests_total"); n != 5 {
+		t.Errorf("sluice_requests_total sums to %v, want 5", n)
+	}
+}
+
+// Counting a request whose label set was seen allocates nothing.
+func TestObserveRequestDoesNotAllocate(t *testing.T) {
+	m := metrics.New("node-a", nil)
+	f := request(200, time.Millisecond, false)
+	m.Observe(f)
+	if n := testing.AllocsPerRun(1000, func() { m.Observe(f) }); n != 0 {
+		t.Errorf("Observe of a request allocates %v times", n)
+	}
+}
+
 func BenchmarkObserve(b *testing.B) {
+	b.Run("request", func(b *testing.B) {
+		m := metrics.New("node-a", nil)
+		f := request(200, 1200*time.Microsecond, false)
+		b.ReportAllocs()
+		for b.Loop() {
+			m.Observe(f)
+		}
+	})
+	b.Run("request-parallel", func(b *testing.B) {
+		m := metrics.New("node-a", nil)
+		f := request(200, 1200*time.Microsecond, false)
+		b.ReportAllocs()
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				m.Observe(f)
+			}
+		})
+	})
 	b.Run("close", func(b *testing.B) {
 		m := metrics.New("node-a", nil)
 		f := closed(1500, 64000, true)

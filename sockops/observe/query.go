@@ -39,10 +39,13 @@ const (
 	paramFromIdentity = "from_identity"
 	paramVerdict      = "verdict"
 	paramPort         = "port"
+	paramEvent        = "event"
+	paramHTTPMethod   = "http_method"
+	paramHTTPCode     = "http_code"
 )
 
 var params = []string{paramLast, paramSince, paramFollow, paramFromWorkload, paramToWorkload, paramNamespace,
-	paramToService, paramFromIdentity, paramVerdict, paramPort}
+	paramToService, paramFromIdentity, paramVerdict, paramPort, paramEvent, paramHTTPMethod, paramHTTPCode}
 
 // values encodes q as GET /v1/flows parameters.
 func (q Query) values() url.Values {
@@ -75,6 +78,9 @@ func (q Query) values() url.Values {
 	if fl.Port != 0 {
 		v.Set(paramPort, strconv.Itoa(int(fl.Port)))
 	}
+	set(paramEvent, string(fl.Event))
+	set(paramHTTPMethod, fl.HTTPMethod)
+	set(paramHTTPCode, fl.HTTPCode)
 	return v
 }
 
@@ -131,6 +137,23 @@ func parseQuery(v url.Values, now time.Time) (Query, error) {
 			return Query{}, fmt.Errorf("%s=%q: want a port, 1 to 65535", paramPort, s)
 		}
 		fl.Port = uint16(p)
+	}
+	if s := v.Get(paramEvent); s != "" {
+		if fl.Event, err = flow.ParseEvent(s); err != nil {
+			return Query{}, fmt.Errorf("%s: %w", paramEvent, err)
+		}
+	}
+	if s := v.Get(paramHTTPMethod); s != "" {
+		if err := flow.CheckHTTPMethod(s); err != nil {
+			return Query{}, fmt.Errorf("%s: %w", paramHTTPMethod, err)
+		}
+		fl.HTTPMethod = s
+	}
+	if s := v.Get(paramHTTPCode); s != "" {
+		if err := flow.CheckHTTPCode(s); err != nil {
+			return Query{}, fmt.Errorf("%s: %w", paramHTTPCode, err)
+		}
+		fl.HTTPCode = s
 	}
 	return q, nil
 }

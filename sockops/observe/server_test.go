@@ -76,6 +76,8 @@ func rawGet(t *testing.T, path, target string) (*http.Response, string) {
 // gen returns the i-th flow of the test traffic: from workload w<i%3> in
 // shop; every fifth to data/db:5432 directly and denied, the others to
 // service cart (VIP port 80) answered by shop/cart-<i%2>:8080, allowed.
+// Of those, every seventh is a request: GET answered 200 when i is even,
+// POST answered 503 when it is odd.
 func gen(i int, at time.Time) flow.Flow {
 	f := flow.Flow{
 		Time: at, Node: "node-a", Event: flow.EventOpen, Reporter: flow.ReporterSource, Protocol: "tcp",
@@ -90,8 +92,18 @@ func gen(i int, at time.Time) flow.Flow {
 	f.Verdict = flow.VerdictAllowed
 	f.Service = &flow.Service{Name: "cart", VIP: netip.MustParseAddrPort("10.96.0.10:80")}
 	f.Destination = flow.Peer{Workload: fmt.Sprintf("cart-%d", i%2), Namespace: "shop", Address: netip.MustParseAddrPort("10.244.1.5:8080")}
+	if i%7 == 0 {
+		f.Event, f.Reporter, f.Protocol = flow.EventRequest, flow.ReporterProxy, "http"
+		f.HTTP = &flow.HTTP{Method: "GET", Path: "/items", Protocol: "HTTP/1.1", Code: 200}
+		if i%2 == 1 {
+			f.HTTP.Method, f.HTTP.Code = "POST", 503
+		}
+	}
 	return f
 }
+
+// isRequest says whether gen's i-th flow is a request.
+func isRequest(i int) bool { return i%7 == 0 && i%5 != 0 }
 
 func collect(ctx context.Context, c *observe.Client, q observe.Query) ([]uint64, error) {
 	got := []uint64{}
@@ -166,6 +178,16 @@ func TestServerFlowsQueries(t *testing.T) {
 		{"backend port", params{"port": {"5432"}, "last": {"2"}}, observe.Query{Last: 2, Filter: flow.Filter{Port: 5432}}, []uint64{145, 150}},
 		{"combined", params{"last": {"2"}, "verdict": {"denied"}, "from_workload": {"w0"}},
 			observe.Query{Last: 2, Filter: flow.Filter{Verdict: flow.VerdictDenied, FromWorkload: "w0"}}, []uint64{135, 150}},
+		{"requests", params{"event": {"request"}}, observe.Query{Filter: flow.Filter{Event: flow.EventRequest}},
+			seqsWhere(n, 100, isRequest)},
+		{"connection opens", params{"event": {"open"}, "last": {"3"}}, observe.Query{Last: 3, Filter: flow.Filter{Event: flow.EventOpen}},
+			seqsWhere(n, 3, func(i int) bool { return !isRequest(i) })},
+		{"request method", params{"http_method": {"GET"}}, observe.Query{Filter: flow.Filter{HTTPMethod: "GET"}},
+			seqsWhere(n, 100, func(i int) bool { return isRequest(i) && i%2 == 0 })},
+		{"request code class", params{"http_code": {"5xx"}, "last": {"2"}}, observe.Query{Last: 2, Filter: flow.Filter{HTTPCode: "5xx"}},
+			[]uint64{133, 147}},
+		{"request code", params{"http_code": {"200"}, "http_method": {"post"}}, observe.Query{Filter: flow.Filter{HTTPCode: "200", HTTPMethod: "post"}},
+			[]uint64{}},
 	}
 	for _, tt := range tests {
 		got, err := collect(context.Background(), c, tt.q)
@@ -400,6 +422,9 @@ func TestServerBadParams(t *testing.T) {
 		{"to_workload=/web", []string{"to_workload", `"/web"`}},
 		{"from_identity=web", []string{"from_identity", `"web"`, "spiffe://"}},
 		{"from_identity=spiffe://td/*/web", []string{"from_identity", "*"}},
+		{"event=requests", []string{"event", `"requests"`, "request"}},
+		{"http_code=5XX", []string{"http_code", `"5XX"`, "5xx"}},
+		{"http_method=GET+POST", []string{"http_method", `"GET POST"`}},
 		{"limit=5", []string{`"limit"`, "last"}},
 	}
 	for _, tt := range tests {

@@ -74,6 +74,7 @@ type Flows struct {
 	Total           uint64 `json:"total"`            // records made since the agent started
 	LostKernel      uint64 `json:"lost_kernel"`      // events the ring buffer had no room for
 	LostSubscribers uint64 `json:"lost_subscribers"` // records slow `observe --follow` clients missed
+	LostProxy       uint64 `json:"lost_proxy"`       // request records the L7 proxy dropped: its buffer was full, or the agent refused them
 }
 
 // FastPath counts the same-node fast path's work.
