@@ -38,9 +38,13 @@ e2e:
 # modes and Sluice, interleaved on the simulated cluster; rewrites
 # docs/benchmarks.md and docs/benchmarks.json. Needs root, iptables, nft and
 # conntrack; took 18 minutes on two cores (9 rounds).
+# Then the L7 benchmark: the latency the L7 proxy adds against direct and
+# the proxy's memory per 1,000 connections; prints its report (docs/l7.md,
+# Measured). Needs root and fortio; took 4 minutes on two cores.
 bench:
 	$(GO) test -run '^$$' -bench '^BenchmarkSideBySide$$' -benchtime 1x -timeout 90m ./e2e/ \
 		-args -sidebyside.report docs/benchmarks.md -sidebyside.json docs/benchmarks.json
+	$(GO) test -run '^$$' -bench '^BenchmarkL7$$' -benchtime 1x -timeout 30m ./e2e/
 
 # The packages' own benchmarks (each doc cites its command).
 bench-micro:

@@ -23,7 +23,7 @@ const (
 	RoleEnv   = "SLUICE_TEST_ROLE"   // server, client, piggyback or hold
 	ListenEnv = "SLUICE_TEST_LISTEN" // server: comma-separated listen addresses
 	NameEnv   = "SLUICE_TEST_NAME"   // server: its answer
-	DialEnv   = "SLUICE_TEST_DIAL"   // client, hold: address to dial
+	DialEnv   = "SLUICE_TEST_DIAL"   // client, hold, httphold: address to dial
 )
 
 // Run runs the role RoleEnv names, if any, and exits; otherwise it
@@ -54,6 +54,8 @@ func run(role string) int {
 		return httpRole()
 	case "grpc-client":
 		return grpcClientRole()
+	case "httphold":
+		return httpHoldRole()
 	}
 	fmt.Fprintln(os.Stderr, "unknown role", role)
 	return 2

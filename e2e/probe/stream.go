@@ -19,7 +19,7 @@ import (
 const (
 	EchoModeEnv = "SLUICE_TEST_ECHO"  // echo: read (read/write loop), splice (io.Copy, which splices) or relay
 	UpstreamEnv = "SLUICE_TEST_RELAY" // echo in relay mode: where each connection is relayed to
-	ConnsEnv    = "SLUICE_TEST_CONNS" // exchange: concurrent connections
+	ConnsEnv    = "SLUICE_TEST_CONNS" // exchange, httphold: concurrent connections
 	SizesEnv    = "SLUICE_TEST_SIZES" // exchange: comma-separated bytes per connection, used in turn
 )
 
