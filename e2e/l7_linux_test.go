@@ -33,6 +33,7 @@ import (
 	"github.com/sluice-mesh/sluice/e2e/cluster"
 	"github.com/sluice-mesh/sluice/e2e/probe"
 	"github.com/sluice-mesh/sluice/e2e/testenv"
+	"github.com/sluice-mesh/sluice/sockops/flow"
 	"github.com/sluice-mesh/sluice/xds/mesh"
 )
 
@@ -436,6 +437,67 @@ func TestL7(t *testing.T) {
 			}
 		}
 	})
+	t.Run("FlowsAndMetrics", func(t *testing.T) {
+		// Each request is a flow record at the client's node, with no
+		// query string, and counts in the request metrics; a denied one
+		// says which policy denied it.
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		agent := m.agents["n1"]
+		labels := []string{`source_workload="frontend"`, `destination_workload="web-v1"`, `response_code="200"`}
+		// The records of earlier subtests' requests land within ~100 ms:
+		// wait for the count to hold still.
+		before := requestCount(t, ctx, agent, labels...)
+		for range 50 {
+			time.Sleep(300 * time.Millisecond)
+			n := requestCount(t, ctx, agent, labels...)
+			if n == before {
+				break
+			}
+			before = n
+		}
+		since := time.Now().UTC().Format(time.RFC3339Nano)
+		m.get(t, "frontend", base+"/flows?token=secret", 3)
+		if out, err := m.curl("batch", "-o", "/dev/null", "-w", "%{http_code}", base+"/admin/flows"); err != nil || out != "403" {
+			t.Fatalf("batch GET /admin/flows: %q %v, want 403", out, err)
+		}
+		var served, denied []flow.Flow
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+			fs, err := agent.Observe(ctx, "--event", "request", "--since", since)
+			if err != nil {
+				t.Fatal(err)
+			}
+			served, denied = nil, nil
+			for _, f := range fs {
+				switch {
+				case f.HTTP != nil && f.HTTP.Path == "/flows":
+					served = append(served, f)
+				case f.HTTP != nil && f.HTTP.Path == "/admin/flows":
+					denied = append(denied, f)
+				}
+			}
+			if len(served) >= 3 && len(denied) >= 1 || time.Now().After(deadline) {
+				break
+			}
+		}
+		if len(served) != 3 || len(denied) != 1 {
+			t.Fatalf("request flows at n1: %d for /flows (want 3), %d for /admin/flows (want 1)", len(served), len(denied))
+		}
+		for _, f := range served {
+			if f.Event != "request" || f.Source.Workload != "frontend" || f.Destination.Workload != "web-v1" ||
+				f.Service == nil || f.Service.VIP != netip.AddrPortFrom(l7VIP, 80) ||
+				f.HTTP.Method != "GET" || f.HTTP.Code != 200 || f.Verdict != flow.VerdictAllowed || f.Duration <= 0 {
+				t.Errorf("flow of GET /flows: %+v %+v, want frontend → %s → web-v1, GET, 200, allowed", f, *f.HTTP, l7VIP)
+			}
+		}
+		if f := denied[0]; f.Source.Workload != "batch" || f.Verdict != flow.VerdictDenied || f.HTTP.Code != 403 ||
+			!strings.Contains(f.Policy, "batch-no-admin") {
+			t.Errorf("flow of the denied request: %+v %+v, want batch, denied by batch-no-admin, 403", f, *f.HTTP)
+		}
+		if after := requestCount(t, ctx, agent, labels...); after-before != 3 {
+			t.Errorf("sluice_requests_total{frontend → web-v1, 200} rose by %v, want 3", after-before)
+		}
+	})
 	t.Run("HeaderRouteAcrossNodes", func(t *testing.T) {
 		for _, a := range m.get(t, "frontend", base+"/", 3, "-H", "x-version: v2") {
 			if a.Code != 200 || a.Name != "web-v2" {
@@ -559,4 +621,42 @@ func TestL7(t *testing.T) {
 			t.Errorf("after the agent's restart: %v, want 2 × 200", got)
 		}
 	})
+}
+
+// requestCount sums the agent's sluice_requests_total series whose labels
+// include every one of labels, and checks that the request-duration
+// histogram counted as many.
+func requestCount(t *testing.T, ctx context.Context, a *cluster.Agent, labels ...string) float64 {
+	t.Helper()
+	page, err := a.Metrics(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := func(metric string) float64 {
+		total := 0.0
+		for _, line := range strings.Split(page, "\n") {
+			rest, ok := strings.CutPrefix(line, metric+"{")
+			if !ok {
+				continue
+			}
+			matched := true
+			for _, l := range labels {
+				matched = matched && strings.Contains(rest, l)
+			}
+			if !matched {
+				continue
+			}
+			var v float64
+			if _, err := fmt.Sscan(rest[strings.LastIndexByte(rest, ' ')+1:], &v); err != nil {
+				t.Fatalf("metric line %q: %v", line, err)
+			}
+			total += v
+		}
+		return total
+	}
+	n := sum("sluice_requests_total")
+	if h := sum("sluice_request_duration_seconds_count"); h != n {
+		t.Errorf("sluice_request_duration_seconds_count %v, sluice_requests_total %v for %v: want equal", h, n, labels)
+	}
+	return n
 }
