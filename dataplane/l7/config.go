@@ -46,8 +46,9 @@ type Verdict struct {
 
 // NewConfig builds the L7 configuration of services: those with L7 set,
 // keyed by VIP:port. It checks that every cluster a route names is one of
-// the service's L7.Clusters. Errors wrap ErrInvalidConfig and name the
-// service, route and cluster.
+// the service's L7.Clusters, and that each cluster's upstream protocol is
+// one the proxy knows (a newer agent's may not be). Errors wrap
+// ErrInvalidConfig and name the service, route and cluster.
 func NewConfig(services []model.Service, identities map[uint32]string) (*Config, error) {
 	c := &Config{Services: map[netip.AddrPort]*Service{}, Identities: identities}
 	for i := range services {
@@ -68,6 +69,9 @@ func NewConfig(services []model.Service, identities map[uint32]string) (*Config,
 		}
 		clusters := make(map[string]bool, len(s.L7.Clusters))
 		for _, cl := range s.L7.Clusters {
+			if cl.Protocol > model.UpstreamUseDownstream {
+				return nil, configErr("%s: cluster %q: unknown upstream protocol %s", label, cl.Name, cl.Protocol)
+			}
 			clusters[cl.Name] = true
 		}
 		for _, vh := range s.L7.Routes.VirtualHosts {
@@ -105,14 +109,14 @@ func routeLabel(i int, rt *model.HTTPRoute) string {
 	return fmt.Sprintf("%q", rt.Name)
 }
 
-// cluster returns the endpoints of the service's cluster name.
-func (s *Service) cluster(name string) ([]model.Endpoint, bool) {
+// cluster returns the service's cluster name, or nil.
+func (s *Service) cluster(name string) *model.Cluster {
 	for i := range s.L7.Clusters {
 		if s.L7.Clusters[i].Name == name {
-			return s.L7.Clusters[i].Endpoints, true
+			return &s.L7.Clusters[i]
 		}
 	}
-	return nil, false
+	return nil
 }
 
 type configError struct{ msg string }

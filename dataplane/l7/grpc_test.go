@@ -102,7 +102,7 @@ func grpcFixture(t *testing.T) (*fixture, testgrpc.TestServiceClient) {
 	nowhere := route("nowhere", prefix("/grpc.testing.TestService/UnimplementedCall"))
 	f := start(t, l7.Options{}, service(
 		[]model.HTTPRoute{nowhere, route("grpc", prefix("/grpc.testing.TestService/"))},
-		cluster("grpc", endpoint(t, l.Addr().String())), cluster("nowhere")))
+		protoCluster("grpc", model.UpstreamHTTP2, endpoint(t, l.Addr().String())), cluster("nowhere")))
 	cc, err := grpc.NewClient("passthrough:///"+f.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
@@ -273,7 +273,7 @@ func TestGRPCTimeout(t *testing.T) {
 	t.Cleanup(srv.Stop)
 	rt := route("grpc", prefix("/"))
 	rt.Action.Timeout = 100 * time.Millisecond
-	f := start(t, l7.Options{}, service([]model.HTTPRoute{rt}, cluster("grpc", endpoint(t, l.Addr().String()))))
+	f := start(t, l7.Options{}, service([]model.HTTPRoute{rt}, protoCluster("grpc", model.UpstreamHTTP2, endpoint(t, l.Addr().String()))))
 	cc, err := grpc.NewClient("passthrough:///"+f.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
@@ -309,5 +309,35 @@ func TestGRPCTrailersOnly(t *testing.T) {
 			t.Errorf("request %d: headers %v (ending the stream: %v), body %d bytes, trailers %v; want trailers only with grpc-status 5",
 				i, res.header, res.headerEnded, res.body.Len(), res.trailer)
 		}
+	}
+}
+
+// TestGRPCToHTTP1Cluster sends gRPC to a cluster left at the default
+// upstream protocol, HTTP/1.1, whose backend speaks gRPC (HTTP/2 only):
+// the request goes over HTTP/1.1, as Envoy would send it, the backend
+// refuses it, and the client gets the proxy's UNAVAILABLE.
+func TestGRPCToHTTP1Cluster(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	testgrpc.RegisterTestServiceServer(srv, testService{})
+	go srv.Serve(l)
+	t.Cleanup(srv.Stop)
+	f := start(t, l7.Options{}, service([]model.HTTPRoute{route("grpc", prefix("/"))}, cluster("grpc", endpoint(t, l.Addr().String()))))
+	cc, err := grpc.NewClient("passthrough:///"+f.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err = testgrpc.NewTestServiceClient(cc).UnaryCall(ctx, &testgrpc.SimpleRequest{})
+	if s := status.Convert(err); s.Code() != codes.Unavailable || s.Message() != "sluice: upstream reset before response headers" {
+		t.Errorf("got %v, want Unavailable from the proxy", err)
+	}
+	if r := f.waitRecords(1)[0]; r.Code != 502 || r.Proto != "HTTP/2.0" {
+		t.Errorf("record: code %d over %s, want 502 over HTTP/2.0", r.Code, r.Proto)
 	}
 }

@@ -23,13 +23,13 @@ import (
 
 // TestH2CUpgrade upgrades an HTTP/1.1 connection to HTTP/2 (RFC 7540,
 // 3.2): the upgrade request is answered as stream 1, over HTTP/2, and
-// goes upstream as HTTP/2.
+// goes upstream as HTTP/2 to a cluster that uses the client's protocol.
 func TestH2CUpgrade(t *testing.T) {
 	b := newH2Backend(t, func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
 		io.WriteString(w, r.Proto+" "+r.Method+" "+r.URL.Path+" "+string(body)+" upgrade="+r.Header.Get("Upgrade"))
 	})
-	f := start(t, l7.Options{}, service([]model.HTTPRoute{route("web", prefix("/"))}, cluster("web", endpoint(t, b.URL))))
+	f := start(t, l7.Options{}, service([]model.HTTPRoute{route("web", prefix("/"))}, protoCluster("web", model.UpstreamUseDownstream, endpoint(t, b.URL))))
 	conn, err := net.Dial("tcp", f.addr)
 	if err != nil {
 		t.Fatal(err)

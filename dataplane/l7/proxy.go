@@ -238,7 +238,7 @@ type exchange struct {
 	route     *model.HTTPRoute
 	cluster   string
 	endpoints []model.Endpoint
-	h2        bool // the client speaks HTTP/2, and so does the upstream
+	h2        bool // the upstream request goes over HTTP/2 (upstreamH2)
 	maxTries  int
 	retryOn   model.RetryOn
 	perTry    time.Duration
@@ -269,7 +269,7 @@ func (p *Proxy) serveHTTP1(w http.ResponseWriter, r *http.Request) {
 }
 
 func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
-	x := &exchange{rand: p.rand, h2: r.ProtoMajor == 2}
+	x := &exchange{rand: p.rand}
 	x.rec = RequestRecord{
 		Method: r.Method, Authority: r.Host, Path: r.URL.EscapedPath(), Proto: r.Proto,
 		GRPC: strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc"), Start: time.Now(),
@@ -333,15 +333,16 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		p.reply(w, r, x, http.StatusServiceUnavailable, "no cluster of the route has a weight")
 		return
 	}
-	eps, ok := svc.cluster(x.cluster)
-	if !ok {
+	cl := svc.cluster(x.cluster)
+	if cl == nil {
 		p.reply(w, r, x, http.StatusServiceUnavailable, "no healthy upstream in cluster "+x.cluster)
 		return
 	}
-	x.endpoints = eps
+	x.endpoints = cl.Endpoints
+	upgrade := httpguts.HeaderValuesContainsToken(r.Header["Connection"], "upgrade") && r.Header.Get("Upgrade") != ""
+	x.h2 = upstreamH2(cl.Protocol, r, upgrade)
 
 	x.maxTries = 1
-	upgrade := httpguts.HeaderValuesContainsToken(r.Header["Connection"], "upgrade") && r.Header.Get("Upgrade") != ""
 	if rp := route.Action.Retry; rp != nil && !upgrade && r.Method != http.MethodConnect {
 		x.perTry = rp.PerTryTimeout
 		if rp.On != 0 {
@@ -373,6 +374,23 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		http.NewResponseController(w).EnableFullDuplex()
 	}
 	p.rp.ServeHTTP(w, r.WithContext(context.WithValue(ctx, exchangeKey{}, x)))
+}
+
+// upstreamH2 reports whether r, which upgrade says is an HTTP/1.1
+// upgrade, goes to a cluster of protocol p over HTTP/2 rather than
+// HTTP/1.1. An upgrade goes over HTTP/1.1 whatever p says: HTTP/2 has no
+// Upgrade, and the proxy does not turn one into an extended CONNECT (what
+// allow_connect in a cluster's HTTP/2 options asks for, which translation
+// refuses). An HTTP/2 CONNECT to an HTTP/1.1 cluster goes as an HTTP/1.1
+// CONNECT.
+func upstreamH2(p model.UpstreamProtocol, r *http.Request, upgrade bool) bool {
+	switch p {
+	case model.UpstreamHTTP2:
+		return !upgrade
+	case model.UpstreamUseDownstream:
+		return r.ProtoMajor == 2
+	}
+	return false
 }
 
 // cutReason says why a response was cut after its headers.

@@ -181,8 +181,14 @@ func service(routes []model.HTTPRoute, clusters ...model.Cluster) model.Service 
 	}
 }
 
+// cluster is a cluster of the default upstream protocol, HTTP/1.1.
 func cluster(name string, eps ...model.Endpoint) model.Cluster {
 	return model.Cluster{Name: name, Endpoints: eps}
+}
+
+// protoCluster is a cluster of upstream protocol p.
+func protoCluster(name string, p model.UpstreamProtocol, eps ...model.Endpoint) model.Cluster {
+	return model.Cluster{Name: name, Endpoints: eps, Protocol: p}
 }
 
 // endpoint is the endpoint at addr ("127.0.0.1:port" or an httptest URL).
@@ -201,16 +207,22 @@ type backend struct {
 	conns, requests atomic.Int32
 }
 
+// newBackend serves HTTP/1.1 only.
 func newBackend(t testing.TB, h http.HandlerFunc) *backend {
-	return startBackend(t, h, false)
+	return startBackend(t, h, true, false)
 }
 
 // newH2Backend serves cleartext HTTP/2 with prior knowledge, and HTTP/1.1.
 func newH2Backend(t *testing.T, h http.HandlerFunc) *backend {
-	return startBackend(t, h, true)
+	return startBackend(t, h, true, true)
 }
 
-func startBackend(t testing.TB, h http.HandlerFunc, h2 bool) *backend {
+// newH2OnlyBackend serves cleartext HTTP/2 with prior knowledge only.
+func newH2OnlyBackend(t *testing.T, h http.HandlerFunc) *backend {
+	return startBackend(t, h, false, true)
+}
+
+func startBackend(t testing.TB, h http.HandlerFunc, h1, h2 bool) *backend {
 	b := &backend{}
 	b.Server = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		b.requests.Add(1)
@@ -221,11 +233,9 @@ func startBackend(t testing.TB, h http.HandlerFunc, h2 bool) *backend {
 			b.conns.Add(1)
 		}
 	}
-	if h2 {
-		b.Config.Protocols = new(http.Protocols)
-		b.Config.Protocols.SetHTTP1(true)
-		b.Config.Protocols.SetUnencryptedHTTP2(true)
-	}
+	b.Config.Protocols = new(http.Protocols)
+	b.Config.Protocols.SetHTTP1(h1)
+	b.Config.Protocols.SetUnencryptedHTTP2(h2)
 	b.Start()
 	t.Cleanup(b.Close)
 	return b
@@ -338,11 +348,23 @@ func TestStreamingHTTP1(t *testing.T) {
 }
 
 // TestUpgrade passes a websocket-like upgrade through: after the 101, a
-// raw byte stream both ways.
+// raw byte stream both ways. An upgrade goes upstream over HTTP/1.1
+// whatever the cluster's protocol: HTTP/2 has no Upgrade.
 func TestUpgrade(t *testing.T) {
-	b := newBackend(t, func(w http.ResponseWriter, r *http.Request) {
-		if r.Header.Get("Upgrade") != "sluice-echo" {
-			http.Error(w, "want an upgrade", 400)
+	for _, tc := range []struct {
+		name  string
+		proto model.UpstreamProtocol
+	}{{"HTTP1 cluster", model.UpstreamHTTP1}, {"HTTP2 cluster", model.UpstreamHTTP2}, {"client's protocol", model.UpstreamUseDownstream}} {
+		t.Run(tc.name, func(t *testing.T) { testUpgrade(t, tc.proto) })
+	}
+}
+
+func testUpgrade(t *testing.T, proto model.UpstreamProtocol) {
+	// The backend speaks both HTTP/1.1 and HTTP/2, so that the protocol
+	// the proxy chose is the one that worked.
+	b := newH2Backend(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Upgrade") != "sluice-echo" || r.ProtoMajor != 1 {
+			http.Error(w, "want an HTTP/1.1 upgrade, got "+r.Proto, 400)
 			return
 		}
 		conn, brw, err := http.NewResponseController(w).Hijack()
@@ -365,7 +387,7 @@ func TestUpgrade(t *testing.T) {
 	// The route timeout bounds the upgrade until the 101, not the tunnel.
 	rt := route("web", prefix("/"))
 	rt.Action.Timeout = 100 * time.Millisecond
-	f := start(t, l7.Options{}, service([]model.HTTPRoute{rt}, cluster("web", endpoint(t, b.URL))))
+	f := start(t, l7.Options{}, service([]model.HTTPRoute{rt}, protoCluster("web", proto, endpoint(t, b.URL))))
 	conn, err := net.Dial("tcp", f.addr)
 	if err != nil {
 		t.Fatal(err)
@@ -401,10 +423,11 @@ func TestUpgrade(t *testing.T) {
 }
 
 // TestProtocols serves HTTP/1.1 and prior-knowledge HTTP/2 on one
-// listener, each forwarded upstream in the client's protocol.
+// listener, each forwarded upstream in the client's protocol, as a
+// cluster of UpstreamUseDownstream says.
 func TestProtocols(t *testing.T) {
 	b := newH2Backend(t, func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, r.Proto) })
-	f := start(t, l7.Options{}, service([]model.HTTPRoute{route("web", prefix("/"))}, cluster("web", endpoint(t, b.URL))))
+	f := start(t, l7.Options{}, service([]model.HTTPRoute{route("web", prefix("/"))}, protoCluster("web", model.UpstreamUseDownstream, endpoint(t, b.URL))))
 	r2 := f.get(f.h2client(), "/")
 	if r2.res.Proto != "HTTP/2.0" || r2.body != "HTTP/2.0" {
 		t.Errorf("HTTP/2 client: response %s, upstream saw %q", r2.res.Proto, r2.body)
@@ -700,7 +723,7 @@ func TestShutdown(t *testing.T) {
 		<-release
 		io.WriteString(w, "done")
 	})
-	f := start(t, l7.Options{}, service([]model.HTTPRoute{route("web", prefix("/"))}, cluster("web", endpoint(t, b.URL))))
+	f := start(t, l7.Options{}, service([]model.HTTPRoute{route("web", prefix("/"))}, protoCluster("web", model.UpstreamHTTP2, endpoint(t, b.URL))))
 	slow := make(chan result, 1)
 	go func() {
 		res, err := f.h2client().Get(f.url("/"))
@@ -827,7 +850,7 @@ func TestConnectH2(t *testing.T) {
 		}
 	})
 	// A CONNECT request has no path: only an empty prefix matches it.
-	f := start(t, l7.Options{}, service([]model.HTTPRoute{route("web", prefix(""))}, cluster("web", endpoint(t, b.URL))))
+	f := start(t, l7.Options{}, service([]model.HTTPRoute{route("web", prefix(""))}, protoCluster("web", model.UpstreamHTTP2, endpoint(t, b.URL))))
 	pr, pw := io.Pipe()
 	defer pw.Close()
 	req, _ := http.NewRequest("CONNECT", f.url(""), pr)

@@ -268,7 +268,7 @@ func TestRouteTimeoutH2(t *testing.T) {
 	})
 	rt := route("web", prefix("/"))
 	rt.Action.Timeout = 150 * time.Millisecond
-	f := start(t, l7.Options{}, service([]model.HTTPRoute{rt}, cluster("web", endpoint(t, b.URL))))
+	f := start(t, l7.Options{}, service([]model.HTTPRoute{rt}, protoCluster("web", model.UpstreamHTTP2, endpoint(t, b.URL))))
 	c := f.h2client()
 	res, err := c.Get(f.url("/slow"))
 	if err != nil {

@@ -1,6 +1,7 @@
 package model
 
 import (
+	"fmt"
 	"regexp"
 	"time"
 )
@@ -142,4 +143,35 @@ type L7 struct {
 type Cluster struct {
 	Name      string
 	Endpoints []Endpoint
+	Protocol  UpstreamProtocol // how the L7 proxy speaks to the endpoints
+}
+
+// UpstreamProtocol is the HTTP version the L7 proxy speaks to a cluster's
+// endpoints: xDS's HttpProtocolOptions of the cluster (docs/l7.md,
+// Upstream protocol). An HTTP/1.1 upgrade (websocket, ...) goes over
+// HTTP/1.1 whatever the cluster's protocol: HTTP/2 has no Upgrade.
+type UpstreamProtocol uint8
+
+// Upstream protocols.
+const (
+	// UpstreamHTTP1 is HTTP/1.1, Envoy's default when a cluster says
+	// nothing; an HTTP/2 client's requests are converted.
+	UpstreamHTTP1 UpstreamProtocol = iota
+	// UpstreamHTTP2 is cleartext HTTP/2 with prior knowledge (h2c).
+	UpstreamHTTP2
+	// UpstreamUseDownstream is the client's protocol: HTTP/2 for an HTTP/2
+	// client, HTTP/1.1 for the others (Envoy's use_downstream_protocol).
+	UpstreamUseDownstream
+)
+
+func (p UpstreamProtocol) String() string {
+	switch p {
+	case UpstreamHTTP1:
+		return "HTTP/1.1"
+	case UpstreamHTTP2:
+		return "HTTP/2"
+	case UpstreamUseDownstream:
+		return "the client's"
+	}
+	return fmt.Sprintf("UpstreamProtocol(%d)", uint8(p))
 }

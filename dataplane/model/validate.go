@@ -5,9 +5,10 @@ import (
 	"net/netip"
 )
 
-// Validate checks that s is well formed: addresses, ports, protocols and
-// health values are valid, endpoint families match their VIP, and no two
-// services share a VIP:port/protocol. It returns an *EntryError naming the
+// Validate checks that s is well formed: addresses, ports, protocols
+// (L7 clusters' upstream protocols too) and health values are valid,
+// endpoint families match their VIP, and no two services share a
+// VIP:port/protocol. It returns an *EntryError naming the
 // first offending entry. Capacity limits are the dataplane's to check.
 func (s State) Validate() error {
 	for i := range s.Services {
@@ -67,6 +68,13 @@ func ValidateService(i int, svc *Service) error {
 		return bad("an L7 service needs routes")
 	case svc.FastPath > FastPathOff:
 		return bad("fast path setting " + svc.FastPath.String() + " is not unset, on or off")
+	}
+	if svc.L7 != nil {
+		for _, cl := range svc.L7.Clusters {
+			if cl.Protocol > UpstreamUseDownstream {
+				return bad(fmt.Sprintf("cluster %q: upstream protocol %s is not HTTP/1.1, HTTP/2 or the client's", cl.Name, cl.Protocol))
+			}
+		}
 	}
 	splitNames := make(map[string]bool, len(svc.Splits))
 	for k, sp := range svc.Splits {

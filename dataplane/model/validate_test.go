@@ -37,6 +37,14 @@ func TestValidateSplits(t *testing.T) {
 		{"repeated split name", svc(func(s *model.Service) {
 			s.Splits = []model.Split{{Name: "a", Weight: 1}, {Name: "a", Weight: 2}}
 		}), `split 1: name "a" is empty or repeated`},
+		{"L7 clusters of every upstream protocol", svc(func(s *model.Service) {
+			s.L7 = &model.L7{Routes: &model.HTTPRoutes{}, Clusters: []model.Cluster{
+				{Name: "a"}, {Name: "b", Protocol: model.UpstreamHTTP2}, {Name: "c", Protocol: model.UpstreamUseDownstream},
+			}}
+		}), ""},
+		{"L7 cluster of an unknown upstream protocol", svc(func(s *model.Service) {
+			s.L7 = &model.L7{Routes: &model.HTTPRoutes{}, Clusters: []model.Cluster{{Name: "a"}, {Name: "b", Protocol: 3}}}
+		}), `service "web" (10.96.0.1:80/TCP): cluster "b": upstream protocol UpstreamProtocol(3) is not HTTP/1.1, HTTP/2 or the client's`},
 		{"bad endpoint inside a split", svc(func(s *model.Service) {
 			s.Splits = []model.Split{{Name: "canary", Weight: 1, Endpoints: []model.Endpoint{ep("[fd00::1]:80")}}}
 		}), `service "web" (10.96.0.1:80/TCP) split "canary" endpoint 0 ([fd00::1]:80): address family differs`},
@@ -73,6 +81,13 @@ func TestServiceEqual(t *testing.T) {
 	e4 := ep
 	e4.Weight = 2
 	otherWeight.Endpoints = []model.Endpoint{e4}
+	l7 := func(p model.UpstreamProtocol) model.Service {
+		s := base
+		s.Endpoints = nil
+		s.L7 = &model.L7{Routes: &model.HTTPRoutes{}, Clusters: []model.Cluster{{Name: "c", Endpoints: []model.Endpoint{ep}, Protocol: p}}}
+		return s
+	}
+	l7Base := l7(model.UpstreamHTTP1)
 	split := base
 	split.Endpoints = nil
 	split.Splits = []model.Split{{Name: "x", Weight: 1, Endpoints: []model.Endpoint{ep}}}
@@ -91,6 +106,14 @@ func TestServiceEqual(t *testing.T) {
 		if got := base.Equal(&tc.o); got != tc.want {
 			t.Errorf("%s: Equal = %v, want %v", tc.name, got, tc.want)
 		}
+	}
+	// An L7 service changes with the upstream protocol of a cluster: the
+	// L7 proxy's feed publishes a configuration only when it changes.
+	if o := l7(model.UpstreamHTTP1); !l7Base.Equal(&o) {
+		t.Error("L7: Equal = false for an equal copy")
+	}
+	if o := l7(model.UpstreamHTTP2); l7Base.Equal(&o) {
+		t.Error("L7: Equal = true with another upstream protocol")
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	rbacconfigv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
@@ -14,6 +15,7 @@ import (
 	rbachttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	httpupstreamv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -355,6 +357,21 @@ func TestTranslatorFollowsRoutes(t *testing.T) {
 		}},
 		{"the cluster the routes name now changes alone", func(r *translate.Resources) {
 			r.Clusters["new"] = staticCluster("new", lbEndpoint("10.244.5.6", 80))
+		}},
+		{"its upstream protocol changes alone", func(r *translate.Resources) {
+			c := staticCluster("new", lbEndpoint("10.244.5.6", 80))
+			withHTTPOptions(c, explicitHTTP2(nil))
+			r.Clusters["new"] = c
+		}},
+		{"by a deprecated field", func(r *translate.Resources) {
+			c := staticCluster("new", lbEndpoint("10.244.5.6", 80))
+			c.ProtocolSelection = clusterv3.Cluster_USE_DOWNSTREAM_PROTOCOL
+			r.Clusters["new"] = c
+		}},
+		{"refused upstream protocol", func(r *translate.Resources) {
+			c := staticCluster("new", lbEndpoint("10.244.5.6", 80))
+			withHTTPOptions(c, &httpupstreamv3.HttpProtocolOptions{})
+			r.Clusters["new"] = c
 		}},
 		{"routes sent again unchanged", func(r *translate.Resources) {
 			r.Routes["web-routes"] = routeConfig("web-routes", prefixRoute("/", "new"))

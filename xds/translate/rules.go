@@ -11,6 +11,7 @@ import (
 	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	udpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/udp/udp_proxy/v3"
+	httpupstreamv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	stringmatcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/protobuf/proto"
@@ -339,9 +340,9 @@ var (
 		"circuit_breakers":                          ignore,
 		"upstream_http_protocol_options":            ignore,
 		"common_http_protocol_options":              ignore,
-		"http_protocol_options":                     ignore,
-		"http2_protocol_options":                    ignore,
-		"typed_extension_protocol_options":          ignore,
+		"http_protocol_options":                     honour, // the L7 proxy's upstream protocol (cluster.go)
+		"http2_protocol_options":                    honour,
+		"typed_extension_protocol_options":          honour,
 		"dns_refresh_rate":                          ignore,
 		"dns_jitter":                                ignore,
 		"dns_failure_refresh_rate":                  ignore,
@@ -360,7 +361,7 @@ var (
 		"round_robin_lb_config":                     ignore,
 		"common_lb_config":                          ignore,
 		"metadata":                                  ignore,
-		"protocol_selection":                        ignore,
+		"protocol_selection":                        honour,
 		"upstream_connection_options":               ignore,
 		"close_connections_on_host_health_failure":  ignore,
 		"ignore_health_on_host_removal":             ignore,
@@ -371,6 +372,40 @@ var (
 		"preconnect_policy":                         ignore,
 		"connection_pool_per_downstream_connection": ignore,
 	})
+	// The HTTP protocol options of a cluster (its typed_extension_protocol_options
+	// entry envoy.extensions.upstreams.http.v3.HttpProtocolOptions) say
+	// which HTTP version the L7 proxy speaks upstream; L4 services never
+	// read them. What tunes a codec or a connection pool is ignored.
+	httpProtocolOptionsPolicy = newPolicy("HttpProtocolOptions", &httpupstreamv3.HttpProtocolOptions{}, map[protoreflect.Name]rule{
+		"explicit_http_config":           honour,
+		"use_downstream_protocol_config": honour,
+		"auto_config": refuse("choosing HTTP/1.1 or HTTP/2 by ALPN needs TLS to the upstream, which Sluice does not originate; " +
+			"use explicit_http_config or use_downstream_protocol_config"),
+		"common_http_protocol_options":   ignore,
+		"upstream_http_protocol_options": ignore, // SNI and SAN checks of TLS origination, which is refused anyway
+		"outlier_detection":              ignore,
+		"hash_policy":                    ignore, // hash-based choice is approximated by weighted random
+		"http_filters":                   refuse("upstream HTTP filters are not supported"),
+		"header_validation_config":       refuse("header validation extensions are not supported"),
+		"request_mirror_policies":        refuse("request mirroring is not supported"),
+		"retry_policy":                   refuse("a cluster's retry policy is not supported; set retry_policy on the route or its virtual host"),
+	})
+	explicitHTTPConfigPolicy = newPolicy("HttpProtocolOptions.explicit_http_config", &httpupstreamv3.HttpProtocolOptions_ExplicitHttpConfig{}, map[protoreflect.Name]rule{
+		"http_protocol_options":  honour,
+		"http2_protocol_options": honour,
+		"http3_protocol_options": refuse("HTTP/3 is not supported; use http_protocol_options (HTTP/1.1) or http2_protocol_options (cleartext HTTP/2)"),
+	})
+	downstreamHTTPConfigPolicy = newPolicy("HttpProtocolOptions.use_downstream_protocol_config", &httpupstreamv3.HttpProtocolOptions_UseDownstreamHttpConfig{}, map[protoreflect.Name]rule{
+		"http_protocol_options":  honour,
+		"http2_protocol_options": honour,
+		// Only an HTTP/3 client would use them, and the L7 proxy serves none.
+		"http3_protocol_options": ignore,
+	})
+	http1OptionsPolicy        = upstreamHTTP1Policy("HttpProtocolOptions.http_protocol_options")
+	http2OptionsPolicy        = upstreamHTTP2Policy("HttpProtocolOptions.http2_protocol_options")
+	clusterHTTP1OptionsPolicy = upstreamHTTP1Policy("Cluster.http_protocol_options")
+	clusterHTTP2OptionsPolicy = upstreamHTTP2Policy("Cluster.http2_protocol_options")
+
 	edsClusterConfigPolicy = newPolicy("Cluster.eds_cluster_config", &clusterv3.Cluster_EdsClusterConfig{}, map[protoreflect.Name]rule{
 		"eds_config":   honour,
 		"service_name": honour,
@@ -380,6 +415,58 @@ var (
 	// fields: its key is never shown.
 	adsPolicy = newPolicy("ConfigSource.ads", &corev3.AggregatedConfigSource{}, nil)
 )
+
+// upstreamHTTP1Policy is the policy of a cluster's HTTP/1.1 options.
+// What is about parsing (leniency, HTTP/1.0, absolute URLs and upgrades
+// received) is ignored; so is header_key_format, as header names are
+// case-insensitive (the proxy sends them in Go's canonical form), and
+// enable_trailers, as the proxy passes the trailers of chunked messages on
+// either way.
+func upstreamHTTP1Policy(key string) *policy {
+	return newPolicy(key, &corev3.Http1ProtocolOptions{}, map[protoreflect.Name]rule{
+		"send_fully_qualified_url":                      refuse("sending absolute URLs upstream is not supported; requests go with their path only"),
+		"enable_trailers":                               ignore,
+		"header_key_format":                             ignore,
+		"allow_absolute_url":                            ignore,
+		"accept_http_10":                                ignore,
+		"default_host_for_http_10":                      ignore,
+		"allow_custom_methods":                          ignore,
+		"ignore_http_11_upgrade":                        ignore,
+		"allow_chunked_length":                          ignore,
+		"override_stream_error_on_invalid_http_message": ignore,
+		"use_balsa_parser":                              ignore,
+	})
+}
+
+// upstreamHTTP2Policy is the policy of a cluster's HTTP/2 options:
+// settings, flow control, limits and keepalives are ignored.
+func upstreamHTTP2Policy(key string) *policy {
+	return newPolicy(key, &corev3.Http2ProtocolOptions{}, map[protoreflect.Name]rule{
+		"allow_connect": refuse("turning HTTP/1.1 upgrades into extended CONNECT is not supported; " +
+			"upgrades go to the cluster over HTTP/1.1"),
+		"allow_metadata":                                       refuse("METADATA frames are not supported"),
+		"max_metadata_size":                                    ignore,
+		"hpack_table_size":                                     ignore,
+		"max_concurrent_streams":                               ignore,
+		"initial_stream_window_size":                           ignore,
+		"initial_connection_window_size":                       ignore,
+		"max_outbound_frames":                                  ignore,
+		"max_outbound_control_frames":                          ignore,
+		"max_consecutive_inbound_frames_with_empty_payload":    ignore,
+		"max_inbound_priority_frames_per_stream":               ignore,
+		"max_inbound_window_update_frames_per_data_frame_sent": ignore,
+		"stream_error_on_invalid_http_messaging":               ignore,
+		"override_stream_error_on_invalid_http_message":        ignore,
+		"custom_settings_parameters":                           ignore,
+		"connection_keepalive":                                 ignore,
+		"use_oghttp2_codec":                                    ignore,
+		"enable_huffman_encoding":                              ignore,
+		"max_header_field_size_kb":                             ignore,
+		"disallow_obs_text":                                    ignore,
+		"stream_reset_burst":                                   ignore,
+		"stream_reset_rate":                                    ignore,
+	})
+}
 
 // configSourcePolicy is the policy of a ConfigSource: only ADS.
 func configSourcePolicy(key string) *policy {

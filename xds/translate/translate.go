@@ -106,8 +106,9 @@ func RDSNames(r Resources) []string {
 // A listener with an http_connection_manager is an L7 service (Service.L7):
 // its routes come inline or from the RouteConfiguration it names (RDS), its
 // clusters are every cluster its routes name, sorted, each with its
-// endpoints resolved as a tcp_proxy's cluster is, and it has no endpoints of
-// its own.
+// endpoints resolved as a tcp_proxy's cluster is and the upstream protocol
+// the cluster's HTTP protocol options say, and it has no endpoints of its
+// own.
 //
 // The endpoints of the workload directories (IsDirectory), in name order,
 // are State.Peers.
@@ -184,20 +185,20 @@ func validate(services []model.Service) error {
 // listeners need and do not have (see Result.Missing).
 func assemble(plans []*listenerPlan, clusters map[string]clusterPlan, assignments map[string][]model.Endpoint, routes map[string]routePlan) ([]model.Service, map[string]bool) {
 	missing := make(map[string]bool)
-	resolve := func(cluster string) []model.Endpoint {
+	resolve := func(cluster string) ([]model.Endpoint, model.UpstreamProtocol) {
 		c, ok := clusters[cluster]
 		if !ok {
 			missing["Cluster/"+cluster] = true
-			return nil
+			return nil, 0
 		}
 		if c.eds == "" {
-			return c.static
+			return c.static, c.protocol
 		}
 		eps, ok := assignments[c.eds]
 		if !ok {
 			missing["ClusterLoadAssignment/"+c.eds] = true
 		}
-		return eps
+		return eps, c.protocol
 	}
 	// Each service gets its own endpoint slice, so that a consumer may
 	// reorder one in place: the first user of a cluster's endpoints takes
@@ -225,14 +226,17 @@ func assemble(plans []*listenerPlan, clusters map[string]clusterPlan, assignment
 	}
 	services := make([]model.Service, 0, n)
 	pools := make([][]model.Endpoint, 0, 1)
+	var protocols []model.UpstreamProtocol // of an L7 listener's pools
 	dualStack := false
 	pick := func(i int, vip netip.Addr) []model.Endpoint { return endpointsFor(pools[i], vip, dualStack) }
+	protocol := func(i int) model.UpstreamProtocol { return protocols[i] }
 	for _, p := range plans {
-		pools = pools[:0]
+		pools, protocols = pools[:0], protocols[:0]
 		var rp routePlan
 		if p.l7 == nil {
 			for _, pl := range p.pools {
-				pools = append(pools, resolve(pl.cluster))
+				eps, _ := resolve(pl.cluster)
+				pools = append(pools, eps)
 			}
 		} else {
 			rp = p.l7.inline
@@ -244,11 +248,12 @@ func assemble(plans []*listenerPlan, clusters map[string]clusterPlan, assignment
 				}
 			}
 			for _, c := range rp.clusters {
-				pools = append(pools, resolve(c))
+				eps, proto := resolve(c)
+				pools, protocols = append(pools, eps), append(protocols, proto)
 			}
 		}
 		dualStack = len(p.addrs) > 1
-		services = appendServices(services, p, rp, pick)
+		services = appendServices(services, p, rp, pick, protocol)
 	}
 	return services, missing
 }
@@ -256,8 +261,8 @@ func assemble(plans []*listenerPlan, clusters map[string]clusterPlan, assignment
 // appendServices appends to dst the services of listener p, one per
 // address; pick returns the endpoints of p's i-th cluster for the service
 // at vip: of its i-th pool, or for an L7 listener of the i-th cluster its
-// routes rp name.
-func appendServices(dst []model.Service, p *listenerPlan, rp routePlan, pick func(i int, vip netip.Addr) []model.Endpoint) []model.Service {
+// routes rp name, whose upstream protocol protocol returns.
+func appendServices(dst []model.Service, p *listenerPlan, rp routePlan, pick func(i int, vip netip.Addr) []model.Endpoint, protocol func(i int) model.UpstreamProtocol) []model.Service {
 	for _, ap := range p.addrs {
 		svc := model.Service{Name: p.name, VIP: ap.Addr(), Port: ap.Port(), Protocol: p.proto, Policies: p.policies, FastPath: p.fastPath}
 		if p.l7 != nil {
@@ -265,7 +270,7 @@ func appendServices(dst []model.Service, p *listenerPlan, rp routePlan, pick fun
 			if len(rp.clusters) > 0 {
 				l7.Clusters = make([]model.Cluster, len(rp.clusters))
 				for i, c := range rp.clusters {
-					l7.Clusters[i] = model.Cluster{Name: c, Endpoints: pick(i, ap.Addr())}
+					l7.Clusters[i] = model.Cluster{Name: c, Endpoints: pick(i, ap.Addr()), Protocol: protocol(i)}
 				}
 			}
 			svc.L7 = l7

@@ -251,10 +251,11 @@ func (t *Translator) removeUsers(name string, e *listenerEntry) {
 
 // clusterEntry is an accepted cluster.
 type clusterEntry struct {
-	msg    weak.Pointer[clusterv3.Cluster]
-	eds    string     // EDS: the assignment name
-	static *endpoints // STATIC: the inline load_assignment
-	keys   []string
+	msg      weak.Pointer[clusterv3.Cluster]
+	eds      string     // EDS: the assignment name
+	static   *endpoints // STATIC: the inline load_assignment
+	protocol model.UpstreamProtocol
+	keys     []string
 }
 
 func (e *clusterEntry) message() weak.Pointer[clusterv3.Cluster] { return e.msg }
@@ -552,7 +553,7 @@ func (t *Translator) stage(li input[listenerv3.Listener], ci input[clusterv3.Clu
 			return Result{}, nil, p.err
 		}
 		plan := p.cluster
-		e := &clusterEntry{msg: id, eds: plan.eds, keys: p.keys}
+		e := &clusterEntry{msg: id, eds: plan.eds, protocol: plan.protocol, keys: p.keys}
 		if plan.eds == "" {
 			e.static = &endpoints{all: plan.static}
 			if old := t.clusters.get(name); old != nil && old.static != nil && sameEndpoints(old.static.all, plan.static) {
@@ -710,13 +711,14 @@ func (t *Translator) assemble(s *step, name string, e *listenerEntry) {
 	}
 	n, cluster := e.clusters()
 	sets := make([]*endpoints, n)
+	protocols := make([]model.UpstreamProtocol, n)
 	for i := range n {
-		sets[i], e.missing = s.resolve(t, cluster(i), e.missing)
+		sets[i], protocols[i], e.missing = s.resolve(t, cluster(i), e.missing)
 	}
 	dualStack := len(p.addrs) > 1
 	e.services = appendServices(make([]model.Service, 0, len(p.addrs)), p, rp, func(i int, vip netip.Addr) []model.Endpoint {
 		return sets[i].of(vip, dualStack)
-	})
+	}, func(i int) model.UpstreamProtocol { return protocols[i] })
 	if old := t.listeners.get(name); old != nil && sameServices(old.services, e.services) {
 		e.services = old.services
 		return
@@ -724,27 +726,28 @@ func (t *Translator) assemble(s *step, name string, e *listenerEntry) {
 	s.fresh[name] = true
 }
 
-// resolve returns the endpoints of cluster in s, or nil and missing with
-// what is missing added, as Translate's assemble does.
-func (s *step) resolve(t *Translator, cluster string, missing []string) (*endpoints, []string) {
+// resolve returns the endpoints and upstream protocol of cluster in s, or
+// nil and missing with what is missing added, as Translate's assemble
+// does.
+func (s *step) resolve(t *Translator, cluster string, missing []string) (*endpoints, model.UpstreamProtocol, []string) {
 	c, ok := s.clusters[cluster]
 	if !ok {
 		c = t.clusters.get(cluster)
 	}
 	if c == nil {
-		return nil, append(missing, "Cluster/"+cluster)
+		return nil, 0, append(missing, "Cluster/"+cluster)
 	}
 	if c.eds == "" {
-		return c.static, missing
+		return c.static, c.protocol, missing
 	}
 	a, ok := s.assignments[c.eds]
 	if !ok {
 		a = t.assignments.get(c.eds)
 	}
 	if a == nil {
-		return nil, append(missing, "ClusterLoadAssignment/"+c.eds)
+		return nil, c.protocol, append(missing, "ClusterLoadAssignment/"+c.eds)
 	}
-	return a.eps, missing
+	return a.eps, c.protocol, missing
 }
 
 // route returns the routes of the route configuration name in s, or none
@@ -1215,7 +1218,7 @@ func sameServices(a, b []model.Service) bool {
 // sameL7 reports whether a and b are the same L7 serving: the same routes
 // (the same translation of a route configuration, or both the routes of one
 // that is missing), equal policies, and the same clusters with the same
-// endpoint slices.
+// endpoint slices and upstream protocols.
 func sameL7(a, b *model.L7) bool {
 	if a == nil || b == nil {
 		return a == b
@@ -1223,7 +1226,7 @@ func sameL7(a, b *model.L7) bool {
 	return a.RouteConfig == b.RouteConfig && sameRoutes(a.Routes, b.Routes) && samePolicies(a.Policies, b.Policies) &&
 		(a.Clusters == nil) == (b.Clusters == nil) &&
 		slices.EqualFunc(a.Clusters, b.Clusters, func(p, q model.Cluster) bool {
-			return p.Name == q.Name && sameSlice(p.Endpoints, q.Endpoints)
+			return p.Name == q.Name && p.Protocol == q.Protocol && sameSlice(p.Endpoints, q.Endpoints)
 		})
 }
 

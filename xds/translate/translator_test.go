@@ -17,6 +17,7 @@ import (
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	udpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/udp/udp_proxy/v3"
+	httpupstreamv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -319,6 +320,15 @@ func (s *sim) cluster(name string) *clusterv3.Cluster {
 	}
 	if s.rng.IntN(4) == 0 {
 		c.LbPolicy = clusterv3.Cluster_ROUND_ROBIN // counted
+	}
+	// The upstream protocol of the L7 services using it.
+	switch k := s.rng.IntN(8); {
+	case s.refused(30):
+		withHTTPOptions(c, &httpupstreamv3.HttpProtocolOptions{}) // no protocol
+	case k == 0:
+		withHTTPOptions(c, explicitHTTP2(nil))
+	case k == 1:
+		c.ProtocolSelection = clusterv3.Cluster_USE_DOWNSTREAM_PROTOCOL
 	}
 	return c
 }
