@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	rbaccfgv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
@@ -21,10 +22,12 @@ import (
 	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	httpupstreamv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -297,7 +300,20 @@ func (m *l7Mesh) publish(version string, routes []l7Route) {
 	for _, l := range m.res.Listeners {
 		res[resourcev3.ListenerType] = append(res[resourcev3.ListenerType], l)
 	}
+	// web-v1's cluster speaks the client's protocol upstream (gRPC needs
+	// HTTP/2); the others say nothing, so HTTP/1.1, as in Envoy.
+	downstream, err := anypb.New(&httpupstreamv3.HttpProtocolOptions{
+		UpstreamProtocolOptions: &httpupstreamv3.HttpProtocolOptions_UseDownstreamProtocolConfig{
+			UseDownstreamProtocolConfig: &httpupstreamv3.HttpProtocolOptions_UseDownstreamHttpConfig{
+				HttpProtocolOptions: &corev3.Http1ProtocolOptions{}, Http2ProtocolOptions: &corev3.Http2ProtocolOptions{}}}})
+	if err != nil {
+		m.t.Fatal(err)
+	}
 	for _, c := range m.res.Clusters {
+		if c.Name == m.clusterOf("10.96.51.1") {
+			c = proto.Clone(c).(*clusterv3.Cluster)
+			c.TypedExtensionProtocolOptions = map[string]*anypb.Any{"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": downstream}
+		}
 		res[resourcev3.ClusterType] = append(res[resourcev3.ClusterType], c)
 	}
 	for _, e := range m.res.Endpoints {
@@ -395,9 +411,15 @@ func TestL7(t *testing.T) {
 		// connections.
 		for range 3 {
 			for _, a := range m.get(t, "frontend", base+"/hello", 1, "--http2-prior-knowledge") {
-				if a.Code != 200 || a.Name != "web-v1" || a.Path != "/hello" {
-					t.Errorf("GET /hello over HTTP/2: %+v, want 200 from web-v1", a)
+				if a.Code != 200 || a.Name != "web-v1" || a.Path != "/hello" || a.Proto != "HTTP/2.0" {
+					t.Errorf("GET /hello over HTTP/2: %+v, want 200 from web-v1 over HTTP/2.0 (its cluster speaks the client's protocol)", a)
 				}
+			}
+		}
+		// web-v2's cluster has no protocol options: HTTP/1.1 upstream.
+		for _, a := range m.get(t, "frontend", base+"/", 1, "--http2-prior-knowledge", "-H", "x-version: v2") {
+			if a.Code != 200 || a.Name != "web-v2" || a.Proto != "HTTP/1.1" {
+				t.Errorf("GET / over HTTP/2 to web-v2: %+v, want 200 from web-v2 over HTTP/1.1", a)
 			}
 		}
 	})
