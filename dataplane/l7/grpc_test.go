@@ -103,12 +103,18 @@ func grpcFixture(t *testing.T) (*fixture, testgrpc.TestServiceClient) {
 	f := start(t, l7.Options{}, service(
 		[]model.HTTPRoute{nowhere, route("grpc", prefix("/grpc.testing.TestService/"))},
 		protoCluster("grpc", model.UpstreamHTTP2, endpoint(t, l.Addr().String())), cluster("nowhere")))
+	return f, grpcClient(t, f)
+}
+
+// grpcClient returns a gRPC client of the proxy, closed at the test's end.
+func grpcClient(t *testing.T, f *fixture) testgrpc.TestServiceClient {
+	t.Helper()
 	cc, err := grpc.NewClient("passthrough:///"+f.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cc.Close() })
-	return f, testgrpc.NewTestServiceClient(cc)
+	return testgrpc.NewTestServiceClient(cc)
 }
 
 func TestGRPC(t *testing.T) {
@@ -274,14 +280,9 @@ func TestGRPCTimeout(t *testing.T) {
 	rt := route("grpc", prefix("/"))
 	rt.Action.Timeout = 100 * time.Millisecond
 	f := start(t, l7.Options{}, service([]model.HTTPRoute{rt}, protoCluster("grpc", model.UpstreamHTTP2, endpoint(t, l.Addr().String()))))
-	cc, err := grpc.NewClient("passthrough:///"+f.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	_, err = testgrpc.NewTestServiceClient(cc).UnaryCall(ctx, &testgrpc.SimpleRequest{})
+	_, err = grpcClient(t, f).UnaryCall(ctx, &testgrpc.SimpleRequest{})
 	if s := status.Convert(err); s.Code() != codes.DeadlineExceeded || s.Message() != "sluice: upstream timeout" {
 		t.Errorf("got %v, want DeadlineExceeded from the proxy", err)
 	}
@@ -326,14 +327,9 @@ func TestGRPCToHTTP1Cluster(t *testing.T) {
 	go srv.Serve(l)
 	t.Cleanup(srv.Stop)
 	f := start(t, l7.Options{}, service([]model.HTTPRoute{route("grpc", prefix("/"))}, cluster("grpc", endpoint(t, l.Addr().String()))))
-	cc, err := grpc.NewClient("passthrough:///"+f.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	_, err = testgrpc.NewTestServiceClient(cc).UnaryCall(ctx, &testgrpc.SimpleRequest{})
+	_, err = grpcClient(t, f).UnaryCall(ctx, &testgrpc.SimpleRequest{})
 	if s := status.Convert(err); s.Code() != codes.Unavailable || s.Message() != "sluice: upstream reset before response headers" {
 		t.Errorf("got %v, want Unavailable from the proxy", err)
 	}

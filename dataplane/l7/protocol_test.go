@@ -1,7 +1,6 @@
 package l7_test
 
 import (
-	"bufio"
 	"errors"
 	"io"
 	"net/http"
@@ -93,26 +92,7 @@ func TestConnectToHTTP1Cluster(t *testing.T) {
 		}
 	})
 	f := start(t, l7.Options{}, service([]model.HTTPRoute{route("web", prefix(""))}, cluster("web", endpoint(t, b.URL))))
-	pr, pw := io.Pipe()
-	defer pw.Close()
-	req, _ := http.NewRequest("CONNECT", f.url(""), pr)
-	req.Host = "db.shop:5432"
-	res, err := f.h2client().Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer res.Body.Close()
-	if res.StatusCode != 200 {
-		b, _ := io.ReadAll(res.Body)
-		t.Fatalf("got %d %q", res.StatusCode, b)
-	}
-	br := bufio.NewReader(res.Body)
-	for _, msg := range []string{"one\n", "two\n"} {
-		io.WriteString(pw, msg)
-		if line, err := br.ReadString('\n'); line != "echo "+msg {
-			t.Fatalf("read %q, %v; want %q", line, err, "echo "+msg)
-		}
-	}
+	connectEcho(t, f)
 }
 
 // TestProtocolMismatch sends requests to a cluster said to be of a

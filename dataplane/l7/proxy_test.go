@@ -851,26 +851,7 @@ func TestConnectH2(t *testing.T) {
 	})
 	// A CONNECT request has no path: only an empty prefix matches it.
 	f := start(t, l7.Options{}, service([]model.HTTPRoute{route("web", prefix(""))}, protoCluster("web", model.UpstreamHTTP2, endpoint(t, b.URL))))
-	pr, pw := io.Pipe()
-	defer pw.Close()
-	req, _ := http.NewRequest("CONNECT", f.url(""), pr)
-	req.Host = "db.shop:5432"
-	res, err := f.h2client().Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer res.Body.Close()
-	if res.StatusCode != 200 {
-		b, _ := io.ReadAll(res.Body)
-		t.Fatalf("got %d %q", res.StatusCode, b)
-	}
-	br := bufio.NewReader(res.Body)
-	for _, msg := range []string{"one\n", "two\n"} {
-		io.WriteString(pw, msg)
-		if line, err := br.ReadString('\n'); line != "echo "+msg {
-			t.Fatalf("read %q, %v; want %q", line, err, "echo "+msg)
-		}
-	}
+	connectEcho(t, f)
 
 	conn, err := net.Dial("tcp", f.addr)
 	if err != nil {
@@ -969,5 +950,32 @@ func TestHTTPPolicies(t *testing.T) {
 	}}, svc)
 	if r := stranger.get(stranger.client(), "/"); r.code != 403 {
 		t.Errorf("GET / by an unknown identity: got %d %q, want 403", r.code, r.body)
+	}
+}
+
+// connectEcho opens an HTTP/2 CONNECT tunnel to db.shop:5432 through the
+// proxy, whose far end echoes each line prefixed with "echo ", and checks
+// two lines' round trips.
+func connectEcho(t *testing.T, f *fixture) {
+	t.Helper()
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	req, _ := http.NewRequest("CONNECT", f.url(""), pr)
+	req.Host = "db.shop:5432"
+	res, err := f.h2client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	if res.StatusCode != 200 {
+		b, _ := io.ReadAll(res.Body)
+		t.Fatalf("got %d %q", res.StatusCode, b)
+	}
+	br := bufio.NewReader(res.Body)
+	for _, msg := range []string{"one\n", "two\n"} {
+		io.WriteString(pw, msg)
+		if line, err := br.ReadString('\n'); line != "echo "+msg {
+			t.Fatalf("read %q, %v; want %q", line, err, "echo "+msg)
+		}
 	}
 }

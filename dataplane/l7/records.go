@@ -407,6 +407,7 @@ func (s *RecordSender) Run(ctx context.Context) {
 	defer timer.Stop()
 	failing := false
 	for {
+		all := true // the interval is up: send every record waiting
 		select {
 		case <-ctx.Done():
 			return
@@ -415,8 +416,12 @@ func (s *RecordSender) Run(ctx context.Context) {
 			if failing {
 				continue // the timer paces retries
 			}
+			all = false // full batches only; the rest waits for the interval
 		}
-		err := s.send(ctx)
+		// A post in flight is not cut when ctx ends (postTimeout bounds
+		// it): the agent may have taken the batch already, and cutting
+		// the exchange would keep those records to be sent again by Flush.
+		err := s.send(context.WithoutCancel(ctx), all)
 		if ctx.Err() != nil {
 			return
 		}
@@ -440,20 +445,21 @@ func (s *RecordSender) Run(ctx context.Context) {
 // Flush sends every record waiting, as the proxy stops. It returns the
 // first error that leaves records unsent, or ctx's.
 func (s *RecordSender) Flush(ctx context.Context) error {
-	return s.send(ctx)
+	return s.send(ctx, true)
 }
 
 // send POSTs the waiting records, a batch at a time, until none are left
-// or the agent does not take a batch. A batch the agent refuses as
-// malformed (a 4xx) is dropped and counted, and sending goes on.
-func (s *RecordSender) send(ctx context.Context) error {
+// (or, unless all, less than a full batch) or the agent does not take a
+// batch. A batch the agent refuses as malformed (a 4xx) is dropped and
+// counted, and sending goes on.
+func (s *RecordSender) send(ctx context.Context, all bool) error {
 	s.sendMu.Lock()
 	defer s.sendMu.Unlock()
 	for {
 		s.mu.Lock()
 		head, k, lost := s.head, min(s.n, s.batch), s.unreported
 		s.mu.Unlock()
-		if k == 0 && lost == 0 {
+		if k == 0 && lost == 0 || !all && k < s.batch {
 			return nil
 		}
 		// Only send removes records, and Record writes past the first n:
