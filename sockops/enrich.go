@@ -78,6 +78,16 @@ func (e *Enricher) index() *index {
 		}
 		name := serviceName(s.Name)
 		idx.vips[netip.AddrPortFrom(s.VIP, s.Port)] = name
+		// names the workloads at eps' addresses; the first name wins.
+		names := func(eps []model.Endpoint) {
+			for _, ep := range eps {
+				if w := ep.Workload; w != nil {
+					if _, ok := idx.peers[ep.Addr]; !ok {
+						idx.peers[ep.Addr] = peer{w.Name, w.Namespace, w.SPIFFEID}
+					}
+				}
+			}
+		}
 		add := func(eps []model.Endpoint) {
 			for _, ep := range eps {
 				k := netip.AddrPortFrom(ep.Addr, ep.Port)
@@ -86,12 +96,8 @@ func (e *Enricher) index() *index {
 				} else {
 					idx.backends[k] = name
 				}
-				if w := ep.Workload; w != nil {
-					if _, ok := idx.peers[ep.Addr]; !ok {
-						idx.peers[ep.Addr] = peer{w.Name, w.Namespace, w.SPIFFEID}
-					}
-				}
 			}
+			names(eps)
 		}
 		add(s.Endpoints)
 		for _, sp := range s.Splits {
@@ -101,13 +107,7 @@ func (e *Enricher) index() *index {
 			// The upstreams of the node's L7 proxy: who the endpoint of a
 			// request record is.
 			for _, c := range s.L7.Clusters {
-				for _, ep := range c.Endpoints {
-					if w := ep.Workload; w != nil {
-						if _, ok := idx.peers[ep.Addr]; !ok {
-							idx.peers[ep.Addr] = peer{w.Name, w.Namespace, w.SPIFFEID}
-						}
-					}
-				}
+				names(c.Endpoints)
 			}
 		}
 	}
@@ -169,7 +169,9 @@ func (e *Enricher) Flow(ev dataplane.Event) flow.Flow {
 // client, named by its address and the identity the proxy knew it by;
 // the service is the L7 service; the destination is the endpoint of the
 // request's last try. A request authorization denied is verdict denied,
-// reason "http-policy", with the deciding "<policy>#<rule>".
+// reason "http-policy", with the deciding "<policy>#<rule>"; one only
+// dry-run rules would have denied is verdict audit, reason "http-policy
+// (dry run)".
 func (e *Enricher) Request(r l7.WireRecord) flow.Flow {
 	idx := e.index()
 	f := flow.Flow{
@@ -202,6 +204,9 @@ func (e *Enricher) Request(r l7.WireRecord) flow.Flow {
 	if d := r.Denied; d != nil {
 		f.Verdict, f.Reason = flow.VerdictDenied, "http-policy"
 		f.Policy = ruleName(policy.Rule{Policy: d.Policy, Rule: d.Rule, Default: d.Rule == ""})
+	} else if a := r.Audit; a != nil {
+		f.Verdict, f.Reason = flow.VerdictAudit, "http-policy (dry run)"
+		f.Policy = ruleName(policy.Rule{Policy: a.Policy, Rule: a.Rule, Default: a.Rule == ""})
 	}
 	return f
 }

@@ -156,6 +156,11 @@ func TestEnricherRequest(t *testing.T) {
 	if f.Destination != (flow.Peer{}) {
 		t.Errorf("denied: destination %+v, want none", f.Destination)
 	}
+	audited := rec
+	audited.Audit = &l7.Verdict{Policy: "shop/cart-audit", Rule: "no-delete"}
+	if f := e.Request(l7.NewWireRecord(audited)); f.Verdict != flow.VerdictAudit || f.Reason != "http-policy (dry run)" || f.Policy != "shop/cart-audit#no-delete" {
+		t.Errorf("audited: verdict %q reason %q policy %q, want audit, http-policy (dry run), shop/cart-audit#no-delete", f.Verdict, f.Reason, f.Policy)
+	}
 	withRule := denied
 	withRule.Denied = &l7.Verdict{Policy: "shop/cart-http", Rule: "no-delete"}
 	if f := e.Request(l7.NewWireRecord(withRule)); f.Policy != "shop/cart-http#no-delete" {

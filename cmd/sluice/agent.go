@@ -628,9 +628,6 @@ func parseL7Proxy(flag string, specs []string) (dataplane.L7Proxy, error) {
 	return p, nil
 }
 
-// l7Applier routes L7 services to the node's L7 proxy, and once a state is
-// in force, hands its L7 part to the proxy (l7.Feed). The part is encoded
-// first: a state it fails for is refused before anything is applied.
 // peerProxies returns the L7 proxies the agent trusts to speak for their
 // clients besides its own: those of --l7-peer-proxies and those the control
 // plane lists in its workload directories (model.Workload.L7Proxy).
@@ -647,6 +644,9 @@ func peerProxies(flagged []netip.Addr, peers []model.Peer) []netip.Addr {
 	return out
 }
 
+// l7Applier routes L7 services to the node's L7 proxy, and once a state is
+// in force, hands its L7 part to the proxy (l7.Feed). The part is encoded
+// first: a state it fails for is refused before anything is applied.
 type l7Applier struct {
 	proxy dataplane.L7Proxy
 	peers []netip.Addr

@@ -37,11 +37,15 @@ type Service struct {
 	Authorize func(r *http.Request, o Origin) Verdict
 }
 
-// Verdict is an authorization decision and who made it, for the 403 body
-// and the request record.
+// Verdict is an authorization decision and who made it, for the request
+// record. ShadowDenied says that the dry-run rules (shadow rules, LOG
+// policies) would have denied the request, by ShadowPolicy's ShadowRule.
 type Verdict struct {
 	Allowed      bool
 	Policy, Rule string
+
+	ShadowDenied             bool
+	ShadowPolicy, ShadowRule string
 }
 
 // NewConfig builds the L7 configuration of services: those with L7 set,
@@ -98,7 +102,11 @@ func NewConfig(services []model.Service, identities map[uint32]string) (*Config,
 func authorizeBy(a *Authorizer) func(*http.Request, Origin) Verdict {
 	return func(r *http.Request, o Origin) Verdict {
 		d := a.Authorize(r, o.Client, o.Service, o.Identity)
-		return Verdict{Allowed: d.Allowed, Policy: d.Policy, Rule: d.Rule}
+		v := Verdict{Allowed: d.Allowed, Policy: d.Policy, Rule: d.Rule}
+		if d.Shadow == ShadowDeny {
+			v.ShadowDenied, v.ShadowPolicy, v.ShadowRule = true, d.ShadowPolicy, d.ShadowRule
+		}
+		return v
 	}
 }
 

@@ -72,6 +72,7 @@ type RequestRecord struct {
 	Start    time.Time
 	Duration time.Duration // until the response ended
 	Denied   *Verdict      // the denying verdict, if authorization denied the request
+	Audit    *Verdict      // an allowed request the dry-run rules would have denied: Policy and Rule name that rule
 	Err      string        // why the proxy answered itself or cut the response
 }
 
@@ -313,7 +314,11 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if svc.Authorize != nil {
-		if v := svc.Authorize(r, ci.origin); !v.Allowed {
+		v := svc.Authorize(r, ci.origin)
+		if v.Allowed && v.ShadowDenied {
+			x.rec.Audit = &Verdict{Policy: v.ShadowPolicy, Rule: v.ShadowRule}
+		}
+		if !v.Allowed {
 			x.rec.Denied = &v
 			// The body names no policy: which rule denied is for the
 			// mesh's operators (the request's record), not its clients.
@@ -466,6 +471,9 @@ func (p *Proxy) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 // text.
 func (p *Proxy) reply(w http.ResponseWriter, r *http.Request, x *exchange, code int, msg string) {
 	x.rec.Code = code
+	if x.rec.Err == "" {
+		x.rec.Err = msg
+	}
 	h := w.Header()
 	if ct := r.Header.Get("Content-Type"); strings.HasPrefix(ct, "application/grpc") {
 		h.Set("Content-Type", "application/grpc")

@@ -910,6 +910,7 @@ func TestHTTPPolicies(t *testing.T) {
 	svc.L7.Policies = []model.Policy{
 		allow("readers", rrule("client-reads", perms(method("GET")), authn(exactly("spiffe://test/ns/default/sa/client")))),
 		deny("no-admin", rrule("admin-path", perms(path(model.StringMatch{Kind: model.MatchPrefix, Value: "/admin"})))),
+		{Name: "dry-run", Shadow: denySet(rrule("again", perms(path(exactly("/again")))))},
 	}
 	f := start(t, l7.Options{}, svc)
 	c := f.client()
@@ -941,6 +942,13 @@ func TestHTTPPolicies(t *testing.T) {
 	rs := f.waitRecords(len(cases))
 	if rs[2].Denied == nil || *rs[2].Denied != (l7.Verdict{Policy: "no-admin", Rule: "admin-path"}) || rs[0].Denied != nil {
 		t.Errorf("records' verdicts: %+v, %+v", rs[0].Denied, rs[2].Denied)
+	}
+	if rs[1].Err != "access denied" {
+		t.Errorf("a denied request's record says %q, want the proxy's answer", rs[1].Err)
+	}
+	// /again is allowed, but the dry-run rules would have denied it.
+	if rs[3].Audit == nil || *rs[3].Audit != (l7.Verdict{Policy: "dry-run", Rule: "again"}) || rs[3].Denied != nil || rs[0].Audit != nil {
+		t.Errorf("records' audits: %+v, %+v", rs[0].Audit, rs[3].Audit)
 	}
 
 	// A client whose identity the proxy does not know is no authenticated

@@ -79,11 +79,12 @@ type WireRecord struct {
 	Start         time.Time     `json:"start"`
 	Duration      time.Duration `json:"duration_ns"`
 	Denied        *WireVerdict  `json:"denied,omitzero"` // set when authorization denied the request
+	Audit         *WireVerdict  `json:"audit,omitzero"`  // set when the dry-run rules would have denied an allowed request
 	Error         string        `json:"error,omitzero"`
 }
 
-// WireVerdict is the verdict that denied a request: the policy and its
-// rule ("" when the rule set's default decided).
+// WireVerdict is the verdict that denied a request, or would have (Audit):
+// the policy and its rule ("" when the rule set's default decided).
 type WireVerdict struct {
 	Policy string `json:"policy,omitzero"`
 	Rule   string `json:"rule,omitzero"`
@@ -101,6 +102,9 @@ func NewWireRecord(r RequestRecord) WireRecord {
 	}
 	if r.Denied != nil {
 		w.Denied = &WireVerdict{Policy: r.Denied.Policy, Rule: r.Denied.Rule}
+	}
+	if r.Audit != nil {
+		w.Audit = &WireVerdict{Policy: r.Audit.Policy, Rule: r.Audit.Rule}
 	}
 	w.bound()
 	return w
@@ -470,7 +474,9 @@ func (s *RecordSender) send(ctx context.Context, all bool) error {
 			s.out = append(s.out, NewWireRecord(s.ring[(head+i)%len(s.ring)]))
 		}
 		refused, err := s.post(ctx, s.out, lost)
-		if err != nil && !refused {
+		if err != nil && (!refused || k == 0) {
+			// A refused report of lost records alone would be refused
+			// again: the next batch carries it.
 			return err
 		}
 		// Only send removes records, so the first k are those sent.
@@ -530,7 +536,8 @@ func (s *RecordSender) post(ctx context.Context, batch []WireRecord, lost uint64
 		// An agent older than the proxy: keep the records for the one
 		// that replaces it.
 		return false, fmt.Errorf("the agent does not take request records (%s): is it older than the proxy?", resp.Status)
-	case resp.StatusCode/100 == 4:
+	case resp.StatusCode == http.StatusBadRequest || resp.StatusCode == http.StatusRequestEntityTooLarge ||
+		resp.StatusCode == http.StatusUnsupportedMediaType:
 		return true, fmt.Errorf("agent answered %s: %s", resp.Status, strings.TrimSpace(string(msg)))
 	}
 	return false, fmt.Errorf("agent answered %s: %s", resp.Status, strings.TrimSpace(string(msg)))

@@ -480,3 +480,44 @@ func TestRecordSenderConcurrent(t *testing.T) {
 		t.Errorf("the agent got %d records and %d reported lost; the sender says %d sent, %d dropped", len(seen), lost, st.Sent, st.Dropped)
 	}
 }
+
+type answerWith struct {
+	code  int
+	posts atomic.Int32
+}
+
+func (a *answerWith) RoundTrip(r *http.Request) (*http.Response, error) {
+	a.posts.Add(1)
+	io.Copy(io.Discard, r.Body)
+	return &http.Response{StatusCode: a.code, Status: http.StatusText(a.code), Body: io.NopCloser(strings.NewReader("no")), Request: r}, nil
+}
+
+// TestRecordSenderStatuses: only an answer that says the batch is
+// malformed drops it; any other refusal keeps the records. A report of
+// lost records alone that the agent refuses is not posted again and
+// again.
+func TestRecordSenderStatuses(t *testing.T) {
+	for _, tc := range []struct {
+		code    int
+		refused bool
+	}{{400, true}, {413, true}, {415, true}, {408, false}, {429, false}, {500, false}} {
+		a := &answerWith{code: tc.code}
+		s := l7.NewRecordSender(l7.RecordSenderOptions{Client: &http.Client{Transport: a}, Buffer: 1, Batch: 1, Interval: time.Hour})
+		for range 3 {
+			s.Record(fullRecord()) // one waits, two are dropped
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err := s.Flush(ctx)
+		cancel()
+		if err == nil || errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("%d: Flush: %v, want the agent's answer", tc.code, err)
+		}
+		st := s.Stats()
+		if tc.refused && (st.Refused != 1 || st.Waiting != 0) || !tc.refused && (st.Refused != 0 || st.Waiting != 1) {
+			t.Errorf("%d: stats %+v, want the record %s", tc.code, st, map[bool]string{true: "refused", false: "kept"}[tc.refused])
+		}
+		if n := a.posts.Load(); n > 2 {
+			t.Errorf("%d: %d posts, want at most 2 (the batch, then the report of what was lost)", tc.code, n)
+		}
+	}
+}
