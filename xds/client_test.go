@@ -110,6 +110,8 @@ func TestSyncAddUpdateRemove(t *testing.T) {
 			v2 := mesh{services: []svc{webV2, cache}}
 			cp.set("2", v2)
 			waitApplied(t, rec, v2.summary())
+			// The status follows the Applier's return.
+			waitFor(t, "the status of the applied state", func() bool { return c.Status().Services == 2 })
 
 			st := c.Status()
 			if !st.Connected || !st.Applied || st.Services != 2 || st.NACKs != 0 {
@@ -158,6 +160,8 @@ func TestL7RoutesFollowed(t *testing.T) {
 			api := l7svc{"demo/api:80", "10.96.0.40", 80, webV1.name}
 			v1 := mesh{services: []svc{webV1, db}, l7: []l7svc{api}}
 			cp, rec, c, _ := synced(t, mode, v1)
+			// The status follows the Applier's return.
+			waitFor(t, "the status of the applied state", func() bool { return c.Status().Applied })
 			if st := c.Status(); st.Resources["RDS"] != 1 || st.NACKs != 0 {
 				t.Errorf("status %+v: want one route configuration accepted, no NACK", st)
 			}
