@@ -106,13 +106,25 @@ type poolKey struct {
 	h2       bool
 }
 
+// transport is a pool's connections: an h1Transport for HTTP/1.1, an
+// http.Transport for HTTP/2.
+type transport interface {
+	http.RoundTripper
+	CloseIdleConnections()
+}
+
+var (
+	_ transport = (*h1Transport)(nil)
+	_ transport = (*http.Transport)(nil)
+)
+
 type pool struct {
-	tr       *http.Transport
+	tr       transport
 	lastUsed time.Time // guarded by upstreams.mu
 }
 
 // upstreams is the proxy's http.RoundTripper: it chooses an endpoint for
-// each try, retries as the route says, and keeps one *http.Transport per
+// each try, retries as the route says, and keeps one transport per
 // (identity, protocol) so that a pooled connection only ever carries the
 // identity it was dialed with.
 type upstreams struct {
@@ -135,7 +147,7 @@ func newUpstreams(dial func(context.Context, netip.AddrPort, uint32) (net.Conn, 
 }
 
 // transport returns the pool for key, creating it if needed.
-func (u *upstreams) transport(key poolKey) *http.Transport {
+func (u *upstreams) transport(key poolKey) transport {
 	now := time.Now()
 	u.mu.Lock()
 	defer u.mu.Unlock()
@@ -178,13 +190,18 @@ func (u *upstreams) closeIdle() {
 	}
 }
 
-func (u *upstreams) newTransport(key poolKey) *http.Transport {
-	protos := new(http.Protocols)
-	if key.h2 {
-		protos.SetUnencryptedHTTP2(true)
-	} else {
-		protos.SetHTTP1(true)
+func (u *upstreams) newTransport(key poolKey) transport {
+	if !key.h2 {
+		return newH1Transport(func(ctx context.Context, addr netip.AddrPort) (net.Conn, error) {
+			c, err := u.dial(ctx, addr, key.identity)
+			if err != nil {
+				return nil, &connectError{addr.String(), err}
+			}
+			return c, nil
+		})
 	}
+	protos := new(http.Protocols)
+	protos.SetUnencryptedHTTP2(true)
 	return &http.Transport{
 		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
 			ap, err := netip.ParseAddrPort(addr)
