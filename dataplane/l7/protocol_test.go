@@ -74,22 +74,7 @@ func TestConnectToHTTP1Cluster(t *testing.T) {
 			http.Error(w, "want an HTTP/1.1 CONNECT db.shop:5432, got "+r.Proto+" "+r.Method+" "+r.RequestURI, 400)
 			return
 		}
-		conn, brw, err := http.NewResponseController(w).Hijack()
-		if err != nil {
-			t.Error(err)
-			return
-		}
-		defer conn.Close()
-		brw.WriteString("HTTP/1.1 200 OK\r\n\r\n")
-		brw.Flush()
-		for {
-			line, err := brw.ReadString('\n')
-			if err != nil {
-				return
-			}
-			brw.WriteString("echo " + line)
-			brw.Flush()
-		}
+		hijackEcho(t, w, "HTTP/1.1 200 OK\r\n\r\n")
 	})
 	f := start(t, l7.Options{}, service([]model.HTTPRoute{route("web", prefix(""))}, cluster("web", endpoint(t, b.URL))))
 	connectEcho(t, f)

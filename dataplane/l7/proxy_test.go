@@ -367,22 +367,7 @@ func testUpgrade(t *testing.T, proto model.UpstreamProtocol) {
 			http.Error(w, "want an HTTP/1.1 upgrade, got "+r.Proto, 400)
 			return
 		}
-		conn, brw, err := http.NewResponseController(w).Hijack()
-		if err != nil {
-			t.Error(err)
-			return
-		}
-		defer conn.Close()
-		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: sluice-echo\r\nConnection: Upgrade\r\n\r\nhello\n")
-		brw.Flush()
-		for {
-			line, err := brw.ReadString('\n')
-			if err != nil {
-				return
-			}
-			brw.WriteString("echo " + line)
-			brw.Flush()
-		}
+		hijackEcho(t, w, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: sluice-echo\r\nConnection: Upgrade\r\n\r\nhello\n")
 	})
 	// The route timeout bounds the upgrade until the 101, not the tunnel.
 	rt := route("web", prefix("/"))
@@ -985,5 +970,27 @@ func connectEcho(t *testing.T, f *fixture) {
 		if line, err := br.ReadString('\n'); line != "echo "+msg {
 			t.Fatalf("read %q, %v; want %q", line, err, "echo "+msg)
 		}
+	}
+}
+
+// hijackEcho takes over a backend's connection, writes head (a response's
+// status line and headers, and what follows), then answers each line with
+// "echo " and the line, until the connection ends.
+func hijackEcho(t *testing.T, w http.ResponseWriter, head string) {
+	conn, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	defer conn.Close()
+	brw.WriteString(head)
+	brw.Flush()
+	for {
+		line, err := brw.ReadString('\n')
+		if err != nil {
+			return
+		}
+		brw.WriteString("echo " + line)
+		brw.Flush()
 	}
 }
