@@ -156,6 +156,24 @@ func (f *fixture) do(c *http.Client, req *http.Request) result {
 	return result{res.StatusCode, string(b), res}
 }
 
+// getAsync GETs path with c on a goroutine of its own; the result comes
+// on the channel (the zero result, the error reported, if it fails).
+func (f *fixture) getAsync(c *http.Client, path string) <-chan result {
+	out := make(chan result, 1)
+	go func() {
+		res, err := c.Get(f.url(path))
+		if err != nil {
+			f.t.Error(err)
+			out <- result{}
+			return
+		}
+		body, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		out <- result{code: res.StatusCode, body: string(body)}
+	}()
+	return out
+}
+
 func (f *fixture) get(c *http.Client, path string, header ...string) result {
 	f.t.Helper()
 	req, err := http.NewRequest("GET", f.url(path), nil)
@@ -674,18 +692,7 @@ func TestConfigSwap(t *testing.T) {
 		return service([]model.HTTPRoute{route(to, prefix("/"))}, cluster("old", endpoint(t, old.URL)), cluster("new", endpoint(t, nu.URL)))
 	}
 	f := start(t, l7.Options{}, svc("old"))
-	slow := make(chan result, 1)
-	go func() {
-		res, err := f.client().Get(f.url("/"))
-		if err != nil {
-			t.Error(err)
-			slow <- result{}
-			return
-		}
-		b, _ := io.ReadAll(res.Body)
-		res.Body.Close()
-		slow <- result{code: res.StatusCode, body: string(b)}
-	}()
+	slow := f.getAsync(f.client(), "/")
 	<-arrived
 	cfg, err := l7.NewConfig([]model.Service{svc("new")}, nil)
 	if err != nil {
@@ -709,18 +716,7 @@ func TestShutdown(t *testing.T) {
 		io.WriteString(w, "done")
 	})
 	f := start(t, l7.Options{}, service([]model.HTTPRoute{route("web", prefix("/"))}, protoCluster("web", model.UpstreamHTTP2, endpoint(t, b.URL))))
-	slow := make(chan result, 1)
-	go func() {
-		res, err := f.h2client().Get(f.url("/"))
-		if err != nil {
-			t.Error(err)
-			slow <- result{}
-			return
-		}
-		body, _ := io.ReadAll(res.Body)
-		res.Body.Close()
-		slow <- result{code: res.StatusCode, body: string(body)}
-	}()
+	slow := f.getAsync(f.h2client(), "/")
 	<-arrived
 	shut := make(chan error, 1)
 	go func() { shut <- f.proxy.Shutdown(context.Background()) }()
