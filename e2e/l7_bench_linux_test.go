@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"math"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -31,6 +32,10 @@ import (
 //
 //   - direct: to the pod's address;
 //   - l4: to the pool's L4 service VIP, translated by the kernel at connect;
+//   - relay: through a plain TCP relay (the probe's echo role in relay mode,
+//     io.Copy both ways) in the client node's network namespace, where the
+//     proxy runs: the least any user-space hop adds on this machine, the
+//     floor under the proxy's figure;
 //   - l7: to the L7 service's VIP, through the client node's proxy, which
 //     routes by path (web-v1) or by the header x-version: v2 (web-v2).
 //
@@ -59,7 +64,15 @@ const l7BenchEnv = "SLUICE_L7_BENCH_OUT"
 const (
 	l7bDirect = "direct"
 	l7bL4     = "l4"
+	l7bRelay  = "relay"
 	l7bL7     = "l7"
+)
+
+// The ports of the relays of the relay paths, at n1's address: to web-v1
+// and to web-v2.
+const (
+	l7bRelaySame  = 15101
+	l7bRelayCross = 15102
 )
 
 // The goals of the L7 issue for the latency the L7 path adds, in µs.
@@ -85,7 +98,7 @@ type l7bConfig struct {
 // l7bPath is one way from the frontend pod to a backend pod.
 type l7bPath struct {
 	Placement string // sbSame or sbCross
-	Kind      string // l7bDirect, l7bL4 or l7bL7
+	Kind      string // l7bDirect, l7bL4, l7bRelay or l7bL7
 	URL       string
 	Header    string // a request header, "name: value", or ""
 	Backend   string // the pod that must answer
@@ -94,13 +107,54 @@ type l7bPath struct {
 func (m *l7Mesh) benchPaths() []l7bPath {
 	l7 := "http://" + l7VIP.String() + "/bench"
 	pod := func(name string) string { return "http://" + m.pods[name].IP.String() + ":8080/bench" }
+	relay := func(port uint16) string {
+		return "http://" + netip.AddrPortFrom(m.nodes["n1"].Addr, port).String() + "/bench"
+	}
 	return []l7bPath{
 		{sbSame, l7bDirect, pod("web-v1"), "", "web-v1"},
 		{sbSame, l7bL4, "http://10.96.51.1/bench", "", "web-v1"},
+		{sbSame, l7bRelay, relay(l7bRelaySame), "", "web-v1"},
 		{sbSame, l7bL7, l7, "", "web-v1"},
 		{sbCross, l7bDirect, pod("web-v2"), "", "web-v2"},
 		{sbCross, l7bL4, "http://10.96.51.2/bench", "", "web-v2"},
+		{sbCross, l7bRelay, relay(l7bRelayCross), "", "web-v2"},
 		{sbCross, l7bL7, l7, "x-version: v2", "web-v2"},
+	}
+}
+
+// startRelays runs the relay paths' relays in n1's network namespace, as
+// processes of their own like the proxy, until the test ends. They run in
+// the frontend pod's cgroup: their upstream connections then carry the
+// frontend's identity from n1's address, as the proxy's do, which web-v2's
+// policy requires. (Their CPU time counts as the client pod's.)
+func (m *l7Mesh) startRelays(t *testing.T) {
+	t.Helper()
+	n1 := m.nodes["n1"]
+	cg, err := os.Open(m.pods["frontend"].Cgroup)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cg.Close()
+	for port, to := range map[uint16]string{l7bRelaySame: "web-v1", l7bRelayCross: "web-v2"} {
+		cmd := exec.Command("nsenter", "--net=/run/netns/"+n1.NetNS, os.Args[0])
+		cmd.Env = append(os.Environ(), probe.RoleEnv+"=echo", probe.EchoModeEnv+"=relay",
+			probe.ListenEnv+"="+netip.AddrPortFrom(n1.Addr, port).String(),
+			probe.UpstreamEnv+"="+netip.AddrPortFrom(m.pods[to].IP, 8080).String())
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, UseCgroupFD: true, CgroupFD: int(cg.Fd())}
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			t.Fatalf("relay to %s: %v", to, err)
+		}
+		t.Cleanup(func() {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		})
+		if line, err := bufio.NewReader(out).ReadString('\n'); err != nil || line != "ready\n" {
+			t.Fatalf("relay to %s: %q %v", to, line, err)
+		}
 	}
 }
 
@@ -198,6 +252,10 @@ func BenchmarkL7(b *testing.B) {
 			b.ReportMetric(r.Ratio[0].Median, name+"/direct-p50")
 			b.ReportMetric(r.Ratio[1].Median, name+"/direct-p99")
 		}
+		if r.OverRelay != nil {
+			b.ReportMetric(r.OverRelay[0].Median, name+"-over-relay-p50-µs")
+			b.ReportMetric(r.OverRelay[1].Median, name+"-over-relay-p99-µs")
+		}
 		if r.Kind == l7bL7 {
 			b.ReportMetric(r.ProxyCPU.Median, name+"-proxy-cpu-µs/req")
 		}
@@ -225,6 +283,7 @@ func TestL7Measure(t *testing.T) {
 	}
 	cfg.LoadFlags = strings.Join(fortioLoadFlags(cfg, "<json>", "<log>"), " ")
 	m := newL7Mesh(t)
+	m.startRelays(t)
 	paths := m.benchPaths()
 	for _, p := range paths {
 		var hdr []string
@@ -640,6 +699,9 @@ type l7bRow struct {
 	// Added and Ratio compare the round's p50 ([0]) and p99 ([1]) with
 	// direct's in the same round; nil for direct.
 	Added, Ratio *[2]sbStat
+	// OverRelay compares an L7 row's p50 and p99 with the relay's in the
+	// same round: what the proxy adds beyond the floor of a user-space hop.
+	OverRelay *[2]sbStat
 }
 
 // summarizeL7 gives a row per placement and path, in the order of the
@@ -662,7 +724,7 @@ func summarizeL7(run l7bRun) []l7bRow {
 		k.round = s.Round
 		byKey[k] = s
 	}
-	kinds := []string{l7bDirect, l7bL4, l7bL7}
+	kinds := []string{l7bDirect, l7bL4, l7bRelay, l7bL7}
 	slices.SortStableFunc(order, func(a, b key) int {
 		if a.placement != b.placement {
 			return strings.Compare(b.placement, a.placement) // same-node first
@@ -672,7 +734,7 @@ func summarizeL7(run l7bRun) []l7bRow {
 	var rows []l7bRow
 	for _, k := range order {
 		var p50, p90, p99, fp50, fp99, qps, client, backend, proxy, switches, cores, busy []float64
-		var added, ratio [2][]float64
+		var added, ratio, overRelay [2][]float64
 		for round := 1; round <= run.Config.Rounds; round++ {
 			s, ok := byKey[key{k.placement, k.kind, round}]
 			if !ok {
@@ -687,6 +749,9 @@ func summarizeL7(run l7bRun) []l7bRow {
 				added[0], added[1] = append(added[0], s.P50-d.P50), append(added[1], s.P99-d.P99)
 				ratio[0], ratio[1] = append(ratio[0], s.P50/d.P50), append(ratio[1], s.P99/d.P99)
 			}
+			if rl, ok := byKey[key{k.placement, l7bRelay, round}]; ok && k.kind == l7bL7 {
+				overRelay[0], overRelay[1] = append(overRelay[0], s.P50-rl.P50), append(overRelay[1], s.P99-rl.P99)
+			}
 		}
 		r := l7bRow{Placement: k.placement, Kind: k.kind, Rounds: len(p50), P50: spread(p50), P90: spread(p90), P99: spread(p99),
 			FortioP50: spread(fp50), FortioP99: spread(fp99),
@@ -695,6 +760,9 @@ func summarizeL7(run l7bRun) []l7bRow {
 		if len(added[0]) > 0 {
 			r.Added = &[2]sbStat{spread(added[0]), spread(added[1])}
 			r.Ratio = &[2]sbStat{spread(ratio[0]), spread(ratio[1])}
+		}
+		if len(overRelay[0]) > 0 {
+			r.OverRelay = &[2]sbStat{spread(overRelay[0]), spread(overRelay[1])}
 		}
 		rows = append(rows, r)
 	}
@@ -717,7 +785,7 @@ func renderL7(run l7bRun, rows []l7bRow) string {
 			fmtStat(r.P99, "%.0f"), r.FortioP50.Median, r.FortioP99.Median, r.QPS.Median, fmtStat(sbStat{Min: r.MachineBusy.Min * 100, Median: r.MachineBusy.Median * 100, Max: r.MachineBusy.Max * 100}, "%.0f%%"))
 	}
 	w("")
-	w("CPU time per request, µs (the client pod is fortio's; the proxy is n1's, and its figures for the other paths are its idle work):")
+	w("CPU time per request, µs (the client pod is fortio's, and on the relay paths the relay's too; the proxy is n1's, and its figures for the other paths are its idle work):")
 	w("")
 	w("| placement | path | client pod | backend pod | proxy | proxy context switches/req | proxy cores busy |")
 	w("|---|---|---|---|---|---|---|")
@@ -740,6 +808,28 @@ func renderL7(run l7bRun, rows []l7bRow) string {
 		}
 		w("| %s | %s | %s | %s | %s | %s | %s |", r.Placement, r.Kind, fmtAdded(r.Added[0]), fmtAdded(r.Added[1]),
 			fmtStat(r.Ratio[0], "%.2f"), fmtStat(r.Ratio[1], "%.2f"), goal)
+	}
+	var over []l7bRow
+	for _, r := range rows {
+		if r.OverRelay != nil {
+			over = append(over, r)
+		}
+	}
+	if len(over) > 0 {
+		w("")
+		w("The proxy against the plain TCP relay at its place, round by round: what HTTP adds beyond the least a user-space hop costs here:")
+		w("")
+		w("| placement | L7 p50 minus relay p50, µs | L7 p99 minus relay p99, µs | relay's own added p50 and p99 over direct, µs |")
+		w("|---|---|---|---|")
+		for _, r := range over {
+			floor := "–"
+			for _, f := range rows {
+				if f.Placement == r.Placement && f.Kind == l7bRelay && f.Added != nil {
+					floor = fmtAdded(f.Added[0]) + ", " + fmtAdded(f.Added[1])
+				}
+			}
+			w("| %s | %s | %s | %s |", r.Placement, fmtAdded(r.OverRelay[0]), fmtAdded(r.OverRelay[1]), floor)
+		}
 	}
 	mem := run.Memory
 	if mem.Conns > 0 {
@@ -807,6 +897,25 @@ func TestL7BenchSummary(t *testing.T) {
 			t.Errorf("report lacks %q:\n%s", want, md)
 		}
 	}
+	// The proxy over the relay, round by round: p50 +50, +60; p99 +100,
+	// -500. The relay over direct: p50 +50, +120; p99 +500, +2100. (The
+	// median of two is the higher.)
+	run.Samples = append(run.Samples, s(sbSame, l7bRelay, 1, 150, 800), s(sbSame, l7bRelay, 2, 240, 2500))
+	rows = summarizeL7(run)
+	if len(rows) != 5 || rows[1].Kind != l7bRelay || rows[2].Kind != l7bL7 || rows[1].OverRelay != nil {
+		t.Fatalf("rows with a relay: %+v", rows)
+	}
+	if o := rows[2].OverRelay; o == nil || !near(o[0], 50, 60, 60) || !near(o[1], -500, 100, 100) {
+		t.Errorf("l7 over relay: %+v", o)
+	}
+	md = renderL7(run, rows)
+	for _, want := range []string{"| same-node | relay | +120 (50–120) |", "| same-node | +60 (50–60) | +100 (-500–100) | +120 (50–120), +2100 (500–2100) |"} {
+		if !strings.Contains(md, want) {
+			t.Errorf("report lacks %q:\n%s", want, md)
+		}
+	}
+	run.Samples = run.Samples[:len(run.Samples)-2]
+
 	run.Samples[2].P50 = 400 // round 1: +300
 	run.Samples[6].P50 = 400 // round 3: +310
 	if md := renderL7(run, summarizeL7(run)); !strings.Contains(md, "p50 **missed**, p99 met") {
