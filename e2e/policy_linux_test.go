@@ -315,6 +315,13 @@ func startAgent(t *testing.T, bin string, node *cluster.Node, name string, args 
 // logs if it never holds.
 func waitFor(t *testing.T, logs map[string]*syncBuffer, what string, ok func() bool) {
 	t.Helper()
+	waitForWhat(t, logs, func() string { return what }, ok)
+}
+
+// waitForWhat is waitFor with a failure message made when it fails, so
+// that it can say what ok saw last.
+func waitForWhat(t *testing.T, logs map[string]*syncBuffer, what func() string, ok func() bool) {
+	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for !ok() {
 		if time.Now().After(deadline) {
@@ -322,7 +329,7 @@ func waitFor(t *testing.T, logs map[string]*syncBuffer, what string, ok func() b
 			for name, l := range logs {
 				fmt.Fprintf(&b, "\n--- %s:\n%s", name, l)
 			}
-			t.Fatalf("%s; agent logs:%s", what, b.String())
+			t.Fatalf("%s; agent logs:%s", what(), b.String())
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

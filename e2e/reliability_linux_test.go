@@ -539,7 +539,9 @@ func TestAgentKill9(t *testing.T) {
 	// before it arrived were held until it did).
 	var opened, unnamed int
 	made := outage.New.OK - killed.New.OK
-	waitFor(t, logs, fmt.Sprintf("the restarted agent never recorded the opening of each of the %d connections of the outage", made), func() bool {
+	waitForWhat(t, logs, func() string {
+		return fmt.Sprintf("the restarted agent recorded the opening of %d of the %d connections of the outage", opened, made)
+	}, func() bool {
 		opened, unnamed = 0, 0
 		for _, f := range observeJSON(t, bin, agents[0].socket, "--since", killedAt.Format(time.RFC3339Nano), "--last", "100000") {
 			if f.Time.Before(restartedAt) && f.Event == flow.EventOpen && f.Reporter == flow.ReporterSource && f.Source.Address.Addr() == pods["client"].IP {
