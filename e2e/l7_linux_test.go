@@ -429,6 +429,7 @@ func TestL7(t *testing.T) {
 		// and error statuses intact.
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 		defer cancel()
+		since := time.Now().UTC().Format(time.RFC3339Nano)
 		cmd := m.pods["frontend"].Command(ctx, os.Args[0])
 		cmd.Env = append(os.Environ(), probe.RoleEnv+"=grpc-client", probe.DialEnv+"="+l7VIP.String()+":80")
 		out, err := m.pods["frontend"].Output(cmd)
@@ -443,6 +444,27 @@ func TestL7(t *testing.T) {
 			Status: "NotFound: no such item", FailedTr: "failed"}
 		if got != want {
 			t.Errorf("gRPC through the proxy: %+v, want %+v", got, want)
+		}
+		// Each call is a request flow with the grpc-status its client
+		// got: 7 OK (5 unary, the two streams) and the NotFound (5).
+		statuses := map[string]int{}
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+			fs, err := m.agents["n1"].Observe(ctx, "--event", "request", "--since", since)
+			if err != nil {
+				t.Fatal(err)
+			}
+			clear(statuses)
+			for _, f := range fs {
+				if f.Protocol == "grpc" && f.HTTP != nil {
+					statuses[f.HTTP.GRPCStatus]++
+				}
+			}
+			if statuses["0"]+statuses["5"] >= 8 || time.Now().After(deadline) {
+				break
+			}
+		}
+		if len(statuses) != 2 || statuses["0"] != 7 || statuses["5"] != 1 {
+			t.Errorf("gRPC request flows by grpc-status: %v, want 7 × 0 and 1 × 5", statuses)
 		}
 	})
 	t.Run("HTTPPolicy", func(t *testing.T) {

@@ -186,7 +186,7 @@ func (e *Enricher) Request(r l7.WireRecord) flow.Flow {
 		Duration:    r.Duration,
 		HTTP: &flow.HTTP{
 			Method: r.Method, Path: r.Path, PathTruncated: r.PathTruncated, Authority: r.Authority,
-			Protocol: r.Proto, Code: r.Code, Route: r.Route, Cluster: r.Cluster, Tries: r.Tries, Error: r.Error,
+			Protocol: r.Proto, Code: r.Code, GRPCStatus: r.GRPCStatus, Route: r.Route, Cluster: r.Cluster, Tries: r.Tries, Error: r.Error,
 		},
 	}
 	if r.GRPC {

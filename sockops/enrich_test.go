@@ -141,13 +141,13 @@ func TestEnricherRequest(t *testing.T) {
 	denied.Origin.Client = ap("[::ffff:10.244.1.4]:5000")
 	denied.ClientID = "spiffe://td/ns/shop/sa/other"
 	denied.Upstream, denied.Route, denied.Cluster, denied.Tries = netip.AddrPort{}, "", "", 0
-	denied.Path, denied.Code, denied.GRPC, denied.Err = "/pkg.Svc/Call", 403, true, "denied"
+	denied.Path, denied.Code, denied.GRPC, denied.GRPCStatus, denied.Err = "/pkg.Svc/Call", 403, true, "7", "denied"
 	denied.Denied = &l7.Verdict{Policy: "shop/cart-http"}
 	f := e.Request(l7.NewWireRecord(denied))
 	if f.Verdict != flow.VerdictDenied || f.Reason != "http-policy" || f.Policy != "shop/cart-http#default" {
 		t.Errorf("denied: verdict %q reason %q policy %q, want denied http-policy shop/cart-http#default", f.Verdict, f.Reason, f.Policy)
 	}
-	if f.Protocol != "grpc" || f.HTTP.Code != 403 || f.HTTP.Error != "denied" || f.HTTP.PathTruncated {
+	if f.Protocol != "grpc" || f.HTTP.Code != 403 || f.HTTP.GRPCStatus != "7" || f.HTTP.Error != "denied" || f.HTTP.PathTruncated {
 		t.Errorf("denied: protocol %q http %+v", f.Protocol, f.HTTP)
 	}
 	if f.Source.Address != ap("10.244.1.4:5000") || f.Source.Workload != "web-1" || f.Source.Identity != denied.ClientID {

@@ -145,9 +145,9 @@ func TestAgentTakesRequestRecords(t *testing.T) {
 	body, _ := io.ReadAll(mresp.Body)
 	mresp.Body.Close()
 	for _, want := range []string{
-		`sluice_requests_total{destination_principal="spiffe://td/ns/shop/sa/cart",destination_service="shop/cart",destination_workload="cart-1",destination_workload_namespace="shop",reporter="proxy",request_protocol="http",response_code="200",source_principal="spiffe://td/ns/shop/sa/web",source_workload="web-1",source_workload_namespace="shop"} 1`,
+		`sluice_requests_total{destination_principal="spiffe://td/ns/shop/sa/cart",destination_service="shop/cart",destination_workload="cart-1",destination_workload_namespace="shop",grpc_response_status="",reporter="proxy",request_protocol="http",response_code="200",source_principal="spiffe://td/ns/shop/sa/web",source_workload="web-1",source_workload_namespace="shop"} 1`,
 		`response_code="403"`,
-		`sluice_request_duration_seconds_bucket{destination_principal="spiffe://td/ns/shop/sa/cart",destination_service="shop/cart",destination_workload="cart-1",destination_workload_namespace="shop",reporter="proxy",request_protocol="http",response_code="200",source_principal="spiffe://td/ns/shop/sa/web",source_workload="web-1",source_workload_namespace="shop",le="0.005"} 1`,
+		`sluice_request_duration_seconds_bucket{destination_principal="spiffe://td/ns/shop/sa/cart",destination_service="shop/cart",destination_workload="cart-1",destination_workload_namespace="shop",grpc_response_status="",reporter="proxy",request_protocol="http",response_code="200",source_principal="spiffe://td/ns/shop/sa/web",source_workload="web-1",source_workload_namespace="shop",le="0.005"} 1`,
 	} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("/metrics lacks %s", want)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -247,10 +248,20 @@ func TestGRPC(t *testing.T) {
 		}
 	})
 
+	// Each call's record has the grpc-status its client got: from the
+	// upstream's trailers, its trailers-only answer, or the proxy's own.
+	var statuses []string
 	for _, r := range f.waitRecords(calls) {
 		if r.Proto != "HTTP/2.0" || !r.GRPC || r.Tries > 1 || !strings.HasPrefix(r.Path, "/grpc.testing.TestService/") {
 			t.Errorf("record %+v", r)
 		}
+		statuses = append(statuses, strings.TrimPrefix(r.Path, "/grpc.testing.TestService/")+" "+r.GRPCStatus)
+	}
+	slices.Sort(statuses)
+	want := []string{"FullDuplexCall 0", "StreamingInputCall 0", "StreamingOutputCall 0", "StreamingOutputCall 8",
+		"UnaryCall 0", "UnaryCall 5", "UnimplementedCall 14"}
+	if calls == len(want) && !slices.Equal(statuses, want) {
+		t.Errorf("records' methods and grpc-status: %q, want %q", statuses, want)
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -286,8 +297,8 @@ func TestGRPCTimeout(t *testing.T) {
 	if s := status.Convert(err); s.Code() != codes.DeadlineExceeded || s.Message() != "sluice: upstream timeout" {
 		t.Errorf("got %v, want DeadlineExceeded from the proxy", err)
 	}
-	if r := f.waitRecords(1)[0]; r.Code != 504 {
-		t.Errorf("record code %d, want 504", r.Code)
+	if r := f.waitRecords(1)[0]; r.Code != 504 || r.GRPCStatus != "4" {
+		t.Errorf("record code %d, grpc-status %q; want 504, 4", r.Code, r.GRPCStatus)
 	}
 }
 

@@ -64,6 +64,11 @@ type RequestRecord struct {
 	Authority, Path string
 	Proto           string // the client's protocol: HTTP/1.1, HTTP/2.0
 	GRPC            bool   // the request is gRPC (its content type is application/grpc...)
+	// GRPCStatus is the grpc-status the client got (the upstream's, in
+	// the response's trailers or trailers-only headers, or the proxy's
+	// own), as a decimal number; "" if it got none or one that is not a
+	// number from 0 to 999.
+	GRPCStatus string
 	// Code is the response status: the upstream's, or the proxy's own
 	// (for a gRPC request, the HTTP status its grpc-status stands for);
 	// StatusClientClosed if the client left first.
@@ -276,6 +281,9 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		GRPC: strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc"), Start: time.Now(),
 	}
 	defer func() {
+		if x.rec.GRPC {
+			x.rec.GRPCStatus = grpcStatusOf(w.Header())
+		}
 		if v := recover(); v != nil {
 			// ReverseProxy aborts a response it cannot finish with
 			// ErrAbortHandler: the server then resets the stream (HTTP/2)
@@ -502,6 +510,22 @@ func grpcStatus(code int) int {
 		return 4 // DEADLINE_EXCEEDED
 	}
 	return 14 // UNAVAILABLE
+}
+
+// grpcStatusOf is the grpc-status of a response whose handler has ended,
+// h being its header: a trailer (announced, or sent with
+// http.TrailerPrefix), or a header of a trailers-only response. It is
+// given as a number from 0 to 999 in its shortest form, and "" if there is
+// none, or none such: the value ends up in a metric's labels.
+func grpcStatusOf(h http.Header) string {
+	v := h.Get("Grpc-Status")
+	if v == "" {
+		v = h.Get(http.TrailerPrefix + "Grpc-Status")
+	}
+	if n, err := strconv.Atoi(v); err == nil && n >= 0 && n <= 999 {
+		return strconv.Itoa(n)
+	}
+	return ""
 }
 
 // grpcMessage percent-encodes msg for grpc-message.

@@ -74,6 +74,7 @@ type WireRecord struct {
 	Authority     string        `json:"authority,omitzero"`
 	Proto         string        `json:"proto"` // HTTP/1.1, HTTP/2.0
 	GRPC          bool          `json:"grpc,omitzero"`
+	GRPCStatus    string        `json:"grpc_status,omitzero"` // the grpc-status the client got: a number from 0 to 999
 	Code          int           `json:"code"`
 	Tries         int           `json:"tries,omitzero"`
 	Start         time.Time     `json:"start"`
@@ -98,7 +99,7 @@ func NewWireRecord(r RequestRecord) WireRecord {
 		Service: r.Origin.Service, Client: r.Origin.Client, Identity: r.Origin.Identity,
 		ClientID: r.ClientID, ServiceName: r.Service, Route: r.Route, Cluster: r.Cluster,
 		Upstream: r.Upstream, Method: r.Method, Path: r.Path, Authority: r.Authority, Proto: r.Proto,
-		GRPC: r.GRPC, Code: r.Code, Tries: r.Tries, Start: r.Start, Duration: r.Duration, Error: r.Err,
+		GRPC: r.GRPC, GRPCStatus: r.GRPCStatus, Code: r.Code, Tries: r.Tries, Start: r.Start, Duration: r.Duration, Error: r.Err,
 	}
 	if r.Denied != nil {
 		w.Denied = &WireVerdict{Policy: r.Denied.Policy, Rule: r.Denied.Rule}
@@ -142,6 +143,8 @@ func (w *WireRecord) check() error {
 		return errors.New("no start time")
 	case w.Code < 0 || w.Code > 999:
 		return fmt.Errorf("code %d: want 0 to 999", w.Code)
+	case w.GRPCStatus != "" && grpcStatusOf(http.Header{"Grpc-Status": {w.GRPCStatus}}) != w.GRPCStatus:
+		return fmt.Errorf("grpc_status %q: want a number from 0 to 999, without leading zeros", w.GRPCStatus)
 	case w.Tries < 0:
 		return fmt.Errorf("tries %d: want 0 or more", w.Tries)
 	case w.Duration < 0:

@@ -26,7 +26,7 @@ func fullRecord() l7.RequestRecord {
 		Origin:   l7.Origin{Service: netip.MustParseAddrPort("10.96.0.10:80"), Client: netip.MustParseAddrPort("10.244.1.4:43210"), Identity: 7},
 		ClientID: "spiffe://td/ns/shop/sa/web", Service: "shop/cart:80", Route: "items", Cluster: "cart-v2",
 		Upstream: netip.MustParseAddrPort("10.244.2.5:8080"), Method: "POST", Authority: "cart.shop", Path: "/items/42",
-		Proto: "HTTP/2.0", GRPC: true, Code: 403, Tries: 2,
+		Proto: "HTTP/2.0", GRPC: true, GRPCStatus: "7", Code: 403, Tries: 2,
 		Start:    time.Date(2026, 3, 1, 12, 0, 0, 123456789, time.UTC),
 		Duration: 1234567 * time.Nanosecond,
 		Denied:   &l7.Verdict{Policy: "shop/cart-http", Rule: "admins"},
@@ -55,7 +55,7 @@ func TestWireRecordRoundTrip(t *testing.T) {
 	want := l7.WireRecord{
 		V: l7.WireVersion, Service: r.Origin.Service, Client: r.Origin.Client, Identity: 7, ClientID: r.ClientID,
 		ServiceName: "shop/cart:80", Route: "items", Cluster: "cart-v2", Upstream: r.Upstream, Method: "POST",
-		Path: "/items/42", Authority: "cart.shop", Proto: "HTTP/2.0", GRPC: true, Code: 403, Tries: 2,
+		Path: "/items/42", Authority: "cart.shop", Proto: "HTTP/2.0", GRPC: true, GRPCStatus: "7", Code: 403, Tries: 2,
 		Start: r.Start, Duration: r.Duration, Denied: &l7.WireVerdict{Policy: "shop/cart-http", Rule: "admins"}, Error: "denied",
 	}
 	if *w.Denied != *want.Denied {
@@ -86,13 +86,13 @@ func TestWireRecordRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, k := range []string{"v", "service", "client", "identity", "client_id", "service_name", "route", "cluster", "upstream",
-		"method", "path", "authority", "proto", "grpc", "code", "tries", "start", "duration_ns", "denied", "error"} {
+		"method", "path", "authority", "proto", "grpc", "grpc_status", "code", "tries", "start", "duration_ns", "denied", "error"} {
 		if _, ok := m[k]; !ok {
 			t.Errorf("wire record lacks %q: %v", k, m)
 		}
 	}
-	if len(m) != 20 {
-		t.Errorf("wire record has %d fields, want 20: %v", len(m), m)
+	if len(m) != 21 {
+		t.Errorf("wire record has %d fields, want 21: %v", len(m), m)
 	}
 	// A request with no upstream, no identity and no denial leaves them out.
 	bare := l7.NewWireRecord(l7.RequestRecord{Method: "GET", Path: "/", Proto: "HTTP/1.1", Code: 404, Start: r.Start})
@@ -145,6 +145,8 @@ func TestReadRecordsRefuses(t *testing.T) {
 		{"no method", with(`"method":"POST"`, `"method":""`), []string{"line 1", "method"}},
 		{"no start", with(`"start":"2026-03-01T12:00:00.123456789Z"`, `"start":"0001-01-01T00:00:00Z"`), []string{"start"}},
 		{"bad code", with(`"code":403`, `"code":1000`), []string{"code 1000"}},
+		{"bad grpc status", with(`"grpc_status":"7"`, `"grpc_status":"07"`), []string{"line 1", `grpc_status "07"`}},
+		{"grpc status too big", with(`"grpc_status":"7"`, `"grpc_status":"1000"`), []string{`grpc_status "1000"`}},
 		{"negative duration", with(`"duration_ns":1234567`, `"duration_ns":-1`), []string{"duration_ns -1"}},
 		{"negative tries", with(`"tries":2`, `"tries":-1`), []string{"tries -1"}},
 		{"bad address", with(`"upstream":"10.244.2.5:8080"`, `"upstream":"10.244.2.5"`), []string{"line 1", "upstream"}},

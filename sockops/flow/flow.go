@@ -100,10 +100,13 @@ type HTTP struct {
 	// Code is the response's status: the upstream's, or the proxy's own
 	// answer (a gRPC client gets it as a grpc-status); 499 when the
 	// client left before the response; 0 when the proxy recorded none.
-	Code    int    `json:"code"`
-	Route   string `json:"route,omitempty"`   // the route taken
-	Cluster string `json:"cluster,omitempty"` // the cluster drawn
-	Tries   int    `json:"tries,omitempty"`   // tries sent upstream: 1 + retries
+	Code int `json:"code"`
+	// GRPCStatus is the grpc-status a gRPC client got, a number from 0 to
+	// 999 ("0" is OK); "" when it got none.
+	GRPCStatus string `json:"grpc_status,omitempty"`
+	Route      string `json:"route,omitempty"`   // the route taken
+	Cluster    string `json:"cluster,omitempty"` // the cluster drawn
+	Tries      int    `json:"tries,omitempty"`   // tries sent upstream: 1 + retries
 	// Error says why the proxy answered itself or cut the response, cut
 	// likewise.
 	Error string `json:"error,omitempty"`

@@ -210,6 +210,9 @@ func (p *Printer) compact(b []byte, f Flow) []byte {
 	b = append(append(b, ' '), f.Verdict...)
 	if f.HTTP != nil {
 		b = request(append(b, ' '), f.HTTP)
+		if f.HTTP.GRPCStatus != "" {
+			b = append(append(b, " grpc-status="...), f.HTTP.GRPCStatus...)
+		}
 		b = append(append(b, " dur="...), duration(f.Duration)...)
 		if f.HTTP.Tries > 1 {
 			b = strconv.AppendInt(append(b, " tries="...), int64(f.HTTP.Tries), 10)

@@ -43,7 +43,7 @@ func printed() []flow.Flow {
 	denied.Seq, denied.Verdict, denied.Reason, denied.Policy = 16, flow.VerdictDenied, "http-policy", "store/cart-http#default"
 	denied.Destination, denied.Duration = flow.Peer{}, 85*time.Microsecond
 	denied.HTTP = &flow.HTTP{Method: "DELETE", Path: "/items/" + strings.Repeat("x", 20), PathTruncated: true, Protocol: "HTTP/2.0",
-		Code: 403, Error: "denied by policy"}
+		Code: 403, GRPCStatus: "7", Error: "denied by policy"}
 	return []flow.Flow{open, closed, deny, req, denied}
 }
 
@@ -69,7 +69,7 @@ func TestPrintCompact(t *testing.T) {
 		"12:00:02.626 close shop/web -> cart (10.96.0.10:80) -> store/cart-1 10.244.1.5:8080 allowed fast sent=1234 recv=56789 dur=1.503s rtt=120µs retrans=2\n" +
 		"12:00:03.000 deny  192.168.5.9:51000 -> store/cart-1 10.244.1.5:8080 denied policy=store/cart-ingress#1 reason=policy\n" +
 		"12:00:04.000 request shop/web -> cart (10.96.0.10:80) -> store/cart-1 10.244.1.5:8080 allowed GET /items/42 200 dur=1.235ms tries=2\n" +
-		"12:00:04.000 request shop/web -> cart (10.96.0.10:80) -> - denied DELETE /items/xxxxxxxxxxxxxxxxxxxx... 403 dur=85µs policy=store/cart-http#default reason=http-policy error=\"denied by policy\"\n"
+		"12:00:04.000 request shop/web -> cart (10.96.0.10:80) -> - denied DELETE /items/xxxxxxxxxxxxxxxxxxxx... 403 grpc-status=7 dur=85µs policy=store/cart-http#default reason=http-policy error=\"denied by policy\"\n"
 	if got != want {
 		t.Errorf("compact output:\n%s\nwant:\n%s", got, want)
 	}

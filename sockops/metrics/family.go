@@ -41,8 +41,9 @@ var peerLabels = []string{
 // same-node fast path carried the connection's bytes.
 var closeLabels = append(append([]string(nil), peerLabels...), "fast_path")
 
-// requestLabels add Istio's request_protocol and response_code.
-var requestLabels = append(append([]string(nil), peerLabels...), "request_protocol", "response_code")
+// requestLabels add Istio's request_protocol, response_code and
+// grpc_response_status ("" for a request that got no gRPC status).
+var requestLabels = append(append([]string(nil), peerLabels...), "request_protocol", "response_code", "grpc_response_status")
 
 // labelKind says which labels a family's series have.
 type labelKind int
@@ -68,7 +69,8 @@ type labelSet struct {
 	fastPath     bool     // closeKind
 	protocol     protocol // requestKind
 	code         uint16   // requestKind: formatted only when a series is made
-	// The last three fit in the padding after the strings: the request
+	grpcStatus   uint16   // requestKind: the grpc-status + 1; 0 for none
+	// The last four fit in the padding after the strings: the request
 	// labels do not make the key of the connection counters longer.
 }
 
@@ -126,6 +128,11 @@ func labelsOf(f *flow.Flow, kind labelKind) labelSet {
 		if f.HTTP != nil && f.HTTP.Code > 0 && f.HTTP.Code <= 999 {
 			l.code = uint16(f.HTTP.Code) // else 0: no status recorded
 		}
+		if f.HTTP != nil && f.HTTP.GRPCStatus != "" {
+			if n, err := strconv.Atoi(f.HTTP.GRPCStatus); err == nil && n >= 0 && n <= 999 {
+				l.grpcStatus = uint16(n) + 1 // else 0: none
+			}
+		}
 	}
 	return l
 }
@@ -138,9 +145,9 @@ func orUnknown(s string) string {
 }
 
 // folded is the overflow label set l is counted in past the cap. reporter,
-// fast_path, request_protocol and response_code are kept: they take few
-// values each, and say which end saw the connection, which path carried
-// it, and whether requests fail.
+// fast_path, request_protocol, response_code and grpc_response_status are
+// kept: they take few values each, and say which end saw the connection,
+// which path carried it, and whether requests fail.
 func (l labelSet) folded() labelSet {
 	return labelSet{
 		reporter:     l.reporter,
@@ -154,6 +161,7 @@ func (l labelSet) folded() labelSet {
 		fastPath:     l.fastPath,
 		protocol:     l.protocol,
 		code:         l.code,
+		grpcStatus:   l.grpcStatus,
 	}
 }
 
@@ -171,7 +179,11 @@ func (l labelSet) values(kind labelKind) []string {
 	case closeKind:
 		v = append(v, strconv.FormatBool(l.fastPath))
 	case requestKind:
-		v = append(v, l.protocol.String(), strconv.Itoa(int(l.code)))
+		grpc := ""
+		if l.grpcStatus > 0 {
+			grpc = strconv.Itoa(int(l.grpcStatus) - 1)
+		}
+		v = append(v, l.protocol.String(), strconv.Itoa(int(l.code)), grpc)
 	}
 	for i, s := range v {
 		if !utf8.ValidString(s) {

@@ -383,7 +383,7 @@ func request(code int, d time.Duration, grpc bool) flow.Flow {
 // rq are the labels of a frontend → cart request.
 var rq = func() map[string]string {
 	m := maps.Clone(fc)
-	m["reporter"], m["request_protocol"], m["response_code"] = "proxy", "http", "200"
+	m["reporter"], m["request_protocol"], m["response_code"], m["grpc_response_status"] = "proxy", "http", "200", ""
 	return m
 }()
 
@@ -393,12 +393,21 @@ func TestObserveRequests(t *testing.T) {
 	denied.Verdict, denied.Destination = flow.VerdictDenied, flow.Peer{}
 	noHTTP := request(200, time.Millisecond, false)
 	noHTTP.HTTP = nil // not a request record: not counted
+	grpcStatus := func(status string) flow.Flow {
+		f := request(200, 20*time.Millisecond, true)
+		f.HTTP.GRPCStatus = status
+		return f
+	}
 	for _, f := range []flow.Flow{
 		request(200, 300*time.Microsecond, false),
 		request(200, 2*time.Millisecond, false),
 		request(200, 40*time.Second, false),
 		request(503, 7*time.Millisecond, false),
-		request(200, 20*time.Millisecond, true),
+		request(200, 20*time.Millisecond, true), // no grpc-status
+		grpcStatus("0"),
+		grpcStatus("14"),
+		grpcStatus("14"),
+		grpcStatus("not a number"), // as none
 		denied,
 		noHTTP,
 	} {
@@ -415,6 +424,8 @@ func TestObserveRequests(t *testing.T) {
 	ok := labels(rq)
 	unavailable := labels(rq, "response_code", "503")
 	grpc := labels(rq, "request_protocol", "grpc")
+	grpcOK := labels(rq, "request_protocol", "grpc", "grpc_response_status", "0")
+	grpcUnavailable := labels(rq, "request_protocol", "grpc", "grpc_response_status", "14")
 	forbidden := labels(rq, "response_code", "403", "destination_workload", "unknown",
 		"destination_workload_namespace", "unknown", "destination_principal", "unknown")
 	want := `
@@ -422,7 +433,9 @@ func TestObserveRequests(t *testing.T) {
 # TYPE sluice_requests_total counter
 sluice_requests_total` + ok + ` 3
 sluice_requests_total` + unavailable + ` 1
-sluice_requests_total` + grpc + ` 1
+sluice_requests_total` + grpc + ` 2
+sluice_requests_total` + grpcOK + ` 1
+sluice_requests_total` + grpcUnavailable + ` 2
 sluice_requests_total` + forbidden + ` 1
 # HELP sluice_request_duration_seconds Time from a request's start at the L7 proxy to the end of its response.
 # TYPE sluice_request_duration_seconds histogram
@@ -430,8 +443,12 @@ sluice_requests_total` + forbidden + ` 1
 sluice_request_duration_seconds_count` + ok + ` 3
 ` + buckets(unavailable, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1) + `sluice_request_duration_seconds_sum` + unavailable + ` 0.007
 sluice_request_duration_seconds_count` + unavailable + ` 1
-` + buckets(grpc, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1) + `sluice_request_duration_seconds_sum` + grpc + ` 0.02
-sluice_request_duration_seconds_count` + grpc + ` 1
+` + buckets(grpc, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2) + `sluice_request_duration_seconds_sum` + grpc + ` 0.04
+sluice_request_duration_seconds_count` + grpc + ` 2
+` + buckets(grpcOK, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1) + `sluice_request_duration_seconds_sum` + grpcOK + ` 0.02
+sluice_request_duration_seconds_count` + grpcOK + ` 1
+` + buckets(grpcUnavailable, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2) + `sluice_request_duration_seconds_sum` + grpcUnavailable + ` 0.04
+sluice_request_duration_seconds_count` + grpcUnavailable + ` 2
 ` + buckets(forbidden, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1) + `sluice_request_duration_seconds_sum` + forbidden + ` 0.0001
 sluice_request_duration_seconds_count` + forbidden + ` 1
 `
@@ -463,7 +480,7 @@ func TestRequestsCardinalityCap(t *testing.T) {
 	}
 	folded := maps.Clone(rq)
 	for k := range folded {
-		if k != "reporter" && k != "request_protocol" && k != "response_code" {
+		if k != "reporter" && k != "request_protocol" && k != "response_code" && k != "grpc_response_status" {
 			folded[k] = "overflow"
 		}
 	}
