@@ -514,14 +514,20 @@ func grpcStatus(code int) int {
 
 // grpcStatusOf is the grpc-status of a response whose handler has ended,
 // h being its header: a trailer (announced, or sent with
-// http.TrailerPrefix), or a header of a trailers-only response. It is
-// given as a number from 0 to 999 in its shortest form, and "" if there is
-// none, or none such: the value ends up in a metric's labels.
+// http.TrailerPrefix), or a header of a trailers-only response, as
+// canonicalGRPCStatus gives it.
 func grpcStatusOf(h http.Header) string {
 	v := h.Get("Grpc-Status")
 	if v == "" {
 		v = h.Get(http.TrailerPrefix + "Grpc-Status")
 	}
+	return canonicalGRPCStatus(v)
+}
+
+// canonicalGRPCStatus is the grpc-status v as a number from 0 to 999 in
+// its shortest form, and "" if v is no such number: the value ends up in
+// a metric's labels.
+func canonicalGRPCStatus(v string) string {
 	if n, err := strconv.Atoi(v); err == nil && n >= 0 && n <= 999 {
 		return strconv.Itoa(n)
 	}

@@ -143,7 +143,7 @@ func (w *WireRecord) check() error {
 		return errors.New("no start time")
 	case w.Code < 0 || w.Code > 999:
 		return fmt.Errorf("code %d: want 0 to 999", w.Code)
-	case w.GRPCStatus != "" && grpcStatusOf(http.Header{"Grpc-Status": {w.GRPCStatus}}) != w.GRPCStatus:
+	case w.GRPCStatus != "" && canonicalGRPCStatus(w.GRPCStatus) != w.GRPCStatus:
 		return fmt.Errorf("grpc_status %q: want a number from 0 to 999, without leading zeros", w.GRPCStatus)
 	case w.Tries < 0:
 		return fmt.Errorf("tries %d: want 0 or more", w.Tries)
