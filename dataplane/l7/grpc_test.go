@@ -88,8 +88,10 @@ func (testService) FullDuplexCall(stream grpc.BidiStreamingServer[testgrpc.Strea
 	}
 }
 
-// grpcFixture is a gRPC test service behind the proxy, and a client of it.
-func grpcFixture(t *testing.T) (*fixture, testgrpc.TestServiceClient) {
+// startTestService serves the gRPC test service on loopback until the
+// test ends, and returns its address.
+func startTestService(t *testing.T) string {
+	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -98,12 +100,18 @@ func grpcFixture(t *testing.T) (*fixture, testgrpc.TestServiceClient) {
 	testgrpc.RegisterTestServiceServer(srv, testService{})
 	go srv.Serve(l)
 	t.Cleanup(srv.Stop)
+	return l.Addr().String()
+}
+
+// grpcFixture is a gRPC test service behind the proxy, and a client of it.
+func grpcFixture(t *testing.T) (*fixture, testgrpc.TestServiceClient) {
+	addr := startTestService(t)
 
 	// UnimplementedCall goes to a cluster without endpoints.
 	nowhere := route("nowhere", prefix("/grpc.testing.TestService/UnimplementedCall"))
 	f := start(t, l7.Options{}, service(
 		[]model.HTTPRoute{nowhere, route("grpc", prefix("/grpc.testing.TestService/"))},
-		protoCluster("grpc", model.UpstreamHTTP2, endpoint(t, l.Addr().String())), cluster("nowhere")))
+		protoCluster("grpc", model.UpstreamHTTP2, endpoint(t, addr)), cluster("nowhere")))
 	return f, grpcClient(t, f)
 }
 
@@ -329,18 +337,11 @@ func TestGRPCTrailersOnly(t *testing.T) {
 // the request goes over HTTP/1.1, as Envoy would send it, the backend
 // refuses it, and the client gets the proxy's UNAVAILABLE.
 func TestGRPCToHTTP1Cluster(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := grpc.NewServer()
-	testgrpc.RegisterTestServiceServer(srv, testService{})
-	go srv.Serve(l)
-	t.Cleanup(srv.Stop)
-	f := start(t, l7.Options{}, service([]model.HTTPRoute{route("grpc", prefix("/"))}, cluster("grpc", endpoint(t, l.Addr().String()))))
+	addr := startTestService(t)
+	f := start(t, l7.Options{}, service([]model.HTTPRoute{route("grpc", prefix("/"))}, cluster("grpc", endpoint(t, addr))))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	_, err = grpcClient(t, f).UnaryCall(ctx, &testgrpc.SimpleRequest{})
+	_, err := grpcClient(t, f).UnaryCall(ctx, &testgrpc.SimpleRequest{})
 	if s := status.Convert(err); s.Code() != codes.Unavailable || s.Message() != "sluice: upstream reset before response headers" {
 		t.Errorf("got %v, want Unavailable from the proxy", err)
 	}

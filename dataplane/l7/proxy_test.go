@@ -259,6 +259,21 @@ func startBackend(t testing.TB, h http.HandlerFunc, h1, h2 bool) *backend {
 	return b
 }
 
+// echoLines answers each line of body with "echo <line>" as it comes,
+// flushing the headers first and each answer after.
+func echoLines(w http.ResponseWriter, body io.Reader) {
+	w.(http.Flusher).Flush()
+	br := bufio.NewReader(body)
+	for {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			return
+		}
+		io.WriteString(w, "echo "+line)
+		w.(http.Flusher).Flush()
+	}
+}
+
 func text(s string) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, s) }
 }
@@ -312,16 +327,7 @@ func TestStreamingHTTP1(t *testing.T) {
 		te.Store(strings.Join(r.TransferEncoding, ","))
 		http.NewResponseController(w).EnableFullDuplex()
 		w.WriteHeader(200)
-		w.(http.Flusher).Flush()
-		br := bufio.NewReader(r.Body)
-		for {
-			line, err := br.ReadString('\n')
-			if err != nil {
-				return
-			}
-			io.WriteString(w, "echo "+line)
-			w.(http.Flusher).Flush()
-		}
+		echoLines(w, r.Body)
 	})
 	f := start(t, l7.Options{}, service([]model.HTTPRoute{route("web", prefix("/"))}, cluster("web", endpoint(t, b.URL))))
 	pr, pw := io.Pipe()
@@ -819,16 +825,7 @@ func TestConnectH2(t *testing.T) {
 			return
 		}
 		w.WriteHeader(200)
-		w.(http.Flusher).Flush()
-		br := bufio.NewReader(r.Body)
-		for {
-			line, err := br.ReadString('\n')
-			if err != nil {
-				return
-			}
-			io.WriteString(w, "echo "+line)
-			w.(http.Flusher).Flush()
-		}
+		echoLines(w, r.Body)
 	})
 	// A CONNECT request has no path: only an empty prefix matches it.
 	f := start(t, l7.Options{}, service([]model.HTTPRoute{route("web", prefix(""))}, protoCluster("web", model.UpstreamHTTP2, endpoint(t, b.URL))))
